@@ -1,0 +1,174 @@
+"""Typed views of the Avro records on each topic, and the topic catalogue.
+
+The Avro schemas in ``schemas/`` are the contract; these TypedDicts mirror them so the code is
+type-checked. Timestamps are timezone-aware UTC datetimes (Avro timestamp-millis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, TypedDict
+
+__all__ = [
+    "TOPICS",
+    "Box",
+    "CandidateRecord",
+    "ControlEventRecord",
+    "ControlParams",
+    "CrossMatch",
+    "DeadLetter",
+    "DetectorScore",
+    "GroundTruth",
+    "ImageFormat",
+    "ImageRecord",
+    "ScoreRecord",
+    "TopicSpec",
+]
+
+ImageFormat = Literal["fits", "png", "jpeg"]
+
+
+class GroundTruth(TypedDict):
+    is_anomaly: bool
+    kind: str | None
+    segment: str | None
+
+
+class ImageRecord(TypedDict):
+    image_id: str
+    source: str
+    survey: str
+    ra: float | None
+    dec: float | None
+    observed_at: datetime
+    fetched_at: datetime
+    format: ImageFormat
+    pixels: bytes | None
+    uri: str | None
+    width: int
+    height: int
+    bands: int
+    provenance: dict[str, str]
+    truth: GroundTruth | None
+
+
+class DetectorScore(TypedDict):
+    detector: str
+    raw: float
+    score: float
+    threshold: float | None
+    vote: bool
+
+
+class ScoreRecord(TypedDict):
+    image_id: str
+    source: str
+    model_version: str
+    backbone: str
+    role: Literal["production", "shadow", "canary"]
+    detectors: list[DetectorScore]
+    ensemble_score: float
+    votes_for: int
+    votes_needed: int
+    is_candidate: bool
+    calibrated: bool
+    batch_size: int
+    latency_ms: float
+    control_offset: int
+    scored_at: datetime
+    embedding: bytes | None
+
+
+class Box(TypedDict):
+    label: str
+    confidence: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class CrossMatch(TypedDict):
+    catalog: str
+    object_id: str
+    separation_arcsec: float
+
+
+class CandidateRecord(TypedDict):
+    image_id: str
+    source: str
+    model_version: str
+    ensemble_score: float
+    detector_scores: dict[str, float]
+    ra: float | None
+    dec: float | None
+    boxes: list[Box]
+    crossmatches: list[CrossMatch]
+    label_status: Literal["pending", "pseudo_label", "rejected"]
+    detector_model_version: str | None
+    detected_at: datetime
+    control_offset: int
+
+
+class ControlParams(TypedDict, total=False):
+    detector: str | None
+    value: float | None
+    model_version: str | None
+    backbone: str | None
+    artifact_id: str | None
+    target_fpr: float | None
+    vote_k: int | None
+    thresholds: dict[str, float]
+    weights: dict[str, float]
+    fraction: float | None
+    until: datetime | None
+    reason: str | None
+    extra: dict[str, str]
+
+
+class ControlEventRecord(TypedDict):
+    event_id: str
+    type: str
+    subject: str
+    at: datetime
+    issued_by: str
+    params: ControlParams
+    evidence: dict[str, float]
+    caused_by: list[str]
+
+
+class DeadLetter(TypedDict):
+    original_topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes
+    error_class: str
+    message: str
+    processor: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic of DESIGN §2: its value schema and partition count.
+
+    ``control.events`` has exactly one partition: the log is one total order.
+    """
+
+    name: str
+    schema: str
+    partitions: int
+
+
+TOPICS: dict[str, TopicSpec] = {
+    spec.name: spec
+    for spec in (
+        TopicSpec("images.raw", "skyloop.ImageRecord", 4),
+        TopicSpec("scores", "skyloop.ScoreRecord", 4),
+        TopicSpec("candidates", "skyloop.CandidateRecord", 4),
+        TopicSpec("control.events", "skyloop.ControlEvent", 1),
+        TopicSpec("images.dlq", "skyloop.DeadLetter", 1),
+    )
+}
