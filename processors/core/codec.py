@@ -53,6 +53,7 @@ def default_schemas_dir() -> Path:
 @dataclass(frozen=True)
 class _Schema:
     name: str
+    raw: Any
     parsed: dict[str, Any]
     fingerprint: bytes
 
@@ -68,7 +69,11 @@ def _inline(node: Any, definitions: Mapping[str, Any], seen: set[str]) -> Any:
         return [_inline(item, definitions, seen) for item in node]
     if isinstance(node, dict):
         if node.get("type") in ("record", "enum", "fixed"):
-            full = node["name"] if "." in node["name"] else f"{node.get('namespace', '')}.{node['name']}"
+            full = (
+                node["name"]
+                if "." in node["name"]
+                else f"{node.get('namespace', '')}.{node['name']}"
+            )
             seen.add(full.lstrip("."))
         return {key: _inline(value, definitions, seen) for key, value in node.items()}
     return node
@@ -80,7 +85,7 @@ def _compile(name: str, raw: Any) -> _Schema:
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
         raise SchemaError(f"schema {name!r} is not valid Avro: {exc}") from exc
     canonical = to_parsing_canonical_form(parsed)
-    return _Schema(name, parsed, bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")))
+    return _Schema(name, raw, parsed, bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")))
 
 
 class SchemaStore:
@@ -105,7 +110,9 @@ class SchemaStore:
             name: _compile(name, _inline(raw, definitions, {name}))
             for name, raw in definitions.items()
         }
-        self.by_fingerprint: dict[bytes, _Schema] = {s.fingerprint: s for s in self.current.values()}
+        self.by_fingerprint: dict[bytes, _Schema] = {
+            s.fingerprint: s for s in self.current.values()
+        }
         history = self.schemas_dir / "history"
         for path in sorted(history.glob("*.avsc")) if history.is_dir() else []:
             old = _compile(path.stem, json.loads(path.read_text()))
@@ -118,9 +125,10 @@ class SchemaStore:
             known = ", ".join(sorted(self.current))
             raise SchemaError(f"unknown schema {name!r}; known: {known}") from None
 
-    def canonical_json(self, name: str) -> str:
-        """The fully inlined canonical form, as frozen into ``history/`` before a change."""
-        return to_parsing_canonical_form(self.get(name).parsed)
+    def inlined_json(self, name: str) -> str:
+        """The fully inlined schema (defaults and logical types kept), as frozen into
+        ``history/`` before the schema changes. Its fingerprint is that of the current form."""
+        return json.dumps(self.get(name).raw, indent=1)
 
 
 class AvroCodec:

@@ -1,4 +1,4 @@
-"""Typed errors of skyloop. Every error a user can cause names what was wrong and what is accepted."""
+"""Typed errors of skyloop: each user-caused error names what was wrong and what is accepted."""
 
 from __future__ import annotations
 

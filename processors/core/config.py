@@ -1,0 +1,117 @@
+"""Typed configuration: defaults < YAML file < environment (``SKYLOOP_*``) < explicit overrides.
+
+Validated once at start. Every error names the key, the bad value and what is accepted, e.g.
+``SKYLOOP_TARGET_FPR=2: must be <= 0.5``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from processors.core.exceptions import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Everything a processor may be configured with. Env vars are ``SKYLOOP_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SKYLOOP_", extra="forbid", frozen=True)
+
+    # where things are
+    data_dir: Path = Field(Path(".skyloop"), description="local stack data, artifacts, reports")
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers; unset means the embedded Tansu broker"
+    )
+    clickhouse_dsn: str | None = Field(
+        None, description="chdb:///path or http(s)://...; unset means chdb under data_dir"
+    )
+    topic_prefix: str = Field("", description="prepended to every topic name (tests, tenants)")
+    group_prefix: str = Field("skyloop", description="consumer group ids are <prefix>.<processor>")
+    session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer session timeout")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port")
+
+    # scoring
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None
+    allow_random_weights: bool = False
+    image_size: int = Field(224, ge=32, le=1024)
+    batch_size: int = Field(32, ge=1, le=1024)
+    batch_max_wait_ms: int = Field(200, ge=0, le=60_000)
+    torch_threads: int | None = Field(None, ge=1)
+    calibration_wait_s: float = Field(120.0, ge=0, description="scorer wait for a calibration")
+
+    # calibration and decisions
+    reference_size: int = Field(
+        128, ge=20, description="images in the calibration reference window"
+    )
+    target_fpr: float = Field(0.05, gt=0.0, le=0.5)
+    vote_k: int = Field(2, ge=1, le=3, description="detectors that must agree (k of 3)")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix_chars(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    def topic(self, base: str) -> str:
+        """The real topic name of a base topic (``images.raw`` → ``<prefix>images.raw``)."""
+        return f"{self.topic_prefix}{base}"
+
+    def group(self, processor: str) -> str:
+        return f"{self.group_prefix}.{processor}"
+
+    @property
+    def resolved_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        env = f"SKYLOOP_{key.upper()}"
+        value = err.get("input")
+        lines.append(f"{key} ({env}) = {value!r}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, an optional YAML file, the environment and ``overrides``.
+
+    ``config_file`` defaults to ``$SKYLOOP_CONFIG`` when set. Unknown keys are errors.
+    """
+    path = config_file or (
+        Path(os.environ["SKYLOOP_CONFIG"]) if "SKYLOOP_CONFIG" in os.environ else None
+    )
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        file_values = loaded
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    # Environment wins over the file; explicit overrides win over both.
+    env_keys = {name for name in Settings.model_fields if f"SKYLOOP_{name.upper()}" in os.environ}
+    merged = {k: v for k, v in file_values.items() if k not in env_keys} | explicit
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from exc

@@ -1,0 +1,233 @@
+"""ControlState: the pure fold of ``control.events`` that every processor keeps.
+
+``state = reduce(apply, events, ControlState.initial())``. ``apply`` has no I/O and no clock:
+the same log always yields the same state (the replay-determinism invariant), so a processor
+that restarts rebuilds exactly the decisions it had. Unknown event types are kept in the count
+but change nothing, so old processors survive new event types.
+
+Example:
+    >>> from datetime import UTC, datetime
+    >>> ev = new_event("threshold.set", "sky", "operator", {"thresholds": {"knn": 0.97}})
+    >>> state = ControlState.initial().apply(ev, offset=0)
+    >>> state.threshold_for("sky", "knn", default=0.5)
+    0.97
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from processors.core.records import ControlEventRecord, ControlParams
+
+__all__ = [
+    "EVENT_TYPES",
+    "Calibration",
+    "ControlState",
+    "ModelSlot",
+    "new_event",
+    "replay",
+]
+
+EVENT_TYPES = frozenset(
+    {
+        "threshold.set",
+        "threshold.decayed",
+        "calibration.updated",
+        "drift.detected",
+        "source.weights_set",
+        "source.paused",
+        "source.resumed",
+        "retrain.requested",
+        "model.registered",
+        "model.gate_passed",
+        "model.gate_failed",
+        "model.shadow_started",
+        "model.canary_started",
+        "model.promoted",
+        "model.rolled_back",
+        "pipeline.paused",
+        "pipeline.resumed",
+        "budget.deferred",
+    }
+)
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's reference set and the thresholds it implies at a target false-positive rate."""
+
+    model_version: str
+    artifact_id: str
+    target_fpr: float
+    vote_k: int
+    thresholds: Mapping[str, float]
+    event_id: str
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    version: str
+    backbone: str | None
+    artifact_id: str | None = None
+    fraction: float = 1.0
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """Immutable; ``apply`` returns a new state. ``offset`` is the last applied log offset."""
+
+    offset: int = -1
+    events_applied: int = 0
+    calibrations: Mapping[str, Calibration] = field(default_factory=lambda: _EMPTY)
+    source_thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: _EMPTY)
+    source_weights: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    paused_sources: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    production: ModelSlot | None = None
+    shadow: ModelSlot | None = None
+    canary: ModelSlot | None = None
+    registered: Mapping[str, ModelSlot] = field(default_factory=lambda: _EMPTY)
+    pipeline_paused: str | None = None
+    drift_events: int = 0
+
+    @staticmethod
+    def initial() -> ControlState:
+        return ControlState()
+
+    # -- queries -----------------------------------------------------------------------------
+    def calibration_for(self, model_version: str) -> Calibration | None:
+        return self.calibrations.get(model_version)
+
+    def threshold_for(self, source: str, detector: str, default: float) -> float:
+        """A source's own threshold when set, else ``default`` (the model-wide calibration)."""
+        return self.source_thresholds.get(source, _EMPTY).get(detector, default)
+
+    def is_source_paused(self, source: str) -> bool:
+        return source in self.paused_sources
+
+    # -- the fold ----------------------------------------------------------------------------
+    def apply(self, event: ControlEventRecord, offset: int) -> ControlState:
+        """Fold one event. Pure: depends only on ``self``, ``event`` and ``offset``."""
+        p: ControlParams = event["params"]
+        kind, subject = event["type"], event["subject"]
+        base = replace(self, offset=offset, events_applied=self.events_applied + 1)
+        if kind in ("threshold.set", "threshold.decayed"):
+            current = dict(self.source_thresholds.get(subject, _EMPTY))
+            if p.get("thresholds"):
+                current.update(p["thresholds"] or {})
+            if p.get("detector") and p.get("value") is not None:
+                current[str(p["detector"])] = float(p["value"])  # type: ignore[arg-type]
+            return replace(
+                base,
+                source_thresholds=_frozen({**self.source_thresholds, subject: _frozen(current)}),
+            )
+        if kind == "calibration.updated":
+            version = p.get("model_version") or subject
+            cal = Calibration(
+                model_version=version,
+                artifact_id=p.get("artifact_id") or "",
+                target_fpr=float(p.get("target_fpr") or 0.0),
+                vote_k=int(p.get("vote_k") or 1),
+                thresholds=_frozen(p.get("thresholds") or {}),
+                event_id=event["event_id"],
+            )
+            # A new calibration supersedes per-source overrides made against the old reference.
+            return replace(
+                base,
+                calibrations=_frozen({**self.calibrations, version: cal}),
+                source_thresholds=_EMPTY,
+            )
+        if kind == "drift.detected":
+            return replace(base, drift_events=self.drift_events + 1)
+        if kind == "source.weights_set":
+            return replace(base, source_weights=_frozen(p.get("weights") or {}))
+        if kind == "source.paused":
+            reason = p.get("reason") or "paused"
+            return replace(base, paused_sources=_frozen({**self.paused_sources, subject: reason}))
+        if kind == "source.resumed":
+            remaining = {k: v for k, v in self.paused_sources.items() if k != subject}
+            return replace(base, paused_sources=_frozen(remaining))
+        if kind == "pipeline.paused":
+            return replace(base, pipeline_paused=p.get("reason") or "paused")
+        if kind == "pipeline.resumed":
+            return replace(base, pipeline_paused=None)
+        if kind.startswith("model."):
+            return _apply_model_event(base, kind, subject, p)
+        return base
+
+    def fingerprint(self) -> str:
+        """A stable digest of the decision-relevant state (equal states, equal digests)."""
+        import hashlib
+        import json
+
+        def plain(obj: Any) -> Any:
+            if isinstance(obj, Mapping):
+                return {str(k): plain(v) for k, v in sorted(obj.items())}
+            if hasattr(obj, "__dataclass_fields__"):
+                return {k: plain(getattr(obj, k)) for k in sorted(obj.__dataclass_fields__)}
+            return obj
+
+        return hashlib.sha256(json.dumps(plain(self), sort_keys=True).encode()).hexdigest()
+
+
+def _apply_model_event(
+    base: ControlState, kind: str, subject: str, p: ControlParams
+) -> ControlState:
+    version = p.get("model_version") or subject
+    slot = base.registered.get(version) or ModelSlot(
+        version, p.get("backbone"), p.get("artifact_id")
+    )
+    if kind == "model.registered":
+        return replace(base, registered=_frozen({**base.registered, version: slot}))
+    if kind == "model.shadow_started":
+        return replace(base, shadow=slot)
+    if kind == "model.canary_started":
+        return replace(base, canary=replace(slot, fraction=float(p.get("fraction") or 0.1)))
+    if kind == "model.promoted":
+        return replace(base, production=replace(slot, fraction=1.0), canary=None, shadow=None)
+    if kind == "model.rolled_back":
+        return replace(base, canary=None, shadow=None)
+    return base
+
+
+def replay(events: Iterable[tuple[int, ControlEventRecord]]) -> ControlState:
+    """Fold ``(offset, event)`` pairs in log order from the initial state."""
+    state = ControlState.initial()
+    for offset, event in events:
+        state = state.apply(event, offset)
+    return state
+
+
+def new_event(
+    event_type: str,
+    subject: str,
+    issued_by: str,
+    params: ControlParams | None = None,
+    *,
+    evidence: Mapping[str, float] | None = None,
+    caused_by: Iterable[str] = (),
+    at: datetime | None = None,
+) -> ControlEventRecord:
+    """Build a well-formed event (uuid4 id, now in UTC). Types outside EVENT_TYPES are refused."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown control event type {event_type!r}; known: {sorted(EVENT_TYPES)}")
+    return ControlEventRecord(
+        event_id=str(uuid.uuid4()),
+        type=event_type,
+        subject=subject,
+        at=at or datetime.now(UTC),
+        issued_by=issued_by,
+        params=ControlParams(**(params or {})),
+        evidence=dict(evidence or {}),
+        caused_by=list(caused_by),
+    )

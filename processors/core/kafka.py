@@ -1,0 +1,209 @@
+"""confluent-kafka clients configured the skyloop way, topic creation, and the control follower.
+
+Consumers never auto-commit: processors commit offsets explicitly, only after their outputs are
+delivered (producer flushed) or written (ClickHouse insert returned). Producers deliver each
+message at least once (acks=all, retries); idempotent producers are off because the embedded
+broker does not support them (DESIGN §6); duplicates are absorbed by content-addressed keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from processors.core.codec import AvroCodec, default_codec
+from processors.core.config import Settings
+from processors.core.control import ControlState
+from processors.core.exceptions import CodecError, StackError
+from processors.core.records import TOPICS, ControlEventRecord
+
+__all__ = [
+    "ControlFollower",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+    "partition_for",
+    "produce_control_event",
+]
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Producer:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "linger.ms": 5,
+        "enable.idempotence": False,
+        "message.max.bytes": 2_000_000,
+        "client.id": f"{settings.group_prefix}-producer",
+    }
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def make_consumer(settings: Settings, bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+        "max.poll.interval.ms": 600_000,
+        "fetch.message.max.bytes": 2_000_000,
+    }
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 15.0) -> None:
+    """Create every topic of the catalogue (with its partition count) if it does not exist.
+
+    Topics must exist before any client touches them: the embedded broker auto-creates topics
+    with 4 partitions, which would break the single-partition order of ``control.events``.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(settings.topic(spec.name), spec.partitions, 1)
+        for spec in TOPICS.values()
+        if settings.topic(spec.name) not in existing
+    ]
+    if not wanted:
+        return
+    for topic, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StackError(f"could not create topic {topic}: {exc}") from exc
+
+
+def partition_for(source: str, partitions: int) -> int:
+    """Records of one source always go to one partition, so per-source order is kept."""
+    return zlib.crc32(source.encode()) % partitions
+
+
+def produce_control_event(
+    producer: Producer,
+    settings: Settings,
+    event: ControlEventRecord,
+    codec: AvroCodec | None = None,
+) -> None:
+    """Emit one control event and wait until the broker has it (flush).
+
+    Each event is flushed alone, so it is its own batch: this keeps the embedded broker's
+    high watermark exact for ``control.events`` (it is wrong for multi-record batches).
+    """
+    codec = codec or default_codec()
+    producer.produce(
+        settings.topic("control.events"),
+        key=event["subject"].encode(),
+        value=codec.encode(event, "skyloop.ControlEvent"),
+        partition=0,
+    )
+    if producer.flush(30) != 0:
+        raise StackError("control event was not delivered within 30 s")
+
+
+class ControlFollower:
+    """Follows ``control.events`` from the beginning in a background thread.
+
+    ``state`` is always a complete fold of the log up to ``state.offset`` (swapped atomically,
+    never partially applied). ``wait_caught_up`` blocks until the fold has reached the log end
+    seen at call time, so a processor that calls it at start has replayed the whole history
+    before it processes its first input. Undecodable events are logged and skipped (their
+    offset still advances), never applied half-way.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        on_event: Callable[[ControlState, ControlEventRecord], None] | None = None,
+        codec: AvroCodec | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.topic("control.events")
+        self.codec = codec or default_codec()
+        self.on_event = on_event
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{settings.group_prefix}.control-follower",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self._consumer.assign([TopicPartition(self.topic, 0, 0)])
+        # Watermark queries get their own client: librdkafka blocks them on a consumer that
+        # another thread is polling.
+        self._probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "skyloop.probe"})
+        self.state = ControlState.initial()
+        self._next_offset = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="control-follower", daemon=True)
+
+    def start(self) -> ControlFollower:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.05)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("control follower: %s", msg.error())
+                continue
+            offset = msg.offset()
+            try:
+                event = self.codec.decode(msg.value(), "skyloop.ControlEvent")
+            except CodecError as exc:
+                log.error("skipping undecodable control event at offset %d: %s", offset, exc)
+                with self._cond:
+                    self._next_offset = offset + 1
+                    self._cond.notify_all()
+                continue
+            new_state = self.state.apply(event, offset)  # type: ignore[arg-type]
+            with self._cond:
+                self.state = new_state
+                self._next_offset = offset + 1
+                self._cond.notify_all()
+            if self.on_event is not None:
+                self.on_event(new_state, event)  # type: ignore[arg-type]
+
+    def log_end(self) -> int:
+        _low, high = self._probe.get_watermark_offsets(
+            TopicPartition(self.topic, 0), timeout=10, cached=False
+        )
+        return int(high)
+
+    def wait_for_offset(self, offset: int, timeout_s: float) -> bool:
+        """Block until every event with an offset below ``offset`` is applied."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._next_offset >= offset, timeout_s)
+
+    def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
+        return self.wait_for_offset(self.log_end(), timeout_s)
+
+    def wait_until(self, predicate: Callable[[ControlState], bool], timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.state), timeout_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._consumer.close()
+        self._probe.close()

@@ -1,0 +1,74 @@
+"""Prometheus metrics shared by all processors (one registry per process).
+
+Names follow Prometheus conventions (``skyloop_<thing>_<unit>``); labels are low-cardinality
+(processor, topic, source, error class, detector), never image ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "BATCH_SECONDS",
+    "CONTROL_OFFSET",
+    "DEAD_LETTERS",
+    "IMAGES_SCORED",
+    "MESSAGES_IN",
+    "MESSAGES_OUT",
+    "REGISTRY",
+    "SCORE_LATENCY",
+    "serve_metrics",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES_IN = Counter(
+    "skyloop_messages_consumed_total",
+    "Messages consumed",
+    ["processor", "topic"],
+    registry=REGISTRY,
+)
+MESSAGES_OUT = Counter(
+    "skyloop_messages_produced_total",
+    "Messages produced",
+    ["processor", "topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "skyloop_dead_letters_total",
+    "Messages sent to images.dlq",
+    ["processor", "error_class"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "skyloop_batch_seconds",
+    "Time to process one batch (consume to commit)",
+    ["processor"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)
+CONTROL_OFFSET = Gauge(
+    "skyloop_control_offset",
+    "Offset of the last control event applied",
+    ["processor"],
+    registry=REGISTRY,
+)
+IMAGES_SCORED = Counter(
+    "skyloop_images_scored_total",
+    "Images scored",
+    ["source", "role", "candidate"],
+    registry=REGISTRY,
+)
+SCORE_LATENCY = Histogram(
+    "skyloop_score_latency_seconds",
+    "Per-image scoring latency (batch share)",
+    ["role"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose /metrics on ``port`` (0 = any free port); no-op when ``port`` is None."""
+    if port is not None:
+        start_http_server(port, addr="127.0.0.1", registry=REGISTRY)

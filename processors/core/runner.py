@@ -1,0 +1,246 @@
+"""The one loop every processor runs: consume a batch → process → produce → flush → commit.
+
+A processor is mostly pure logic (a :class:`Processor`); this module owns the Kafka plumbing,
+the control-state following, dead letters, metrics and shutdown.
+
+Guarantees, in order, for each batch:
+1. Before the first batch, the control log is replayed to its end (``ControlFollower``); each
+   batch is processed against one consistent ``ControlState`` snapshot, the newest applied.
+2. ``process`` returns the output messages (and writes side effects such as ClickHouse rows
+   itself, before returning).
+3. Outputs are produced and the producer is flushed; any delivery error stops the processor
+   *without* committing, so the batch is redelivered after restart (at-least-once).
+4. Only then are the consumed offsets committed (synchronously).
+On SIGTERM/SIGINT the loop finishes the batch in hand, commits it, and closes the clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from processors.core.codec import AvroCodec, default_codec
+from processors.core.config import Settings
+from processors.core.control import ControlState
+from processors.core.kafka import ControlFollower, make_consumer, make_producer
+from processors.core.metrics import (
+    BATCH_SECONDS,
+    CONTROL_OFFSET,
+    DEAD_LETTERS,
+    MESSAGES_IN,
+    MESSAGES_OUT,
+)
+from processors.core.progress import ProgressFile
+from processors.core.records import DeadLetter
+
+__all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "StopSignal"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InMessage:
+    """A consumed message; ``topic`` is the base name (without the configured prefix)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int | None = None
+
+
+@dataclass
+class RunContext:
+    """What a processor may use: settings, codec, a progress file, and dead-letter building."""
+
+    settings: Settings
+    bootstrap: str
+    processor: str
+    codec: AvroCodec
+    progress: ProgressFile
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def dead_letter(self, msg: InMessage, exc: BaseException) -> OutMessage:
+        """Wrap a message that cannot be processed, whole, with the reason."""
+        error_class = type(exc).__name__
+        DEAD_LETTERS.labels(self.processor, error_class).inc()
+        self.progress.add("dead_letters")
+        record = DeadLetter(
+            original_topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            raw=msg.value,
+            error_class=error_class,
+            message=str(exc)[:2000],
+            processor=self.processor,
+            at=datetime.now(UTC),
+        )
+        return OutMessage(
+            "images.dlq", msg.key or b"", self.codec.encode(record, "skyloop.DeadLetter")
+        )
+
+
+class Processor(Protocol):
+    name: str
+    inputs: tuple[str, ...]
+
+    def setup(self, ctx: RunContext) -> None: ...
+
+    def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]: ...
+
+    def close(self) -> None: ...
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between batches."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+class DeliveryError(RuntimeError):
+    """A produced message was not delivered; offsets are not committed."""
+
+
+class Runner:
+    """Runs one processor until stopped. See the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        stop: StopSignal | None = None,
+        progress_dir: Path | None = None,
+        batch_size: int | None = None,
+        max_wait_s: float | None = None,
+    ) -> None:
+        self.processor = processor
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.stop = stop or StopSignal()
+        self.batch_size = batch_size or settings.batch_size
+        self.max_wait_s = (
+            max_wait_s if max_wait_s is not None else settings.batch_max_wait_ms / 1000
+        )
+        self.ctx = RunContext(
+            settings,
+            bootstrap,
+            processor.name,
+            default_codec(),
+            ProgressFile(progress_dir, processor.name),
+        )
+        self._delivery_errors: list[str] = []
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(str(err))
+
+    def run(self) -> None:
+        settings, name = self.settings, self.processor.name
+        follower = ControlFollower(settings, self.bootstrap).start()
+        producer = make_producer(settings, self.bootstrap)
+        consumer = make_consumer(settings, self.bootstrap, settings.group(name))
+        self.ctx.extra["follower"] = follower
+        self.ctx.extra["producer"] = producer
+        try:
+            if not follower.wait_caught_up(timeout_s=60):
+                log.warning("%s: control log not caught up after 60 s; continuing", name)
+            self.processor.setup(self.ctx)
+            consumer.subscribe([settings.topic(t) for t in self.processor.inputs])
+            prefix_len = len(settings.topic_prefix)
+            self.ctx.progress.set("ready", True)
+            self.ctx.progress.write(force=True)
+            while not self.stop.is_set():
+                raw = consumer.consume(self.batch_size, self.max_wait_s)
+                batch: list[InMessage] = []
+                for m in raw:
+                    if m.error():
+                        if m.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("%s: consume error: %s", name, m.error())
+                        continue
+                    batch.append(
+                        InMessage(
+                            m.topic()[prefix_len:], m.partition(), m.offset(), m.key(), m.value()
+                        )
+                    )
+                if not batch:
+                    self.ctx.progress.write()
+                    continue
+                self._handle(batch, producer, consumer, follower.state)
+        finally:
+            try:
+                self.processor.close()
+            finally:
+                self.ctx.progress.write(force=True)
+                producer.flush(10)
+                consumer.close()
+                follower.close()
+
+    def _handle(
+        self, batch: list[InMessage], producer: Any, consumer: Any, state: ControlState
+    ) -> None:
+        name, settings = self.processor.name, self.settings
+        started = time.perf_counter()
+        for m in batch:
+            MESSAGES_IN.labels(name, m.topic).inc()
+        try:
+            outputs = self.processor.process(batch, state)
+        except Exception:
+            log.error("%s: batch failed, not committed:\n%s", name, traceback.format_exc())
+            raise
+        for out in outputs:
+            kwargs: dict[str, Any] = {
+                "key": out.key,
+                "value": out.value,
+                "on_delivery": self._on_delivery,
+            }
+            if out.partition is not None:
+                kwargs["partition"] = out.partition
+            producer.produce(settings.topic(out.topic), **kwargs)
+            producer.poll(0)
+            MESSAGES_OUT.labels(name, out.topic).inc()
+        if producer.flush(60) != 0 or self._delivery_errors:
+            raise DeliveryError(f"{name}: outputs not delivered: {self._delivery_errors[:3]}")
+        last: dict[tuple[str, int], int] = {}
+        for m in batch:
+            last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
+        consumer.commit(
+            offsets=[TopicPartition(settings.topic(t), p, o + 1) for (t, p), o in last.items()],
+            asynchronous=False,
+        )
+        self.ctx.progress.add("consumed", len(batch))
+        self.ctx.progress.add("produced", len(outputs))
+        self.ctx.progress.set("control_offset", state.offset)
+        self.ctx.progress.write()
+        CONTROL_OFFSET.labels(name).set(state.offset)
+        BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)

@@ -1,0 +1,46 @@
+"""Shared fixtures: one embedded Tansu broker per test session; unique names per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from processors.core.config import Settings, load_settings
+from processors.core.stack import EmbeddedBroker
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of the embedded broker (or $SKYLOOP_KAFKA_BOOTSTRAP, a real Kafka)."""
+    real = os.environ.get("SKYLOOP_KAFKA_BOOTSTRAP")
+    if real:
+        yield real
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for topic prefixes and group ids."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, unique: str) -> Settings:
+    """Settings isolated to this test: own data dir, topic prefix and group prefix."""
+    return load_settings(
+        data_dir=tmp_path / "data",
+        topic_prefix=f"t{unique}.",
+        group_prefix=f"g{unique}",
+        session_timeout_ms=6000,
+    )

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import random
+import time
+
+from processors.core.codec import default_codec
+from processors.core.config import Settings
+from processors.core.control import ControlState, new_event, replay
+from processors.core.kafka import (
+    ControlFollower,
+    ensure_topics,
+    make_producer,
+    produce_control_event,
+)
+from processors.core.records import ControlEventRecord
+
+
+def history(seed: int) -> list[ControlEventRecord]:
+    rng = random.Random(seed)
+    events = [
+        new_event(
+            "calibration.updated",
+            "effnet@1",
+            "controller",
+            {
+                "model_version": "effnet@1",
+                "artifact_id": "a" * 64,
+                "target_fpr": 0.05,
+                "vote_k": 2,
+                "thresholds": {"knn": 0.95, "energy": 0.95},
+            },
+        ),
+        new_event("model.registered", "effnet@2", "retrainer", {"model_version": "effnet@2"}),
+        new_event(
+            "model.canary_started",
+            "effnet@2",
+            "controller",
+            {"model_version": "effnet@2", "fraction": 0.2},
+        ),
+    ]
+    for i in range(40):
+        source = rng.choice(["sky", "hubble", "ztf"])
+        kind = rng.choice(["threshold.set", "threshold.decayed", "source.paused", "source.resumed"])
+        params = (
+            {"detector": rng.choice(["knn", "energy"]), "value": rng.random()}
+            if "threshold" in kind
+            else {"reason": f"r{i}"}
+        )
+        events.append(new_event(kind, source, "controller", params))  # type: ignore[arg-type]
+    return events
+
+
+def test_replay_of_the_same_log_gives_the_same_state() -> None:
+    events = list(enumerate(history(1)))
+    assert replay(events) == replay(events)
+    assert replay(events).fingerprint() == replay(events).fingerprint()
+    assert replay(events).fingerprint() != replay(list(enumerate(history(2)))).fingerprint()
+
+
+def test_replay_through_avro_is_identical_to_the_in_memory_fold() -> None:
+    codec = default_codec()
+    events = history(3)
+    decoded = [
+        codec.decode(codec.encode(e, "skyloop.ControlEvent"), "skyloop.ControlEvent")
+        for e in events
+    ]
+    assert replay(enumerate(events)).fingerprint() == replay(enumerate(decoded)).fingerprint()  # type: ignore[arg-type]
+
+
+def test_the_fold_applies_each_event_type() -> None:
+    state = replay(enumerate(history(4)[:3]))
+    cal = state.calibration_for("effnet@1")
+    assert cal is not None and cal.thresholds["knn"] == 0.95 and cal.vote_k == 2
+    assert state.canary is not None and state.canary.fraction == 0.2
+    state = state.apply(new_event("threshold.set", "sky", "op", {"thresholds": {"knn": 0.9}}), 3)
+    assert state.threshold_for("sky", "knn", default=0.5) == 0.9
+    assert state.threshold_for("hubble", "knn", default=0.5) == 0.5
+    state = state.apply(new_event("source.paused", "sky", "op", {"reason": "errors"}), 4)
+    assert state.is_source_paused("sky")
+    state = state.apply(new_event("source.resumed", "sky", "op"), 5)
+    assert not state.is_source_paused("sky")
+    state = state.apply(new_event("pipeline.paused", "pipeline", "op", {"reason": "latency"}), 6)
+    assert state.pipeline_paused == "latency"
+    assert state.offset == 6 and state.events_applied == 7
+    # A new calibration supersedes per-source overrides against the old reference.
+    state = state.apply(history(4)[0], 7)
+    assert state.threshold_for("sky", "knn", default=0.5) == 0.5
+
+
+def test_unknown_event_types_are_counted_but_change_nothing() -> None:
+    event = new_event("drift.detected", "sky", "controller")
+    event["type"] = "something.new"
+    state = ControlState.initial().apply(event, 0)
+    assert state.events_applied == 1
+    assert state.fingerprint() != ControlState.initial().fingerprint()
+    assert state.calibrations == ControlState.initial().calibrations
+
+
+def test_followers_started_at_different_times_reach_the_same_state(
+    settings: Settings, kafka_bootstrap: str
+) -> None:
+    ensure_topics(settings, kafka_bootstrap)
+    producer = make_producer(settings, kafka_bootstrap)
+    events = history(5)
+    early = ControlFollower(settings, kafka_bootstrap).start()
+    for event in events[:20]:
+        produce_control_event(producer, settings, event)
+    late = ControlFollower(settings, kafka_bootstrap).start()
+    for event in events[20:]:
+        produce_control_event(producer, settings, event)
+    try:
+        assert early.log_end() == len(events)
+        for follower in (early, late):
+            assert follower.wait_caught_up(timeout_s=20)
+        expected = replay(enumerate(events))
+        assert early.state.fingerprint() == late.state.fingerprint() == expected.fingerprint()
+        assert late.state.offset == len(events) - 1
+    finally:
+        early.close()
+        late.close()
+
+
+def test_an_event_is_applied_before_anything_produced_after_it(
+    settings: Settings, kafka_bootstrap: str
+) -> None:
+    ensure_topics(settings, kafka_bootstrap)
+    producer = make_producer(settings, kafka_bootstrap)
+    follower = ControlFollower(settings, kafka_bootstrap).start()
+    try:
+        event = new_event("pipeline.paused", "pipeline", "op", {"reason": "test"})
+        started = time.monotonic()
+        produce_control_event(producer, settings, event)
+        assert follower.wait_for_offset(follower.log_end(), timeout_s=10)
+        assert follower.state.pipeline_paused == "test"
+        assert time.monotonic() - started < 10
+    finally:
+        follower.close()
