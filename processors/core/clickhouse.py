@@ -1,0 +1,83 @@
+"""Connect to ClickHouse by DSN: in-process chdb locally, a server over HTTP(S) in production.
+
+Accepted DSNs (the same client API either way):
+
+- ``chdb:///absolute/path`` — the embedded engine, data in that directory (created if missing).
+  chdb hosts one engine per OS process, so a process may have clients on one path at a time;
+  it can switch paths once all its clients are closed. Another process cannot open a path that
+  is open (DESIGN §6: the sink process owns it locally).
+- ``http://user:password@host:8123/database`` or ``https://...`` — a ClickHouse server.
+
+Tables are unqualified in every query skyloop runs, so they live in the client's database: the
+DSN's (HTTP) or ``default`` unless :func:`connect` is given one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.binding import quote_identifier
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ProgrammingError
+
+from processors.core.exceptions import ConfigError, StackError
+
+__all__ = ["ACCEPTED_DSN_FORMS", "Client", "connect", "redact_dsn"]
+
+ACCEPTED_DSN_FORMS = "chdb:///absolute/path, http://user:password@host:8123/database or https://..."
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``***``, fit for logs and error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _chdb_path(dsn: str) -> Path:
+    parts = urlsplit(dsn)
+    if parts.netloc or not parts.path.startswith("/") or parts.query:
+        raise ConfigError(
+            f"clickhouse dsn {dsn!r}: a chdb DSN is chdb:/// followed by an absolute directory "
+            f"path; accepted forms: {ACCEPTED_DSN_FORMS}"
+        )
+    return Path(parts.path)
+
+
+def connect(dsn: str, *, database: str | None = None) -> Client:
+    """Open a ClickHouse client for ``dsn``; with ``database``, create it if missing and use it.
+
+    Raises :class:`ConfigError` for a DSN of any other form (naming the accepted ones) and
+    :class:`StackError` when the chdb engine cannot open its directory (typically: another
+    process holds it, or this process has clients open on another path).
+    """
+    scheme = urlsplit(dsn).scheme.lower()
+    if scheme == "chdb":
+        path = _chdb_path(dsn)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"clickhouse dsn {dsn!r}: cannot create {path}: {exc}") from exc
+        try:
+            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        except ProgrammingError as exc:
+            raise StackError(
+                f"cannot open chdb at {path}: one OS process may open a chdb directory, and a "
+                f"process may have clients on one directory at a time ({exc})"
+            ) from exc
+    elif scheme in ("http", "https"):
+        client = clickhouse_connect.get_client(dsn=dsn)
+    else:
+        raise ConfigError(
+            f"clickhouse dsn {redact_dsn(dsn)!r} is not supported; accepted forms: "
+            f"{ACCEPTED_DSN_FORMS}"
+        )
+    if database:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+        client.database = database
+    return client

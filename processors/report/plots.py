@@ -1,0 +1,142 @@
+"""Figures and thumbnails of the daily report, written as PNG files.
+
+Figures use matplotlib's object API on the Agg canvas (no pyplot, no global backend switch), so
+they render headless and from any thread. Thumbnails show a cutout with a display stretch:
+values are scaled between the 1st and 99.5th finite percentiles, then (for FITS, whose values
+are linear fluxes) compressed with ``asinh`` so faint structure and bright cores both show.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import DateFormatter, HourLocator, date2num
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from numpy.typing import NDArray
+
+from processors.core.imaging import decode_pixels
+from processors.core.records import ImageFormat
+
+__all__ = ["plot_score_histograms", "plot_throughput", "stretch", "thumbnail_png"]
+
+_FLAGGED = "#d62728"
+_NOT_FLAGGED = "#1f77b4"
+
+
+def stretch(
+    array: NDArray[np.floating], *, asinh: bool = True, beta: float = 10.0
+) -> NDArray[np.uint8]:
+    """Map ``(h, w)`` or ``(h, w, 3)`` values to uint8 with a percentile (+ asinh) stretch.
+
+    Non-finite pixels become black. A constant image becomes uniformly black.
+
+    >>> stretch(np.array([[0.0, 1.0], [2.0, np.nan]]), asinh=False).tolist()
+    [[0, 126], [255, 0]]
+    """
+    data = np.asarray(array, dtype=np.float64)
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.zeros(data.shape, dtype=np.uint8)
+    lo, hi = np.percentile(data[finite], [1.0, 99.5])
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = np.clip((np.where(finite, data, lo) - lo) / (hi - lo), 0.0, 1.0)
+    if asinh:
+        scaled = np.arcsinh(beta * scaled) / np.arcsinh(beta)
+    return (scaled * 255.0).astype(np.uint8)
+
+
+def thumbnail_png(pixels: bytes, fmt: ImageFormat, *, size: int = 96) -> bytes:
+    """A PNG thumbnail (longest side ``size``) of encoded pixels; raises BadImageError.
+
+    Three or more bands show as RGB (the first three), otherwise the first band as grey.
+    """
+    from PIL import Image
+
+    array = decode_pixels(pixels, fmt)
+    view = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, 0]
+    image = Image.fromarray(stretch(view, asinh=fmt == "fits"))
+    scale = size / max(image.size)
+    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    image = image.resize(new_size, resample)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def plot_score_histograms(
+    histograms: Mapping[str, Mapping[bool, Sequence[int]]],
+    thresholds: Mapping[str, float],
+    path: Path,
+) -> Path:
+    """One panel per source: counts of production ensemble scores per bin on [0, 1], stacked
+    as not flagged / flagged, with the source's mean detector threshold as a dashed line.
+
+    ``histograms[source][flagged]`` holds the counts of equal-width bins in order.
+    """
+    sources = sorted(histograms)
+    cols = min(3, max(1, len(sources)))
+    rows = max(1, -(-len(sources) // cols))
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, source in zip(axes, sources, strict=False):
+        by_verdict = histograms[source]
+        bins = len(next(iter(by_verdict.values())))
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        centers, width = (edges[:-1] + edges[1:]) / 2, 1.0 / bins
+        normal = np.asarray(by_verdict.get(False, [0] * bins), dtype=float)
+        flagged = np.asarray(by_verdict.get(True, [0] * bins), dtype=float)
+        ax.bar(centers, normal, width=width, color=_NOT_FLAGGED, label="not flagged")
+        ax.bar(centers, flagged, width=width, bottom=normal, color=_FLAGGED, label="flagged")
+        if source in thresholds:
+            ax.axvline(thresholds[source], color="black", linestyle="--", label="mean threshold")
+        ax.set_title(source, fontsize=10)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_xlabel("ensemble score")
+        ax.set_ylabel("images")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    for ax in axes[len(sources) :]:
+        ax.set_visible(False)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_throughput(
+    series: Mapping[str, Sequence[tuple[datetime, int]]],
+    window: tuple[datetime, datetime],
+    path: Path,
+) -> Path:
+    """Images fetched per hour over ``window`` (UTC), one line per source; empty hours are 0."""
+    start, end = window
+    hours = [start + timedelta(hours=h) for h in range(int((end - start) / timedelta(hours=1)))]
+    fig = Figure(figsize=(8.0, 3.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for source in sorted(series):
+        counts = dict(series[source])
+        ax.plot(
+            date2num(hours),
+            [counts.get(hour, 0) for hour in hours],
+            marker="o",
+            markersize=3,
+            drawstyle="steps-post",
+            label=source,
+        )
+    ax.set_xlim(float(date2num(start)), float(date2num(end)))
+    ax.xaxis.set_major_locator(HourLocator(byhour=range(0, 24, 3), tz=UTC))
+    ax.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=UTC))
+    ax.set_xlabel(f"hour of {start:%Y-%m-%d} (UTC)")
+    ax.set_ylabel("images / hour")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from processors.core.clickhouse import Client
+from processors.sink.migrations import (
+    MigrationError,
+    apply_migrations,
+    default_ddl_dir,
+    load_migrations,
+    split_statements,
+)
+
+TABLES = {"images", "scores", "candidates", "control_events", "dead_letters", "schema_migrations"}
+
+
+def _tables(client: Client) -> dict[str, str]:
+    rows = client.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase()"
+    ).result_rows
+    return {name: engine for name, engine in rows}
+
+
+def test_fresh_database_gets_every_table_once(client: Client) -> None:
+    # the fixture applied the migrations; a second run is a no-op
+    tables = _tables(client)
+    assert set(tables) >= TABLES
+    assert all(tables[name] == "ReplacingMergeTree" for name in TABLES)
+    assert apply_migrations(client) == []
+    recorded = client.query("SELECT version, name FROM schema_migrations FINAL").result_rows
+    assert recorded == [(1, "001_initial.sql")]
+    assert client.command("SELECT count() FROM schema_migrations") == 1
+
+
+def test_applies_in_version_order_and_resumes_after_a_bad_file(
+    client: Client, tmp_path: Path
+) -> None:
+    ddl = tmp_path / "ddl"
+    ddl.mkdir()
+    (ddl / "010_second.sql").write_text(
+        "-- runs after 002\nALTER TABLE t_mig ADD COLUMN IF NOT EXISTS y String;\n"
+    )
+    (ddl / "002_first.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS t_mig (x UInt8, s String DEFAULT 'a;b') "
+        "ENGINE = MergeTree ORDER BY x;"
+    )
+    (ddl / "011_broken.sql").write_text(
+        "CREATE TABLE t_bad (x Strin) ENGINE = MergeTree ORDER BY x;"
+    )
+
+    with pytest.raises(MigrationError, match=r"011_broken\.sql: statement 1 of 1 failed"):
+        apply_migrations(client, ddl)
+    # the good files before the bad one stay applied and recorded
+    columns = client.query("SELECT name FROM system.columns WHERE table = 't_mig'").result_rows
+    assert [c for (c,) in columns] == ["x", "s", "y"]
+    (ddl / "011_broken.sql").write_text("CREATE TABLE IF NOT EXISTS t_ok (x String) ENGINE = Log;")
+    assert apply_migrations(client, ddl) == ["011_broken.sql"]
+    assert apply_migrations(client, ddl) == []
+
+
+def test_changed_applied_file_is_refused(client: Client, tmp_path: Path) -> None:
+    ddl = tmp_path / "ddl"
+    ddl.mkdir()
+    (ddl / "005_x.sql").write_text("CREATE TABLE IF NOT EXISTS t_x (x UInt8) ENGINE = Log;")
+    assert apply_migrations(client, ddl) == ["005_x.sql"]
+    (ddl / "005_x.sql").write_text("CREATE TABLE IF NOT EXISTS t_x (x UInt16) ENGINE = Log;")
+    with pytest.raises(MigrationError, match=r"005_x\.sql changed after it was applied"):
+        apply_migrations(client, ddl)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"initial.sql": "SELECT 1"}, r"initial\.sql: DDL files are named NNN_description\.sql"),
+        ({"001_a.sql": "SELECT 1", "1_b.sql": "SELECT 1"}, r"share version 1"),
+        ({"003_empty.sql": "-- nothing here;\n"}, r"003_empty\.sql: no SQL statements"),
+    ],
+)
+def test_malformed_directories_name_the_file(
+    tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(MigrationError, match=message):
+        load_migrations(tmp_path)
+
+
+def test_missing_directory() -> None:
+    with pytest.raises(MigrationError, match="DDL directory not found"):
+        load_migrations(Path("/nonexistent/skyloop/ddl"))
+
+
+def test_repository_ddl_is_found_and_split() -> None:
+    migrations = load_migrations()
+    assert migrations[0].name == "001_initial.sql"
+    assert migrations[0].path.parent == default_ddl_dir()
+    assert [s.split()[5] for s in migrations[0].statements] == [
+        "images",
+        "scores",
+        "candidates",
+        "control_events",
+        "dead_letters",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT 1; SELECT 2", ["SELECT 1", "SELECT 2"]),
+        ("SELECT ';' ; ", ["SELECT ';'"]),
+        ("SELECT 'it''s; fine'; SELECT 2;", ["SELECT 'it''s; fine'", "SELECT 2"]),
+        ("SELECT 'a\\';b';", ["SELECT 'a\\';b'"]),
+        ('SELECT "col;x", `t;y`;', ['SELECT "col;x", `t;y`']),
+        ("-- head; comment\nSELECT 1; -- tail; \n", ["SELECT 1"]),
+        ("/* a; b */ SELECT /* c; */ 1;", ["SELECT /* c; */ 1"]),
+        ("SELECT 1 -- trailing", ["SELECT 1 -- trailing"]),
+        ("  ;; -- only comments\n/* ; */", []),
+    ],
+)
+def test_split_statements(sql: str, expected: list[str]) -> None:
+    assert split_statements(sql) == expected
