@@ -210,8 +210,9 @@ def _sources_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines += [
         "",
         "Scored, flagged and latency count production scores; the candidate rate is flagged / "
-        "scored. Candidates are the detector's output. Dead letters are attributed through "
-        f"their key (image id); {_UNATTRIBUTED} ones name no known image.",
+        "scored. Candidates are the detector's output. Dead letters are attributed by their "
+        "original topic (source:NAME) or their key (an image id); "
+        f"{_UNATTRIBUTED} ones name neither.",
     ]
     return lines
 

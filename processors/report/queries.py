@@ -84,8 +84,13 @@ WITH
         SELECT source, count() AS candidates FROM candidates FINAL
         WHERE {_window("detected_at")} GROUP BY source),
     dl AS (
-        SELECT i.source AS source, count() AS dead_letters
-        FROM (SELECT ifNull(key, '') AS key FROM dead_letters FINAL WHERE {_window("at")}) AS d
+        SELECT if(startsWith(d.original_topic, 'source:'), substring(d.original_topic, 8),
+                  toString(i.source)) AS source,
+               count() AS dead_letters
+        FROM (
+            SELECT original_topic, ifNull(key, '') AS key FROM dead_letters FINAL
+            WHERE {_window("at")}
+        ) AS d
         LEFT JOIN (SELECT image_id, source FROM images FINAL) AS i ON d.key = i.image_id
         GROUP BY source),
     names AS (
@@ -111,8 +116,9 @@ LEFT JOIN cand ON cand.source = names.source
 LEFT JOIN dl ON dl.source = names.source
 ORDER BY source = '', source
 """
-"""One row per source seen in the window. Dead letters are attributed to a source through
-their key (the image id); those whose key is no known image have source ``''``."""
+"""One row per source seen in the window. Dead letters are attributed to a source by their
+original topic when it is ``source:<name>`` (failures of an image source, before Kafka), else
+through their key (the image id); the rest have source ``''``."""
 
 MODELS = f"""
 SELECT model_version, role, any(backbone) AS backbone, count() AS scored,

@@ -2,7 +2,7 @@
 
 Day ``DAY`` holds two sources: ``synth-a`` (PNG cutouts with ground truth) and ``ztf-public``
 (FITS cutouts with ZTF provenance, one with NaN pixels), shadow scores, detector candidates, a
-control event and two dead letters; one image of the day before must stay out of the report.
+control event and three dead letters; one image of the day before must stay out of the report.
 Every message is delivered twice (at-least-once), so the report must count distinct records.
 """
 
@@ -198,18 +198,24 @@ def build_dataset() -> Dataset:
         },
     )
     synth_ids = [r["image_id"] for r in data.messages["images.raw"] if r["source"] == "synth-a"]
-    for offset, dlq_key in ((41, synth_ids[5].encode()), (42, b"no-such-image")):
+    bad_image = ("BadImageError", "score", "image has no finite pixel values | offset")
+    dead: list[tuple[str, int, bytes | None, tuple[str, str, str]]] = [
+        ("images.raw", 41, synth_ids[5].encode(), bad_image),  # attributed through its image
+        ("images.raw", 42, b"no-such-image", bad_image),  # unattributed
+        ("source:ztf-public", -1, None, ("SourceError", "ingest", "HTTP 503 from the archive")),
+    ]
+    for topic, offset, dlq_key, (error_class, processor, message) in dead:
         data.add(
             "images.dlq",
             {
-                "original_topic": "images.raw",
+                "original_topic": topic,
                 "partition": 0,
                 "offset": offset,
                 "key": dlq_key,
                 "raw": b"\x00" * 8,
-                "error_class": "BadImageError",
-                "message": f"image has no finite pixel values | offset {offset}",
-                "processor": "score",
+                "error_class": error_class,
+                "message": f"{message} {offset}",
+                "processor": processor,
                 "at": NOON + timedelta(minutes=2),
             },
         )

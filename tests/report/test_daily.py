@@ -65,7 +65,7 @@ def test_report_figures_match_the_data(client: Client, dataset: Dataset, tmp_pat
         "Flagged by the ensemble (production)": (len(flagged), len(flagged) + 1),
         "Candidates (detector output)": (2, 2),
         "Control events": (1, 1),
-        "Dead letters": (2, 2),
+        "Dead letters": (3, 3),
     }
     summary_table = _table(_section(md, "Summary"))
     for label, (day_count, total) in expected.items():
@@ -81,7 +81,7 @@ def test_report_figures_match_the_data(client: Client, dataset: Dataset, tmp_pat
         len(production),
         len(flagged),
     )
-    assert (summary.candidates, summary.control_events, summary.dead_letters) == (2, 1, 2)
+    assert (summary.candidates, summary.control_events, summary.dead_letters) == (2, 1, 3)
     assert summary.sources == 2
     assert str(len(images)) in summary.headline()
 
@@ -101,6 +101,7 @@ def test_report_figures_match_the_data(client: Client, dataset: Dataset, tmp_pat
         assert row[6] == f"{lat[int(0.95 * len(lat))]:.1f}"  # quantileExact: element floor(q*n)
     assert sources["synth-a"][4] == "2"  # detector candidates
     assert sources["synth-a"][7] == "1"  # dead letter keyed by one of its images
+    assert sources["ztf-public"][7] == "1"  # original topic source:ztf-public
     assert sources["(unattributed)"][7] == "1"
 
     truth = _table(_section(md, "Detection quality against ground truth"))
@@ -152,6 +153,7 @@ def test_report_figures_match_the_data(client: Client, dataset: Dataset, tmp_pat
     dead = _table(_section(md, "Dead letters"))
     assert dead["BadImageError"][:3] == ["score", "images.raw", "2"]
     assert dead["BadImageError"][5].startswith("image has no finite pixel values \\| offset 41")
+    assert dead["SourceError"][:3] == ["ingest", "source:ztf-public", "1"]
 
 
 def test_report_is_rewritten_in_place(client: Client, dataset: Dataset, tmp_path: Path) -> None:
