@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="prepended to every topic name (tests, tenants)")
     group_prefix: str = Field("skyloop", description="consumer group ids are <prefix>.<processor>")
     session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer session timeout")
+    progress_dir: Path | None = Field(None, description="where processors write progress files")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port")
 
     # scoring

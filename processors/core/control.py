@@ -65,9 +65,15 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A model's reference set and the thresholds it implies at a target false-positive rate."""
+    """One source's reference set under one model, and its thresholds at a target FPR.
+
+    Calibration is per (model, source): every source has its own notion of normal (a synthetic
+    star field, an RGB Hubble cutout and a ZTF difference image share nothing), so one pooled
+    reference would flag whole sources as anomalous.
+    """
 
     model_version: str
+    source: str
     artifact_id: str
     target_fpr: float
     vote_k: int
@@ -105,8 +111,8 @@ class ControlState:
         return ControlState()
 
     # -- queries -----------------------------------------------------------------------------
-    def calibration_for(self, model_version: str) -> Calibration | None:
-        return self.calibrations.get(model_version)
+    def calibration_for(self, model_version: str, source: str) -> Calibration | None:
+        return self.calibrations.get(f"{model_version}|{source}")
 
     def threshold_for(self, source: str, detector: str, default: float) -> float:
         """A source's own threshold when set, else ``default`` (the model-wide calibration)."""
@@ -132,20 +138,22 @@ class ControlState:
                 source_thresholds=_frozen({**self.source_thresholds, subject: _frozen(current)}),
             )
         if kind == "calibration.updated":
-            version = p.get("model_version") or subject
+            version = p.get("model_version") or ""
             cal = Calibration(
                 model_version=version,
+                source=subject,
                 artifact_id=p.get("artifact_id") or "",
                 target_fpr=float(p.get("target_fpr") or 0.0),
                 vote_k=int(p.get("vote_k") or 1),
                 thresholds=_frozen(p.get("thresholds") or {}),
                 event_id=event["event_id"],
             )
-            # A new calibration supersedes per-source overrides made against the old reference.
+            # A new calibration supersedes the source's overrides made against the old reference.
+            remaining = {k: v for k, v in self.source_thresholds.items() if k != subject}
             return replace(
                 base,
-                calibrations=_frozen({**self.calibrations, version: cal}),
-                source_thresholds=_EMPTY,
+                calibrations=_frozen({**self.calibrations, f"{version}|{subject}": cal}),
+                source_thresholds=_frozen(remaining),
             )
         if kind == "drift.detected":
             return replace(base, drift_events=self.drift_events + 1)

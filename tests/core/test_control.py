@@ -20,7 +20,7 @@ def history(seed: int) -> list[ControlEventRecord]:
     events = [
         new_event(
             "calibration.updated",
-            "effnet@1",
+            "sky",
             "controller",
             {
                 "model_version": "effnet@1",
@@ -69,7 +69,8 @@ def test_replay_through_avro_is_identical_to_the_in_memory_fold() -> None:
 
 def test_the_fold_applies_each_event_type() -> None:
     state = replay(enumerate(history(4)[:3]))
-    cal = state.calibration_for("effnet@1")
+    cal = state.calibration_for("effnet@1", "sky")
+    assert state.calibration_for("effnet@1", "hubble") is None
     assert cal is not None and cal.thresholds["knn"] == 0.95 and cal.vote_k == 2
     assert state.canary is not None and state.canary.fraction == 0.2
     state = state.apply(new_event("threshold.set", "sky", "op", {"thresholds": {"knn": 0.9}}), 3)
@@ -82,9 +83,11 @@ def test_the_fold_applies_each_event_type() -> None:
     state = state.apply(new_event("pipeline.paused", "pipeline", "op", {"reason": "latency"}), 6)
     assert state.pipeline_paused == "latency"
     assert state.offset == 6 and state.events_applied == 7
-    # A new calibration supersedes per-source overrides against the old reference.
-    state = state.apply(history(4)[0], 7)
+    state = state.apply(new_event("threshold.set", "hubble", "op", {"thresholds": {"knn": 0.8}}), 7)
+    # A new calibration of "sky" supersedes sky's overrides, not other sources'.
+    state = state.apply(history(4)[0], 8)
     assert state.threshold_for("sky", "knn", default=0.5) == 0.5
+    assert state.threshold_for("hubble", "knn", default=0.5) == 0.8
 
 
 def test_unknown_event_types_are_counted_but_change_nothing() -> None:

@@ -1,0 +1,279 @@
+"""The ``skyloop`` command: run, worker, sql, events, report.
+
+Exit codes: 0 success, 1 a pipeline or data error (message on stderr), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from processors.core.exceptions import ConfigError, SkyloopError
+
+__all__ = ["main"]
+
+DEFAULT_SOURCES = ["synthetic", "hubble"]
+WORKER_NAMES = ("ingest", "score", "stats", "detect", "sink")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from processors.core.config import load_settings
+
+    return load_settings(
+        getattr(args, "config", None),
+        data_dir=getattr(args, "data_dir", None),
+    )
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    from processors.local import latest_run_dir
+
+    settings = _settings(args)
+    if getattr(args, "run", None):
+        return Path(args.run)
+    run_dir = latest_run_dir(settings.data_dir)
+    if run_dir is None:
+        # A worker-style data dir (skyloop worker sink) keeps chdb directly under it.
+        if (settings.data_dir / "clickhouse").is_dir():
+            return settings.data_dir
+        raise SkyloopError(f"no run found under {settings.data_dir}; run `skyloop run` first")
+    return run_dir
+
+
+# -- run -------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from processors.local import run_local
+
+    settings = _settings(args)
+    sources = args.source or DEFAULT_SOURCES
+    from processors.ingest.sources import source_from_spec
+
+    for spec in sources:  # fail fast on bad specs, before anything starts
+        source_from_spec(spec)
+    result = run_local(settings, sources, args.images, timeout_s=args.timeout)
+    counts = result.counts
+    print(
+        f"\nskyloop run finished in {result.seconds:.1f}s "
+        f"({counts.get('images', 0) / max(result.ingest_seconds, 1e-9):.1f} images/s end to end)\n"
+        f"  images {counts.get('images', 0)}, scored {counts.get('scores', 0)}, "
+        f"candidates {counts.get('candidates', 0)}, dead letters {counts.get('dead_letters', 0)}, "
+        f"control events {counts.get('control_events', 0)}\n"
+        f"  data: {result.run_dir}\n"
+        f'  query: skyloop sql "SELECT source, count() FROM scores FINAL GROUP BY source"\n'
+        f"report: {result.report_path}"
+    )
+    return 0
+
+
+# -- worker ----------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from processors.core.kafka import ensure_topics
+    from processors.core.metrics import serve_metrics
+    from processors.core.runner import Runner, StopSignal
+
+    settings = _settings(args)
+    if settings.bootstrap_servers is None:
+        raise ConfigError("skyloop worker needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
+    bootstrap = settings.bootstrap_servers
+    ensure_topics(settings, bootstrap)
+    serve_metrics(settings.metrics_port)
+    progress_dir = settings.progress_dir
+    name = args.name
+    if name == "ingest":
+        from processors.ingest.processor import run_ingest
+        from processors.ingest.sources import Interleaved, source_from_spec
+
+        source = Interleaved([source_from_spec(s) for s in (args.source or DEFAULT_SOURCES)])
+        summary = run_ingest(
+            settings,
+            bootstrap,
+            source,
+            limit=args.images,
+            stop=StopSignal().install(),
+            progress_dir=progress_dir,
+        )
+        logging.info("ingest: %s", summary)
+        return 0
+    if name == "stats":
+        import faust
+
+        from processors.core.progress import ProgressFile
+        from processors.stats.app import build_app
+
+        progress = ProgressFile(progress_dir, "stats")
+        app = build_app(settings, bootstrap, progress)
+
+        @app.on_partitions_assigned.connect
+        async def _ready(*_: Any, **__: Any) -> None:
+            progress.set("ready", True)
+            progress.write(force=True)
+
+        faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+        return 0
+    processor: Any
+    if name == "score":
+        from processors.score.processor import ScoreProcessor
+
+        processor = ScoreProcessor()
+    elif name == "detect":
+        from processors.detect.processor import DetectProcessor
+
+        processor = DetectProcessor()
+    elif name == "sink":
+        from processors.sink.processor import SinkProcessor
+
+        processor = SinkProcessor()
+    else:  # argparse restricts the choices; kept for direct callers
+        raise ConfigError(f"unknown worker {name!r}; accepted: {', '.join(WORKER_NAMES)}")
+    Runner(
+        processor, settings, bootstrap, stop=StopSignal().install(), progress_dir=progress_dir
+    ).run()
+    return 0
+
+
+# -- sql, events, report ----------------------------------------------------------------------
+def query(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
+    """Answer SQL from a run's ClickHouse: via the live sink if it runs, else chdb directly."""
+    marker = run_dir / "sink.json"
+    if marker.is_file():
+        port = json.loads(marker.read_text())["port"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/sql", data=sql.encode(), method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                body = json.loads(response.read())
+            return body["columns"], body["rows"]
+        except urllib.error.HTTPError as exc:
+            raise SkyloopError(json.loads(exc.read()).get("error", str(exc))) from None
+        except urllib.error.URLError:
+            pass  # the sink is gone (stale marker): read the files directly
+    from processors.core.clickhouse import connect
+    from processors.sink.query_server import jsonable
+
+    if not (run_dir / "clickhouse").is_dir():
+        raise SkyloopError(f"no ClickHouse data in {run_dir}")
+    client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
+    try:
+        result = client.query(sql)
+    except Exception as exc:
+        raise SkyloopError(f"query failed: {exc}") from None
+    finally:
+        client.close()
+    return list(result.column_names), jsonable(result.result_rows)
+
+
+def _print_table(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=1))
+        return
+    if fmt == "tsv":
+        print("\t".join(columns))
+        for r in rows:
+            print("\t".join(str(v) for v in r))
+        return
+    cells = [[str(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    columns, rows = query(_run_dir(args), args.query)
+    _print_table(columns, rows, args.format)
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    columns, rows = query(
+        _run_dir(args),
+        "SELECT kafka_offset AS offset, at, type, subject, issued_by, params, evidence "
+        "FROM control_events FINAL ORDER BY kafka_offset",
+    )
+    _print_table(columns, rows, args.format)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from processors.report.run_report import write_run_report
+
+    path, _counts = write_run_report(_run_dir(args), _settings(args))
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skyloop", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("SKYLOOP_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="YAML settings file (also $SKYLOOP_CONFIG)")
+        p.add_argument("--data-dir", type=Path, help="data folder (default .skyloop)")
+
+    run = sub.add_parser("run", help="run the pipeline on the embedded local stack")
+    common(run)
+    run.add_argument("--images", type=int, default=500, help="items to ingest (default 500)")
+    run.add_argument(
+        "--source",
+        action="append",
+        help="image source spec, repeatable: synthetic, hubble, ztf:DIR (default: both first)",
+    )
+    run.add_argument(
+        "--timeout", type=float, default=3600.0, help="give up after this many seconds"
+    )
+    run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser("worker", help="run one processor against SKYLOOP_BOOTSTRAP_SERVERS")
+    common(worker)
+    worker.add_argument("name", choices=WORKER_NAMES)
+    worker.add_argument("--images", type=int, default=None, help="ingest: stop after N items")
+    worker.add_argument("--source", action="append", help="ingest: source spec (repeatable)")
+    worker.set_defaults(func=cmd_worker)
+
+    for name, func, helptext in (
+        ("sql", cmd_sql, "answer SQL from the run's ClickHouse"),
+        ("events", cmd_events, "print the control-event audit trail"),
+        ("report", cmd_report, "write the Markdown report again"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        common(p)
+        p.add_argument("--run", type=Path, help="a run folder (default: the latest run)")
+        if name == "sql":
+            p.add_argument("query")
+        if name in ("sql", "events"):
+            p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"skyloop: {exc}", file=sys.stderr)
+        return 2
+    except SkyloopError as exc:
+        print(f"skyloop: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nskyloop: interrupted; processors stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

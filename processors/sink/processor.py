@@ -1,0 +1,112 @@
+"""The sink processor: every topic → its ClickHouse table.
+
+Consumes ``images.raw``, ``scores``, ``candidates``, ``control.events`` and ``images.dlq``.
+Produces nothing on Kafka; writes rows with :class:`ClickHouseWriter` (tables created from
+``infra/clickhouse`` migrations at start). Guarantees: the runner commits a batch's offsets only
+after ``process`` returned, i.e. after every row of the batch is in ClickHouse; redelivered
+rows are absorbed by ReplacingMergeTree. Undecodable messages go to the dead-letter topic (and
+so, on the next batch, into ``dead_letters``).
+
+While it runs, the sink owns the chdb path and answers ``skyloop sql`` over a loopback HTTP
+endpoint whose port it writes to ``<data_dir>/sink.json``. It also keeps distinct-id counts in
+its progress file, which the local supervisor uses to know when every stage is done.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from processors.core.clickhouse import connect
+from processors.core.control import ControlState
+from processors.core.exceptions import CodecError
+from processors.core.records import TOPICS
+from processors.core.runner import InMessage, OutMessage, RunContext
+from processors.sink.migrations import apply_migrations
+from processors.sink.query_server import QueryServer
+from processors.sink.writer import ClickHouseWriter, SinkItem
+
+__all__ = ["SinkProcessor"]
+
+
+class SinkProcessor:
+    name = "sink"
+    inputs = tuple(TOPICS)
+
+    def __init__(self, serve_queries: bool = True) -> None:
+        self.serve_queries = serve_queries
+        self.lock = threading.Lock()
+        self.server: QueryServer | None = None
+        self._seen: dict[str, set[str]] = {
+            k: set()
+            for k in (
+                "images",
+                "scores",
+                "candidate_scores",
+                "candidates",
+                "dlq_source",
+                "dlq_images",
+                "dlq_other",
+                "control_events",
+            )
+        }
+
+    def setup(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.client = connect(ctx.settings.resolved_clickhouse_dsn)
+        apply_migrations(self.client)
+        self.writer = ClickHouseWriter(self.client)
+        if self.serve_queries:
+            self.server = QueryServer(self.client, self.lock).start()
+            ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            (ctx.settings.data_dir / "sink.json").write_text(json.dumps({"port": self.server.port}))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            (self.ctx.settings.data_dir / "sink.json").unlink(missing_ok=True)
+        self.client.close()
+
+    def _count(self, topic: str, record: Mapping[str, Any]) -> None:
+        seen = self._seen
+        if topic == "images.raw":
+            seen["images"].add(record["image_id"])
+        elif topic == "scores" and record["role"] == "production":
+            seen["scores"].add(record["image_id"])
+            if record["is_candidate"]:
+                seen["candidate_scores"].add(record["image_id"])
+        elif topic == "candidates":
+            seen["candidates"].add(record["image_id"])
+        elif topic == "control.events":
+            seen["control_events"].add(record["event_id"])
+        elif topic == "images.dlq":
+            origin = record["original_topic"]
+            key = (
+                "dlq_source"
+                if origin.startswith("source:")
+                else ("dlq_images" if origin == "images.raw" else "dlq_other")
+            )
+            seen[key].add(f"{origin}/{record['partition']}/{record['offset']}/{record['key']!r}")
+
+    def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
+        outputs: list[OutMessage] = []
+        by_topic: dict[str, list[SinkItem]] = {}
+        for msg in batch:
+            try:
+                record = self.ctx.codec.decode(msg.value, TOPICS[msg.topic].schema)
+            except CodecError as exc:
+                if msg.topic == "images.dlq":
+                    raise  # a dead letter that cannot be read must not be dead-lettered again
+                outputs.append(self.ctx.dead_letter(msg, exc))
+                continue
+            by_topic.setdefault(msg.topic, []).append((record, msg.partition, msg.offset))
+        with self.lock:
+            self.writer.insert_many(by_topic)
+        for topic, items in by_topic.items():
+            for record, _p, _o in items:
+                self._count(topic, record)
+        for key, ids in self._seen.items():
+            self.ctx.progress.set(key, len(ids))
+        return outputs
