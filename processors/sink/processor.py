@@ -4,8 +4,10 @@ Consumes ``images.raw``, ``scores``, ``candidates``, ``control.events`` and ``im
 Produces nothing on Kafka; writes rows with :class:`ClickHouseWriter` (tables created from
 ``infra/clickhouse`` migrations at start). Guarantees: the runner commits a batch's offsets only
 after ``process`` returned, i.e. after every row of the batch is in ClickHouse; redelivered
-rows are absorbed by ReplacingMergeTree. Undecodable messages go to the dead-letter topic (and
-so, on the next batch, into ``dead_letters``).
+rows are absorbed by ReplacingMergeTree. A message that cannot be decoded, or whose record
+does not fit its table, goes to the dead-letter topic (and so, on a later batch, into
+``dead_letters``); a dead letter that itself cannot be decoded is stored in ``dead_letters``
+directly, wrapped with the reason. Nothing consumed is dropped.
 
 While it runs, the sink owns the chdb path and answers ``skyloop sql`` over a loopback HTTP
 endpoint whose port it writes to ``<data_dir>/sink.json``. It also keeps distinct-id counts in
@@ -16,16 +18,18 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from processors.core.clickhouse import connect
 from processors.core.control import ControlState
 from processors.core.exceptions import CodecError
-from processors.core.records import TOPICS
+from processors.core.records import TOPICS, DeadLetter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
+from processors.sink.rows import RowError, to_row
 from processors.sink.writer import ClickHouseWriter, SinkItem
 
 __all__ = ["SinkProcessor"]
@@ -90,17 +94,35 @@ class SinkProcessor:
             )
             seen[key].add(f"{origin}/{record['partition']}/{record['offset']}/{record['key']!r}")
 
+    def _unreadable_dead_letter(self, msg: InMessage, exc: Exception) -> DeadLetter:
+        self.ctx.progress.add("unreadable_dead_letters")
+        return DeadLetter(
+            original_topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            raw=msg.value,
+            error_class=type(exc).__name__,
+            message=str(exc)[:2000],
+            processor="sink",
+            at=datetime.now(UTC),
+        )
+
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
         outputs: list[OutMessage] = []
         by_topic: dict[str, list[SinkItem]] = {}
         for msg in batch:
             try:
-                record = self.ctx.codec.decode(msg.value, TOPICS[msg.topic].schema)
-            except CodecError as exc:
-                if msg.topic == "images.dlq":
-                    raise  # a dead letter that cannot be read must not be dead-lettered again
-                outputs.append(self.ctx.dead_letter(msg, exc))
-                continue
+                record: Mapping[str, Any] = self.ctx.codec.decode(
+                    msg.value, TOPICS[msg.topic].schema
+                )
+                to_row(msg.topic, record, msg.partition, msg.offset)  # fits its table?
+            except (CodecError, RowError) as exc:
+                if msg.topic != "images.dlq":
+                    outputs.append(self.ctx.dead_letter(msg, exc))
+                    continue
+                # Dead-lettering a dead letter could loop; store it as it is, with the reason.
+                record = self._unreadable_dead_letter(msg, exc)
             by_topic.setdefault(msg.topic, []).append((record, msg.partition, msg.offset))
         with self.lock:
             self.writer.insert_many(by_topic)
