@@ -1,0 +1,176 @@
+"""`skyloop run` end to end through the embedded broker and chdb, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from processors.core.clickhouse import connect
+from processors.core.progress import read_progress
+
+pytestmark = pytest.mark.e2e
+
+IMAGES = 160
+
+
+def _env(marker: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
+    env.update({"SKYLOOP_E2E_MARKER": marker, "HF_HUB_OFFLINE": "1"}, **extra)
+    return env
+
+
+def _processes_with(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``marker`` (children inherit it)."""
+    found = []
+    needle = f"SKYLOOP_E2E_MARKER={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                stat = (entry / "stat").read_text()
+                if stat.split(") ", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return found
+
+
+def _skyloop(*args: str, env: dict[str, str], timeout: float = 60) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "processors.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_run_passes_every_image_through_every_stage(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    env = _env(marker, SKYLOOP_REFERENCE_SIZE="30", SKYLOOP_BATCH_SIZE="16")
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "processors.cli",
+            "run",
+            "--images",
+            str(IMAGES),
+            "--data-dir",
+            str(data),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not _processes_with(marker), "processes outlived skyloop run"
+    report_path = Path(re.search(r"^report: (.+)$", done.stdout, re.M).group(1))  # type: ignore[union-attr]
+    run_dir = Path((data / "latest").read_text().strip())
+
+    client = connect(f"chdb://{run_dir / 'clickhouse'}")
+    try:
+
+        def one(sql: str) -> int:
+            return int(client.query(sql).result_rows[0][0])
+
+        assert one("SELECT count() FROM images FINAL") == IMAGES
+        assert one("SELECT uniqExact(source) FROM images FINAL") == 2
+        assert one("SELECT count() FROM scores FINAL WHERE role = 'production'") == IMAGES
+        # every image scored exactly once (no duplicates even before FINAL here)
+        assert one("SELECT count() FROM scores") == IMAGES
+        candidates = one("SELECT count() FROM scores FINAL WHERE is_candidate")
+        assert one("SELECT count() FROM candidates FINAL") == candidates
+        assert one("SELECT count() FROM dead_letters FINAL") == 0
+        # each source filled its 30-image window and was calibrated once, then thresholded
+        assert (
+            one("SELECT count() FROM control_events FINAL WHERE type = 'calibration.updated'") == 2
+        )
+        assert one("SELECT count() FROM control_events FINAL WHERE type = 'threshold.set'") == 2
+        calibrated = one("SELECT count() FROM scores FINAL WHERE calibrated")
+        assert 0 < calibrated <= IMAGES - 2 * 30
+        # uncalibrated images are never candidates; calibrated ones carry the thresholds used
+        assert one("SELECT count() FROM scores FINAL WHERE is_candidate AND NOT calibrated") == 0
+        assert one("SELECT min(length(thresholds)) FROM scores FINAL WHERE calibrated") == 3
+        assert one("SELECT min(control_offset) FROM scores FINAL WHERE calibrated") >= 0
+    finally:
+        client.close()
+
+    report = report_path.read_text()
+    assert f"| Images scored (production) | {IMAGES} | {IMAGES} |" in report
+    assert f"| Candidates (detector output) | {candidates} | {candidates} |" in report
+    # the user's query tools answer from the same data
+    env_q = _env(marker)
+    out = _skyloop(
+        "sql", "SELECT count() FROM scores", "--data-dir", str(data), "--format", "tsv", env=env_q
+    )
+    assert out.splitlines()[1] == str(IMAGES)
+    events = _skyloop("events", "--data-dir", str(data), env=env_q)
+    assert events.count("calibration.updated") == 2
+
+
+def test_ctrl_c_stops_every_process_and_leaves_readable_data(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "processors.cli",
+            "run",
+            "--images",
+            "100000",
+            "--data-dir",
+            str(data),
+        ],
+        env=_env(marker, SKYLOOP_REFERENCE_SIZE="20"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            latest = data / "latest"
+            if latest.is_file():
+                progress = Path(latest.read_text().strip()) / "progress"
+                if read_progress(progress, "sink").get("scores", 0) >= 20:
+                    break
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.5)
+        assert len(_processes_with(marker)) >= 6  # skyloop, broker, 4 workers, ingest
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    deadline = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_with(marker), "stray processes after Ctrl-C"
+    out = _skyloop(
+        "sql",
+        "SELECT count() FROM images FINAL",
+        "--data-dir",
+        str(data),
+        "--format",
+        "tsv",
+        env=_env(uuid.uuid4().hex),
+    )
+    assert int(out.splitlines()[1]) >= 20
