@@ -89,6 +89,6 @@ def plan_calibration(window: ReferenceWindow, target_fpr: float, vote_k: int) ->
         "reference_size": float(len(reference)),
         "calibration_size": float(ensemble.calibration_size),
         "target_fpr": float(target_fpr),
-        "mahalanobis_shrinkage": float(ensemble.mahalanobis.shrinkage_),
+        "mahalanobis_shrinkage": float(ensemble.mahalanobis.shrinkage_ or 0.0),
     }
     return CalibrationPlan(reference, thresholds, evidence)

@@ -84,6 +84,8 @@ def _compile(name: str, raw: Any) -> _Schema:
         parsed = parse_schema(raw, _write_hint=False)
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
         raise SchemaError(f"schema {name!r} is not valid Avro: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise SchemaError(f"schema {name!r} must be a named record, not {type(parsed).__name__}")
     canonical = to_parsing_canonical_form(parsed)
     return _Schema(name, raw, parsed, bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")))
 

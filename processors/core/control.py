@@ -163,8 +163,8 @@ class ControlState:
             reason = p.get("reason") or "paused"
             return replace(base, paused_sources=_frozen({**self.paused_sources, subject: reason}))
         if kind == "source.resumed":
-            remaining = {k: v for k, v in self.paused_sources.items() if k != subject}
-            return replace(base, paused_sources=_frozen(remaining))
+            still_paused = {k: v for k, v in self.paused_sources.items() if k != subject}
+            return replace(base, paused_sources=_frozen(still_paused))
         if kind == "pipeline.paused":
             return replace(base, pipeline_paused=p.get("reason") or "paused")
         if kind == "pipeline.resumed":

@@ -162,13 +162,14 @@ class ControlFollower:
             msg = self._consumer.poll(0.05)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("control follower: %s", msg.error())
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("control follower: %s", err)
                 continue
-            offset = msg.offset()
+            offset = int(msg.offset() or 0)
             try:
-                event = self.codec.decode(msg.value(), "skyloop.ControlEvent")
+                event = self.codec.decode(msg.value() or b"", "skyloop.ControlEvent")
             except CodecError as exc:
                 log.error("skipping undecodable control event at offset %d: %s", offset, exc)
                 with self._cond:

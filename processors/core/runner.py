@@ -184,13 +184,18 @@ class Runner:
                 raw = consumer.consume(self.batch_size, self.max_wait_s)
                 batch: list[InMessage] = []
                 for m in raw:
-                    if m.error():
-                        if m.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("%s: consume error: %s", name, m.error())
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("%s: consume error: %s", name, err)
                         continue
                     batch.append(
                         InMessage(
-                            m.topic()[prefix_len:], m.partition(), m.offset(), m.key(), m.value()
+                            (m.topic() or "")[prefix_len:],
+                            int(m.partition() or 0),
+                            int(m.offset() or 0),
+                            m.key(),
+                            m.value() or b"",
                         )
                     )
                 if not batch:

@@ -154,7 +154,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
 
     controller.start()  # replays control.events before the agent sees its first score
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     def _stop(app: faust.App, **_: Any) -> None:
         controller.stop()
         progress.write(force=True)
