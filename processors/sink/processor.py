@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from processors.core.clickhouse import connect

@@ -24,8 +24,15 @@ from processors.sink.processor import SinkProcessor
 @contextmanager
 def running_sink(settings: Settings, bootstrap: str, progress: Path) -> Iterator[StopSignal]:
     stop = StopSignal()
-    runner = Runner(SinkProcessor(), settings, bootstrap, stop=stop, progress_dir=progress,
-                    batch_size=50, max_wait_s=0.2)
+    runner = Runner(
+        SinkProcessor(),
+        settings,
+        bootstrap,
+        stop=stop,
+        progress_dir=progress,
+        batch_size=50,
+        max_wait_s=0.2,
+    )
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -60,14 +67,20 @@ def test_every_message_lands_in_a_table_or_as_a_dead_letter(
     producer = make_producer(settings, kafka_bootstrap)
     images = [to_record(SyntheticSky(seed=3).image(n)) for n in range(5)]
     for rec in images:
-        producer.produce(settings.topic("images.raw"), key=rec["image_id"].encode(),
-                         value=codec.encode(rec, "skyloop.ImageRecord"))
+        producer.produce(
+            settings.topic("images.raw"),
+            key=rec["image_id"].encode(),
+            value=codec.encode(rec, "skyloop.ImageRecord"),
+        )
     producer.produce(settings.topic("images.raw"), key=b"garbage", value=b"not avro at all")
     producer.produce(settings.topic("scores"), key=b"unknown", value=MAGIC + b"\x01" * 8 + b"\x00")
     producer.produce(settings.topic("images.dlq"), key=b"bad-dlq", value=b"\x00broken dead letter")
     # the same image twice (at-least-once redelivery) must be one row under FINAL
-    producer.produce(settings.topic("images.raw"), key=images[0]["image_id"].encode(),
-                     value=codec.encode(images[0], "skyloop.ImageRecord"))
+    producer.produce(
+        settings.topic("images.raw"),
+        key=images[0]["image_id"].encode(),
+        value=codec.encode(images[0], "skyloop.ImageRecord"),
+    )
     assert producer.flush(10) == 0
 
     progress = tmp_path / "progress"
@@ -86,7 +99,7 @@ def test_every_message_lands_in_a_table_or_as_a_dead_letter(
     try:
         assert client.query("SELECT count() FROM images FINAL").result_rows == [(5,)]
         rows = client.query(
-            "SELECT original_topic, error_class, message FROM dead_letters FINAL ORDER BY original_topic"
+            "SELECT original_topic, error_class, message FROM dead_letters FINAL"
         ).result_rows
     finally:
         client.close()
