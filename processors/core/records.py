@@ -7,7 +7,7 @@ type-checked. Timestamps are timezone-aware UTC datetimes (Avro timestamp-millis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ImageRecord",
     "ScoreRecord",
     "TopicSpec",
+    "dead_letter",
 ]
 
 ImageFormat = Literal["fits", "png", "jpeg"]
@@ -148,6 +149,31 @@ class DeadLetter(TypedDict):
     message: str
     processor: str
     at: datetime
+
+
+def dead_letter(
+    *,
+    original_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    raw: bytes,
+    error_class: str,
+    message: str,
+    processor: str,
+) -> DeadLetter:
+    """A DeadLetter stamped now; the message is cut to 2000 characters, the bytes kept whole."""
+    return DeadLetter(
+        original_topic=original_topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        raw=raw,
+        error_class=error_class,
+        message=message[:2000],
+        processor=processor,
+        at=datetime.now(UTC),
+    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +40,7 @@ from processors.core.metrics import (
     MESSAGES_OUT,
 )
 from processors.core.progress import ProgressFile
-from processors.core.records import DeadLetter
+from processors.core.records import dead_letter
 
 __all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "StopSignal"]
 
@@ -83,16 +82,15 @@ class RunContext:
         error_class = type(exc).__name__
         DEAD_LETTERS.labels(self.processor, error_class).inc()
         self.progress.add("dead_letters")
-        record = DeadLetter(
+        record = dead_letter(
             original_topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
             key=msg.key,
             raw=msg.value,
             error_class=error_class,
-            message=str(exc)[:2000],
+            message=str(exc),
             processor=self.processor,
-            at=datetime.now(UTC),
         )
         return OutMessage(
             "images.dlq", msg.key or b"", self.codec.encode(record, "skyloop.DeadLetter")

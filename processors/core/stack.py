@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from processors.core.exceptions import StackError
+from processors.core.supervisor import terminate
 
 __all__ = ["EmbeddedBroker", "free_port", "tansu_binary"]
 
@@ -96,14 +96,8 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the broker and wait for it; kill it if it does not stop in time."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Child", "Supervisor"]
+__all__ = ["Child", "Supervisor", "terminate"]
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM ``proc``, wait up to ``timeout_s``, then SIGKILL it; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
 
 
 @dataclass
@@ -59,16 +71,7 @@ class Supervisor:
 
     def stop(self, name: str, timeout_s: float = 20.0) -> int | None:
         child = self.children.get(name)
-        if child is None:
-            return None
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-            try:
-                child.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
-        return child.proc.returncode
+        return None if child is None else terminate(child.proc, timeout_s)
 
     def stop_all(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every live child, wait up to ``timeout_s`` in total, then SIGKILL the rest."""

@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from processors.core.clickhouse import connect
 from processors.core.control import ControlState
 from processors.core.exceptions import CodecError
-from processors.core.records import TOPICS, DeadLetter
+from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
@@ -96,16 +95,15 @@ class SinkProcessor:
 
     def _unreadable_dead_letter(self, msg: InMessage, exc: Exception) -> DeadLetter:
         self.ctx.progress.add("unreadable_dead_letters")
-        return DeadLetter(
+        return dead_letter(
             original_topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
             key=msg.key,
             raw=msg.value,
             error_class=type(exc).__name__,
-            message=str(exc)[:2000],
+            message=str(exc),
             processor="sink",
-            at=datetime.now(UTC),
         )
 
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
