@@ -3,6 +3,14 @@
 A source is any iterable of :class:`RawImage` (a decodable cutout) or :class:`SourceFailure`
 (an item it could not read, kept whole for the dead-letter topic). Sources never raise for one
 bad item; they raise :class:`SourceError` only when they cannot go on at all.
+
+Optional capabilities a source may have, found by :func:`source_parts` and the helpers below:
+``endless`` (bool: whether iteration can run forever; unknown sources are taken as endless),
+``stats`` (an object with ``snapshot() -> dict[str, int]``: the source's own counters, e.g.
+quality cuts), ``commit()`` (commit what was handed out, once the caller's outputs made from it
+are delivered) and ``deliver`` (an attribute the caller may set to a callable that returns once
+those outputs are delivered, so the source can commit at its own quiet points). A composite
+source exposes its parts as ``sources``.
 """
 
 from __future__ import annotations
@@ -11,11 +19,21 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from processors.core.records import GroundTruth, ImageFormat, ImageRecord
 
-__all__ = ["ImageSource", "RawImage", "SourceFailure", "SourceItem", "image_id_for", "to_record"]
+__all__ = [
+    "ImageSource",
+    "RawImage",
+    "SourceFailure",
+    "SourceItem",
+    "image_id_for",
+    "is_endless",
+    "source_counters",
+    "source_parts",
+    "to_record",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,35 @@ class ImageSource(Protocol):
     name: str
 
     def __iter__(self) -> Iterator[SourceItem]: ...
+
+
+def source_parts(source: ImageSource) -> list[ImageSource]:
+    """The leaf sources of ``source`` (its ``sources`` if composite, recursively), in order."""
+    parts = getattr(source, "sources", None)
+    if parts is None:
+        return [source]
+    return [leaf for part in parts for leaf in source_parts(part)]
+
+
+def is_endless(source: ImageSource) -> bool:
+    """Whether iterating ``source`` may never end; a source that does not say is endless."""
+    return any(bool(getattr(part, "endless", True)) for part in source_parts(source))
+
+
+def source_counters(source: ImageSource) -> dict[str, dict[str, int]]:
+    """``{part name: part.stats.snapshot()}`` for every leaf source that keeps counters.
+
+    Parts sharing a name (their images share the ``source`` field too) have their counters summed.
+    """
+    counters: dict[str, dict[str, int]] = {}
+    for part in source_parts(source):
+        stats: Any = getattr(part, "stats", None)
+        if stats is None or not callable(getattr(stats, "snapshot", None)):
+            continue
+        merged = counters.setdefault(part.name, {})
+        for key, value in stats.snapshot().items():
+            merged[key] = merged.get(key, 0) + int(value)
+    return counters
 
 
 def image_id_for(source: str, pixels: bytes) -> str:

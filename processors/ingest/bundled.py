@@ -27,6 +27,11 @@ class HubbleDeepField:
     size: int = 64
     limit: int | None = None
 
+    @property
+    def endless(self) -> bool:
+        """Without a ``limit`` cutouts are drawn forever (positions repeat only by chance)."""
+        return self.limit is None
+
     def __iter__(self) -> Iterator[SourceItem]:
         from skimage.data import hubble_deep_field
 

@@ -8,13 +8,14 @@ or glob of alert packets; keys documented in processors/ingest/ztf*). Bad specs 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from itertools import cycle
 from typing import Any
 from urllib.parse import parse_qsl
 
 from processors.core.exceptions import ConfigError
-from processors.ingest.base import ImageSource, SourceItem
+from processors.ingest.base import ImageSource, SourceItem, is_endless
 from processors.ingest.bundled import HubbleDeepField
 from processors.ingest.synthetic import SyntheticSky
 
@@ -49,16 +50,26 @@ def _typed(kind: str, options: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def source_from_spec(spec: str) -> ImageSource:
+def source_from_spec(spec: str, *, stop: threading.Event | None = None) -> ImageSource:
+    """The source a spec names, set up for the ingest processor.
+
+    ``stop`` is handed to sources that may block waiting for input (a watched folder, a Kafka
+    topic), so a stop request ends them between items. A ``ztf:kafka://`` source defaults to
+    ``commit=manual``: :func:`~processors.ingest.processor.run_ingest` commits its offsets only
+    after the producer has delivered what was made from them (the spec may still say
+    ``commit=on_next``).
+    """
     kind, _arg, options = parse_source_spec(spec)
     if kind == "synthetic":
         return SyntheticSky(**_typed(kind, options))
     if kind == "hubble":
         return HubbleDeepField(**_typed(kind, options))
     if kind == "ztf":
-        from processors.ingest.ztf import ztf_source_from_spec
+        from processors.ingest.ztf import SCHEME, ztf_source_from_spec
 
-        return ztf_source_from_spec(spec)  # type: ignore[no-any-return]
+        if spec[len(SCHEME) :].startswith("kafka://"):
+            return ztf_source_from_spec(spec, stop=stop, commit="manual")
+        return ztf_source_from_spec(spec, stop=stop)
     raise ConfigError(f"unknown source {kind!r} in {spec!r}; accepted: {', '.join(SOURCE_NAMES)}")
 
 
@@ -70,6 +81,11 @@ class Interleaved:
             raise ConfigError("at least one source is needed")
         self.sources = list(sources)
         self.name = "+".join(s.name for s in sources)
+
+    @property
+    def endless(self) -> bool:
+        """Endless as soon as one part is (see :func:`~processors.ingest.base.is_endless`)."""
+        return any(is_endless(s) for s in self.sources)
 
     def __iter__(self) -> Iterator[SourceItem]:
         iterators = [iter(s) for s in self.sources]

@@ -44,6 +44,11 @@ class SyntheticSky:
         if self.size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {self.size}")
 
+    @property
+    def endless(self) -> bool:
+        """Without a ``limit`` the sky never runs out of images."""
+        return self.limit is None
+
     def __iter__(self) -> Iterator[SourceItem]:
         n = 0
         while self.limit is None or n < self.limit:

@@ -63,6 +63,11 @@ class ZtfFileSource:
         self.stats = ZtfStats()
         self._items = AlertItems(name, cutout, quality or QualityCuts(), self.stats)
 
+    @property
+    def endless(self) -> bool:
+        """A watched folder never ends; otherwise iteration ends after the files present."""
+        return self.watch
+
     def __repr__(self) -> str:
         return f"ZtfFileSource({self.pattern!r}, cutout={self._items.cutout!r}, name={self.name!r})"
 

@@ -9,11 +9,20 @@ consumer asked for the item after the message's last one (so an item being proce
 process dies is read again after a restart); with ``commit="manual"`` the caller calls
 :meth:`ZtfTopicSource.commit` after its own outputs are delivered (DESIGN §4: commit after
 delivery), which commits every message whose items have all been handed out. A message whose
-alerts were all cut still counts as taken. Offsets of partitions revoked in a rebalance are
-dropped uncommitted (their messages are re-read by the next owner). The end offset / high
-watermark is never used (it is wrong on the embedded broker): the stream ends after
-``max_messages`` messages, after ``idle_timeout_s`` without a message (counted from the first
-partition assignment), when ``stop`` is set, or when the caller stops iterating.
+alerts were all cut still counts as taken. In manual mode the caller may also set ``deliver``
+(a callable that returns only once the outputs of every item handed out so far are delivered,
+and raises otherwise): the source then commits by itself at its quiet points, in this order,
+``deliver()`` then :meth:`ZtfTopicSource.commit`: when a poll returns no message while offsets
+are pending (so the tail of a stream does not wait for the next message), and when an
+iteration ends normally (``max_messages``, idle timeout, ``stop``). This is safe only for a
+caller that finishes with each item before asking for the next, as the ingest processor does;
+an iteration closed early (GeneratorExit) or ended by an error commits nothing more.
+
+Offsets of partitions revoked in a rebalance are dropped uncommitted (their messages are
+re-read by the next owner). The end offset / high watermark is never used (it is wrong on the
+embedded broker): the stream ends after ``max_messages`` messages, after ``idle_timeout_s``
+without a message (counted from the first partition assignment), when ``stop`` is set, or when
+the caller stops iterating.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, Literal, get_args
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -63,6 +72,7 @@ class ZtfTopicSource:
         poll_timeout_s: float = 0.5,
         consumer_config: Mapping[str, Any] | None = None,
         stop: threading.Event | None = None,
+        deliver: Callable[[], None] | None = None,
     ) -> None:
         for key, value in (("bootstrap_servers", bootstrap_servers), ("topic", topic)):
             if not value:
@@ -83,6 +93,7 @@ class ZtfTopicSource:
         self.join_timeout_s = join_timeout_s
         self.poll_timeout_s = poll_timeout_s
         self.stop = stop
+        self.deliver = deliver
         self.stats = ZtfStats()
         self._items = AlertItems(name, cutout, quality or QualityCuts(), self.stats)
         self._config: dict[str, Any] = {
@@ -97,6 +108,11 @@ class ZtfTopicSource:
         self._consumer: Consumer | None = None
         self._pending: dict[tuple[str, int], int] = {}
         self._assigned_at: float | None = None
+
+    @property
+    def endless(self) -> bool:
+        """A topic is endless unless ``max_messages`` or ``idle_timeout_s`` ends the stream."""
+        return self.max_messages is None and self.idle_timeout_s is None
 
     def __repr__(self) -> str:
         return f"ZtfTopicSource(topic={self.topic!r}, group_id={self._config['group.id']!r})"
@@ -117,6 +133,12 @@ class ZtfTopicSource:
                 raise SourceError(f"commit of {self.topic} offsets failed: {exc}") from exc
         self._pending.clear()
 
+    def _commit_delivered(self) -> None:
+        """Manual mode with ``deliver`` set: ``deliver()``, then commit what is pending."""
+        if self.commit_mode == "manual" and self.deliver is not None and self._pending:
+            self.deliver()
+            self.commit()
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._assigned_at is None:
             self._assigned_at = time.monotonic()
@@ -135,12 +157,13 @@ class ZtfTopicSource:
         try:
             while not (self.stop is not None and self.stop.is_set()):
                 if self.max_messages is not None and taken >= self.max_messages:
-                    return
+                    break
                 msg = consumer.poll(self.poll_timeout_s)
                 now = time.monotonic()
                 if msg is None:
+                    self._commit_delivered()
                     if self._timed_out(now, started, last_message):
-                        return
+                        break
                     continue
                 if self._is_error(msg):
                     continue
@@ -149,6 +172,7 @@ class ZtfTopicSource:
                 yield from self._message_items(msg)
                 if self.commit_mode == "on_next":
                     self.commit()
+            self._commit_delivered()
         finally:
             self._consumer = None
             consumer.close()

@@ -1,4 +1,4 @@
-"""Fixtures for the ingest tests: the shared real ZTF alert packets, and packet rewriting.
+"""Fixtures for the ingest tests: the shared real ZTF alert packets, packet rewriting, topics.
 
 The packets are read where they are ($SKYLOOP_ZTF_ALERTS_DIR, default ../shared/data/ztf-alerts
 from the repository root), never copied into the repository; tests skip where they are absent.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import fastavro
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZTF_ALERTS_ENV = "SKYLOOP_ZTF_ALERTS_DIR"
@@ -86,3 +89,30 @@ def rewrite_packet() -> Callable[..., bytes]:
         return buf.getvalue()
 
     return rewrite
+
+
+MakeTopic = Callable[[list[bytes]], tuple[str, str]]
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str) -> Iterator[MakeTopic]:
+    """``make_topic(values) -> (topic, group_id)``: a fresh 1-partition topic holding values.
+
+    The clients are local to each call: a client alive at session end keeps a connection open,
+    and the broker then waits out its stop timeout.
+    """
+
+    def make(values: list[bytes]) -> tuple[str, str]:
+        token = uuid.uuid4().hex[:10]
+        topic = f"ztf-alerts-{token}"
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[
+            topic
+        ].result(timeout=10)
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
+        for i, value in enumerate(values):
+            producer.produce(topic, value=value, key=str(i).encode())
+        assert producer.flush(10) == 0
+        return topic, f"ztf-test-{token}"
+
+    yield make

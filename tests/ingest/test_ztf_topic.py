@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, TopicPartition
 
 from processors.ingest.base import RawImage, SourceFailure, SourceItem
 from processors.ingest.ztf import QualityCuts, ZtfTopicSource
+from tests.ingest.conftest import MakeTopic
 
 GARBAGE = b"\x00\x01 this is not an alert packet"
-
-MakeTopic = Callable[[list[bytes]], tuple[str, str]]
-
-
-@pytest.fixture
-def make_topic(kafka_bootstrap: str) -> Iterator[MakeTopic]:
-    """``make_topic(values) -> (topic, group_id)``: a fresh 1-partition topic holding values.
-
-    The clients are local to each call: a client alive at session end keeps a connection open,
-    and the broker then waits out its stop timeout.
-    """
-
-    def make(values: list[bytes]) -> tuple[str, str]:
-        token = uuid.uuid4().hex[:10]
-        topic = f"ztf-alerts-{token}"
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[
-            topic
-        ].result(timeout=10)
-        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
-        for i, value in enumerate(values):
-            producer.produce(topic, value=value, key=str(i).encode())
-        assert producer.flush(10) == 0
-        return topic, f"ztf-test-{token}"
-
-    yield make
 
 
 def _offset(item: SourceItem) -> str:
@@ -115,3 +87,50 @@ def test_offsets_are_committed_only_for_taken_items(
     next(stream)
     stream.close()
     assert _committed(kafka_bootstrap, group, topic) == 4
+
+
+def test_manual_commit_with_deliver_commits_at_quiet_points_only_after_delivery(
+    ztf_alerts_dir: Path, kafka_bootstrap: str, make_topic: MakeTopic
+) -> None:
+    values = [p.read_bytes() for p in sorted(ztf_alerts_dir.glob("ZTF18abdqak*.avro"))]
+    topic, group = make_topic(values)
+    at_deliver: list[int] = []  # the group's committed offset each time deliver() is called
+
+    # no commit() by the caller: the source commits the tail when the stream goes quiet
+    source = ZtfTopicSource(
+        kafka_bootstrap,
+        topic,
+        group,
+        commit="manual",
+        idle_timeout_s=3,
+        deliver=lambda: at_deliver.append(_committed(kafka_bootstrap, group, topic)),
+    )
+    assert len(list(source)) == len(values)
+    assert at_deliver and at_deliver[-1] < len(values)  # deliver() ran before the last commit
+    assert _committed(kafka_bootstrap, group, topic) == len(values)
+
+
+def test_failed_delivery_commits_nothing(
+    ztf_alerts_dir: Path, kafka_bootstrap: str, make_topic: MakeTopic
+) -> None:
+    values = [p.read_bytes() for p in sorted(ztf_alerts_dir.glob("ZTF18abdqak*.avro"))]
+    topic, group = make_topic(values)
+
+    def undelivered() -> None:
+        raise RuntimeError("broker said no")
+
+    source = ZtfTopicSource(
+        kafka_bootstrap, topic, group, commit="manual", idle_timeout_s=3, deliver=undelivered
+    )
+    with pytest.raises(RuntimeError, match="broker said no"):
+        list(source)
+    assert _committed(kafka_bootstrap, group, topic) < 0
+    # a later consumer of the group gets every message again (at least once)
+    again = ZtfTopicSource(kafka_bootstrap, topic, group, idle_timeout_s=3)
+    assert sorted(_offset(i) for i in again) == [str(i) for i in range(len(values))]
+
+
+def test_endless_unless_bounded(kafka_bootstrap: str) -> None:
+    assert ZtfTopicSource(kafka_bootstrap, "t", "g").endless
+    assert not ZtfTopicSource(kafka_bootstrap, "t", "g", idle_timeout_s=1).endless
+    assert not ZtfTopicSource(kafka_bootstrap, "t", "g", max_messages=1).endless
