@@ -361,6 +361,8 @@ def _ztf_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             "Max rb",
             "Max score",
             "Flagged",
+            "Scored",
+            "Calibrated",
             "Last seen",
         ],
         [
@@ -374,11 +376,79 @@ def _ztf_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 _num(r["max_rb"], 2),
                 _num(r["max_score"]),
                 r["flagged"],
+                r["scored"],
+                r["calibrated"],
                 _when(r["last_seen"]),
             )
             for r in rows
         ],
     )
+    scored = sum(int(r["scored"]) for r in rows)
+    uncalibrated = scored - sum(int(r["calibrated"]) for r in rows)
+    lines += [
+        "",
+        "Alerts with an objectId (simulated packets have none). Max score is the best production "
+        "ensemble score among calibrated scores.",
+    ]
+    if uncalibrated:
+        lines[-1] += (
+            f" {uncalibrated} of the {scored} scored cutouts listed here were scored "
+            "`calibrated=false`: a source is calibrated from a reference window of its first "
+            "`reference_size` images (default 128; `skyloop run --reference-size N`, at least 20), "
+            "and until then its images are scored but never flagged. A stream smaller than the "
+            "window, such as a folder of a few alert packets, is never calibrated."
+        )
+    return lines
+
+
+def _ingest_section(sources: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """What each source delivered, cut and failed, from the ingest processor's counters."""
+    if not sources:
+        return []
+
+    def detail(counts: Mapping[str, int], total: str) -> str | None:
+        if total not in counts:
+            return None
+        prefix = f"{total}."
+        parts = [
+            f"{k[len(prefix) :]} {v}" for k, v in sorted(counts.items()) if k.startswith(prefix)
+        ]
+        return f"{counts[total]}" + (f" ({', '.join(parts)})" if parts else "")
+
+    lines = ["## Ingest", ""]
+    lines += _table(
+        [
+            "Source",
+            "Packets",
+            "Alerts read",
+            "Published",
+            "Distinct images",
+            "Dead letters",
+            "Cut",
+            "Failed",
+        ],
+        [
+            (
+                name,
+                counts.get("packets"),
+                counts.get("read"),
+                counts.get("published", 0),
+                counts.get("images", 0),
+                counts.get("dead_letters", 0),
+                detail(counts, "cut"),
+                detail(counts, "failed"),
+            )
+            for name, counts in sorted(sources.items())
+        ],
+    )
+    lines += [
+        "",
+        "Counters of the ingest run that fed this warehouse (its final progress file), not "
+        "ClickHouse rows. Published counts messages to images.raw; a cutout published twice (the "
+        "same alert in two schema versions) is one distinct image. Cut alerts failed a quality "
+        "cut of the source spec (reason in brackets): counted here, not errors, so not dead "
+        "letters. Failed items are dead letters, with their reason in the Dead letters section.",
+    ]
     return lines
 
 
@@ -488,8 +558,13 @@ def generate_report(
     day: date | None = None,
     title: str = DEFAULT_TITLE,
     top_candidates: int = 12,
+    ingest_sources: Mapping[str, Mapping[str, int]] | None = None,
 ) -> ReportSummary:
     """Write the report of ``day`` (default: today, UTC) and return its headline counts.
+
+    ``ingest_sources``: the ingest processor's per-source counters (published, distinct images,
+    quality cuts, failures), when the caller has them (``skyloop run`` does); they are not in
+    ClickHouse, so the report adds an Ingest section only with them.
 
     The window is ``[day 00:00, day+1 00:00)`` UTC, applied to each table's own event time
     (see :mod:`processors.report.queries`). Raises :class:`ReportError` when the database lacks
@@ -565,6 +640,8 @@ def generate_report(
         *_sources_section(per_source),
         "",
     ]
+    if ingest_sources:
+        lines += [*_ingest_section(ingest_sources), ""]
     for section in (
         _models_section(_rows(client, queries.MODELS, window)),
         plot_lines,

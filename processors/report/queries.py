@@ -243,12 +243,15 @@ ORDER BY source, kind
 
 ZTF_OBJECTS = f"""
 SELECT i.object_id AS object_id, count() AS images,
-       argMax(i.ra, i.observed_at) AS ra, argMax(i.dec, i.observed_at) AS dec,
+       argMax((i.ra, i.dec), (i.observed_at, i.candid, i.image_id)) AS position,
+       tupleElement(position, 1) AS ra, tupleElement(position, 2) AS dec,
        min(i.magpsf) AS best_magpsf, max(i.rb) AS max_rb,
-       max(s.ensemble_score) AS max_score, sum(s.is_candidate) AS flagged,
+       if(countIf(s.calibrated) > 0, maxIf(s.ensemble_score, s.calibrated), NULL) AS max_score,
+       sum(s.is_candidate) AS flagged,
+       countIf(s.image_id != '') AS scored, countIf(s.calibrated) AS calibrated,
        min(i.observed_at) AS first_seen, max(i.observed_at) AS last_seen
 FROM (
-    SELECT image_id, observed_at,
+    SELECT image_id, observed_at, toInt64OrZero(provenance['candid']) AS candid,
            if(mapContains(provenance, 'objectId'), provenance['objectId'],
               provenance['object_id']) AS object_id,
            coalesce(toFloat64OrNull(provenance['ra']), ra) AS ra,
@@ -260,15 +263,19 @@ FROM (
       AND {_window("fetched_at")}
 ) AS i
 LEFT JOIN (
-    SELECT image_id, ensemble_score, is_candidate FROM scores FINAL WHERE role = 'production'
+    SELECT image_id, ensemble_score, is_candidate, calibrated
+    FROM scores FINAL WHERE role = 'production'
 ) AS s ON s.image_id = i.image_id
 GROUP BY object_id
 ORDER BY flagged DESC, max_score DESC, object_id
 LIMIT {{limit:UInt32}}
 """
 """ZTF objects (images whose provenance has ``objectId``, as in alert packets, or
-``object_id``, as the ZTF ingest writes it) with their latest position, brightest
-magnitude, best real-bogus score and the production verdicts on their cutouts."""
+``object_id``, as the ZTF ingest writes it) with their latest position (ra and dec of one
+alert: the latest, ties broken by the higher candid, then image_id), brightest
+magnitude, best real-bogus score and the production verdicts on their cutouts: images scored,
+how many of those were calibrated, and the best ensemble score among the calibrated ones
+(NULL when none was: an uncalibrated score is not a score on the calibrated scale)."""
 
 CONTROL_EVENTS = f"""
 SELECT at, type, subject, issued_by, params, evidence, caused_by, event_id, kafka_offset
