@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(
         getattr(args, "config", None),
         data_dir=getattr(args, "data_dir", None),
+        reference_size=getattr(args, "reference_size", None),
     )
 
 
@@ -48,16 +49,37 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 # -- run -------------------------------------------------------------------------------------
+DEFAULT_RUN_IMAGES = 500
+
+
+def _run_images(requested: int | None, endless: list[str]) -> int | None:
+    """Items ``skyloop run`` ingests: N, or None for "until the sources end" (finite ones only)."""
+    if requested is not None and requested < 0:
+        raise ConfigError(f"--images={requested}: accepted values are integers >= 0")
+    if requested:
+        return requested
+    if not endless:
+        return None
+    if requested == 0:
+        raise ConfigError(
+            "--images 0 ingests until the sources end, but these sources never end: "
+            f"{', '.join(endless)}; give --images N"
+        )
+    return DEFAULT_RUN_IMAGES
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from processors.ingest.base import is_endless
+    from processors.ingest.processor import describe_source
+    from processors.ingest.sources import source_from_spec
     from processors.local import run_local
 
     settings = _settings(args)
     sources = args.source or DEFAULT_SOURCES
-    from processors.ingest.sources import source_from_spec
-
-    for spec in sources:  # fail fast on bad specs, before anything starts
-        source_from_spec(spec)
-    result = run_local(settings, sources, args.images, timeout_s=args.timeout)
+    # fail fast on bad specs, before anything starts
+    endless = [spec for spec in sources if is_endless(source_from_spec(spec))]
+    images = _run_images(args.images, endless)
+    result = run_local(settings, sources, images, timeout_s=args.timeout)
     counts = result.counts
     print(
         f"\nskyloop run finished in {result.seconds:.1f}s "
@@ -65,7 +87,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"  images {counts.get('images', 0)}, scored {counts.get('scores', 0)}, "
         f"candidates {counts.get('candidates', 0)}, dead letters {counts.get('dead_letters', 0)}, "
         f"control events {counts.get('control_events', 0)}\n"
-        f"  data: {result.run_dir}\n"
+        + "".join(
+            f"  {describe_source(name, c)}\n"
+            for name, c in sorted(result.ingest.get("sources", {}).items())
+        )
+        + f"  data: {result.run_dir}\n"
         f'  query: skyloop sql "SELECT source, count() FROM scores FINAL GROUP BY source"\n'
         f"report: {result.report_path}"
     )
@@ -87,19 +113,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     progress_dir = settings.progress_dir
     name = args.name
     if name == "ingest":
-        from processors.ingest.processor import run_ingest
+        from processors.ingest.processor import describe_source, run_ingest
         from processors.ingest.sources import Interleaved, source_from_spec
 
-        source = Interleaved([source_from_spec(s) for s in (args.source or DEFAULT_SOURCES)])
+        stop = StopSignal().install()
+        specs = args.source or DEFAULT_SOURCES
+        source = Interleaved([source_from_spec(s, stop=stop.event) for s in specs])
         summary = run_ingest(
             settings,
             bootstrap,
             source,
-            limit=args.images,
-            stop=StopSignal().install(),
+            limit=args.images or None,
+            stop=stop,
             progress_dir=progress_dir,
         )
-        logging.info("ingest: %s", summary)
+        for source_name, source_counts in sorted(summary.sources.items()):
+            print(f"ingest: {describe_source(source_name, source_counts)}", file=sys.stderr)
         return 0
     if name == "stats":
         import faust
@@ -222,11 +251,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the pipeline on the embedded local stack")
     common(run)
-    run.add_argument("--images", type=int, default=500, help="items to ingest (default 500)")
+    run.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help=(
+            "items to ingest, images and unreadable items alike (a finite source may end "
+            "first); 0 = until the sources end, for finite sources only. Default: until the "
+            "sources end when all are finite "
+            f"(ztf:DIR), else {DEFAULT_RUN_IMAGES}"
+        ),
+    )
     run.add_argument(
         "--source",
         action="append",
-        help="image source spec, repeatable: synthetic, hubble, ztf:DIR (default: both first)",
+        help=(
+            "image source spec, repeatable: synthetic, hubble (both endless), "
+            'ztf:DIR or "ztf:DIR?cutout=triplet&min_rb=0.5" (ZTF alert packets, finite), '
+            "ztf:kafka://HOST:PORT/TOPIC?idle_timeout_s=30 (an external alert topic; endless "
+            "without idle_timeout_s or max_messages). Default: synthetic and hubble"
+        ),
+    )
+    run.add_argument(
+        "--reference-size",
+        type=int,
+        default=None,
+        help=(
+            "images per (model, source) calibration window (setting reference_size, default "
+            "128, minimum 20); a source with fewer images is scored calibrated=false, never a "
+            "candidate"
+        ),
     )
     run.add_argument(
         "--timeout", type=float, default=3600.0, help="give up after this many seconds"
@@ -236,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one processor against SKYLOOP_BOOTSTRAP_SERVERS")
     common(worker)
     worker.add_argument("name", choices=WORKER_NAMES)
-    worker.add_argument("--images", type=int, default=None, help="ingest: stop after N items")
+    worker.add_argument(
+        "--images", type=int, default=None, help="ingest: stop after N items (default/0: all)"
+    )
     worker.add_argument("--source", action="append", help="ingest: source spec (repeatable)")
     worker.set_defaults(func=cmd_worker)
 

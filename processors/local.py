@@ -1,7 +1,8 @@
 """``skyloop run``: the whole pipeline on the embedded local stack, until N images are through.
 
 Order: start the broker → create topics → start sink, stats, detect, score (child processes)
-→ wait until each is ready → ingest N items → wait until every stage has handled every item
+→ wait until each is ready → ingest N items (or, with N = None, until the sources end: a
+finite source such as a ZTF packet folder) → wait until every stage has handled every item
 (read from the processors' progress files) → stop the children → stop the broker → write the
 report from ClickHouse. Each run gets its own folder ``<data_dir>/runs/<UTC time>/`` (nothing of
 an earlier run is overwritten); ``<data_dir>/latest`` names the newest, for ``skyloop sql``.
@@ -37,6 +38,8 @@ class RunResult:
     seconds: float
     ingest_seconds: float
     counts: dict[str, int]
+    ingest: dict[str, Any]
+    """The ingest processor's final progress: totals and per-source counters (cuts, failures)."""
 
 
 def latest_run_dir(data_dir: Path) -> Path | None:
@@ -51,9 +54,12 @@ def _done(ingest: dict[str, Any], sink: dict[str, Any], stats: dict[str, Any]) -
     if not ingest.get("done"):
         return False
     events = sum(v for k, v in stats.items() if k.startswith("events."))
+    # The sink counts distinct ids, so compare with ingest's distinct counts: a source may
+    # deliver the same cutout twice (a ZTF alert re-serialized in another schema version).
     return bool(
-        sink.get("images", 0) >= ingest.get("published", 0)
-        and sink.get("dlq_source", 0) >= ingest.get("dead_letters", 0)
+        sink.get("images", 0) >= ingest.get("images", ingest.get("published", 0))
+        and sink.get("dlq_source", 0)
+        >= ingest.get("dead_letter_keys", ingest.get("dead_letters", 0))
         and sink.get("scores", 0) + sink.get("dlq_images", 0) >= sink.get("images", 0)
         and sink.get("candidates", 0) >= sink.get("candidate_scores", 0)
         and sink.get("control_events", 0) >= events
@@ -61,10 +67,11 @@ def _done(ingest: dict[str, Any], sink: dict[str, Any], stats: dict[str, Any]) -
     )
 
 
-def _line(n: int, ingest: dict[str, Any], sink: dict[str, Any], elapsed: float) -> str:
+def _line(n: int | None, ingest: dict[str, Any], sink: dict[str, Any], elapsed: float) -> str:
+    of_n = f"/{n}" if n is not None else ""
     return (
         f"\r[{elapsed:6.1f}s] ingested {ingest.get('published', 0) + ingest.get('dead_letters', 0)}"
-        f"/{n}"
+        f"{of_n}"
         f"  scored {sink.get('scores', 0)}  candidates {sink.get('candidates', 0)}"
         f"  dead letters {sink.get('dlq_source', 0) + sink.get('dlq_images', 0)}"
         f"  control events {sink.get('control_events', 0)}   "
@@ -74,12 +81,16 @@ def _line(n: int, ingest: dict[str, Any], sink: dict[str, Any], elapsed: float) 
 def run_local(
     settings: Settings,
     sources: list[str],
-    images: int,
+    images: int | None,
     *,
     timeout_s: float = 3600.0,
     out: TextIO = sys.stderr,
 ) -> RunResult:
-    """Run the pipeline end to end; raises SkyloopError (with the failing log's tail) on failure."""
+    """Run the pipeline end to end; raises SkyloopError (with the failing log's tail) on failure.
+
+    ``images``: items to ingest, or None to ingest until the sources end (the caller makes sure
+    they are finite).
+    """
     started = time.monotonic()
     _sigterm_as_interrupt()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -118,8 +129,7 @@ def run_local(
             sup.start(
                 "ingest",
                 "ingest",
-                "--images",
-                str(images),
+                *(["--images", str(images)] if images is not None else []),
                 *[a for s in sources for a in ("--source", s)],
             )
             while True:
@@ -147,7 +157,14 @@ def run_local(
     from processors.report.run_report import write_run_report
 
     report_path, counts = write_run_report(run_dir, settings)
-    return RunResult(run_dir, report_path, time.monotonic() - started, ingest_seconds, counts)
+    return RunResult(
+        run_dir,
+        report_path,
+        time.monotonic() - started,
+        ingest_seconds,
+        counts,
+        read_progress(progress, "ingest"),
+    )
 
 
 def _sigterm_as_interrupt() -> None:
