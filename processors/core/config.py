@@ -46,6 +46,26 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, le=1024)
     batch_max_wait_ms: int = Field(200, ge=0, le=60_000)
     torch_threads: int | None = Field(None, ge=1)
+    torch_compile: bool = Field(
+        False, description="torch.compile the backbone forward pass (needs a C++ compiler on CPU)"
+    )
+    score_chunks: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "split each scoring batch into this many chunks; chunk k+1 is decoded and "
+            "preprocessed on a worker thread while the model runs chunk k (1 = no overlap)"
+        ),
+    )
+    ood_threads: int = Field(
+        1,
+        ge=1,
+        description=(
+            "BLAS threads for the scorer's OOD maths (numpy, scipy, faiss); small matrices, so "
+            "more threads mostly spin against the backbone's own"
+        ),
+    )
     calibration_wait_s: float = Field(120.0, ge=0, description="scorer wait for a calibration")
 
     # calibration and decisions

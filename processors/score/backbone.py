@@ -76,6 +76,7 @@ __all__ = [
     "fold_batchnorm",
     "map_tf_port_state_dict",
     "packaged_weights_path",
+    "preprocess_batch",
     "preprocess_image",
 ]
 
@@ -234,6 +235,110 @@ def preprocess_image(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (tensor[0] - mean_t) / std_t
+
+
+def _unit_range_of_stack(stack: NDArray[np.float32]) -> NDArray[np.float32]:
+    """:func:`_robust_unit_range` of every image of an ``(m, h, w, bands)`` float32 stack.
+
+    Row ``i`` of the result equals ``_robust_unit_range(stack[i])`` bit for bit: the common case
+    (all pixels finite, percentiles spread) runs the same float32 operations on the whole stack;
+    rows with non-finite pixels or a degenerate spread take the single-image path.
+    """
+    m, h, w, bands = stack.shape
+    if bands == 2:
+        stack = np.stack([stack[..., 0], 0.5 * (stack[..., 0] + stack[..., 1]), stack[..., 1]], 3)
+    elif bands > 3:
+        stack = stack[..., :3]
+    out = np.empty(stack.shape, dtype=np.float32)
+    step = max(1, math.ceil(math.sqrt(h * w / _STATS_PIXELS)))
+    plain = np.asarray(np.isfinite(stack).reshape(m, -1).all(axis=1))
+    if plain.any():
+        sample = stack if plain.all() else stack[plain]
+        quantiles = np.percentile(
+            sample[:, ::step, ::step].reshape(sample.shape[0], -1),
+            [_LOW_PERCENTILE, _HIGH_PERCENTILE],
+            axis=1,
+        )
+        lo = np.zeros(m, dtype=quantiles.dtype)
+        hi = np.ones(m, dtype=quantiles.dtype)
+        lo[plain], hi[plain] = quantiles
+        plain = np.asarray(plain & (hi > lo))
+    if plain.any():
+        shape = (-1, 1, 1, 1)
+        lo32 = lo.astype(np.float32).reshape(shape)
+        span32 = np.where(plain, hi - lo, 1).astype(np.float32).reshape(shape)
+        # Rows taking the single-image path below are overwritten; computing them is harmless.
+        np.clip((stack - lo32) / span32, 0.0, 1.0, out=out)
+    for row in np.flatnonzero(~plain):
+        out[row] = _robust_unit_range(stack[row])
+    return out
+
+
+def preprocess_batch(
+    images: Sequence[NDArray[Any]],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    stretch: Literal["linear", "asinh"] = "linear",
+) -> torch.Tensor:
+    """Many images to a normalised ``(n, 3, image_size, image_size)`` float32 tensor.
+
+    Row ``i`` equals ``preprocess_image(images[i], ...)`` (tested bit for bit); images of one
+    shape go through each step together (one percentile call, one resize), which is what makes
+    survey cutouts (all of one size) cheap. Raises :class:`BadImageError` naming the index of
+    the first image that cannot be used.
+    """
+    try:
+        return _preprocess_groups(images, image_size, mean, std, stretch)
+    except BadImageError:
+        for index, image in enumerate(images):  # name the first culprit, as one by one would
+            try:
+                _robust_unit_range(image)
+            except BadImageError as exc:
+                raise BadImageError(f"image {index}: {exc}") from exc
+        raise
+
+
+def _preprocess_groups(
+    images: Sequence[NDArray[Any]],
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    stretch: Literal["linear", "asinh"],
+) -> torch.Tensor:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    arrays: list[NDArray[np.float32]] = []
+    for index, image in enumerate(images):
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if not (
+            array.ndim == 3
+            and min(array.shape) >= 1
+            and (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_)
+        ):
+            raise BadImageError(f"image {index} is not an (h, w, bands) numeric array")
+        arrays.append(array.astype(np.float32, copy=False))
+        groups.setdefault(array.shape, []).append(index)
+    out = torch.empty(len(arrays), 3, size, size)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    for rows in groups.values():
+        unit = _unit_range_of_stack(np.stack([arrays[i] for i in rows]))
+        if stretch == "asinh":
+            unit = (np.arcsinh(_ASINH_SOFTENING * unit) / np.arcsinh(_ASINH_SOFTENING)).astype(
+                np.float32
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(unit.transpose(0, 3, 1, 2)))
+        if tensor.shape[-2:] != (size, size):
+            tensor = F.interpolate(
+                tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
+        if len(rows) == len(arrays):  # the usual case: one shape, normalise in place
+            torch.sub(tensor, mean_t, out=out).div_(std_t)
+        else:
+            out[rows] = (tensor - mean_t) / std_t
+    return out
 
 
 _TF_PORT_TOP = {
@@ -599,20 +704,13 @@ class Backbone:
     def preprocess(self, images: Sequence[NDArray[Any]]) -> torch.Tensor:
         """Images to a normalised ``(n, 3, s, s)`` float32 CPU tensor (see module docstring).
 
-        Raises :class:`BadImageError` naming the index of the first image that cannot be used.
+        Same-shape images are preprocessed together (:func:`preprocess_batch`); row ``i`` is
+        exactly ``preprocess_image(images[i], ...)``. Raises :class:`BadImageError` naming the
+        index of the first image that cannot be used.
         """
-        size = self.spec.image_size
-        tensors = []
-        for index, image in enumerate(images):
-            try:
-                tensors.append(
-                    preprocess_image(image, size, self.mean, self.std, self.spec.stretch)
-                )
-            except BadImageError as exc:
-                raise BadImageError(f"image {index}: {exc}") from exc
-        if not tensors:
-            return torch.empty(0, 3, size, size)
-        return torch.stack(tensors)
+        return preprocess_batch(
+            images, self.spec.image_size, self.mean, self.std, self.spec.stretch
+        )
 
     def forward(self, batch: torch.Tensor) -> BackboneOutput:
         """Run a preprocessed ``(n, 3, s, s)`` batch; outputs are float32 numpy on the CPU."""

@@ -1,20 +1,32 @@
 """The scoring processor: ``images.raw`` → ``scores`` (bad pixels → ``images.dlq``).
 
-Consumes ImageRecords in micro-batches (``batch_size`` / ``batch_max_wait_ms``). Produces one
-ScoreRecord per decodable image, keyed by image_id, on the source's partition. Folds
-``control.events`` (through the runner): the production model's calibration (reference
-artifact + thresholds), per-source thresholds, paused pipeline.
+Consumes ImageRecords in micro-batches (``batch_size`` / ``batch_max_wait_ms``, the runner's).
+Produces, per decodable image, its served ScoreRecord (production, or canary for calibrated
+canary-routed images) plus unserved canary/shadow records (see :mod:`processors.score.routing`),
+keyed by image_id on the source's partition, in input order; a dead letter (with the reason)
+per message that cannot be decoded. Folds ``control.events`` (through the runner):
+calibrations per (model version, source), per-source threshold overrides (production only),
+the production / shadow / canary model slots. The production model is ``state.production``
+when set (a promoted slot; if its weights cannot be loaded it is logged and the configured
+backbone goes on serving under its own version), else the configured backbone.
 
-Bootstrap: while a source has no calibration under the model, its images are scored
-``calibrated=false`` (never candidates) and their embeddings form the controller's reference
-window for that source; after ``reference_size`` such images of a source the scorer waits (up
-to ``calibration_wait_s``) for its ``calibration.updated`` instead of scoring more of them
-against nothing.
+Bootstrap: while a source has no calibration under the production model, its images are
+scored ``calibrated=false`` (never candidates) and their embeddings form the controller's
+reference window for that source; after ``reference_size`` such images of a source the scorer
+waits (up to ``calibration_wait_s``) for its ``calibration.updated`` instead of scoring more of
+them against nothing. It never waits for a shadow or canary calibration.
 
-Guarantees: every consumed message yields exactly one output (a score or a dead letter);
-decisions depend only on the image and the ControlState snapshot stamped as
-``control_offset``; the ensemble for a calibration is refit from its content-addressed
-artifact, so every scorer instance makes bit-identical decisions.
+Execution: :class:`~processors.score.embedding.BatchEmbedder` decodes, preprocesses and embeds
+the batch (``score_chunks`` > 1 overlaps decoding with the model); each other distinct backbone
+runs once per batch (a shadow with production's weights reuses its features); the OOD maths
+runs with ``ood_threads`` BLAS threads.
+
+Guarantees: every consumed message yields a dead letter or exactly one served score (plus
+unserved ones); a control event acknowledged before an image was produced is applied before
+that image is scored (each batch first waits until the follower has applied the control log up
+to its end); decisions depend only on the image, its features and the ControlState snapshot
+stamped as ``control_offset``; ensembles are refit from content-addressed artifacts, so every
+scorer instance with the same settings makes bit-identical decisions.
 """
 
 from __future__ import annotations
@@ -23,67 +35,224 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from processors.core.artifacts import ArtifactStore
-from processors.core.control import Calibration, ControlState
-from processors.core.exceptions import BadImageError, CodecError
-from processors.core.imaging import decode_image
+from processors.core.control import ControlState
+from processors.core.exceptions import SkyloopError
 from processors.core.kafka import partition_for
 from processors.core.metrics import IMAGES_SCORED, SCORE_LATENCY
-from processors.core.records import TOPICS, DetectorScore, ImageRecord, ScoreRecord
+from processors.core.records import TOPICS, ImageRecord, ScoreRecord
 from processors.core.runner import InMessage, OutMessage, RunContext
-from processors.score.backbone import Backbone, BackboneSpec
-from processors.score.ood import OODEnsemble, energy_score
-from processors.score.reference import load_reference
+from processors.score.backbone import Backbone, BackboneOutput
+from processors.score.decisions import EnsembleCache, MathThreads, Verdict, decide
+from processors.score.embedding import BatchEmbedder, StageTimes
+from processors.score.models import BackboneCache, backbone_spec_from_settings
+from processors.score.ood import energy_score
+from processors.score.routing import Assignment, plan_roles
 
-__all__ = ["ScoreProcessor"]
+__all__ = ["CONTROL_CATCH_UP_S", "ScoreProcessor"]
 
 log = logging.getLogger(__name__)
 
+CONTROL_CATCH_UP_S = 10.0
+
 
 class ScoreProcessor:
-    name = "score"
-    inputs = ("images.raw",)
+    """See the module docstring. ``backbone`` overrides the configured one (tests, benches)."""
+
+    name: str = "score"
+    inputs: tuple[str, ...] = ("images.raw",)
 
     def __init__(self, backbone: Backbone | None = None) -> None:
         self.backbone = backbone
-        self._ensembles: dict[str, OODEnsemble] = {}
+        self.times = StageTimes()
         self._uncalibrated_sent: dict[str, int] = {}
+        self._embedder: BatchEmbedder | None = None
 
     def setup(self, ctx: RunContext) -> None:
         s = ctx.settings
         self.ctx = ctx
         if self.backbone is None:
-            self.backbone = Backbone(
-                BackboneSpec(
-                    name=s.backbone,
-                    weights=s.backbone_weights,
-                    allow_random=s.allow_random_weights,
-                    image_size=s.image_size,
-                    threads=s.torch_threads,
-                )
-            )
-        self.store = ArtifactStore(s.artifacts_dir)
-        log.info("score: %r", self.backbone)
+            self.backbone = Backbone(backbone_spec_from_settings(s))
+        store = ArtifactStore(s.artifacts_dir)
+        self.models = BackboneCache(self.backbone, store, s.data_dir / "models")
+        self.ensembles = EnsembleCache(store)
+        self.math_threads = MathThreads(s.ood_threads)
+        self._embedder = BatchEmbedder(ctx.codec, s.score_chunks, self.times)
+        log.info("score: %r, %d chunk(s) per batch", self.backbone, s.score_chunks)
 
     def close(self) -> None:
-        pass
+        if self._embedder is not None:
+            self._embedder.close()
 
-    # -- helpers -----------------------------------------------------------------------------
-    def _ensemble(self, cal: Calibration) -> OODEnsemble:
-        ensemble = self._ensembles.get(cal.artifact_id)
-        if ensemble is None:
-            ensemble = OODEnsemble.fit(load_reference(self.store, cal.artifact_id))
-            self._ensembles[cal.artifact_id] = ensemble
-        return ensemble
+    # -- the step ----------------------------------------------------------------------------
+    def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
+        started = time.perf_counter()
+        state = self._caught_up(state)
+        self.times.control += time.perf_counter() - started
+        production_slot = state.production
+        production = self.models.get(production_slot)
+        if production is None:  # a promoted model that cannot be loaded: keep serving
+            production, production_slot = self.default_backbone, None
+        version = production_slot.version if production_slot else production.version
+        assert self._embedder is not None, "setup() was not called"
+        embedded = self._embedder.embed(batch, production)
+        records = embedded.records
+        outputs: dict[int, list[OutMessage]] = {
+            i: [self.ctx.dead_letter(batch[i], exc)] for i, exc in embedded.failures
+        }
+        if embedded.outputs is not None:
+            sources = [r["source"] for r in records]
+            state = self._await_calibrations(state, version, set(sources))
+            plan = plan_roles([r["image_id"] for r in records], sources, state, version)
+            features = {production.version: embedded.outputs}
+            scored = self._score(
+                plan, production, embedded.arrays, records, features, state, started
+            )
+            for row, messages in scored.items():
+                outputs.setdefault(embedded.positions[row], []).extend(messages)
+        self.times.batches += 1
+        self.times.images += len(records)
+        return [m for i in sorted(outputs) for m in outputs[i]]
+
+    @property
+    def default_backbone(self) -> Backbone:
+        assert self.backbone is not None, "setup() was not called"
+        return self.backbone
+
+    # -- other backbones -----------------------------------------------------------------
+    def _embed_rows(
+        self, bb: Backbone, arrays: list[NDArray[np.float32]], features: dict[str, BackboneOutput]
+    ) -> BackboneOutput:
+        """Another backbone's outputs for every row (computed once per batch)."""
+        if bb.version not in features:
+            t0 = time.perf_counter()
+            features[bb.version] = bb.embed(arrays)
+            self.times.forward += time.perf_counter() - t0
+        return features[bb.version]
+
+    # -- decisions and records ---------------------------------------------------------------
+    def _score(
+        self,
+        plan: list[Assignment],
+        production: Backbone,
+        arrays: list[NDArray[np.float32]],
+        records: list[ImageRecord],
+        features: dict[str, BackboneOutput],
+        state: ControlState,
+        started: float,
+    ) -> dict[int, list[OutMessage]]:
+        settings = self.ctx.settings
+        results: list[tuple[Assignment, Backbone, BackboneOutput, list[Verdict]]] = []
+        for assignment in plan:
+            is_production = assignment.role == "production"
+            bb = production if is_production else self.models.get(assignment.slot)
+            if bb is None:
+                continue  # an unavailable shadow/canary slot (logged once by the cache)
+            out = self._embed_rows(bb, arrays, features)
+            rows = np.asarray(assignment.rows)
+            t1 = time.perf_counter()
+            energy = energy_score(out.logits[rows])
+            try:
+                with self.math_threads.limited():
+                    verdicts = decide(
+                        out.features[rows],
+                        energy,
+                        [records[i]["source"] for i in assignment.rows],
+                        state,
+                        assignment.model_version,
+                        self.ensembles,
+                        default_vote_k=settings.vote_k,
+                        source_overrides=is_production,
+                    )
+            except SkyloopError:
+                if is_production:
+                    raise
+                # e.g. a shadow calibration whose reference is missing or of another dimension
+                log.exception("score: %s %s left out of this batch", assignment.role, bb.version)
+                continue
+            self.times.decide += time.perf_counter() - t1
+            results.append((assignment, bb, out, verdicts))
+            if is_production:
+                for i, verdict in zip(assignment.rows, verdicts, strict=True):
+                    if not verdict.calibrated:
+                        source = records[i]["source"]
+                        self._uncalibrated_sent[source] = self._uncalibrated_sent.get(source, 0) + 1
+        t_encode = time.perf_counter()
+        n = len(records)
+        latency_ms = (t_encode - started) * 1000 / n
+        now = datetime.now(UTC)
+        partitions = TOPICS["scores"].partitions
+        codec = self.ctx.codec
+        messages: dict[int, list[OutMessage]] = {}
+        for assignment, bb, out, verdicts in results:
+            embeddings = out.features[np.asarray(assignment.rows)].astype("<f2")
+            for j, (i, verdict) in enumerate(zip(assignment.rows, verdicts, strict=True)):
+                rec = records[i]
+                score = ScoreRecord(
+                    image_id=rec["image_id"],
+                    source=rec["source"],
+                    model_version=assignment.model_version,
+                    backbone=bb.spec.name,
+                    role=assignment.role,
+                    detectors=verdict.detectors,
+                    ensemble_score=verdict.ensemble_score,
+                    votes_for=verdict.votes_for,
+                    votes_needed=verdict.votes_needed,
+                    is_candidate=verdict.is_candidate,
+                    calibrated=verdict.calibrated,
+                    batch_size=n,
+                    latency_ms=latency_ms,
+                    control_offset=state.offset,
+                    scored_at=now,
+                    embedding=embeddings[j].tobytes(),
+                )
+                messages.setdefault(i, []).append(
+                    OutMessage(
+                        "scores",
+                        rec["image_id"].encode(),
+                        codec.encode(score, "skyloop.ScoreRecord"),
+                        partition_for(rec["source"], partitions),
+                    )
+                )
+                candidate = "true" if verdict.is_candidate else "false"
+                IMAGES_SCORED.labels(rec["source"], assignment.role, candidate).inc()
+                SCORE_LATENCY.labels(assignment.role).observe(latency_ms / 1000)
+            if assignment.served:
+                self.ctx.progress.add("candidates", sum(v.is_candidate for v in verdicts))
+        self.ctx.progress.add("scored", n)
+        self.times.encode += time.perf_counter() - t_encode
+        return messages
+
+    def _caught_up(self, state: ControlState) -> ControlState:
+        """The follower's state once every control event already in the log is applied.
+
+        The runner hands over the newest state it has, but the follower applies events on its
+        own thread; an event acknowledged before an image was produced is in the log before the
+        image is consumed, so waiting for the log end here guarantees it is applied before the
+        image is scored (one watermark query per batch).
+        """
+        follower = self.ctx.extra.get("follower")
+        if follower is None:
+            return state
+        if not follower.wait_caught_up(timeout_s=CONTROL_CATCH_UP_S):
+            log.warning(
+                "score: control log not caught up in %.0fs; using the state applied so far",
+                CONTROL_CATCH_UP_S,
+            )
+        newest: ControlState = follower.state
+        return newest if newest.offset >= state.offset else state
 
     def _await_calibrations(
         self, state: ControlState, version: str, sources: set[str]
     ) -> ControlState:
-        """Wait for the calibration of every source whose reference window we already filled."""
+        """Wait for the production calibration of every source whose reference window we filled.
+
+        Only the production model is waited for; returns the newest state when it waited.
+        """
         follower = self.ctx.extra.get("follower")
         size = self.ctx.settings.reference_size
         waiting = {
@@ -108,112 +277,3 @@ class ScoreProcessor:
                 self.ctx.settings.calibration_wait_s,
             )
         return new_state
-
-    # -- the step ----------------------------------------------------------------------------
-    def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
-        assert self.backbone is not None
-        started = time.perf_counter()
-        codec = self.ctx.codec
-        outputs: list[OutMessage] = []
-        records: list[ImageRecord] = []
-        arrays: list[np.ndarray[Any, Any]] = []
-        for msg in batch:
-            try:
-                record: ImageRecord = codec.decode(msg.value, "skyloop.ImageRecord")  # type: ignore[assignment]
-                arrays.append(decode_image(record))
-                records.append(record)
-            except (CodecError, BadImageError) as exc:
-                outputs.append(self.ctx.dead_letter(msg, exc))
-        if not records:
-            return outputs
-        version = self.backbone.version
-        state = self._await_calibrations(state, version, {r["source"] for r in records})
-        out = self.backbone.embed(arrays)
-        energy = energy_score(out.logits)
-        n = len(records)
-        detectors: list[list[DetectorScore]] = [[] for _ in range(n)]
-        calibrated_rows = np.zeros(n, dtype=bool)
-        votes_for = np.zeros(n, dtype=np.int64)
-        candidate = np.zeros(n, dtype=bool)
-        ensemble_score = np.zeros(n)
-        vote_k = np.full(n, self.ctx.settings.vote_k)
-        by_source: dict[str, list[int]] = {}
-        for i, rec in enumerate(records):
-            by_source.setdefault(rec["source"], []).append(i)
-        for source, rows in by_source.items():
-            cal = state.calibration_for(version, source)
-            if cal is None:
-                for i in rows:
-                    detectors[i] = [
-                        DetectorScore(
-                            detector="energy",
-                            raw=float(energy[i]),
-                            score=0.0,
-                            threshold=None,
-                            vote=False,
-                        )
-                    ]
-                self._uncalibrated_sent[source] = self._uncalibrated_sent.get(source, 0) + len(rows)
-                continue
-            ensemble = self._ensemble(cal)
-            idx = np.asarray(rows)
-            raw = ensemble.raw_scores(out.features[idx], energy[idx])
-            calibrated = ensemble.calibrate(raw)
-            thresholds = {
-                name: state.threshold_for(source, name, cal.thresholds[name])
-                for name in ensemble.DETECTORS
-            }
-            votes, votes_src, candidate_src = ensemble.decide(calibrated, thresholds, cal.vote_k)
-            mean_score = ensemble.ensemble_score(calibrated)
-            for j, i in enumerate(rows):
-                detectors[i] = [
-                    DetectorScore(
-                        detector=name,
-                        raw=float(raw[name][j]),
-                        score=float(calibrated[name][j]),
-                        threshold=thresholds[name],
-                        vote=bool(votes[name][j]),
-                    )
-                    for name in ensemble.DETECTORS
-                ]
-            calibrated_rows[idx] = True
-            votes_for[idx] = votes_src
-            candidate[idx] = candidate_src
-            ensemble_score[idx] = mean_score
-            vote_k[idx] = cal.vote_k
-        per_image_ms = (time.perf_counter() - started) * 1000 / n
-        now = datetime.now(UTC)
-        partitions = TOPICS["scores"].partitions
-        embeddings = out.features.astype("<f2")
-        for i, rec in enumerate(records):
-            score = ScoreRecord(
-                image_id=rec["image_id"],
-                source=rec["source"],
-                model_version=version,
-                backbone=self.backbone.spec.name,
-                role="production",
-                detectors=detectors[i],
-                ensemble_score=float(ensemble_score[i]),
-                votes_for=int(votes_for[i]),
-                votes_needed=int(vote_k[i]),
-                is_candidate=bool(candidate[i]),
-                calibrated=bool(calibrated_rows[i]),
-                batch_size=n,
-                latency_ms=per_image_ms,
-                control_offset=state.offset,
-                scored_at=now,
-                embedding=embeddings[i].tobytes(),
-            )
-            outputs.append(
-                OutMessage(
-                    "scores",
-                    rec["image_id"].encode(),
-                    codec.encode(score, "skyloop.ScoreRecord"),
-                    partition_for(rec["source"], partitions),
-                )
-            )
-            IMAGES_SCORED.labels(rec["source"], "production", str(bool(candidate[i]))).inc()
-            SCORE_LATENCY.labels("production").observe(per_image_ms / 1000)
-        self.ctx.progress.add("scored", n)
-        self.ctx.progress.add("candidates", int(candidate.sum()))
-        return outputs

@@ -21,6 +21,7 @@ from processors.score.backbone import (
     fold_batchnorm,
     map_tf_port_state_dict,
     packaged_weights_path,
+    preprocess_batch,
     preprocess_image,
 )
 from processors.score.ood import OODEnsemble, energy_score
@@ -32,8 +33,8 @@ HALF = (0.5, 0.5, 0.5)
 
 
 @pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    return Backbone(BackboneSpec())
+def backbone(lite0: Backbone) -> Backbone:
+    return lite0
 
 
 def photo(name: str) -> np.ndarray:
@@ -182,6 +183,39 @@ def test_band_rules() -> None:
     torch.testing.assert_close(
         preprocess_image(five, 16, HALF, HALF), preprocess_image(rgb, 16, HALF, HALF)
     )
+
+
+@pytest.mark.parametrize("stretch", ["linear", "asinh"])
+def test_batched_preprocessing_equals_one_by_one_bit_for_bit(stretch: str) -> None:
+    # The scorer preprocesses whole batches; features must not depend on that.
+    rng = np.random.default_rng(6)
+    images: list[np.ndarray] = [rng.normal(size=(63, 63, 1)).astype(np.float32) for _ in range(9)]
+    images[2][0, :5] = np.nan  # median patching takes the single-image path
+    images[4][:] = 7.0  # constant: mid-grey
+    images[5] = rng.gamma(2.0, size=(63, 63, 1)).astype(np.float64) * 1e4  # other dtype
+    images += [rng.normal(size=(20, 30, 2)).astype(np.float32) for _ in range(2)]
+    images += [rng.integers(0, 255, size=(40, 40, 3), dtype=np.uint8) for _ in range(2)]
+    images += [rng.normal(size=(17, 19, 5)), rng.normal(size=(33, 33)).astype(np.float32)]
+    images += [rng.normal(size=(600, 520, 1)).astype(np.float32)]  # subsampled statistics
+    for mean, std in [(HALF, HALF), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]:
+        batch = preprocess_batch(images, 64, mean, std, stretch)  # type: ignore[arg-type]
+        assert batch.shape == (len(images), 3, 64, 64)
+        for i, image in enumerate(images):
+            one = preprocess_image(image, 64, mean, std, stretch)  # type: ignore[arg-type]
+            assert torch.equal(batch[i], one), f"image {i} of shape {image.shape}"
+
+
+def test_batched_preprocessing_names_the_first_bad_image() -> None:
+    good = np.zeros((8, 8, 1), np.float32)
+    with pytest.raises(BadImageError, match=r"image 1: .*no finite"):
+        preprocess_batch([good, np.full((8, 8, 1), np.nan), np.zeros((2, 2, 2, 2))], 16, HALF, HALF)
+    with pytest.raises(BadImageError, match=r"image 0: expected"):
+        preprocess_batch([np.zeros((2, 2, 2, 2)), np.full((8, 8, 1), np.nan)], 16, HALF, HALF)
+    with pytest.raises(BadImageError, match=r"image 2: .*no finite"):
+        preprocess_batch([good, good, np.full((8, 8, 1), np.nan)], 16, HALF, HALF)
+    with pytest.raises(BadImageError, match=r"image 0: .*no finite"):
+        preprocess_batch([np.full((8, 8, 1), np.nan)] * 2, 16, HALF, HALF)
+    assert preprocess_batch([], 16, HALF, HALF).shape == (0, 3, 16, 16)
 
 
 @pytest.mark.parametrize(
