@@ -381,3 +381,17 @@ def test_shadow_and_canary_are_routed_by_image_id_and_never_change_production(
         outputs = [o.record for o in scorer.read(2)]
         assert all(s["role"] in ("production", "canary") for s in outputs)
         assert {s["image_id"] for s in outputs} == set(ids[:2])
+
+        # Promoting the canary makes it production: its version, its calibration, no slots.
+        scorer.emit(
+            "model.promoted",
+            "lite0-canary",
+            {"model_version": "lite0-canary", "backbone": "efficientnet_lite0"},
+        )
+        scorer.produce(images)
+        outputs = [o.record for o in scorer.read(len(images))]
+        assert {s["role"] for s in outputs} == {"production"}
+        assert {s["model_version"] for s in outputs} == {"lite0-canary"}
+        for score in outputs:
+            same = {k: score[k] for k in DECISION_FIELDS if k != "model_version"}
+            assert same == {k: baseline[score["image_id"]][k] for k in same}
