@@ -69,7 +69,7 @@ class ScoreProcessor:
     def __init__(self, backbone: Backbone | None = None) -> None:
         self.backbone = backbone
         self.times = StageTimes()
-        self._uncalibrated_sent: dict[str, int] = {}
+        self._uncalibrated_sent: dict[tuple[str, str], int] = {}  # (version, source)
         self._embedder: BatchEmbedder | None = None
 
     def setup(self, ctx: RunContext) -> None:
@@ -106,7 +106,10 @@ class ScoreProcessor:
         }
         if embedded.outputs is not None:
             sources = [r["source"] for r in records]
-            state = self._await_calibrations(state, version, set(sources))
+            waited = self._await_calibrations(state, version, set(sources))
+            if waited.production != state.production:  # promoted while waiting: start over
+                return self.process(batch, waited)
+            state = waited
             plan = plan_roles([r["image_id"] for r in records], sources, state, version)
             features = {production.version: embedded.outputs}
             scored = self._score(
@@ -179,8 +182,8 @@ class ScoreProcessor:
             if is_production:
                 for i, verdict in zip(assignment.rows, verdicts, strict=True):
                     if not verdict.calibrated:
-                        source = records[i]["source"]
-                        self._uncalibrated_sent[source] = self._uncalibrated_sent.get(source, 0) + 1
+                        key = (assignment.model_version, records[i]["source"])
+                        self._uncalibrated_sent[key] = self._uncalibrated_sent.get(key, 0) + 1
         t_encode = time.perf_counter()
         n = len(records)
         latency_ms = (t_encode - started) * 1000 / n
@@ -259,7 +262,7 @@ class ScoreProcessor:
             s
             for s in sources
             if state.calibration_for(version, s) is None
-            and self._uncalibrated_sent.get(s, 0) >= size
+            and self._uncalibrated_sent.get((version, s), 0) >= size
         }
         if follower is None or not waiting:
             return state

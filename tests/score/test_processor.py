@@ -1,8 +1,9 @@
 """The scoring processor through the real runner, the embedded broker, Avro and the real model.
 
-Covers: scores for good images and dead letters (with the reason) for bad ones; a control
-event takes effect before the next image produced after it; shadow and canary routing by
-image id, and that neither changes what production serves.
+Covers: scores for good images and dead letters (with the reason) for bad ones, with and
+without overlapped decoding; a control event takes effect before the next image produced after
+it; a full reference window waits for the production calibration and never for a shadow's;
+shadow and canary routing by image id, and that neither changes what production serves.
 """
 
 from __future__ import annotations
@@ -128,6 +129,12 @@ class Scorer:
 
     def read(self, n: int, timeout_s: float = 60) -> list[Output]:
         """The next ``n`` outputs (scores and dead letters) in arrival order."""
+        out = self.poll(n, timeout_s)
+        assert len(out) == n, f"expected {n} outputs, got {len(out)}: {out}"
+        return out
+
+    def poll(self, n: int, timeout_s: float) -> list[Output]:
+        """Up to ``n`` outputs, whatever arrives within ``timeout_s``."""
         out: list[Output] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < n and time.monotonic() < deadline:
@@ -139,7 +146,6 @@ class Scorer:
                 base = topic[len(self.settings.topic_prefix) :]
                 schema = "skyloop.ScoreRecord" if base == "scores" else "skyloop.DeadLetter"
                 out.append(Output(base, int(msg.partition() or 0), CODEC.decode(value, schema)))
-        assert len(out) == n, f"expected {n} outputs, got {len(out)}: {out}"
         return out
 
 
@@ -305,6 +311,35 @@ def test_a_control_event_takes_effect_before_the_next_image(
     assert score["control_offset"] >= overridden_at
     thresholds = {d["detector"]: d["threshold"] for d in score["detectors"]}
     assert thresholds == {**params["thresholds"], "knn": 0.125}
+
+
+def test_a_full_reference_window_waits_for_the_production_calibration_only(
+    scorer_settings: Settings, kafka_bootstrap: str, lite0: Backbone
+) -> None:
+    settings = scorer_settings.model_copy(update={"calibration_wait_s": 30.0})
+    images = sky("sky", 5, 32)
+    shadow = {"model_version": "lite0-shadow", "backbone": "efficientnet_lite0"}
+    with Scorer(settings, kafka_bootstrap, lite0) as scorer:
+        scorer.emit("model.shadow_started", "lite0-shadow", shadow)
+        scorer.produce(images[:20])  # reference_size: the production window fills
+        window = [o.record for o in scorer.read(40)]
+        assert {(s["role"], s["calibrated"]) for s in window} == {
+            ("production", False),
+            ("shadow", False),
+        }
+        scorer.produce(images[20:21])
+        assert scorer.poll(1, timeout_s=2.0) == []  # waits for its calibration
+        params = calibration_params(settings, lite0, lite0.version, "sky", seed=50)
+        calibrated_at = scorer.emit("calibration.updated", "sky", params)
+        waited = {o.record["role"]: o.record for o in scorer.read(2)}
+        assert waited["production"]["calibrated"]
+        assert waited["production"]["control_offset"] >= calibrated_at
+        # The shadow's window is full too, but nothing waits for a shadow calibration.
+        started = time.monotonic()
+        scorer.produce(images[21:])
+        rest = [o.record for o in scorer.read(2 * len(images[21:]))]
+        assert time.monotonic() - started < 15
+        assert all(s["calibrated"] == (s["role"] == "production") for s in rest)
 
 
 def production_view(score: dict[str, Any]) -> tuple[Any, ...]:
