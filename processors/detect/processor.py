@@ -1,6 +1,7 @@
 """The detect processor: candidate scores → ``candidates``.
 
-Consumes ScoreRecords; every production score with ``is_candidate`` becomes a CandidateRecord
+Consumes ScoreRecords; every served score (production, or a canary's) with ``is_candidate``
+becomes a CandidateRecord
 (``label_status=pending``), keyed by image_id on the source's partition. Localization (YOLO)
 and catalog cross-match fill ``boxes`` and ``crossmatches`` in later steps; until then they are
 empty, never invented.
@@ -60,7 +61,8 @@ class DetectProcessor:
             except CodecError as exc:
                 outputs.append(self.ctx.dead_letter(msg, exc))
                 continue
-            if not score["is_candidate"] or score["role"] != "production":
+            # Served decisions only: production, or a calibrated canary (never the shadow).
+            if not score["is_candidate"] or score["role"] == "shadow":
                 continue
             candidate = candidate_from_score(score, state.offset)
             outputs.append(

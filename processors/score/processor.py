@@ -69,7 +69,9 @@ class ScoreProcessor:
     def __init__(self, backbone: Backbone | None = None) -> None:
         self.backbone = backbone
         self.times = StageTimes()
-        self._uncalibrated_sent: dict[tuple[str, str], int] = {}  # (version, source)
+        # Distinct image ids sent uncalibrated per (version, source), as the controller's
+        # reference window counts them (redelivered or re-published images count once).
+        self._uncalibrated_sent: dict[tuple[str, str], set[str]] = {}
         self._embedder: BatchEmbedder | None = None
 
     def setup(self, ctx: RunContext) -> None:
@@ -183,7 +185,9 @@ class ScoreProcessor:
                 for i, verdict in zip(assignment.rows, verdicts, strict=True):
                     if not verdict.calibrated:
                         key = (assignment.model_version, records[i]["source"])
-                        self._uncalibrated_sent[key] = self._uncalibrated_sent.get(key, 0) + 1
+                        sent = self._uncalibrated_sent.setdefault(key, set())
+                        if len(sent) < settings.reference_size:
+                            sent.add(records[i]["image_id"])
         t_encode = time.perf_counter()
         n = len(records)
         latency_ms = (t_encode - started) * 1000 / n
@@ -262,7 +266,7 @@ class ScoreProcessor:
             s
             for s in sources
             if state.calibration_for(version, s) is None
-            and self._uncalibrated_sent.get((version, s), 0) >= size
+            and len(self._uncalibrated_sent.get((version, s), ())) >= size
         }
         if follower is None or not waiting:
             return state

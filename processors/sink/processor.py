@@ -76,7 +76,9 @@ class SinkProcessor:
         seen = self._seen
         if topic == "images.raw":
             seen["images"].add(record["image_id"])
-        elif topic == "scores" and record["role"] == "production":
+        elif topic == "scores" and (
+            record["role"] == "production" or (record["role"] == "canary" and record["calibrated"])
+        ):  # the image's served decision
             seen["scores"].add(record["image_id"])
             if record["is_candidate"]:
                 seen["candidate_scores"].add(record["image_id"])

@@ -95,7 +95,8 @@ class Controller:
             if window.full:
                 self._calibrate(window)
             return
-        if cal is not None and score["calibrated"]:
+        # Threshold overrides are per source and apply to production only (DESIGN §3).
+        if cal is not None and score["calibrated"] and score["role"] == "production":
             key = (cal.event_id, score["source"])
             if key not in self.thresholded and score["source"] not in state.source_thresholds:
                 self.thresholded.add(key)
@@ -173,6 +174,9 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
                 log.error("stats: undecodable score skipped: %s", exc)
                 progress.add("undecodable")
                 continue
+            controller.on_score(score)  # every role: shadow and canary fill their own windows
+            if score["role"] == "shadow" or (score["role"] == "canary" and not score["calibrated"]):
+                continue  # not the image's served decision: keep it out of the source's stats
             source = score["source"]
             current = dict(stats[source])
             current["scored"] = current.get("scored", 0) + 1
@@ -180,7 +184,6 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
             current["uncalibrated"] = current.get("uncalibrated", 0) + int(not score["calibrated"])
             current["ensemble_sum"] = current.get("ensemble_sum", 0.0) + score["ensemble_score"]
             stats[source] = current
-            controller.on_score(score)
             progress.set(f"source.{source}", current)
             progress.write()
 
