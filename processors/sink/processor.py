@@ -28,8 +28,15 @@ from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
-from processors.sink.rows import RowError, to_row
-from processors.sink.writer import ClickHouseWriter, SinkItem
+from processors.sink.rows import (
+    KafkaCoordinates,
+    Row,
+    RowError,
+    TableSpec,
+    build_row,
+    table_for_topic,
+)
+from processors.sink.writer import ClickHouseWriter
 
 __all__ = ["SinkProcessor"]
 
@@ -110,25 +117,29 @@ class SinkProcessor:
 
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
         outputs: list[OutMessage] = []
-        by_topic: dict[str, list[SinkItem]] = {}
+        built: dict[str, tuple[TableSpec, list[Row]]] = {}
+        stored: list[tuple[str, Mapping[str, Any]]] = []
         for msg in batch:
+            spec = table_for_topic(msg.topic)
+            at = KafkaCoordinates(msg.topic, msg.partition, msg.offset)
             try:
                 record: Mapping[str, Any] = self.ctx.codec.decode(
                     msg.value, TOPICS[msg.topic].schema
                 )
-                to_row(msg.topic, record, msg.partition, msg.offset)  # fits its table?
+                row = build_row(spec, record, at)
             except (CodecError, RowError) as exc:
                 if msg.topic != "images.dlq":
                     outputs.append(self.ctx.dead_letter(msg, exc))
                     continue
                 # Dead-lettering a dead letter could loop; store it as it is, with the reason.
                 record = self._unreadable_dead_letter(msg, exc)
-            by_topic.setdefault(msg.topic, []).append((record, msg.partition, msg.offset))
+                row = build_row(spec, record, at)
+            built.setdefault(spec.table, (spec, []))[1].append(row)
+            stored.append((msg.topic, record))
         with self.lock:
-            self.writer.insert_many(by_topic)
-        for topic, items in by_topic.items():
-            for record, _p, _o in items:
-                self._count(topic, record)
+            self.writer.insert_rows(built)
+        for topic, record in stored:
+            self._count(topic, record)
         for key, ids in self._seen.items():
             self.ctx.progress.set(key, len(ids))
         return outputs

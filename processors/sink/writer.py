@@ -81,6 +81,14 @@ class ClickHouseWriter:
                 built[spec.table][1].extend(rows)
             else:
                 built[spec.table] = (spec, rows)
+        return self.insert_rows(built)
+
+    def insert_rows(self, built: Mapping[str, tuple[TableSpec, Sequence[Row]]]) -> dict[str, int]:
+        """Insert rows already built per table (one INSERT each); returns rows per table.
+
+        For callers that build rows themselves, e.g. to set aside a record that does not fit
+        (:class:`RowError`) without building the others twice. Same guarantee as ``insert``.
+        """
         counts: dict[str, int] = {}
         for table, (spec, rows) in built.items():
             if rows:
