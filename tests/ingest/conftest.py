@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import fastavro
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -116,3 +116,13 @@ def make_topic(kafka_bootstrap: str) -> Iterator[MakeTopic]:
         return topic, f"ztf-test-{token}"
 
     yield make
+
+
+def committed_offset(bootstrap: str, group_id: str, topic: str) -> int:
+    """The offset ``group_id`` has committed on partition 0 of ``topic`` (negative: none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    try:
+        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return int(tp.offset)
+    finally:
+        consumer.close()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from processors.core.codec import default_codec
 from processors.core.config import Settings
@@ -18,7 +18,7 @@ from processors.core.runner import StopSignal
 from processors.ingest.processor import IngestSummary, describe_source, run_ingest
 from processors.ingest.sources import Interleaved, source_from_spec
 from processors.ingest.ztf import ZtfFileSource
-from tests.ingest.conftest import MakeTopic
+from tests.ingest.conftest import MakeTopic, committed_offset
 
 SCHEMAS = {"images.raw": "skyloop.ImageRecord", "images.dlq": "skyloop.DeadLetter"}
 
@@ -115,7 +115,7 @@ def test_a_kafka_alert_topic_is_committed_after_delivery(
     worker.start()
     try:
         deadline = time.monotonic() + 30
-        while _committed(kafka_bootstrap, group, topic) < len(values):
+        while committed_offset(kafka_bootstrap, group, topic) < len(values):
             assert time.monotonic() < deadline, "the tail of the topic was never committed"
             time.sleep(0.5)
         # committed while still running (at the source's quiet point), and only after delivery
@@ -134,12 +134,3 @@ def test_a_kafka_alert_topic_is_committed_after_delivery(
     again = source_from_spec(f"{spec}&idle_timeout_s=2")
     summary = run_ingest(settings, kafka_bootstrap, again)
     assert (summary.published, summary.dead_letters) == (0, 0)
-
-
-def _committed(bootstrap: str, group_id: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return int(tp.offset)
-    finally:
-        consumer.close()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from processors.ingest.base import RawImage, SourceFailure, SourceItem
 from processors.ingest.ztf import QualityCuts, ZtfTopicSource
-from tests.ingest.conftest import MakeTopic
+from tests.ingest.conftest import MakeTopic, committed_offset
 
 GARBAGE = b"\x00\x01 this is not an alert packet"
 
@@ -17,15 +16,6 @@ GARBAGE = b"\x00\x01 this is not an alert packet"
 def _offset(item: SourceItem) -> str:
     assert isinstance(item, RawImage)
     return item.provenance["kafka_offset"]
-
-
-def _committed(bootstrap: str, group_id: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return int(tp.offset)
-    finally:
-        consumer.close()
 
 
 def test_every_packet_arrives_once_and_garbage_fails(
@@ -62,7 +52,7 @@ def test_every_packet_arrives_once_and_garbage_fails(
         len(images),
         {"min_rb": 3},
     )
-    assert _committed(kafka_bootstrap, group, topic) == len(values)
+    assert committed_offset(kafka_bootstrap, group, topic) == len(values)
 
 
 def test_offsets_are_committed_only_for_taken_items(
@@ -76,17 +66,17 @@ def test_offsets_are_committed_only_for_taken_items(
     stream = iter(on_next)
     assert [_offset(next(stream)), _offset(next(stream))] == ["0", "1"]
     stream.close()
-    assert _committed(kafka_bootstrap, group, topic) == 1
+    assert committed_offset(kafka_bootstrap, group, topic) == 1
 
     # manual: the same group resumes at the unconfirmed item (at least once), commits on demand
     manual = ZtfTopicSource(kafka_bootstrap, topic, group, commit="manual", idle_timeout_s=10)
     stream = iter(manual)
     assert [_offset(next(stream)) for _ in range(3)] == ["1", "2", "3"]
     manual.commit()
-    assert _committed(kafka_bootstrap, group, topic) == 4
+    assert committed_offset(kafka_bootstrap, group, topic) == 4
     next(stream)
     stream.close()
-    assert _committed(kafka_bootstrap, group, topic) == 4
+    assert committed_offset(kafka_bootstrap, group, topic) == 4
 
 
 def test_manual_commit_with_deliver_commits_at_quiet_points_only_after_delivery(
@@ -103,11 +93,11 @@ def test_manual_commit_with_deliver_commits_at_quiet_points_only_after_delivery(
         group,
         commit="manual",
         idle_timeout_s=3,
-        deliver=lambda: at_deliver.append(_committed(kafka_bootstrap, group, topic)),
+        deliver=lambda: at_deliver.append(committed_offset(kafka_bootstrap, group, topic)),
     )
     assert len(list(source)) == len(values)
     assert at_deliver and at_deliver[-1] < len(values)  # deliver() ran before the last commit
-    assert _committed(kafka_bootstrap, group, topic) == len(values)
+    assert committed_offset(kafka_bootstrap, group, topic) == len(values)
 
 
 def test_failed_delivery_commits_nothing(
@@ -124,7 +114,7 @@ def test_failed_delivery_commits_nothing(
     )
     with pytest.raises(RuntimeError, match="broker said no"):
         list(source)
-    assert _committed(kafka_bootstrap, group, topic) < 0
+    assert committed_offset(kafka_bootstrap, group, topic) < 0
     # a later consumer of the group gets every message again (at least once)
     again = ZtfTopicSource(kafka_bootstrap, topic, group, idle_timeout_s=3)
     assert sorted(_offset(i) for i in again) == [str(i) for i in range(len(values))]
