@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processors.core.records import ScoreRecord
-from processors.score.ood import OODEnsemble
-from processors.score.reference import ReferenceSet
+from processors.ood.ensemble import OODEnsemble
+from processors.ood.reference import ReferenceSet
 
 __all__ = ["CalibrationPlan", "ReferenceWindow", "plan_calibration", "window_row"]
 

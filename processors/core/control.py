@@ -9,7 +9,7 @@ Example:
     >>> from datetime import UTC, datetime
     >>> ev = new_event("threshold.set", "sky", "operator", {"thresholds": {"knn": 0.97}})
     >>> state = ControlState.initial().apply(ev, offset=0)
-    >>> state.threshold_for("sky", "knn", default=0.5)
+    >>> state.threshold_for("any-model", "sky", "knn", default=0.5)
     0.97
 """
 
@@ -114,9 +114,19 @@ class ControlState:
     def calibration_for(self, model_version: str, source: str) -> Calibration | None:
         return self.calibrations.get(f"{model_version}|{source}")
 
-    def threshold_for(self, source: str, detector: str, default: float) -> float:
-        """A source's own threshold when set, else ``default`` (the model-wide calibration)."""
-        return self.source_thresholds.get(source, _EMPTY).get(detector, default)
+    def threshold_for(
+        self, model_version: str, source: str, detector: str, default: float
+    ) -> float:
+        """The (model, source) override when set, else a model-less one, else ``default``.
+
+        ``default`` is the calibration's own threshold. Overrides are keyed
+        ``"<model_version>|<source>"``; a ``threshold.set`` without ``model_version`` (an
+        operator's, for whatever model serves) is keyed ``"*|<source>"``.
+        """
+        exact = self.source_thresholds.get(f"{model_version}|{source}", _EMPTY)
+        if detector in exact:
+            return exact[detector]
+        return self.source_thresholds.get(f"*|{source}", _EMPTY).get(detector, default)
 
     def is_source_paused(self, source: str) -> bool:
         return source in self.paused_sources
@@ -128,14 +138,15 @@ class ControlState:
         kind, subject = event["type"], event["subject"]
         base = replace(self, offset=offset, events_applied=self.events_applied + 1)
         if kind in ("threshold.set", "threshold.decayed"):
-            current = dict(self.source_thresholds.get(subject, _EMPTY))
+            key = f"{p.get('model_version') or '*'}|{subject}"
+            current = dict(self.source_thresholds.get(key, _EMPTY))
             if p.get("thresholds"):
                 current.update(p["thresholds"] or {})
             if p.get("detector") and p.get("value") is not None:
                 current[str(p["detector"])] = float(p["value"])  # type: ignore[arg-type]
             return replace(
                 base,
-                source_thresholds=_frozen({**self.source_thresholds, subject: _frozen(current)}),
+                source_thresholds=_frozen({**self.source_thresholds, key: _frozen(current)}),
             )
         if kind == "calibration.updated":
             version = p.get("model_version") or ""
@@ -148,8 +159,10 @@ class ControlState:
                 thresholds=_frozen(p.get("thresholds") or {}),
                 event_id=event["event_id"],
             )
-            # A new calibration supersedes the source's overrides made against the old reference.
-            remaining = {k: v for k, v in self.source_thresholds.items() if k != subject}
+            # A new calibration supersedes this (model, source)'s overrides made against the old
+            # reference; other models' overrides (and model-less operator ones) stay.
+            stale = f"{version}|{subject}"
+            remaining = {k: v for k, v in self.source_thresholds.items() if k != stale}
             return replace(
                 base,
                 calibrations=_frozen({**self.calibrations, f"{version}|{subject}": cal}),

@@ -24,8 +24,8 @@ from numpy.typing import NDArray
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import Calibration, ControlState
 from processors.core.records import DetectorScore
-from processors.score.ood import OODEnsemble
-from processors.score.reference import load_reference
+from processors.ood.ensemble import OODEnsemble
+from processors.ood.reference import load_reference
 
 __all__ = ["EnsembleCache", "MathThreads", "Verdict", "decide"]
 
@@ -127,7 +127,7 @@ def decide(
         calibrated = ensemble.calibrate(raw)
         thresholds = {
             name: (
-                state.threshold_for(source, name, cal.thresholds[name])
+                state.threshold_for(model_version, source, name, cal.thresholds[name])
                 if source_overrides
                 else cal.thresholds[name]
             )

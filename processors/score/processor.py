@@ -46,11 +46,11 @@ from processors.core.kafka import partition_for
 from processors.core.metrics import IMAGES_SCORED, SCORE_LATENCY
 from processors.core.records import TOPICS, ImageRecord, ScoreRecord
 from processors.core.runner import InMessage, OutMessage, RunContext
+from processors.ood.ensemble import energy_score
 from processors.score.backbone import Backbone, BackboneOutput
 from processors.score.decisions import EnsembleCache, MathThreads, Verdict, decide
 from processors.score.embedding import BatchEmbedder, StageTimes
 from processors.score.models import BackboneCache, backbone_spec_from_settings
-from processors.score.ood import energy_score
 from processors.score.routing import Assignment, plan_roles
 
 __all__ = ["CONTROL_CATCH_UP_S", "ScoreProcessor"]

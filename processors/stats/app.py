@@ -98,7 +98,8 @@ class Controller:
         # Threshold overrides are per source and apply to production only (DESIGN §3).
         if cal is not None and score["calibrated"] and score["role"] == "production":
             key = (cal.event_id, score["source"])
-            if key not in self.thresholded and score["source"] not in state.source_thresholds:
+            has_override = f"{version}|{source}" in state.source_thresholds
+            if key not in self.thresholded and not has_override:
                 self.thresholded.add(key)
                 self._emit(
                     "threshold.set",

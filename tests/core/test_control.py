@@ -74,8 +74,8 @@ def test_the_fold_applies_each_event_type() -> None:
     assert cal is not None and cal.thresholds["knn"] == 0.95 and cal.vote_k == 2
     assert state.canary is not None and state.canary.fraction == 0.2
     state = state.apply(new_event("threshold.set", "sky", "op", {"thresholds": {"knn": 0.9}}), 3)
-    assert state.threshold_for("sky", "knn", default=0.5) == 0.9
-    assert state.threshold_for("hubble", "knn", default=0.5) == 0.5
+    assert state.threshold_for("effnet@1", "sky", "knn", default=0.5) == 0.9
+    assert state.threshold_for("effnet@1", "hubble", "knn", default=0.5) == 0.5
     state = state.apply(new_event("source.paused", "sky", "op", {"reason": "errors"}), 4)
     assert state.is_source_paused("sky")
     state = state.apply(new_event("source.resumed", "sky", "op"), 5)
@@ -84,10 +84,18 @@ def test_the_fold_applies_each_event_type() -> None:
     assert state.pipeline_paused == "latency"
     assert state.offset == 6 and state.events_applied == 7
     state = state.apply(new_event("threshold.set", "hubble", "op", {"thresholds": {"knn": 0.8}}), 7)
-    # A new calibration of "sky" supersedes sky's overrides, not other sources'.
-    state = state.apply(history(4)[0], 8)
-    assert state.threshold_for("sky", "knn", default=0.5) == 0.5
-    assert state.threshold_for("hubble", "knn", default=0.5) == 0.8
+    own = {"thresholds": {"knn": 0.7}, "model_version": "effnet@1"}
+    state = state.apply(new_event("threshold.set", "sky", "controller", own), 8)
+    other = {"thresholds": {"knn": 0.6}, "model_version": "other@2"}
+    state = state.apply(new_event("threshold.set", "sky", "controller", other), 9)
+    assert state.threshold_for("effnet@1", "sky", "knn", default=0.5) == 0.7
+    assert state.threshold_for("other@2", "sky", "knn", default=0.5) == 0.6
+    # A new calibration of (effnet@1, sky) supersedes that pair's overrides only: not another
+    # model's, not another source's, not a model-less operator override.
+    state = state.apply(history(4)[0], 10)
+    assert state.threshold_for("effnet@1", "sky", "knn", default=0.5) == 0.9  # operator's
+    assert state.threshold_for("other@2", "sky", "knn", default=0.5) == 0.6
+    assert state.threshold_for("effnet@1", "hubble", "knn", default=0.5) == 0.8
 
 
 def test_unknown_event_types_are_counted_but_change_nothing() -> None:

@@ -37,10 +37,10 @@ from processors.core.records import TOPICS, ImageRecord
 from processors.core.runner import Runner
 from processors.ingest.base import RawImage, to_record
 from processors.ingest.synthetic import SyntheticSky
+from processors.ood.ensemble import OODEnsemble, energy_score
+from processors.ood.reference import ReferenceSet, save_reference
 from processors.score.backbone import Backbone
-from processors.score.ood import OODEnsemble, energy_score
 from processors.score.processor import ScoreProcessor
-from processors.score.reference import ReferenceSet, save_reference
 from processors.score.routing import routes_to_canary
 
 CODEC = default_codec()

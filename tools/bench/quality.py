@@ -63,10 +63,10 @@ from processors.core.control import ControlState, new_event
 from processors.core.imaging import decode_image
 from processors.ingest.base import to_record
 from processors.ingest.synthetic import SyntheticSky
+from processors.ood.ensemble import OODEnsemble, energy_score, split_reference
+from processors.ood.reference import ReferenceSet, save_reference
 from processors.score.backbone import Backbone, BackboneSpec
 from processors.score.decisions import EnsembleCache, Verdict, decide
-from processors.score.ood import OODEnsemble, energy_score, split_reference
-from processors.score.reference import ReferenceSet, save_reference
 
 __all__ = ["Calibrated", "main", "rates", "single_detector_threshold"]
 

@@ -66,11 +66,11 @@ from processors.core.runner import InMessage, Runner
 from processors.core.stack import EmbeddedBroker
 from processors.ingest.base import RawImage, to_record
 from processors.ingest.synthetic import SyntheticSky
+from processors.ood.ensemble import OODEnsemble, energy_score
+from processors.ood.reference import ReferenceSet, save_reference
 from processors.score.backbone import Backbone
 from processors.score.models import backbone_spec_from_settings
-from processors.score.ood import OODEnsemble, energy_score
 from processors.score.processor import ScoreProcessor
-from processors.score.reference import ReferenceSet, save_reference
 from tools.bench.backbone import measure_backbone_throughput
 
 __all__ = ["TimedRunner", "calibrate_source", "main"]

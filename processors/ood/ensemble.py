@@ -19,7 +19,7 @@ one threshold fits all three and a k-of-3 vote has a controllable false-positive
 
 Determinism: no randomness anywhere. The split is a fixed interleave of the reference order, the
 maths is float64 (faiss float32), and thresholds are midpoints of the calibration grid, so the
-same :class:`~processors.score.reference.ReferenceSet` gives bit-identical thresholds on every
+same :class:`~processors.ood.reference.ReferenceSet` gives bit-identical thresholds on every
 refit, and last-bit differences in raw scores cannot move a calibration point across a threshold.
 """
 
@@ -37,7 +37,7 @@ from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 
 from processors.core.exceptions import ConfigError, SkyloopError
-from processors.score.reference import ReferenceSet, ReferenceSetError
+from processors.ood.reference import ReferenceSet, ReferenceSetError
 
 __all__ = [
     "MIN_PART_SIZE",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from processors.core.artifacts import ArtifactError, ArtifactStore
-from processors.score import reference as reference_module
-from processors.score.reference import (
+from processors.ood import reference as reference_module
+from processors.ood.reference import (
     ReferenceSet,
     ReferenceSetError,
     load_reference,

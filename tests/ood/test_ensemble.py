@@ -10,8 +10,8 @@ from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 
 from processors.core.exceptions import ConfigError
-from processors.score import ood
-from processors.score.ood import (
+from processors.ood import ensemble as ood
+from processors.ood.ensemble import (
     KnnDetector,
     MahalanobisDetector,
     OODEnsemble,
@@ -19,7 +19,7 @@ from processors.score.ood import (
     energy_score,
     split_reference,
 )
-from processors.score.reference import ReferenceSet, ReferenceSetError
+from processors.ood.reference import ReferenceSet, ReferenceSetError
 
 D = 1280
 

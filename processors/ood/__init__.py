@@ -1,0 +1,6 @@
+"""Out-of-distribution maths shared by the scorer and the controller (pure, no I/O).
+
+``ensemble``: the Mahalanobis / energy / kNN detectors, their calibration and the k-of-3 vote.
+``reference``: reference sets (what a ``calibration.updated`` event names by artifact id).
+Both ``processors.score`` and ``processors.control`` import from here; neither imports the other.
+"""
