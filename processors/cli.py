@@ -222,12 +222,59 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_events(args: argparse.Namespace) -> int:
-    columns, rows = query(
-        _run_dir(args),
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def events_query(
+    types: list[str] | None = None, subject: str | None = None, since: str | None = None
+) -> str:
+    """The audit-trail SQL, in log order, filtered by event types, subject and time.
+
+    Raises :class:`ConfigError` for an unknown type or a ``since`` that is not ISO 8601.
+
+    >>> sql = events_query(["drift.detected"], "sky", "2026-12-01T10:00Z")
+    >>> for part in sql.split("WHERE ")[1].split(" AND "):
+    ...     print(part)
+    type IN ('drift.detected')
+    subject = 'sky'
+    at >= toDateTime64('2026-12-01 10:00:00.000', 3, 'UTC') ORDER BY kafka_offset
+    """
+    from datetime import UTC, datetime
+
+    from processors.core.control import EVENT_TYPES
+
+    where = []
+    if types:
+        unknown = sorted(set(types) - EVENT_TYPES)
+        if unknown:
+            raise ConfigError(
+                f"--type {', '.join(unknown)}: unknown; accepted: {', '.join(sorted(EVENT_TYPES))}"
+            )
+        where.append(f"type IN ({', '.join(_sql_string(t) for t in types)})")
+    if subject is not None:
+        where.append(f"subject = {_sql_string(subject)}")
+    if since is not None:
+        try:
+            at = datetime.fromisoformat(since)
+        except ValueError:
+            raise ConfigError(
+                f"--since {since!r}: accepted values are ISO 8601 times, e.g. 2026-12-01T10:00Z"
+            ) from None
+        at = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+        stamp = at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}"
+        where.append(f"at >= toDateTime64('{stamp}', 3, 'UTC')")
+    return (
         "SELECT kafka_offset AS offset, at, type, subject, issued_by, params, evidence "
-        "FROM control_events FINAL ORDER BY kafka_offset",
+        "FROM control_events FINAL "
+        + (f"WHERE {' AND '.join(where)} " if where else "")
+        + "ORDER BY kafka_offset"
     )
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    sql = events_query(args.type, args.subject, args.since)
+    columns, rows = query(_run_dir(args), sql)
     _print_table(columns, rows, args.format)
     return 0
 
@@ -308,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("query")
         if name in ("sql", "events"):
             p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
+        if name == "events":
+            p.add_argument("--type", action="append", help="only this event type (repeatable)")
+            p.add_argument("--subject", help="only events about this subject (e.g. a source)")
+            p.add_argument("--since", help="only events at or after this ISO 8601 time (UTC)")
         p.set_defaults(func=func)
     return parser
 

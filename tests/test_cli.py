@@ -1,0 +1,50 @@
+"""``skyloop events`` filters: validated, and real ClickHouse SQL against the real schema."""
+
+from __future__ import annotations
+
+import doctest
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from processors import cli
+from processors.core.clickhouse import connect
+from processors.core.exceptions import ConfigError
+from processors.sink.migrations import apply_migrations
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(cli)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_bad_filters_are_refused_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"--type drift\.found: unknown"):
+        cli.events_query(["drift.found"])
+    with pytest.raises(ConfigError, match="--since 'yesterday'"):
+        cli.events_query(since="yesterday")
+
+
+def test_filters_select_the_right_rows_in_chdb(tmp_path: Path) -> None:
+    client = connect(f"chdb://{tmp_path / 'ch'}")
+    try:
+        apply_migrations(client)
+        columns = ["kafka_offset", "event_id", "at", "type", "subject", "issued_by"]
+        rows = [
+            [0, "e0", datetime(2026, 12, 1, 9, tzinfo=UTC), "calibration.updated", "sky", "c"],
+            [1, "e1", datetime(2026, 12, 1, 11, tzinfo=UTC), "drift.detected", "sky", "c"],
+            [2, "e2", datetime(2026, 12, 1, 12, tzinfo=UTC), "drift.detected", "o'hare", "c"],
+        ]
+        client.insert("control_events", rows, column_names=columns)
+
+        def offsets(sql: str) -> list[int]:
+            return [int(r[0]) for r in client.query(sql).result_rows]
+
+        assert offsets(cli.events_query()) == [0, 1, 2]
+        assert offsets(cli.events_query(["drift.detected"])) == [1, 2]
+        assert offsets(cli.events_query(subject="o'hare")) == [2]
+        assert offsets(cli.events_query(since="2026-12-01T10:00:00+00:00")) == [1, 2]
+        assert offsets(cli.events_query(["drift.detected"], "sky", "2026-12-01T10:00")) == [1]
+    finally:
+        client.close()
