@@ -56,6 +56,14 @@ def _binned(
     return p, q
 
 
+def _psi(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def _kl(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
+    return float(np.sum(q * np.log(q / p)))
+
+
 def population_stability_index(
     reference: NDArray[np.float64], current: NDArray[np.float64], bins: int = 10
 ) -> float:
@@ -65,8 +73,7 @@ def population_stability_index(
     >>> round(population_stability_index(x, x), 6), population_stability_index(x, x + 0.5) > 1
     (0.0, True)
     """
-    p, q = _binned(np.asarray(reference, float), np.asarray(current, float), bins)
-    return float(np.sum((q - p) * np.log(q / p)))
+    return _psi(*_binned(np.asarray(reference, float), np.asarray(current, float), bins))
 
 
 def kl_divergence(
@@ -78,8 +85,7 @@ def kl_divergence(
     >>> round(kl_divergence(x, x), 6)
     0.0
     """
-    p, q = _binned(np.asarray(reference, float), np.asarray(current, float), bins)
-    return float(np.sum(q * np.log(q / p)))
+    return _kl(*_binned(np.asarray(reference, float), np.asarray(current, float), bins))
 
 
 @dataclass(frozen=True)
@@ -147,11 +153,6 @@ class DriftMonitor:
         if self.window < 10 or self.consecutive < 1 or self.cooldown < 0:
             raise ValueError("window must be >= 10, consecutive >= 1 and cooldown >= 0")
 
-    @property
-    def recent_scores(self) -> list[float]:
-        """The scores of the window in progress (a copy)."""
-        return list(self._scores)
-
     def update(self, score: float, flagged: bool) -> WindowVerdict | None:
         """Add one served score; returns the verdict when it completes a window, else None."""
         self._scores.append(float(score))
@@ -165,7 +166,8 @@ class DriftMonitor:
 
     def _judge(self, scores: NDArray[np.float64], flags: int) -> WindowVerdict:
         ks = ks_2samp(scores, self.reference)
-        psi = population_stability_index(self.reference, scores)
+        p, q = _binned(self.reference, scores, bins=10)  # one binning for PSI and KL
+        psi = _psi(p, q)
         flag_p = float(binomtest(flags, scores.size, self.target_fpr).pvalue)
         reasons = []
         if ks.pvalue < self.ks_p and psi > self.psi_min:
@@ -189,7 +191,7 @@ class DriftMonitor:
             ks_statistic=float(ks.statistic),
             ks_p=float(ks.pvalue),
             psi=psi,
-            kl=kl_divergence(self.reference, scores),
+            kl=_kl(p, q),
             flag_rate=flags / scores.size,
             flag_p=flag_p,
             disagrees=disagrees,

@@ -4,8 +4,8 @@
   window, normalised to sum 1, with ``floor`` (default 0.05) per active source so none starves.
 - :class:`ErrorBackoff`: a source whose dead-letter rate over its window passes ``max_error_rate``
   (default 0.2, at least ``min_items`` items) is paused for ``base_s`` seconds, doubling with
-  each consecutive pause up to ``max_s``; times are the event times of the evidence (record
-  timestamps), never the wall clock, so a replay decides alike.
+  each consecutive pause up to ``max_s``. It returns a duration only: the caller adds it to the
+  evidence's event time (record timestamps, never the wall clock), so a replay decides alike.
 
 Example:
     >>> w = rebalance({"a": (0.10, 0.0), "b": (0.02, 0.0), "c": (0.0, 0.0)}, floor=0.05)
