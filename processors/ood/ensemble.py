@@ -32,9 +32,7 @@ from typing import Any
 import faiss
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg import cholesky, solve_triangular
 from scipy.special import logsumexp
-from sklearn.covariance import LedoitWolf
 
 from processors.core.exceptions import ConfigError, SkyloopError
 from processors.ood.reference import ReferenceSet, ReferenceSetError
@@ -121,8 +119,13 @@ def split_reference(n: int, fit_fraction: float) -> tuple[NDArray[np.intp], NDAr
 class MahalanobisDetector:
     """Squared Mahalanobis distance under a Ledoit-Wolf covariance of the fit features.
 
-    ``fit`` computes the mean and the lower Cholesky factor ``L`` of the shrunk covariance and
-    keeps ``W = L^-1``; ``raw(x) = ||W (x - mean)||^2``, one matrix product for all rows.
+    With ``n`` fit rows of dimension ``d`` the shrunk covariance is ``(1 - s) S + c I`` where
+    ``S = X^T X / n`` (``X`` centred) has rank ``r < n`` and ``c = s mu`` (plus a 1e-9 relative
+    jitter, so constant columns cannot make it singular). ``fit`` keeps the mean, the ``r``
+    eigenvectors ``V`` of ``S`` (from the ``n x n`` Gram matrix: ``O(n^2 d)``, not ``O(d^3)``)
+    and the inverse eigenvalues; then ``raw(x) = sum_i (v_i . z)^2 / ((1 - s) l_i + c)
+    + ||z - V V^T z||^2 / c`` with ``z = x - mean``: the exact quadratic form, in ``O(d r)`` per
+    row. The shrinkage is Ledoit-Wolf's (sklearn's formula), computed from the same Gram matrix.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -133,31 +136,56 @@ class MahalanobisDetector:
     """
 
     mean_: FloatArray | None = field(default=None, repr=False)
-    whitener_: FloatArray | None = field(default=None, repr=False)
+    basis_: FloatArray | None = field(default=None, repr=False)
+    inverse_: FloatArray | None = field(default=None, repr=False)
+    floor_: float | None = None
     shrinkage_: float | None = None
 
     def fit(self, features: NDArray[Any]) -> MahalanobisDetector:
         x = _check_features(features, None, "fit features")
-        if x.shape[0] < 2:
-            raise ReferenceSetError(f"Mahalanobis needs at least 2 fit rows, got {x.shape[0]}")
-        estimator = LedoitWolf(store_precision=False).fit(x)
-        covariance = np.asarray(estimator.covariance_, dtype=np.float64)
-        # Constant feature columns with zero shrinkage target would leave covariance singular.
-        covariance[np.diag_indices_from(covariance)] += 1e-9 * max(
-            float(np.trace(covariance)) / covariance.shape[0], 1e-12
-        )
-        lower = cholesky(covariance, lower=True)
-        self.whitener_ = solve_triangular(lower, np.eye(lower.shape[0]), lower=True)
-        self.mean_ = np.asarray(estimator.location_, dtype=np.float64)
-        self.shrinkage_ = float(estimator.shrinkage_)
+        n, d = x.shape
+        if n < 2:
+            raise ReferenceSetError(f"Mahalanobis needs at least 2 fit rows, got {n}")
+        mean = x.mean(axis=0)
+        centred = x - mean
+        gram = centred @ centred.T  # n x n: the spectrum of X^T X without forming it
+        squared_norms = np.einsum("ij,ij->i", centred, centred)
+        trace = float(squared_norms.sum()) / n  # trace of S
+        mu = trace / d
+        # Ledoit-Wolf shrinkage (as sklearn.covariance.ledoit_wolf_shrinkage, assume_centered
+        # on the centred data): sum(X2^T X2) = sum_i ||x_i||^4, sum((X^T X)^2) = ||gram||_F^2.
+        beta_sum = float((squared_norms**2).sum())
+        delta_sum = float((gram**2).sum()) / n**2
+        beta = (beta_sum / n - delta_sum) / (d * n)
+        delta = (delta_sum - 2.0 * mu * trace + d * mu**2) / d
+        beta = min(beta, delta)
+        shrinkage = 0.0 if beta == 0 else float(beta / delta)
+        eigenvalues, vectors = np.linalg.eigh(gram)
+        keep = eigenvalues > eigenvalues.max(initial=0.0) * 1e-12
+        sigma = np.sqrt(eigenvalues[keep])
+        basis = (centred.T @ vectors[:, keep]) / sigma  # d x r, orthonormal columns
+        floor = shrinkage * mu + 1e-9 * max(mu, 1e-12)
+        self.mean_ = mean
+        self.basis_ = np.ascontiguousarray(basis)
+        self.inverse_ = 1.0 / ((1.0 - shrinkage) * eigenvalues[keep] / n + floor)
+        self.floor_ = floor
+        self.shrinkage_ = shrinkage
         return self
 
     def raw(self, features: NDArray[Any]) -> FloatArray:
-        if self.mean_ is None or self.whitener_ is None:
+        if (
+            self.mean_ is None
+            or self.basis_ is None
+            or self.inverse_ is None
+            or self.floor_ is None
+        ):
             raise ScoreInputError("MahalanobisDetector.raw called before fit")
         x = _check_features(features, self.mean_.shape[0], "features")
-        z = (x - self.mean_) @ self.whitener_.T
-        return np.einsum("ij,ij->i", z, z)
+        z = x - self.mean_
+        along = z @ self.basis_
+        rest = z - along @ self.basis_.T
+        inside = np.einsum("ij,ij,j->i", along, along, self.inverse_)
+        return np.asarray(inside + np.einsum("ij,ij->i", rest, rest) / self.floor_)
 
 
 @dataclass
