@@ -1,13 +1,35 @@
-"""A synthetic sky: noisy star fields with known anomalies and an optional drift, as FITS.
+"""A synthetic sky: noisy cutouts with known anomalies and scheduled drifts, as FITS.
 
-Every image carries :class:`GroundTruth` (is it an anomaly, which kind, which stream segment)
-so detection quality can be measured; scoring never reads it. Deterministic for a seed: the
-n-th image of a stream is always the same.
+Every image carries :class:`GroundTruth` (is it an anomaly, which kind, which condition of the
+schedule it was taken under) so detection quality can be measured; scoring never reads it.
+Deterministic for a seed: the n-th image of a stream is always the same.
 
-Normal images: sky background + Gaussian read noise + Poisson(4) stars with a Gaussian PSF.
+Two kinds of cutout (``kind``):
+
+- ``direct``: a star field: sky background + Gaussian noise + Poisson(``stars``) stars with a
+  Gaussian PSF;
+- ``difference``: what a survey's image subtraction leaves (like a ZTF difference cutout):
+  noise, a transient of widely varying brightness at the centre, and Poisson(``residuals``)
+  subtraction residuals (dipoles). Its normal population is broad, faint to bright, so a drift
+  that buries the structure in noise makes every image look like the faintest normal ones:
+  the detector goes blind (its flag rate collapses), as measured on real ZTF cutouts.
+
 Anomalies (``anomaly_rate`` of images): ``streak`` (a satellite trail), ``blob`` (a large
-diffuse source), ``bad_column`` (a saturated detector column). Drift (after ``drift_after``
-images): brighter, noisier background and broader PSF (worse seeing), truth segment "drift".
+diffuse source), ``bad_column`` (a saturated detector column). In difference cutouts their
+amplitude is set against the noise, so they stay as visible under every condition.
+
+Conditions (:data:`CONDITIONS`) change through the stream by a schedule, ``drifts`` =
+``"START:NAME,START:NAME,..."`` (from image ``START`` on, condition ``NAME``; ``baseline``
+before the first). With ``cycle`` the schedule repeats every ``cycle`` images (an endless
+stream with a drift every few thousand images). ``drift_after=N`` is short for
+``drifts="N:seeing"``.
+
+Example:
+    >>> sky = SyntheticSky(seed=1, drifts="2:noisy,4:baseline", cycle=6)
+    >>> [sky.condition_at(n) for n in range(8)]
+    ['baseline', 'baseline', 'noisy', 'noisy', 'baseline', 'baseline', 'baseline', 'baseline']
+    >>> sky.image(3).truth["segment"]
+    'noisy'
 """
 
 from __future__ import annotations
@@ -19,14 +41,54 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
+from processors.core.exceptions import ConfigError
 from processors.core.imaging import encode_fits
 from processors.core.records import GroundTruth
 from processors.ingest.base import RawImage, SourceItem
 
-__all__ = ["ANOMALY_KINDS", "SyntheticSky"]
+__all__ = ["ANOMALY_KINDS", "CONDITIONS", "KINDS", "SkyCondition", "SyntheticSky"]
 
 ANOMALY_KINDS = ("streak", "blob", "bad_column")
+KINDS = ("direct", "difference")
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SkyCondition:
+    """Observing conditions: background, noise sigma, PSF sigma (px), mean star / residual
+    counts per cutout."""
+
+    sky: float = 100.0
+    noise: float = 5.0
+    psf: float = 1.4
+    stars: float = 4.0
+    residuals: float = 2.0
+
+
+CONDITIONS: dict[str, SkyCondition] = {
+    "baseline": SkyCondition(),
+    # brighter sky, more noise, worse seeing
+    "seeing": SkyCondition(sky=160.0, noise=9.0, psf=2.2),
+    # twice the noise: faint structure drowns
+    "noisy": SkyCondition(noise=10.0),
+    # blurred
+    "blur": SkyCondition(psf=2.6),
+    # four times the stars and residuals (a field near the Galactic plane)
+    "crowded": SkyCondition(stars=16.0, residuals=8.0),
+}
+
+
+def _schedule(drifts: str) -> list[tuple[int, str]]:
+    steps = [(0, "baseline")]
+    for part in filter(None, (p.strip() for p in drifts.split(","))):
+        start, sep, name = part.partition(":")
+        if not sep or not start.strip().isdigit() or name.strip() not in CONDITIONS:
+            raise ConfigError(
+                f"drifts: {part!r} is not START:CONDITION with START an integer >= 0 and "
+                f"CONDITION one of {', '.join(CONDITIONS)}"
+            )
+        steps.append((int(start), name.strip()))
+    return sorted(steps, key=lambda s: s[0])
 
 
 @dataclass
@@ -36,18 +98,32 @@ class SyntheticSky:
     size: int = 64
     anomaly_rate: float = 0.03
     drift_after: int | None = None
+    drifts: str = ""
+    cycle: int | None = None
+    kind: str = "direct"
     limit: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.anomaly_rate <= 1.0:
-            raise ValueError(f"anomaly_rate must be in [0, 1], got {self.anomaly_rate}")
+            raise ConfigError(f"anomaly_rate must be in [0, 1], got {self.anomaly_rate}")
         if self.size < 16:
-            raise ValueError(f"size must be at least 16 pixels, got {self.size}")
+            raise ConfigError(f"size must be at least 16 pixels, got {self.size}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.cycle is not None and self.cycle < 1:
+            raise ConfigError(f"cycle must be >= 1, got {self.cycle}")
+        drifts = self.drifts or (f"{self.drift_after}:seeing" if self.drift_after else "")
+        self._steps = _schedule(drifts)
 
     @property
     def endless(self) -> bool:
         """Without a ``limit`` the sky never runs out of images."""
         return self.limit is None
+
+    def condition_at(self, n: int) -> str:
+        """The condition the n-th image is taken under."""
+        position = n % self.cycle if self.cycle else n
+        return [name for start, name in self._steps if start <= position][-1]
 
     def __iter__(self) -> Iterator[SourceItem]:
         n = 0
@@ -57,11 +133,12 @@ class SyntheticSky:
 
     def image(self, n: int) -> RawImage:
         rng = np.random.default_rng([self.seed, n])
-        drifted = self.drift_after is not None and n >= self.drift_after
-        kind = None
+        condition = self.condition_at(n)
+        anomaly = None
         if rng.random() < self.anomaly_rate:
-            kind = ANOMALY_KINDS[int(rng.integers(len(ANOMALY_KINDS)))]
-        pixels = self._render(rng, drifted, kind)
+            anomaly = ANOMALY_KINDS[int(rng.integers(len(ANOMALY_KINDS)))]
+        render = self._difference if self.kind == "difference" else self._direct
+        pixels = render(rng, CONDITIONS[condition], anomaly)
         ra = float(rng.uniform(0, 360))
         dec = float(np.degrees(np.arcsin(rng.uniform(-1, 1))))
         return RawImage(
@@ -75,40 +152,87 @@ class SyntheticSky:
             observed_at=_EPOCH + timedelta(seconds=30 * n),
             ra=ra,
             dec=dec,
-            provenance={"generator": "synthetic-sky", "seed": str(self.seed), "n": str(n)},
-            truth=GroundTruth(
-                is_anomaly=kind is not None, kind=kind, segment="drift" if drifted else "baseline"
-            ),
+            provenance={
+                "generator": f"synthetic-sky/{self.kind}",
+                "seed": str(self.seed),
+                "n": str(n),
+                "condition": condition,
+            },
+            truth=GroundTruth(is_anomaly=anomaly is not None, kind=anomaly, segment=condition),
         )
 
-    def _render(
-        self, rng: np.random.Generator, drifted: bool, kind: str | None
+    def _grid(self) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        yy, xx = np.mgrid[0 : self.size, 0 : self.size].astype(np.float32)
+        return yy, xx
+
+    @staticmethod
+    def _psf(
+        xx: NDArray[np.float32],
+        yy: NDArray[np.float32],
+        cx: float,
+        cy: float,
+        sigma: float,
+        flux: float,
+    ) -> NDArray[np.float64]:
+        """A Gaussian PSF of total ``flux`` centred on (cx, cy), in float64 (added to the
+        float32 image in one rounding)."""
+        profile = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+        return np.asarray(flux / (2 * np.pi * sigma**2) * profile, dtype=np.float64)
+
+    def _direct(
+        self, rng: np.random.Generator, c: SkyCondition, anomaly: str | None
     ) -> NDArray[np.float32]:
         s = self.size
-        sky, noise, psf = (160.0, 9.0, 2.2) if drifted else (100.0, 5.0, 1.4)
-        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-        img = np.full((s, s), sky, dtype=np.float32)
-        for _ in range(int(rng.poisson(4))):
+        yy, xx = self._grid()
+        img = np.full((s, s), c.sky, dtype=np.float32)
+        for _ in range(int(rng.poisson(c.stars))):
             cx, cy = rng.uniform(2, s - 2, size=2)
-            flux = float(rng.lognormal(7.0, 0.8))
-            img += (
-                flux
-                / (2 * np.pi * psf**2)
-                * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * psf**2))
-            )
-        if kind == "streak":
+            img += self._psf(xx, yy, cx, cy, c.psf, float(rng.lognormal(7.0, 0.8)))
+        if anomaly == "bad_column":
+            col = int(rng.integers(2, s - 2))
+            img[:, col : col + int(rng.integers(1, 3))] = 60000.0  # saturated
+        elif anomaly is not None:
+            low, high = (150.0, 400.0) if anomaly == "streak" else (80.0, 200.0)
+            img += self._shape(rng, anomaly, xx, yy) * float(rng.uniform(low, high))
+        img += rng.normal(0.0, c.noise, size=(s, s)).astype(np.float32)
+        return img
+
+    def _difference(
+        self, rng: np.random.Generator, c: SkyCondition, anomaly: str | None
+    ) -> NDArray[np.float32]:
+        s = self.size
+        yy, xx = self._grid()
+        img = rng.normal(0.0, c.noise, size=(s, s)).astype(np.float32)
+        cx, cy = s / 2 + rng.normal(0.0, 0.5, size=2)
+        img += self._psf(xx, yy, cx, cy, c.psf, float(rng.lognormal(5.3, 1.0)))
+        for _ in range(int(rng.poisson(c.residuals))):
+            rx, ry = rng.uniform(4, s - 4, size=2)
+            dx, dy = rng.normal(0.0, 0.7, size=2)
+            flux = float(rng.lognormal(4.8, 0.8))
+            img += self._psf(xx, yy, rx, ry, c.psf, flux)
+            img -= self._psf(xx, yy, rx + dx, ry + dy, c.psf, flux)
+        if anomaly == "bad_column":
+            col = int(rng.integers(2, s - 2))
+            img[:, col : col + int(rng.integers(1, 3))] += 50.0 * c.noise
+        elif anomaly is not None:
+            low, high = (3.0, 8.0) if anomaly == "streak" else (2.0, 5.0)
+            img += self._shape(rng, anomaly, xx, yy) * float(rng.uniform(low, high)) * c.noise
+        return img
+
+    def _shape(
+        self,
+        rng: np.random.Generator,
+        anomaly: str,
+        xx: NDArray[np.float32],
+        yy: NDArray[np.float32],
+    ) -> NDArray[np.float32]:
+        """A streak or a blob of unit peak, at a random place."""
+        s = self.size
+        if anomaly == "streak":
             angle = rng.uniform(0, np.pi)
             cx, cy = rng.uniform(s * 0.3, s * 0.7, size=2)
             dist = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))
-            img += float(rng.uniform(150, 400)) * np.exp(-(dist**2) / (2 * 1.0**2))
-        elif kind == "blob":
-            cx, cy = rng.uniform(s * 0.3, s * 0.7, size=2)
-            radius = rng.uniform(s * 0.12, s * 0.25)
-            img += float(rng.uniform(80, 200)) * np.exp(
-                -((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2)
-            )
-        elif kind == "bad_column":
-            col = int(rng.integers(2, s - 2))
-            img[:, col : col + int(rng.integers(1, 3))] = 60000.0
-        img += rng.normal(0.0, noise, size=(s, s)).astype(np.float32)
-        return img
+            return np.exp(-(dist**2) / 2.0)
+        cx, cy = rng.uniform(s * 0.3, s * 0.7, size=2)
+        radius = rng.uniform(s * 0.12, s * 0.25)
+        return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))

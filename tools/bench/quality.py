@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     images = [sky.image(n) for n in range(args.images)]
     truth = np.array([bool(i.truth and i.truth["is_anomaly"]) for i in images])
-    drifted = np.array([bool(i.truth and i.truth["segment"] == "drift") for i in images])
+    drifted = np.array([bool(i.truth and i.truth["segment"] != "baseline") for i in images])
     backbone = Backbone(BackboneSpec())
     out = backbone.embed([decode_image(to_record(i)) for i in images], batch_size=args.batch)
     features, energy = out.features, energy_score(out.logits)
