@@ -118,7 +118,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         stop = StopSignal().install()
         specs = args.source or DEFAULT_SOURCES
-        source = Interleaved([source_from_spec(s, stop=stop.event) for s in specs])
+        source = Interleaved([source_from_spec(s, stop=stop.event) for s in specs], stop=stop.event)
         summary = run_ingest(
             settings,
             bootstrap,

@@ -1,24 +1,35 @@
 """Threshold decay: a calibrated threshold relaxes as a calibration ages (DESIGN §5).
 
-``t(n) = clamp(base * (1 - decay * ln(1 + n)), floor, ceiling)``, ``n`` = images scored for
-that (model, source) since its last calibration. Pure; :meth:`ThresholdDecay.due` bounds the
-cadence (one ``threshold.decayed`` every ``every`` images, and only when the value moved by at
-least ``min_step``), so the log gets a handful of events per calibration, not one per image.
+``t(n) = clamp(base * (1 - decay * ln(1 + n)), floor, ceiling)``, ``n`` = images served for that
+(model, source) since its last calibration. Pure; :meth:`ThresholdDecay.due` bounds the cadence
+(one ``threshold.decayed`` every ``every`` images, and only when the value moved by at least
+``min_step``), so the log gets a handful of events per calibration, not one per image.
 
-Defaults: ``decay=0.01``, ``floor=0.5``, ``ceiling=1.0``, ``every=256``, ``min_step=0.002``
-(thresholds are on the calibrated [0, 1] scale of :mod:`processors.ood.ensemble`).
+Besides DESIGN's fixed ``floor``, a data-derived bound: :meth:`ThresholdDecay.bounded` never
+lowers a threshold below the point where the calibration's own held-out images would be flagged
+at more than ``max_rate_ratio`` times the rate they are flagged at the base thresholds, so decay
+can make the detector more sensitive but never turn it into a flood on its own.
+
+Defaults: ``decay=0.002``, ``floor=0.5``, ``ceiling=1.0``, ``every=256``, ``min_step=0.002``,
+``max_rate_ratio=1.1`` (thresholds are on the calibrated [0, 1] scale of
+:mod:`processors.ood.ensemble`). With these, a 0.93 threshold reaches 0.915 after about 4,000
+images.
 
 Example:
-    >>> policy = ThresholdDecay()
+    >>> policy = ThresholdDecay(decay=0.01, max_rate_ratio=1.5)
     >>> policy.threshold(0.95, 0), round(policy.threshold(0.95, 1000), 4)
     (0.95, 0.8844)
     >>> policy.due(255, 0.95, 0.95), policy.due(256, 0.95, 0.95) is not None
     (None, True)
+    >>> rate = lambda t: max(0.0, 1.0 - t)  # flag rate of held-out images at threshold t
+    >>> policy.bounded(0.8, base=0.95, rate=rate)  # 0.8 would flag 0.2 > 1.5 * 0.05
+    0.925
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["ThresholdDecay"]
@@ -26,11 +37,12 @@ __all__ = ["ThresholdDecay"]
 
 @dataclass(frozen=True)
 class ThresholdDecay:
-    decay: float = 0.01
+    decay: float = 0.002
     floor: float = 0.5
     ceiling: float = 1.0
     every: int = 256
     min_step: float = 0.002
+    max_rate_ratio: float = 1.1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
@@ -39,6 +51,8 @@ class ThresholdDecay:
             raise ValueError(f"need 0 <= floor <= ceiling <= 1, got {self.floor}, {self.ceiling}")
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every!r}")
+        if self.max_rate_ratio < 1.0:
+            raise ValueError(f"max_rate_ratio must be >= 1, got {self.max_rate_ratio!r}")
 
     def threshold(self, base: float, n: int) -> float:
         """The decayed threshold after ``n`` images since calibration (``n >= 0``)."""
@@ -56,3 +70,18 @@ class ThresholdDecay:
             return None
         value = self.threshold(base, n)
         return value if abs(value - current) >= self.min_step else None
+
+    def bounded(self, value: float, base: float, rate: Callable[[float], float]) -> float:
+        """``value`` raised, if needed, to keep ``rate(value) <= max_rate_ratio * rate(base)``.
+
+        ``rate`` must be non-increasing (a flag rate as a function of the threshold). Searched
+        by bisection to 1e-3, deterministic.
+        """
+        cap = self.max_rate_ratio * max(rate(base), 1e-9)
+        if rate(value) <= cap or value >= base:
+            return value
+        low, high = value, base  # rate(low) > cap >= rate(high)
+        while high - low > 1e-3:
+            mid = (low + high) / 2
+            low, high = (low, mid) if rate(mid) <= cap else (mid, high)
+        return round(high, 3)

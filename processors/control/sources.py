@@ -1,77 +1,89 @@
 """Source policies: rebalancing weights and error back-off (DESIGN §5). Pure, no clock.
 
-- :func:`rebalance`: weight proportional to flag rate * (1 - error rate) over a rolling
-  window, normalised to sum 1, with ``floor`` (default 0.05) per active source so none starves.
-- :class:`ErrorBackoff`: a source whose dead-letter rate over its window passes ``max_error_rate``
-  (default 0.2, at least ``min_items`` items) is paused for ``base_s`` seconds, doubling with
-  each consecutive pause up to ``max_s``. It returns a duration only: the caller adds it to the
-  evidence's event time (record timestamps, never the wall clock), so a replay decides alike.
+- :class:`Rebalance`: every ``every`` items of a source, its weight is ``flag rate * (1 - error
+  rate)`` over that window; a ``source.weights_set`` is due when it is the source's first, or
+  when the weight moved by more than ``min_change`` (relative, default 0.25) and by more than
+  ``min_delta`` (absolute, default 0.005) from the one in force. Ingest turns the weights of the
+  active sources into shares with a floor (:func:`processors.core.allocation.allocate`), so no
+  source starves. Each event carries one source's weight: it depends on that source's stream
+  only, so the decision is deterministic however the sources interleave.
+- :class:`ErrorBackoff`: a source whose dead-letter rate over its window passes
+  ``max_error_rate`` (default 0.2, with at least ``min_items`` items) is paused for ``base_s``
+  seconds (default 30), doubling with each consecutive pause up to ``max_s`` (default 3600).
+  It returns a duration; the caller adds it to the event time of the evidence (record
+  timestamps, never the wall clock) and keeps the count of consecutive pauses, which a window
+  under the bound after a resume resets.
 
 Example:
-    >>> w = rebalance({"a": (0.10, 0.0), "b": (0.02, 0.0), "c": (0.0, 0.0)}, floor=0.05)
-    >>> {k: round(v, 3) for k, v in w.items()}
-    {'a': 0.792, 'b': 0.158, 'c': 0.05}
+    >>> Rebalance().weight(flagged=6, errors=20, items=120)
+    0.05
+    >>> Rebalance().due(0.05, None), Rebalance().due(0.052, 0.05), Rebalance().due(0.09, 0.05)
+    (True, False, True)
     >>> backoff = ErrorBackoff()
-    >>> backoff.pause_for("a", errors=30, items=100), backoff.pause_for("a", 40, 100)
+    >>> backoff.pause_for(errors=30, items=100, pauses=0), backoff.pause_for(40, 100, pauses=1)
     (30.0, 60.0)
-    >>> backoff.pause_for("b", errors=1, items=100) is None
+    >>> backoff.pause_for(errors=1, items=100, pauses=0) is None
     True
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-__all__ = ["ErrorBackoff", "rebalance"]
-
-
-def rebalance(rates: Mapping[str, tuple[float, float]], floor: float = 0.05) -> dict[str, float]:
-    """Weights from ``{source: (flag rate, error rate)}``; each >= ``floor``, summing to 1.
-
-    With no signal anywhere (all products zero) the weights are equal.
-    """
-    if not rates:
-        return {}
-    if not 0.0 <= floor * len(rates) <= 1.0:
-        raise ValueError(f"floor {floor} is too large for {len(rates)} sources")
-    raw = {s: max(flag, 0.0) * (1.0 - min(max(err, 0.0), 1.0)) for s, (flag, err) in rates.items()}
-    total = sum(raw.values())
-    if total <= 0:
-        return dict.fromkeys(sorted(raw), 1.0 / len(raw))
-    share = {s: v / total for s, v in raw.items()}
-    # Lift the starved to the floor and scale the rest into what is left (at most n rounds).
-    fixed: dict[str, float] = {}
-    for _ in range(len(share)):
-        free = [s for s in share if s not in fixed]
-        budget = 1.0 - floor * len(fixed)
-        mass = sum(share[s] for s in free)
-        lifted = [s for s in free if share[s] / mass * budget < floor]
-        if not lifted:
-            return {s: fixed.get(s, share[s] / mass * budget) for s in sorted(share)}
-        fixed.update(dict.fromkeys(lifted, floor))
-    return {s: fixed.get(s, floor) for s in sorted(share)}
+__all__ = ["ErrorBackoff", "Rebalance"]
 
 
-@dataclass
+@dataclass(frozen=True)
+class Rebalance:
+    every: int = 256
+    min_change: float = 0.25
+    min_delta: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.min_change < 0 or self.min_delta < 0:
+            raise ValueError("every must be >= 1; min_change and min_delta >= 0")
+
+    @staticmethod
+    def weight(flagged: int, errors: int, items: int) -> float:
+        """``flag rate * (1 - error rate)``: flags among scored images, errors among all items.
+
+        ``items`` counts scored images and dead letters alike.
+        """
+        if items <= 0:
+            return 0.0
+        scored = items - errors
+        flag_rate = flagged / scored if scored > 0 else 0.0
+        return round(flag_rate * (1.0 - errors / items), 6)
+
+    def due(self, weight: float, current: float | None) -> bool:
+        """Whether ``weight`` should be published, given the one in force (None: never set)."""
+        if current is None:
+            return True
+        delta = abs(weight - current)
+        return delta > self.min_delta and delta > self.min_change * max(current, 1e-12)
+
+
+@dataclass(frozen=True)
 class ErrorBackoff:
     max_error_rate: float = 0.2
     min_items: int = 20
     base_s: float = 30.0
     max_s: float = 3600.0
-    _pauses: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def pause_for(self, source: str, errors: int, items: int) -> float | None:
-        """Seconds to pause ``source`` for, when its error rate is over the bound; else None.
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_error_rate < 1.0:
+            raise ValueError(f"max_error_rate must be in (0, 1), got {self.max_error_rate!r}")
+        if self.base_s <= 0 or self.max_s < self.base_s:
+            raise ValueError("need 0 < base_s <= max_s")
 
-        Each consecutive pause doubles the back-off; :meth:`healthy` resets it.
+    def breached(self, errors: int, items: int) -> bool:
+        return items >= self.min_items and errors / items > self.max_error_rate
+
+    def pause_for(self, errors: int, items: int, pauses: int) -> float | None:
+        """Seconds to pause for when the error rate is over the bound, else None.
+
+        ``pauses``: consecutive pauses of this source so far (0 for the first).
         """
-        if items < self.min_items or errors / items <= self.max_error_rate:
+        if not self.breached(errors, items):
             return None
-        count = self._pauses.get(source, 0)
-        self._pauses[source] = count + 1
-        return min(self.base_s * 2.0**count, self.max_s)
-
-    def healthy(self, source: str) -> None:
-        """A window under the bound after a resume: the next pause starts from ``base_s``."""
-        self._pauses.pop(source, None)
+        return min(self.base_s * 2.0 ** max(pauses, 0), self.max_s)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processors.core.exceptions import ConfigError
@@ -74,6 +74,66 @@ class Settings(BaseSettings):
     )
     target_fpr: float = Field(0.05, gt=0.0, le=0.5)
     vote_k: int = Field(2, ge=1, le=3, description="detectors that must agree (k of 3)")
+    reference_max_size: int = Field(
+        1024,
+        ge=20,
+        description=(
+            "a calibration is refined on twice its window while its source stays stable, up to "
+            "this many images (the controller's ring per model and source holds as many; "
+            "below reference_size it means no refinement)"
+        ),
+    )
+    calibration_max_trim: float = Field(
+        0.1, ge=0.0, le=0.5, description="at most this share of a window trimmed as far-out"
+    )
+
+    # self-correction (processors/control; DESIGN §5)
+    control_policy: Literal["skyloop", "static", "astrolens"] = Field(
+        "skyloop",
+        description=(
+            "skyloop: drift, recalibration, decay; static: calibrate once; astrolens: "
+            "AstroLens v1.1's threshold rules (benchmarks)"
+        ),
+    )
+    drift_window: int = Field(64, ge=16, description="images per drift test window")
+    drift_step: int = Field(16, ge=1, description="a window is judged every this many images")
+    drift_consecutive: int = Field(2, ge=1, description="disjoint disagreeing windows for drift")
+    drift_ks_p: float = Field(0.001, gt=0.0, lt=1.0, description="KS p-value bound (scores)")
+    drift_psi_min: float = Field(0.1, ge=0.0, description="PSI above its noise, with KS")
+    drift_feature_p: float = Field(
+        0.001, gt=0.0, lt=1.0, description="KS p bound on feature projections (Bonferroni)"
+    )
+    drift_flag_p: float = Field(0.001, gt=0.0, lt=1.0, description="binomial flag-rate bound")
+    threshold_decay: float = Field(0.002, ge=0.0, lt=1.0, description="t = base(1 - d ln(1+n))")
+    threshold_decay_every: int = Field(256, ge=1, description="images between decay events")
+    threshold_floor: float = Field(0.5, ge=0.0, le=1.0)
+    threshold_ceiling: float = Field(1.0, ge=0.0, le=1.0)
+    rebalance_every: int = Field(256, ge=1, description="items per source between weights")
+    source_weight_floor: float = Field(
+        0.05, ge=0.0, lt=1.0, description="least share of draws of an active source"
+    )
+    backoff_window: int = Field(64, ge=1, description="items per source per error-rate check")
+    backoff_max_error_rate: float = Field(0.2, gt=0.0, lt=1.0)
+    backoff_base_s: float = Field(30.0, gt=0.0)
+    backoff_max_s: float = Field(3600.0, gt=0.0)
+    health_window: int = Field(256, ge=1, description="items per pipeline health window")
+    health_max_error_rate: float = Field(0.5, gt=0.0, le=1.0)
+    health_max_latency_p99_ms: float = Field(5000.0, gt=0.0)
+    health_consecutive: int = Field(3, ge=1)
+    health_pause_s: float = Field(60.0, gt=0.0)
+    health_max_pause_s: float = Field(3600.0, gt=0.0)
+    stats_window_s: float = Field(60.0, gt=0.0, description="tumbling window of lane stats")
+    report_interval_s: float = Field(
+        86400.0, gt=0.0, description="seconds between periodic reports during a run"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.threshold_floor > self.threshold_ceiling:
+            raise ValueError("threshold_floor must be <= threshold_ceiling")
+        if self.drift_step > self.drift_window:
+            raise ValueError(f"drift_step ({self.drift_step}) must be <= drift_window")
+        return self
 
     @field_validator("topic_prefix")
     @classmethod
@@ -102,7 +162,10 @@ class Settings(BaseSettings):
 def _format_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        key = ".".join(str(p) for p in err["loc"])
+        if not key:  # a rule across keys: the message names them
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
         env = f"SKYLOOP_{key.upper()}"
         value = err.get("input")
         lines.append(f"{key} ({env}) = {value!r}: {err['msg']}")

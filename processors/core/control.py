@@ -11,6 +11,13 @@ Example:
     >>> state = ControlState.initial().apply(ev, offset=0)
     >>> state.threshold_for("any-model", "sky", "knn", default=0.5)
     0.97
+    >>> until = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    >>> params = {"reason": "errors", "until": until}
+    >>> pause = new_event("source.paused", "sky", "controller", params)
+    >>> state = state.apply(pause, offset=1)
+    >>> state.is_source_paused("sky", now=until.replace(hour=11)), state.is_source_paused(
+    ...     "sky", now=until)
+    (True, False)
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ __all__ = [
     "Calibration",
     "ControlState",
     "ModelSlot",
+    "Pause",
+    "decision_id",
     "new_event",
     "replay",
 ]
@@ -38,6 +47,7 @@ EVENT_TYPES = frozenset(
         "threshold.set",
         "threshold.decayed",
         "calibration.updated",
+        "calibration.requested",
         "drift.detected",
         "source.weights_set",
         "source.paused",
@@ -79,6 +89,25 @@ class Calibration:
     vote_k: int
     thresholds: Mapping[str, float]
     event_id: str
+    profile_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Why and until when something is paused; ``until`` None means until resumed.
+
+    ``issued_by`` tells an operator's pause from the controller's: the controller lifts only
+    its own pauses when their back-off ends; an operator's stays until an operator resumes.
+    """
+
+    reason: str
+    until: datetime | None
+    event_id: str
+    issued_by: str
+
+    def active(self, now: datetime | None) -> bool:
+        """Paused at ``now`` (None: ignore ``until``, paused until a resume event)."""
+        return self.until is None or now is None or now < self.until
 
 
 @dataclass(frozen=True)
@@ -98,12 +127,13 @@ class ControlState:
     calibrations: Mapping[str, Calibration] = field(default_factory=lambda: _EMPTY)
     source_thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: _EMPTY)
     source_weights: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
-    paused_sources: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    paused_sources: Mapping[str, Pause] = field(default_factory=lambda: _EMPTY)
+    calibration_requests: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     production: ModelSlot | None = None
     shadow: ModelSlot | None = None
     canary: ModelSlot | None = None
     registered: Mapping[str, ModelSlot] = field(default_factory=lambda: _EMPTY)
-    pipeline_paused: str | None = None
+    pipeline_paused: Pause | None = None
     drift_events: int = 0
 
     @staticmethod
@@ -128,8 +158,14 @@ class ControlState:
             return exact[detector]
         return self.source_thresholds.get(f"*|{source}", _EMPTY).get(detector, default)
 
-    def is_source_paused(self, source: str) -> bool:
-        return source in self.paused_sources
+    def is_source_paused(self, source: str, now: datetime | None = None) -> bool:
+        """Whether ``source`` is paused at ``now`` (None: until a ``source.resumed``)."""
+        pause = self.paused_sources.get(source)
+        return pause is not None and pause.active(now)
+
+    def has_operator_threshold(self, source: str) -> bool:
+        """An operator's model-less ``threshold.set`` for ``source`` is in force."""
+        return f"*|{source}" in self.source_thresholds
 
     # -- the fold ----------------------------------------------------------------------------
     def apply(self, event: ControlEventRecord, offset: int) -> ControlState:
@@ -144,10 +180,12 @@ class ControlState:
                 current.update(p["thresholds"] or {})
             if p.get("detector") and p.get("value") is not None:
                 current[str(p["detector"])] = float(p["value"])  # type: ignore[arg-type]
-            return replace(
-                base,
-                source_thresholds=_frozen({**self.source_thresholds, key: _frozen(current)}),
-            )
+            kept = self.source_thresholds
+            if key.startswith("*|"):
+                # A model-less override is the latest word for the source: it replaces the
+                # per-model ones set before it (a decay must not outrank an operator).
+                kept = {k: v for k, v in kept.items() if not k.endswith(f"|{subject}")}
+            return replace(base, source_thresholds=_frozen({**kept, key: _frozen(current)}))
         if kind == "calibration.updated":
             version = p.get("model_version") or ""
             cal = Calibration(
@@ -158,28 +196,39 @@ class ControlState:
                 vote_k=int(p.get("vote_k") or 1),
                 thresholds=_frozen(p.get("thresholds") or {}),
                 event_id=event["event_id"],
+                profile_id=(p.get("extra") or {}).get("drift_profile"),
             )
             # A new calibration supersedes this (model, source)'s overrides made against the old
             # reference; other models' overrides (and model-less operator ones) stay.
             stale = f"{version}|{subject}"
             remaining = {k: v for k, v in self.source_thresholds.items() if k != stale}
+            # A calibration caused by an operator's request answers it.
+            answered = set(event["caused_by"])
+            requests = {k: v for k, v in self.calibration_requests.items() if v not in answered}
             return replace(
                 base,
                 calibrations=_frozen({**self.calibrations, f"{version}|{subject}": cal}),
                 source_thresholds=_frozen(remaining),
+                calibration_requests=_frozen(requests),
             )
+        if kind == "calibration.requested":
+            requests = {**self.calibration_requests, subject: event["event_id"]}
+            return replace(base, calibration_requests=_frozen(requests))
         if kind == "drift.detected":
             return replace(base, drift_events=self.drift_events + 1)
         if kind == "source.weights_set":
-            return replace(base, source_weights=_frozen(p.get("weights") or {}))
+            # subject "pipeline": the weights replace all; a source: its own weight changes.
+            weights = dict(p.get("weights") or {})
+            merged = weights if subject == "pipeline" else {**self.source_weights, **weights}
+            return replace(base, source_weights=_frozen(merged))
         if kind == "source.paused":
-            reason = p.get("reason") or "paused"
-            return replace(base, paused_sources=_frozen({**self.paused_sources, subject: reason}))
+            pause = _pause(event, "paused")
+            return replace(base, paused_sources=_frozen({**self.paused_sources, subject: pause}))
         if kind == "source.resumed":
             still_paused = {k: v for k, v in self.paused_sources.items() if k != subject}
             return replace(base, paused_sources=_frozen(still_paused))
         if kind == "pipeline.paused":
-            return replace(base, pipeline_paused=p.get("reason") or "paused")
+            return replace(base, pipeline_paused=_pause(event, "paused"))
         if kind == "pipeline.resumed":
             return replace(base, pipeline_paused=None)
         if kind.startswith("model."):
@@ -196,9 +245,21 @@ class ControlState:
                 return {str(k): plain(v) for k, v in sorted(obj.items())}
             if hasattr(obj, "__dataclass_fields__"):
                 return {k: plain(getattr(obj, k)) for k in sorted(obj.__dataclass_fields__)}
+            if isinstance(obj, datetime):
+                return obj.isoformat()
             return obj
 
         return hashlib.sha256(json.dumps(plain(self), sort_keys=True).encode()).hexdigest()
+
+
+def _pause(event: ControlEventRecord, default_reason: str) -> Pause:
+    p = event["params"]
+    return Pause(
+        reason=p.get("reason") or default_reason,
+        until=p.get("until"),
+        event_id=event["event_id"],
+        issued_by=event["issued_by"],
+    )
 
 
 def _apply_model_event(
@@ -229,6 +290,22 @@ def replay(events: Iterable[tuple[int, ControlEventRecord]]) -> ControlState:
     return state
 
 
+_DECISIONS = uuid.UUID("5b1c7e0e-3f0a-4a8e-9d2b-6f4c2d9a7e11")
+
+
+def decision_id(*parts: object) -> str:
+    """A deterministic event id (uuid5) for a decision identified by ``parts``.
+
+    The controller names each decision by what it is about (policy, model, source, the
+    calibration it judged, the stream position), so a restarted controller that makes the same
+    decision again produces the same id and can see it is already in the log.
+
+    >>> decision_id("drift", "m", "sky", 7) == decision_id("drift", "m", "sky", 7)
+    True
+    """
+    return str(uuid.uuid5(_DECISIONS, "|".join(str(p) for p in parts)))
+
+
 def new_event(
     event_type: str,
     subject: str,
@@ -238,12 +315,16 @@ def new_event(
     evidence: Mapping[str, float] | None = None,
     caused_by: Iterable[str] = (),
     at: datetime | None = None,
+    event_id: str | None = None,
 ) -> ControlEventRecord:
-    """Build a well-formed event (uuid4 id, now in UTC). Types outside EVENT_TYPES are refused."""
+    """Build a well-formed event (``event_id`` or a uuid4; ``at`` or now, UTC).
+
+    Types outside EVENT_TYPES are refused.
+    """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown control event type {event_type!r}; known: {sorted(EVENT_TYPES)}")
     return ControlEventRecord(
-        event_id=str(uuid.uuid4()),
+        event_id=event_id or str(uuid.uuid4()),
         type=event_type,
         subject=subject,
         at=at or datetime.now(UTC),

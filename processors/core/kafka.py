@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -121,7 +122,9 @@ class ControlFollower:
     never partially applied). ``wait_caught_up`` blocks until the fold has reached the log end
     seen at call time, so a processor that calls it at start has replayed the whole history
     before it processes its first input. Undecodable events are logged and skipped (their
-    offset still advances), never applied half-way.
+    offset still advances), never applied half-way. :meth:`has_event` answers whether an event
+    id is among the last ``remember`` events applied (bounded memory), so a restarted emitter
+    can tell a decision it already logged.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class ControlFollower:
         bootstrap: str,
         on_event: Callable[[ControlState, ControlEventRecord], None] | None = None,
         codec: AvroCodec | None = None,
+        remember: int = 100_000,
     ) -> None:
         self.settings = settings
         self.topic = settings.topic("control.events")
@@ -148,6 +152,8 @@ class ControlFollower:
         # another thread is polling.
         self._probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "skyloop.probe"})
         self.state = ControlState.initial()
+        self.remember = remember
+        self._recent: OrderedDict[str, None] = OrderedDict()
         self._next_offset = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -180,9 +186,17 @@ class ControlFollower:
             with self._cond:
                 self.state = new_state
                 self._next_offset = offset + 1
+                self._recent[event["event_id"]] = None
+                while len(self._recent) > self.remember:
+                    self._recent.popitem(last=False)
                 self._cond.notify_all()
             if self.on_event is not None:
                 self.on_event(new_state, event)  # type: ignore[arg-type]
+
+    def has_event(self, event_id: str) -> bool:
+        """Whether ``event_id`` is among the last ``remember`` events applied."""
+        with self._cond:
+            return event_id in self._recent
 
     def log_end(self) -> int:
         _low, high = self._probe.get_watermark_offsets(

@@ -10,13 +10,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 __all__ = [
     "BATCH_SECONDS",
+    "CONTROL_EVENTS",
     "CONTROL_OFFSET",
     "DEAD_LETTERS",
+    "DRIFTS",
+    "FLAG_RATE",
     "IMAGES_SCORED",
     "MESSAGES_IN",
     "MESSAGES_OUT",
+    "PIPELINE_PAUSED",
     "REGISTRY",
     "SCORE_LATENCY",
+    "SOURCE_PAUSED",
+    "SOURCE_WEIGHT",
+    "THRESHOLD",
     "serve_metrics",
 ]
 
@@ -64,6 +71,49 @@ SCORE_LATENCY = Histogram(
     "Per-image scoring latency (batch share)",
     ["role"],
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+
+
+CONTROL_EVENTS = Counter(
+    "skyloop_control_events_emitted_total",
+    "Control events emitted, by type and issuer",
+    ["type", "issued_by"],
+    registry=REGISTRY,
+)
+DRIFTS = Counter(
+    "skyloop_drift_detected_total",
+    "drift.detected events, per source and model",
+    ["source", "model"],
+    registry=REGISTRY,
+)
+THRESHOLD = Gauge(
+    "skyloop_threshold",
+    "Calibrated-score threshold in force (largest over detectors)",
+    ["source", "model"],
+    registry=REGISTRY,
+)
+FLAG_RATE = Gauge(
+    "skyloop_flag_rate",
+    "Flagged fraction of the last closed stats window",
+    ["source", "model"],
+    registry=REGISTRY,
+)
+PIPELINE_PAUSED = Gauge(
+    "skyloop_pipeline_paused",
+    "1 while the pipeline is paused (pipeline.paused in force), else 0",
+    registry=REGISTRY,
+)
+SOURCE_PAUSED = Gauge(
+    "skyloop_source_paused",
+    "1 while a source is paused (source.paused in force), else 0",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_WEIGHT = Gauge(
+    "skyloop_source_weight",
+    "Weight published for a source (flag rate x (1 - error rate))",
+    ["source"],
     registry=REGISTRY,
 )
 

@@ -79,6 +79,7 @@ class ScoreRecord(TypedDict):
     control_offset: int
     scored_at: datetime
     embedding: bytes | None
+    calibration_id: str | None
 
 
 class Box(TypedDict):
@@ -149,6 +150,7 @@ class DeadLetter(TypedDict):
     message: str
     processor: str
     at: datetime
+    source: str | None
 
 
 def dead_letter(
@@ -161,8 +163,13 @@ def dead_letter(
     error_class: str,
     message: str,
     processor: str,
+    source: str | None = None,
 ) -> DeadLetter:
-    """A DeadLetter stamped now; the message is cut to 2000 characters, the bytes kept whole."""
+    """A DeadLetter stamped now; the message is cut to 2000 characters, the bytes kept whole.
+
+    ``source``: the image source the item came from, when known; dead letters are partitioned
+    by it, like scores, so the controller sees a source's errors beside its scores.
+    """
     return DeadLetter(
         original_topic=original_topic,
         partition=partition,
@@ -173,6 +180,7 @@ def dead_letter(
         message=message[:2000],
         processor=processor,
         at=datetime.now(UTC),
+        source=source,
     )
 
 
@@ -180,7 +188,9 @@ def dead_letter(
 class TopicSpec:
     """A topic of DESIGN §2: its value schema and partition count.
 
-    ``control.events`` has exactly one partition: the log is one total order.
+    ``control.events`` has exactly one partition: the log is one total order. ``images.dlq``
+    has as many as ``scores`` and is keyed the same way (by source), so the controller's
+    per-source state sees a source's dead letters and scores in one partition.
     """
 
     name: str
@@ -195,6 +205,6 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("scores", "skyloop.ScoreRecord", 4),
         TopicSpec("candidates", "skyloop.CandidateRecord", 4),
         TopicSpec("control.events", "skyloop.ControlEvent", 1),
-        TopicSpec("images.dlq", "skyloop.DeadLetter", 1),
+        TopicSpec("images.dlq", "skyloop.DeadLetter", 4),
     )
 }

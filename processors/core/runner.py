@@ -12,6 +12,10 @@ Guarantees, in order, for each batch:
    *without* committing, so the batch is redelivered after restart (at-least-once).
 4. Only then are the consumed offsets committed (synchronously).
 On SIGTERM/SIGINT the loop finishes the batch in hand, commits it, and closes the clients.
+A processor with ``pausable = True`` (the scorer) honours ``pipeline.paused``: between batches
+the runner pauses its partitions (librdkafka drops what it prefetched and later resumes from
+the first uncommitted-and-unprocessed offset), keeps polling so it stays in its group, and
+resumes them on ``pipeline.resumed``. Nothing past the last finished batch is committed.
 """
 
 from __future__ import annotations
@@ -31,16 +35,17 @@ from confluent_kafka import KafkaError, TopicPartition
 from processors.core.codec import AvroCodec, default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
-from processors.core.kafka import ControlFollower, make_consumer, make_producer
+from processors.core.kafka import ControlFollower, make_consumer, make_producer, partition_for
 from processors.core.metrics import (
     BATCH_SECONDS,
     CONTROL_OFFSET,
     DEAD_LETTERS,
     MESSAGES_IN,
     MESSAGES_OUT,
+    PIPELINE_PAUSED,
 )
 from processors.core.progress import ProgressFile
-from processors.core.records import dead_letter
+from processors.core.records import TOPICS, dead_letter
 
 __all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "StopSignal"]
 
@@ -77,8 +82,14 @@ class RunContext:
     progress: ProgressFile
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def dead_letter(self, msg: InMessage, exc: BaseException) -> OutMessage:
-        """Wrap a message that cannot be processed, whole, with the reason."""
+    def dead_letter(
+        self, msg: InMessage, exc: BaseException, source: str | None = None
+    ) -> OutMessage:
+        """Wrap a message that cannot be processed, whole, with the reason.
+
+        With ``source`` (the image source, when the message was readable enough to tell) the
+        dead letter goes to that source's partition, beside its scores.
+        """
         error_class = type(exc).__name__
         DEAD_LETTERS.labels(self.processor, error_class).inc()
         self.progress.add("dead_letters")
@@ -91,9 +102,13 @@ class RunContext:
             error_class=error_class,
             message=str(exc),
             processor=self.processor,
+            source=source,
+        )
+        partition = (
+            None if source is None else partition_for(source, TOPICS["images.dlq"].partitions)
         )
         return OutMessage(
-            "images.dlq", msg.key or b"", self.codec.encode(record, "skyloop.DeadLetter")
+            "images.dlq", msg.key or b"", self.codec.encode(record, "skyloop.DeadLetter"), partition
         )
 
 
@@ -158,6 +173,7 @@ class Runner:
             ProgressFile(progress_dir, processor.name),
         )
         self._delivery_errors: list[str] = []
+        self._paused = False
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -178,7 +194,10 @@ class Runner:
             prefix_len = len(settings.topic_prefix)
             self.ctx.progress.set("ready", True)
             self.ctx.progress.write(force=True)
+            pausable = bool(getattr(self.processor, "pausable", False))
             while not self.stop.is_set():
+                if pausable and self._hold(consumer, follower.state):
+                    continue
                 raw = consumer.consume(self.batch_size, self.max_wait_s)
                 batch: list[InMessage] = []
                 for m in raw:
@@ -208,6 +227,36 @@ class Runner:
                 producer.flush(10)
                 consumer.close()
                 follower.close()
+
+    def _hold(self, consumer: Any, state: ControlState) -> bool:
+        """Pause or resume the assignment by ``state.pipeline_paused``; True while paused."""
+        paused = state.pipeline_paused is not None
+        PIPELINE_PAUSED.set(1 if paused else 0)
+        assignment = consumer.assignment()
+        if paused:
+            if assignment:
+                consumer.pause(assignment)
+            if not self._paused:
+                log.warning("%s: pipeline paused (%s)", self.processor.name, state.pipeline_paused)
+                self.ctx.progress.set("paused", True)
+                self.ctx.progress.write(force=True)
+            self._paused = True
+            # Poll to serve the group protocol. Paused partitions return nothing; a partition
+            # assigned during this very call might: rewind it, so nothing is skipped.
+            for message in consumer.consume(1, 0.2):
+                if message.error() is None:
+                    consumer.seek(
+                        TopicPartition(message.topic(), message.partition(), message.offset())
+                    )
+            return True
+        if self._paused:
+            if assignment:
+                consumer.resume(assignment)
+            log.warning("%s: pipeline resumed", self.processor.name)
+            self.ctx.progress.set("paused", False)
+            self.ctx.progress.write(force=True)
+            self._paused = False
+        return False
 
     def _handle(
         self, batch: list[InMessage], producer: Any, consumer: Any, state: ControlState

@@ -2,7 +2,10 @@
 
 Consumes: an :class:`ImageSource` (not Kafka). Produces: ImageRecord keyed by image_id on the
 source's partition (per-source order kept), DeadLetter for items a source could not read or
-that break a record limit. Folds: ``control.events`` for paused sources and pipeline pauses.
+that break a record limit. Folds: ``control.events``: a pipeline pause holds every draw; a
+paused source is not drawn from until resumed or its pause's ``until`` has passed; several
+sources share the draws by the weights of ``source.weights_set``, with a floor
+(``source_weight_floor``; :func:`processors.core.allocation.allocate`).
 
 Guarantees:
 - every item taken from a source ends up on exactly one of the two topics (at least once;
@@ -27,13 +30,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from processors.core.allocation import allocate
 from processors.core.codec import default_codec
 from processors.core.config import Settings
+from processors.core.control import ControlState
 from processors.core.imaging import MAX_PIXEL_BYTES
 from processors.core.kafka import ControlFollower, make_producer, partition_for
 from processors.core.metrics import DEAD_LETTERS, MESSAGES_OUT
@@ -114,6 +120,7 @@ def _failure_letter(item: SourceFailure) -> DeadLetter:
         error_class=item.error_class,
         message=item.message,
         processor="ingest",
+        source=item.source,
     )
 
 
@@ -195,6 +202,17 @@ def run_ingest(
         if hasattr(part, "deliver"):
             part.deliver = deliver
 
+    def shares(names: Sequence[str]) -> dict[str, float]:
+        state, now = follower.state, datetime.now(UTC)
+        active = [n for n in names if not state.is_source_paused(n, now)]
+        allocation = allocate(state.source_weights, active, settings.source_weight_floor)
+        progress.set("shares", allocation)
+        return allocation
+
+    if hasattr(source, "shares"):
+        source.shares = shares
+    single = None if hasattr(source, "shares") else source.name
+
     tally = _Tally()
     taken = 0
     started = last_commit = time.perf_counter()
@@ -207,8 +225,11 @@ def run_ingest(
             if item is None:
                 break
             taken += 1
-            while follower.state.pipeline_paused and not stop.is_set():
+            while not stop.is_set() and _held(follower.state, single):
+                progress.set("paused", True)
+                progress.write()
                 time.sleep(0.2)
+            progress.set("paused", False)
             _publish(settings, codec, producer, partitions, item, tally, on_delivery)
             producer.poll(0)
             if committers and time.perf_counter() - last_commit >= commit_interval_s:
@@ -235,6 +256,13 @@ def run_ingest(
     return summary
 
 
+def _held(state: ControlState, source: str | None) -> bool:
+    """Whether ingest must wait: the pipeline is paused, or (one source) that source is."""
+    if state.pipeline_paused is not None:
+        return True
+    return source is not None and state.is_source_paused(source, datetime.now(UTC))
+
+
 def _publish(
     settings: Settings,
     codec: Any,
@@ -259,6 +287,7 @@ def _publish(
             settings.topic("images.dlq"),
             key=letter["key"],
             value=codec.encode(letter, "skyloop.DeadLetter"),
+            partition=partition_for(item.source, TOPICS["images.dlq"].partitions),
             on_delivery=on_delivery,
         )
         DEAD_LETTERS.labels("ingest", item.error_class).inc()

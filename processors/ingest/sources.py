@@ -1,7 +1,8 @@
 """Build image sources from specs such as ``synthetic``, ``hubble`` or ``ztf:DIR``.
 
 Spec syntax: ``NAME[:ARG][?key=value&...]``. Known names: ``synthetic`` (keys: seed,
-anomaly_rate, drift_after, size), ``hubble`` (keys: seed, size), ``ztf`` (ARG = a folder, file
+anomaly_rate, drift_after, drifts, cycle, kind, size, name; see processors/ingest/synthetic),
+``hubble`` (keys: seed, size), ``ztf`` (ARG = a folder, file
 or glob of alert packets; keys documented in processors/ingest/ztf*). Bad specs raise
 :class:`ConfigError` naming the key and the accepted values.
 """
@@ -9,11 +10,12 @@ or glob of alert packets; keys documented in processors/ingest/ztf*). Bad specs 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from itertools import cycle
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+from processors.core.allocation import WeightedRoundRobin
 from processors.core.exceptions import ConfigError
 from processors.ingest.base import ImageSource, SourceItem, is_endless
 from processors.ingest.bundled import HubbleDeepField
@@ -24,7 +26,16 @@ __all__ = ["SOURCE_NAMES", "Interleaved", "parse_source_spec", "source_from_spec
 SOURCE_NAMES = ("synthetic", "hubble", "ztf")
 
 _KEYS: dict[str, dict[str, type]] = {
-    "synthetic": {"seed": int, "anomaly_rate": float, "drift_after": int, "size": int, "name": str},
+    "synthetic": {
+        "seed": int,
+        "anomaly_rate": float,
+        "drift_after": int,
+        "drifts": str,
+        "cycle": int,
+        "kind": str,
+        "size": int,
+        "name": str,
+    },
     "hubble": {"seed": int, "size": int, "name": str},
 }
 
@@ -74,13 +85,31 @@ def source_from_spec(spec: str, *, stop: threading.Event | None = None) -> Image
 
 
 class Interleaved:
-    """Round-robin over several sources until each is exhausted (order is deterministic)."""
+    """Draws from several sources until each is exhausted; deterministic order.
 
-    def __init__(self, sources: Sequence[ImageSource]) -> None:
+    By default draws are round-robin. A caller may set ``shares``: a function from the names of
+    the sources still running to the share of draws each gets (a source left out, e.g. paused,
+    is not drawn); draws then follow the shares by smooth weighted round robin
+    (:class:`~processors.core.allocation.WeightedRoundRobin`), parts sharing a name taking turns.
+    When no source has a share, iteration waits (``idle_s`` between looks) until one has or
+    ``stop`` is set.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[ImageSource],
+        *,
+        stop: threading.Event | None = None,
+        idle_s: float = 0.2,
+    ) -> None:
         if not sources:
             raise ConfigError("at least one source is needed")
         self.sources = list(sources)
         self.name = "+".join(s.name for s in sources)
+        self.shares: Callable[[Sequence[str]], Mapping[str, float]] | None = None
+        self.stop = stop
+        self.idle_s = idle_s
+        self.waits = 0
 
     @property
     def endless(self) -> bool:
@@ -88,14 +117,26 @@ class Interleaved:
         return any(is_endless(s) for s in self.sources)
 
     def __iter__(self) -> Iterator[SourceItem]:
-        iterators = [iter(s) for s in self.sources]
-        live = list(range(len(iterators)))
-        for i in cycle(range(len(iterators))):
-            if not live:
-                return
-            if i not in live:
+        live: dict[int, Iterator[SourceItem]] = {i: iter(s) for i, s in enumerate(self.sources)}
+        picker = WeightedRoundRobin()
+        turns: dict[str, int] = {}
+        while live:
+            names = sorted({self.sources[i].name for i in live})
+            if self.shares is None:
+                shares: Mapping[str, float] = dict.fromkeys(names, 1.0)
+            else:
+                shares = {n: w for n, w in self.shares(names).items() if n in names and w > 0}
+            if not shares:
+                if self.stop is not None and self.stop.is_set():
+                    return
+                self.waits += 1
+                time.sleep(self.idle_s)
                 continue
+            name = picker.pick(shares)
+            parts = [i for i in live if self.sources[i].name == name]
+            index = parts[turns.get(name, 0) % len(parts)]
+            turns[name] = turns.get(name, 0) + 1
             try:
-                yield next(iterators[i])
+                yield next(live[index])
             except StopIteration:
-                live.remove(i)
+                del live[index]

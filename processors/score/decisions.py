@@ -15,6 +15,7 @@ so a refit from the same id is bit-identical on every scorer). For each source i
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -40,14 +41,24 @@ class Verdict:
     votes_needed: int
     is_candidate: bool
     calibrated: bool
+    calibration_id: str | None = None
 
 
 class EnsembleCache:
-    """OOD ensembles refit from calibration artifacts, one per artifact id, kept for reuse."""
+    """OOD ensembles refit from calibration artifacts, one per artifact id, kept for reuse.
 
-    def __init__(self, store: ArtifactStore) -> None:
+    Bounded: at most ``capacity`` ensembles (default 16; each holds a d x d whitening matrix,
+    13 MB at d = 1280), least recently used first out. A pipeline that recalibrates for days
+    uses only the calibrations in force, a few per source and model.
+    """
+
+    def __init__(self, store: ArtifactStore, capacity: int = 16) -> None:
         self.store = store
-        self._ensembles: dict[str, OODEnsemble] = {}
+        self.capacity = capacity
+        self._ensembles: OrderedDict[str, OODEnsemble] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ensembles)
 
     def get(self, calibration: Calibration) -> OODEnsemble:
         """Raises ``ArtifactError`` / ``ReferenceSetError`` when the reference is unusable."""
@@ -56,6 +67,10 @@ class EnsembleCache:
             reference = load_reference(self.store, calibration.artifact_id)
             ensemble = OODEnsemble.fit(reference)
             self._ensembles[calibration.artifact_id] = ensemble
+            while len(self._ensembles) > self.capacity:
+                self._ensembles.popitem(last=False)
+        else:
+            self._ensembles.move_to_end(calibration.artifact_id)
         return ensemble
 
 
@@ -152,5 +167,6 @@ def decide(
                 votes_needed=int(cal.vote_k),
                 is_candidate=bool(candidate[j]),
                 calibrated=True,
+                calibration_id=cal.event_id,
             )
     return [v for v in verdicts if v is not None]

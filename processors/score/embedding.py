@@ -60,13 +60,14 @@ class EmbeddedBatch:
     """The usable images of a batch, in input order, and the unusable messages.
 
     ``positions[i]`` is the batch index of ``records[i]`` (ascending); ``outputs`` row ``i`` is
-    the backbone's output for ``records[i]``; ``failures`` holds ``(batch index, error)``.
+    the backbone's output for ``records[i]``; ``failures`` holds ``(batch index, error,
+    source)``, the source when the record itself was readable.
     """
 
     positions: list[int] = field(default_factory=list)
     records: list[ImageRecord] = field(default_factory=list)
     arrays: list[NDArray[np.float32]] = field(default_factory=list)
-    failures: list[tuple[int, Exception]] = field(default_factory=list)
+    failures: list[tuple[int, Exception, str | None]] = field(default_factory=list)
     outputs: BackboneOutput | None = None
 
 
@@ -137,11 +138,16 @@ class BatchEmbedder:
         for i in span:
             try:
                 record: ImageRecord = self.codec.decode(batch[i].value, "skyloop.ImageRecord")  # type: ignore[assignment]
+            except CodecError as exc:
+                part.failures.append((i, exc, None))
+                continue
+            try:
                 part.arrays.append(decode_image(record))
-                part.records.append(record)
-                part.positions.append(i)
-            except (CodecError, BadImageError) as exc:
-                part.failures.append((i, exc))
+            except BadImageError as exc:
+                part.failures.append((i, exc, record["source"]))
+                continue
+            part.records.append(record)
+            part.positions.append(i)
         decoded = time.perf_counter()
         try:
             tensor = backbone.preprocess(part.arrays)
@@ -159,7 +165,7 @@ class BatchEmbedder:
                 tensors.append(backbone.preprocess([array]))
                 keep.append(j)
             except BadImageError as exc:
-                part.failures.append((part.positions[j], exc))
+                part.failures.append((part.positions[j], exc, part.records[j]["source"]))
         part.positions = [part.positions[j] for j in keep]
         part.records = [part.records[j] for j in keep]
         part.arrays = [part.arrays[j] for j in keep]

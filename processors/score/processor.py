@@ -21,6 +21,9 @@ the batch (``score_chunks`` > 1 overlaps decoding with the model); each other di
 runs once per batch (a shadow with production's weights reuses its features); the OOD maths
 runs with ``ood_threads`` BLAS threads.
 
+Pauses: while ``pipeline.paused`` is in force the runner stops handing it batches (it finishes
+and commits the one in hand first) and resumes on ``pipeline.resumed``.
+
 Guarantees: every consumed message yields a dead letter or exactly one served score (plus
 unserved ones); a control event acknowledged before an image was produced is applied before
 that image is scored (each batch first waits until the follower has applied the control log up
@@ -65,6 +68,7 @@ class ScoreProcessor:
 
     name: str = "score"
     inputs: tuple[str, ...] = ("images.raw",)
+    pausable: bool = True
 
     def __init__(self, backbone: Backbone | None = None) -> None:
         self.backbone = backbone
@@ -104,7 +108,7 @@ class ScoreProcessor:
         embedded = self._embedder.embed(batch, production)
         records = embedded.records
         outputs: dict[int, list[OutMessage]] = {
-            i: [self.ctx.dead_letter(batch[i], exc)] for i, exc in embedded.failures
+            i: [self.ctx.dead_letter(batch[i], exc, source)] for i, exc, source in embedded.failures
         }
         if embedded.outputs is not None:
             sources = [r["source"] for r in records]
@@ -216,6 +220,7 @@ class ScoreProcessor:
                     control_offset=state.offset,
                     scored_at=now,
                     embedding=embeddings[j].tobytes(),
+                    calibration_id=verdict.calibration_id,
                 )
                 messages.setdefault(i, []).append(
                     OutMessage(

@@ -81,7 +81,7 @@ def test_the_fold_applies_each_event_type() -> None:
     state = state.apply(new_event("source.resumed", "sky", "op"), 5)
     assert not state.is_source_paused("sky")
     state = state.apply(new_event("pipeline.paused", "pipeline", "op", {"reason": "latency"}), 6)
-    assert state.pipeline_paused == "latency"
+    assert state.pipeline_paused is not None and state.pipeline_paused.reason == "latency"
     assert state.offset == 6 and state.events_applied == 7
     state = state.apply(new_event("threshold.set", "hubble", "op", {"thresholds": {"knn": 0.8}}), 7)
     own = {"thresholds": {"knn": 0.7}, "model_version": "effnet@1"}
@@ -142,7 +142,8 @@ def test_an_event_is_applied_before_anything_produced_after_it(
         started = time.monotonic()
         produce_control_event(producer, settings, event)
         assert follower.wait_for_offset(follower.log_end(), timeout_s=10)
-        assert follower.state.pipeline_paused == "test"
+        assert follower.state.pipeline_paused is not None
+        assert follower.state.pipeline_paused.reason == "test"
         assert time.monotonic() - started < 10
     finally:
         follower.close()

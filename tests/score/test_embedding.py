@@ -40,8 +40,9 @@ def test_chunked_embedding_equals_the_plain_one(lite0: Backbone, chunks: int) ->
         plain.close()
         chunked.close()
     assert a.positions == b.positions == [i for i in range(len(batch)) if i not in bad]
-    assert [i for i, _ in a.failures] == [i for i, _ in b.failures] == bad
-    assert [type(e).__name__ for _, e in b.failures] == ["CorruptMessageError", "BadImageError"]
+    assert [i for i, _, _ in a.failures] == [i for i, _, _ in b.failures] == bad
+    assert [type(e).__name__ for _, e, _ in b.failures] == ["CorruptMessageError", "BadImageError"]
+    assert b.failures[0][2] is None and b.failures[1][2] is not None  # readable record: its source
     assert [r["image_id"] for r in a.records] == [r["image_id"] for r in b.records]
     for array, record in zip(b.arrays, b.records, strict=True):
         np.testing.assert_array_equal(array, decode_image(record))
@@ -65,6 +66,6 @@ def test_a_batch_of_only_bad_messages_has_no_outputs(lite0: Backbone) -> None:
     finally:
         embedder.close()
     assert result.outputs is None and result.records == []
-    assert [i for i, _ in result.failures] == [0, 1, 2]
+    assert [i for i, _, _ in result.failures] == [0, 1, 2]
     with pytest.raises(ValueError, match="chunks"):
         BatchEmbedder(CODEC, 0, StageTimes())

@@ -77,7 +77,10 @@ class Scorer:
         self.reader = make_consumer(settings, bootstrap, f"{settings.group_prefix}.test-reader")
         self.reader.assign(
             [TopicPartition(settings.topic("scores"), p, 0) for p in range(PARTITIONS)]
-            + [TopicPartition(settings.topic("images.dlq"), 0, 0)]
+            + [
+                TopicPartition(settings.topic("images.dlq"), p, 0)
+                for p in range(TOPICS["images.dlq"].partitions)
+            ]
         )
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -267,7 +270,12 @@ def check_good_and_bad_images(scorer: Scorer, lite0: Backbone) -> None:
         assert reason in letter["message"]
         assert letter["original_topic"] == "images.raw" and letter["processor"] == "score"
         assert letter["key"] == record["image_id"].encode()
+        # a readable record names its source and its letter sits on the source's partition
+        assert letter["source"] == record["source"]
+        dlq = [o for o in outputs if o.topic == "images.dlq" and o.record is letter]
+        assert dlq[0].partition == partition_for(record["source"], TOPICS["images.dlq"].partitions)
     assert by_raw[garbage]["error_class"] in ("CorruptMessageError", "UnknownSchemaError")
+    assert by_raw[garbage]["source"] is None
     assert len({(d["partition"], d["offset"]) for d in letters}) == len(letters)
 
     after = metric(

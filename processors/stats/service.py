@@ -1,0 +1,215 @@
+"""The controller's I/O: records in, artifacts and control events out, state to the table.
+
+:class:`ControlService` is what the Faust agents call. For each record (a score, a dead letter)
+it guarantees, in this order:
+
+1. a record at or below the source's last applied offset for its topic partition is skipped
+   (redelivered after a restart: its effects are in the table already);
+2. the pure :class:`~processors.control.controller.Controller` decides (ring entries are
+   written to the table as it goes);
+3. for each event decided: its artifacts are written (content-addressed, idempotent), then
+   the event is produced and flushed, unless an event with the same id is already in the log
+   (a decision made again after a restart: ids are deterministic) or was emitted by this
+   process;
+4. only then the source's head (with the new offset) is written to the table.
+
+A crash between 3 and 4 replays the record; it makes the same decisions with the same ids,
+which step 3 recognises, so no event is emitted twice and none is lost. The lane statistics
+of closed tumbling windows (``stats_window_s``) go to a second table, ``lane_windows``, a
+bounded number per lane.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import MutableMapping
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from processors.control.controller import Controller, ControllerConfig, Emit
+from processors.control.profile import load_profile
+from processors.control.state import SourceState, StatsWindow
+from processors.core.artifacts import ArtifactStore
+from processors.core.codec import default_codec
+from processors.core.config import Settings
+from processors.core.control import ControlState
+from processors.core.exceptions import CodecError
+from processors.core.kafka import (
+    ControlFollower,
+    make_producer,
+    partition_for,
+    produce_control_event,
+)
+from processors.core.metrics import (
+    CONTROL_EVENTS,
+    DRIFTS,
+    FLAG_RATE,
+    PIPELINE_PAUSED,
+    SOURCE_PAUSED,
+    SOURCE_WEIGHT,
+    THRESHOLD,
+)
+from processors.core.progress import ProgressFile
+from processors.core.records import TOPICS, DeadLetter, ScoreRecord
+from processors.stats.tables import TableRing, head_key, load_head
+
+__all__ = ["ControlService", "dead_letter_source"]
+
+log = logging.getLogger(__name__)
+
+WINDOWS_KEPT = 60
+
+
+def dead_letter_source(letter: DeadLetter) -> str | None:
+    """The image source a dead letter belongs to: its ``source`` field, else a ``source:NAME``
+    origin (ingest failures of records written before the field existed)."""
+    if letter.get("source"):
+        return letter["source"]
+    origin = letter["original_topic"]
+    return origin.removeprefix("source:") if origin.startswith("source:") else None
+
+
+class ControlService:
+    """See the module docstring. ``table`` and ``windows`` are Faust tables (or dicts)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        progress: ProgressFile,
+        table: MutableMapping[str, Any],
+        windows: MutableMapping[str, Any],
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.progress = progress
+        self.table = table
+        self.windows = windows
+        self.codec = default_codec()
+        self.store = ArtifactStore(settings.artifacts_dir)
+        self.controller = Controller(
+            ControllerConfig.from_settings(settings),
+            TableRing(table),
+            lambda profile_id: load_profile(self.store, profile_id),
+        )
+        self.follower: ControlFollower | None = None
+        self.producer: Any = None
+        self._heads: dict[str, SourceState] = {}
+        self._emitted: OrderedDict[str, None] = OrderedDict()
+        self._partitions = TOPICS["scores"].partitions
+
+    def start(self) -> None:
+        """Replay ``control.events`` to its end before any record is handled."""
+        self.follower = ControlFollower(self.settings, self.bootstrap).start()
+        self.follower.wait_caught_up(timeout_s=60)
+        self.producer = make_producer(self.settings, self.bootstrap, **{"linger.ms": 0})
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
+        if self.producer is not None:
+            self.producer.flush(10)
+
+    @property
+    def control(self) -> ControlState:
+        return self.follower.state if self.follower else ControlState.initial()
+
+    def head(self, source: str) -> SourceState:
+        if source not in self._heads:
+            self._heads[source] = load_head(self.table, source)
+        return self._heads[source]
+
+    # -- records -----------------------------------------------------------------------------
+    def on_score(self, partition: int, offset: int, value: bytes) -> None:
+        self.progress.add("consumed")
+        try:
+            score: ScoreRecord = self.codec.decode(value, "skyloop.ScoreRecord")  # type: ignore[assignment]
+        except CodecError as exc:
+            log.error("stats: undecodable score at %d/%d skipped: %s", partition, offset, exc)
+            self.progress.add("undecodable")
+            return
+        src = self.head(score["source"])
+        if src.seen("scores", partition, offset):
+            self.progress.add("redelivered")
+            return
+        self._roll_window(src, score)
+        self._emit(self.controller.on_score(src, score, self.control))
+        src.mark("scores", partition, offset)
+        self.table[head_key(src.source)] = src.to_bytes()
+        self.progress.add("applied")
+        self.progress.write()
+
+    def on_dead_letter(self, partition: int, offset: int, value: bytes) -> None:
+        try:
+            letter: DeadLetter = self.codec.decode(value, "skyloop.DeadLetter")  # type: ignore[assignment]
+        except CodecError as exc:
+            log.error("stats: undecodable dead letter at %d/%d: %s", partition, offset, exc)
+            return
+        self.progress.add("dead_letters")
+        source = dead_letter_source(letter)
+        # Source state lives on the source's partition; a letter elsewhere counts for health.
+        if source is None or partition_for(source, self._partitions) != partition:
+            self._emit(self.controller.on_dead_letter(None, letter, self.control))
+            return
+        src = self.head(source)
+        if src.seen("images.dlq", partition, offset):
+            return
+        self._emit(self.controller.on_dead_letter(src, letter, self.control))
+        src.mark("images.dlq", partition, offset)
+        self.table[head_key(source)] = src.to_bytes()
+
+    def tick(self, now: datetime | None = None) -> None:
+        """Timer: lift the controller's expired pauses; refresh the gauges."""
+        state = self.control
+        self._emit(self.controller.on_tick(now or datetime.now(UTC), state))
+        PIPELINE_PAUSED.set(1 if state.pipeline_paused else 0)
+        for source in {*state.paused_sources, *state.source_weights}:
+            SOURCE_PAUSED.labels(source).set(1 if state.is_source_paused(source) else 0)
+        for source, weight in state.source_weights.items():
+            SOURCE_WEIGHT.labels(source).set(weight)
+        self.progress.write(force=True)
+
+    # -- effects -----------------------------------------------------------------------------
+    def _emit(self, emits: list[Emit]) -> None:
+        for emit in emits:
+            event = emit.event
+            event_id = event["event_id"]
+            already = self.follower is not None and self.follower.has_event(event_id)
+            if already or event_id in self._emitted:
+                self.progress.add("events_already_logged")
+                continue
+            for blob in emit.artifacts:
+                self.store.put_bytes(blob)
+            produce_control_event(self.producer, self.settings, event, self.codec)
+            self._emitted[event_id] = None
+            while len(self._emitted) > 10_000:
+                self._emitted.popitem(last=False)
+            self.progress.add(f"events.{event['type']}")
+            CONTROL_EVENTS.labels(event["type"], event["issued_by"]).inc()
+            model = event["params"].get("model_version") or ""
+            if event["type"] == "drift.detected":
+                DRIFTS.labels(event["subject"], model).inc()
+            thresholds = event["params"].get("thresholds") or {}
+            if thresholds and event["type"] != "source.weights_set":
+                THRESHOLD.labels(event["subject"], model).set(max(thresholds.values()))
+            log.info("controller: %s %s %s", event["type"], event["subject"], event["evidence"])
+
+    def _roll_window(self, src: SourceState, score: ScoreRecord) -> None:
+        """Close the lane's tumbling stats window when this score starts a new one."""
+        size = self.settings.stats_window_s
+        at = score["scored_at"].timestamp()
+        start = datetime.fromtimestamp(at - at % size, UTC).isoformat()
+        lane = src.lane(score["model_version"])
+        if lane.stats.start == start:
+            return
+        if lane.stats.scored:
+            key = f"{src.source}|{lane.model}|{lane.stats.start}"
+            self.windows[key] = asdict(lane.stats)
+            FLAG_RATE.labels(src.source, lane.model).set(lane.stats.flagged / lane.stats.scored)
+            lane.windows = [*lane.windows, lane.stats.start]
+            while len(lane.windows) > WINDOWS_KEPT:
+                old = lane.windows.pop(0)
+                self.windows.pop(f"{src.source}|{lane.model}|{old}", None)
+        lane.stats = StatsWindow(start=start)
