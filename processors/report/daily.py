@@ -1,8 +1,9 @@
 """The daily Markdown report: what the pipeline saw, decided and dropped on one UTC day.
 
-:func:`generate_report` writes ``out_dir/report-YYYY-MM-DD.md`` and, beside it, the PNG figures
-``report-YYYY-MM-DD-scores.png`` and ``report-YYYY-MM-DD-throughput.png`` (when there is data to
-plot) and thumbnails under ``report-YYYY-MM-DD-thumbs/``. It only reads ClickHouse, with the
+:func:`generate_report` writes ``out_dir/report-YYYY-MM-DD.md`` (or ``<stem>.md``: the running
+sink names its interim and periodic reports itself) and, beside it, the PNG figures
+``report-YYYY-MM-DD-scores.png``, ``-throughput.png`` and ``-thresholds.png`` (when there is data
+to plot) and thumbnails under ``report-YYYY-MM-DD-thumbs/``. It only reads ClickHouse, with the
 queries of :mod:`processors.report.queries` (``FINAL``, so every figure counts distinct records).
 Running it again for the same day rewrites the same files; an empty database gives a report
 that says so. Figures are labelled in UTC.
@@ -11,7 +12,6 @@ that says so. Figures are labelled in UTC.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.core.exceptions import BadImageError, SkyloopError
 from processors.report import queries
+from processors.report.corrections import control_events_section, self_correction_section
 from processors.report.plots import plot_score_histograms, plot_throughput, thumbnail_png
 
 __all__ = [
@@ -210,9 +212,9 @@ def _sources_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines += [
         "",
         "Scored, flagged and latency count production scores; the candidate rate is flagged / "
-        "scored. Candidates are the detector's output. Dead letters are attributed by their "
-        "original topic (source:NAME) or their key (an image id); "
-        f"{_UNATTRIBUTED} ones name neither.",
+        "scored. Candidates are the detector's output. Dead letters are attributed to the "
+        "source they name when the failing processor could tell, else by their original topic "
+        f"(source:NAME) or their key (an image id); {_UNATTRIBUTED} ones have none of these.",
     ]
     return lines
 
@@ -462,52 +464,6 @@ def _sexagesimal(ra: float | None, dec: float | None) -> str | None:
     return str(coord.to_string("hmsdms", precision=1, sep=":"))
 
 
-def _key_params(params_json: str) -> str | None:
-    try:
-        params = json.loads(params_json) if params_json else {}
-    except json.JSONDecodeError:
-        return _clip(params_json, 120)
-    parts = []
-    for key, value in params.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k}={_short(v)}" for k, v in list(value.items())[:4])
-            more = ", …" if len(value) > 4 else ""
-            parts.append(f"{key}={{{inner}{more}}}")
-        else:
-            parts.append(f"{key}={_short(value)}")
-    return _clip("; ".join(parts), 200) or None
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _control_section(rows: Sequence[Mapping[str, Any]], total: int) -> list[str]:
-    lines = ["## Control events", ""]
-    if not rows:
-        return [*lines, "No control events this day."]
-    lines += _table(
-        ["Time (UTC)", "Type", "Subject", "Issued by", "Key params", "Evidence", "Caused by"],
-        [
-            (
-                _when(r["at"]),
-                r["type"],
-                r["subject"],
-                r["issued_by"],
-                _key_params(r["params"]),
-                _clip(", ".join(f"{k}={_short(v)}" for k, v in r["evidence"].items()), 120),
-                ", ".join(e[:8] for e in r["caused_by"]),
-            )
-            for r in rows
-        ],
-    )
-    if total > len(rows):
-        lines += ["", f"First {len(rows)} of {total} events."]
-    return lines
-
-
 def _dead_letters_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["## Dead letters", ""]
     if not rows:
@@ -559,12 +515,18 @@ def generate_report(
     title: str = DEFAULT_TITLE,
     top_candidates: int = 12,
     ingest_sources: Mapping[str, Mapping[str, int]] | None = None,
+    stem: str | None = None,
+    note: str | None = None,
 ) -> ReportSummary:
     """Write the report of ``day`` (default: today, UTC) and return its headline counts.
 
     ``ingest_sources``: the ingest processor's per-source counters (published, distinct images,
     quality cuts, failures), when the caller has them (``skyloop run`` does); they are not in
     ClickHouse, so the report adds an Ingest section only with them.
+
+    ``stem`` names the files (default ``report-YYYY-MM-DD``: ``<stem>.md``, ``<stem>-*.png``,
+    ``<stem>-thumbs/``); ``note`` is a line shown under the title, e.g. why an interim report
+    was written (:mod:`processors.report.schedule`).
 
     The window is ``[day 00:00, day+1 00:00)`` UTC, applied to each table's own event time
     (see :mod:`processors.report.queries`). Raises :class:`ReportError` when the database lacks
@@ -574,7 +536,7 @@ def generate_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_tables(client)
     window = _window(day)
-    stem = f"report-{day.isoformat()}"
+    stem = stem or f"report-{day.isoformat()}"
     counts = _rows(client, queries.SUMMARY, window)[0]
     per_source = _rows(client, queries.PER_SOURCE, window)
 
@@ -625,11 +587,17 @@ def generate_report(
     )
     candidate_lines, thumbnails = _candidates_section(top, thumbs_dir, thumbs_dir.name)
     events = _rows(client, queries.CONTROL_EVENTS, {**window, "limit": MAX_CONTROL_EVENTS})
+    correction_lines, thresholds_png = self_correction_section(
+        partial(_rows, client), window, out_dir / f"{stem}-thresholds.png"
+    )
+    if thresholds_png is not None:
+        plots.append(thresholds_png)
 
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     lines = [
         f"# {title} — {day.isoformat()}",
         "",
+        *([f"> {note}", ""] if note else []),
         f"Window: {day.isoformat()} 00:00 to {(day + timedelta(days=1)).isoformat()} 00:00 UTC, "
         "each record by its own time (images: fetched_at, scores: scored_at, candidates: "
         "detected_at, control events and dead letters: at). Counts are distinct records. "
@@ -651,7 +619,8 @@ def generate_report(
         ),
         candidate_lines,
         _ztf_section(_rows(client, queries.ZTF_OBJECTS, {**window, "limit": MAX_ZTF_OBJECTS})),
-        _control_section(events, int(counts["control_events"])),
+        correction_lines,
+        control_events_section(events, int(counts["control_events"])),
         _dead_letters_section(_rows(client, queries.DEAD_LETTERS_BY_CLASS, window)),
     ):
         if section:

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import DateFormatter, HourLocator, date2num
+from matplotlib.dates import (
+    AutoDateLocator,
+    ConciseDateFormatter,
+    DateFormatter,
+    HourLocator,
+    date2num,
+)
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import NDArray
@@ -23,7 +29,13 @@ from numpy.typing import NDArray
 from processors.core.imaging import decode_pixels
 from processors.core.records import ImageFormat
 
-__all__ = ["plot_score_histograms", "plot_throughput", "stretch", "thumbnail_png"]
+__all__ = [
+    "plot_score_histograms",
+    "plot_threshold_history",
+    "plot_throughput",
+    "stretch",
+    "thumbnail_png",
+]
 
 _FLAGGED = "#d62728"
 _NOT_FLAGGED = "#1f77b4"
@@ -137,6 +149,47 @@ def plot_throughput(
     ax.set_xlabel(f"hour of {start:%Y-%m-%d} (UTC)")
     ax.set_ylabel("images / hour")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_threshold_history(
+    series: Mapping[str, Sequence[tuple[datetime, float]]], path: Path
+) -> Path | None:
+    """The threshold in force over time as step lines, one per series, on a UTC time axis.
+
+    ``series[label]`` holds ``(time, value)`` points in time order, each value in force from its
+    time until the next point; every line holds its last value to the latest time of any series.
+    Writes nothing and returns None when no series has a point.
+    """
+    drawn = {label: list(points) for label, points in series.items() if points}
+    if not drawn:
+        return None
+    times = [at for points in drawn.values() for at, _ in points]
+    first, last = min(times), max(times)
+    # a single instant would give matplotlib an empty axis: show a minute around it
+    pad = timedelta(minutes=1) if first == last else (last - first) * 0.02
+    fig = Figure(figsize=(8.0, 3.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label in sorted(drawn):
+        points = drawn[label]
+        ax.plot(
+            date2num([at for at, _ in points] + [last]),
+            [value for _, value in points] + [points[-1][1]],
+            drawstyle="steps-post",
+            marker="o",
+            markersize=3,
+            markevery=list(range(len(points))),  # mark changes, not the extension to the end
+            label=label,
+        )
+    ax.set_xlim(float(date2num(first - pad)), float(date2num(last + pad)))
+    locator = AutoDateLocator(tz=UTC)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=UTC))
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel("threshold in force")
     ax.legend(fontsize=7)
     fig.savefig(path, format="png")
     return path

@@ -17,9 +17,13 @@ Conventions every query keeps:
 from __future__ import annotations
 
 __all__ = [
+    "CALIBRATIONS",
     "CONTROL_EVENTS",
+    "CONTROL_EVENT_COUNTS",
     "DEAD_LETTERS_BY_CLASS",
+    "DRIFT_DETECTIONS",
     "MODELS",
+    "PAUSES",
     "PER_SOURCE",
     "QUERIES",
     "SCORE_HISTOGRAM",
@@ -27,6 +31,7 @@ __all__ = [
     "SUMMARY",
     "TABLES",
     "TABLES_PRESENT",
+    "THRESHOLD_EVENTS",
     "THROUGHPUT",
     "TOP_CANDIDATES",
     "TRUTH_BY_KIND",
@@ -84,11 +89,13 @@ WITH
         SELECT source, count() AS candidates FROM candidates FINAL
         WHERE {_window("detected_at")} GROUP BY source),
     dl AS (
-        SELECT if(startsWith(d.original_topic, 'source:'), substring(d.original_topic, 8),
-                  toString(i.source)) AS source,
+        SELECT multiIf(d.named != '', d.named,
+                       startsWith(d.original_topic, 'source:'), substring(d.original_topic, 8),
+                       toString(i.source)) AS source,
                count() AS dead_letters
         FROM (
-            SELECT original_topic, ifNull(key, '') AS key FROM dead_letters FINAL
+            SELECT original_topic, ifNull(key, '') AS key, ifNull(source, '') AS named
+            FROM dead_letters FINAL
             WHERE {_window("at")}
         ) AS d
         LEFT JOIN (SELECT image_id, source FROM images FINAL) AS i ON d.key = i.image_id
@@ -116,9 +123,10 @@ LEFT JOIN cand ON cand.source = names.source
 LEFT JOIN dl ON dl.source = names.source
 ORDER BY source = '', source
 """
-"""One row per source seen in the window. Dead letters are attributed to a source by their
-original topic when it is ``source:<name>`` (failures of an image source, before Kafka), else
-through their key (the image id); the rest have source ``''``."""
+"""One row per source seen in the window. Dead letters are attributed to the source they name
+(``dead_letters.source``, set when the failing processor could tell), else by their original
+topic when it is ``source:<name>`` (failures of an image source, before Kafka), else through
+their key (the image id); the rest have source ``''``."""
 
 MODELS = f"""
 SELECT model_version, role, any(backbone) AS backbone, count() AS scored,
@@ -286,6 +294,82 @@ LIMIT {{limit:UInt32}}
 """
 """The control-event audit trail of the window, in time order."""
 
+CONTROL_EVENT_COUNTS = f"""
+SELECT type, issued_by, count() AS n, min(at) AS first_at, max(at) AS last_at
+FROM control_events FINAL
+WHERE {_window("at")}
+GROUP BY type, issued_by
+ORDER BY type, issued_by
+"""
+"""Control events of the window per type and issuer."""
+
+DRIFT_DETECTIONS = f"""
+SELECT at, subject, ifNull(model_version, '') AS model_version, ifNull(reason, '') AS reason,
+       if(mapContains(evidence, 'ks_p'), evidence['ks_p'], NULL) AS ks_p,
+       if(mapContains(evidence, 'psi'), evidence['psi'], NULL) AS psi,
+       if(mapContains(evidence, 'flag_rate'), evidence['flag_rate'], NULL) AS flag_rate,
+       if(mapContains(evidence, 'expected_flag_rate'), evidence['expected_flag_rate'], NULL)
+           AS expected_flag_rate,
+       event_id
+FROM control_events FINAL
+WHERE type = 'drift.detected' AND {_window("at")}
+ORDER BY at, kafka_offset, event_id
+LIMIT {{limit:UInt32}}
+"""
+"""``drift.detected`` events of the window with the evidence that raised them; a statistic
+the drift test did not compute is NULL (a missing map key would read as 0)."""
+
+CALIBRATIONS = f"""
+SELECT subject, model_version, sum(n) AS calibrations,
+       arrayStringConcat(arrayMap(r -> concat(r.1, ' ', toString(r.2)),
+                                  arraySort(groupArray((reason, n)))), ', ') AS reasons,
+       min(first_at) AS first_at, max(last_at) AS last_at,
+       argMax(last_max_threshold, last_key) AS last_max_threshold
+FROM (
+    SELECT subject, ifNull(model_version, '') AS model_version,
+           if(ifNull(reason, '') = '', '(none)', reason) AS reason, count() AS n,
+           min(at) AS first_at, max(at) AS last_at, max((at, kafka_offset)) AS last_key,
+           argMax(if(length(t) > 0, arrayMax(mapValues(t)), nan), (at, kafka_offset))
+               AS last_max_threshold
+    FROM (
+        SELECT subject, model_version, reason, at, kafka_offset,
+               JSONExtract(params, 'thresholds', 'Map(String, Float64)') AS t
+        FROM control_events FINAL
+        WHERE type = 'calibration.updated' AND {_window("at")}
+    )
+    GROUP BY subject, model_version, reason
+)
+GROUP BY subject, model_version
+ORDER BY subject, model_version
+"""
+"""``calibration.updated`` events of the window per subject (source) and model: how many, by
+reason (``initial``, ``refine``, ``drift``, ``operator``), and the highest detector threshold
+of the latest one (NaN when it carried none)."""
+
+PAUSES = f"""
+SELECT at, type, subject, issued_by, ifNull(reason, '') AS reason,
+       parseDateTime64BestEffortOrNull(JSONExtractString(params, 'until'), 3, 'UTC') AS until,
+       event_id
+FROM control_events FINAL
+WHERE type IN ('source.paused', 'source.resumed', 'pipeline.paused', 'pipeline.resumed')
+  AND {_window("at")}
+ORDER BY at, kafka_offset, event_id
+LIMIT {{limit:UInt32}}
+"""
+"""Source and pipeline pauses and resumes of the window, with their reason and ``until``
+(NULL: paused until resumed)."""
+
+THRESHOLD_EVENTS = """
+SELECT at, type, subject, issued_by, params, caused_by, event_id, kafka_offset
+FROM control_events FINAL
+WHERE type IN ('calibration.updated', 'threshold.decayed', 'threshold.set')
+  AND at < {end:DateTime64(3, 'UTC')}
+ORDER BY kafka_offset, at, event_id
+"""
+"""Every event that sets a threshold, from the start of the log to the window's end, in log
+order (``kafka_offset`` of the one-partition ``control.events``): folding them gives the
+threshold in force at the window's start and each change within it."""
+
 DEAD_LETTERS_BY_CLASS = f"""
 SELECT error_class, processor, original_topic, count() AS n,
        argMin(message, at) AS example, min(at) AS first_at, max(at) AS last_at
@@ -308,7 +392,12 @@ QUERIES: dict[str, str] = {
     "truth_by_kind": TRUTH_BY_KIND,
     "ztf_objects": ZTF_OBJECTS,
     "control_events": CONTROL_EVENTS,
+    "control_event_counts": CONTROL_EVENT_COUNTS,
+    "drift_detections": DRIFT_DETECTIONS,
+    "calibrations": CALIBRATIONS,
+    "pauses": PAUSES,
+    "threshold_events": THRESHOLD_EVENTS,
     "dead_letters_by_class": DEAD_LETTERS_BY_CLASS,
 }
 """Every windowed report query by name. Parameters: ``start``, ``end`` and, where used,
-``limit`` (UInt32) and ``bins`` (UInt32)."""
+``limit`` (UInt32) and ``bins`` (UInt32); ``threshold_events`` reads from the log's start."""

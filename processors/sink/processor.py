@@ -12,20 +12,31 @@ directly, wrapped with the reason. Nothing consumed is dropped.
 While it runs, the sink owns the chdb path and answers ``skyloop sql`` over a loopback HTTP
 endpoint whose port it writes to ``<data_dir>/sink.json``. It also keeps distinct-id counts in
 its progress file, which the local supervisor uses to know when every stage is done.
+
+Being the one process that may open the chdb path, the sink also writes the run-time reports
+into ``<data_dir>/report/`` (policy: :mod:`processors.report.schedule`): an interim report
+``report-<stamp>-paused.md`` for each ``pipeline.paused`` event it stores, and a periodic one,
+``report-<stamp>-periodic.md``, every ``report_interval_s``. A report reads only rows already
+inserted, and a failing report is logged and counted (``report_errors``), never lost data.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from processors.core.clickhouse import connect
 from processors.core.control import ControlState
+from processors.core.dedupe import RecentIds
 from processors.core.exceptions import CodecError
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
+from processors.report.daily import generate_report
+from processors.report.schedule import ReportSchedule, interim_report_for, report_stem
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
 from processors.sink.rows import (
@@ -40,6 +51,8 @@ from processors.sink.writer import ClickHouseWriter
 
 __all__ = ["SinkProcessor"]
 
+log = logging.getLogger(__name__)
+
 
 class SinkProcessor:
     name = "sink"
@@ -49,8 +62,10 @@ class SinkProcessor:
         self.serve_queries = serve_queries
         self.lock = threading.Lock()
         self.server: QueryServer | None = None
-        self._seen: dict[str, set[str]] = {
-            k: set()
+        # Distinct ids per kind, for the local supervisor's "every stage is done" check; bounded,
+        # so a run of days keeps constant memory (exact while duplicates arrive close together).
+        self._seen: dict[str, RecentIds] = {
+            k: RecentIds()
             for k in (
                 "images",
                 "scores",
@@ -68,6 +83,8 @@ class SinkProcessor:
         self.client = connect(ctx.settings.resolved_clickhouse_dsn)
         apply_migrations(self.client)
         self.writer = ClickHouseWriter(self.client)
+        self.reports_dir = ctx.settings.data_dir / "report"
+        self.schedule = ReportSchedule(ctx.settings.report_interval_s, datetime.now(UTC))
         if self.serve_queries:
             self.server = QueryServer(self.client, self.lock).start()
             ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +132,49 @@ class SinkProcessor:
             processor="sink",
         )
 
+    def _write_report(self, stem: str, at: datetime, title: str, note: str) -> None:
+        """One report of ``at``'s UTC day; errors are logged and counted, never raised."""
+        try:
+            generate_report(
+                self.client, self.reports_dir, day=at.date(), title=title, stem=stem, note=note
+            )
+        except Exception:  # a report is a by-product: no failure of it may cost a batch
+            log.exception("sink: report %s not written", stem)
+            self.ctx.progress.add("report_errors")
+        else:
+            self.ctx.progress.add("reports")
+
+    def _write_reports(self, stored: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """The interim reports the stored control events call for, then the periodic one when
+        due. The caller holds ``self.lock`` and has inserted the batch's rows."""
+        for topic, record in stored:
+            if topic != "control.events":
+                continue
+            try:
+                interim = interim_report_for(record)
+            except (KeyError, TypeError, ValueError):  # e.g. an unreadable ``until``: stored
+                log.exception("sink: no interim report for event %s", record.get("event_id"))
+                self.ctx.progress.add("report_errors")
+                continue
+            if interim is not None:
+                self._write_report(interim.stem, interim.at, "skyloop interim report", interim.note)
+        now = datetime.now(UTC)
+        if self.schedule.due(now):
+            every = self.schedule.interval.total_seconds()
+            note = f"Periodic report (every {every:g} s), written {now:%Y-%m-%d %H:%M:%S} UTC"
+            self._write_report(report_stem(now, "periodic"), now, "skyloop periodic report", note)
+            # counted from the end of the write, so a slow report cannot make the next one due
+            self.schedule.written(datetime.now(UTC))
+
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
+        """Store the batch: every row inserted, then the reports it calls for, under the lock.
+
+        Order: decode and build every row (a message that does not fit becomes an output dead
+        letter) → insert all rows, one INSERT per table → write the interim and periodic
+        reports, which therefore read every row of this batch → update the progress counts →
+        return the dead letters; the runner produces them and only then commits the offsets.
+        The SQL endpoint shares the client, so inserts and reports hold ``self.lock``.
+        """
         outputs: list[OutMessage] = []
         built: dict[str, tuple[TableSpec, list[Row]]] = {}
         stored: list[tuple[str, Mapping[str, Any]]] = []
@@ -138,8 +197,9 @@ class SinkProcessor:
             stored.append((msg.topic, record))
         with self.lock:
             self.writer.insert_rows(built)
+            self._write_reports(stored)
         for topic, record in stored:
             self._count(topic, record)
         for key, ids in self._seen.items():
-            self.ctx.progress.set(key, len(ids))
+            self.ctx.progress.set(key, ids.count)
         return outputs

@@ -140,6 +140,7 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "message",
     "processor",
     "at",
+    "source",
     *_KAFKA_COLUMNS,
 )
 
@@ -300,7 +301,11 @@ def control_event_row(record: ControlEventRecord, at: KafkaCoordinates) -> Row:
 
 
 def dead_letter_row(record: DeadLetter, at: KafkaCoordinates) -> Row:
-    """Row of ``dead_letters``; the key is decoded as UTF-8 (invalid bytes replaced)."""
+    """Row of ``dead_letters``; the key is decoded as UTF-8 (invalid bytes replaced).
+
+    ``source`` is NULL when the record has none: written before the field existed (the codec
+    fills the default) or built by code that could not tell the image source.
+    """
     key = record.get("key")
     return (
         record["original_topic"],
@@ -312,6 +317,7 @@ def dead_letter_row(record: DeadLetter, at: KafkaCoordinates) -> Row:
         record["message"],
         record["processor"],
         _utc(record["at"]),
+        record.get("source"),
         *at,
     )
 

@@ -4,6 +4,11 @@ Day ``DAY`` holds two sources: ``synth-a`` (PNG cutouts with ground truth) and `
 (FITS cutouts with ZTF provenance, one with NaN pixels), shadow scores, detector candidates, a
 control event and three dead letters; one image of the day before must stay out of the report.
 Every message is delivered twice (at-least-once), so the report must count distinct records.
+
+The ``corrections`` fixture adds what the controller's self-correction writes on
+``control.events`` around that day (a calibration the day before, then decay, drift and
+recalibration, an operator's override, source and pipeline pauses, a rebalance, and a drift of
+the next day), in log order = time order, as a single-partition log with one clock would be.
 """
 
 from __future__ import annotations
@@ -222,6 +227,168 @@ def build_dataset() -> Dataset:
     return data
 
 
+def _event(
+    data: Dataset,
+    event_id: str,
+    at: datetime,
+    kind: str,
+    subject: str,
+    params: dict[str, Any],
+    evidence: dict[str, float] | None = None,
+    *,
+    issued_by: str = "controller",
+    caused_by: tuple[str, ...] = (),
+) -> None:
+    data.add(
+        "control.events",
+        {
+            "event_id": event_id,
+            "type": kind,
+            "subject": subject,
+            "at": at,
+            "issued_by": issued_by,
+            "params": params,
+            "evidence": evidence or {},
+            "caused_by": list(caused_by),
+        },
+    )
+
+
+def add_corrections(data: Dataset) -> Dataset:
+    """Self-correction events around ``DAY`` (see the module docstring); returns ``data``."""
+    day = datetime(2025, 3, 14, tzinfo=UTC)
+    three = ("mahalanobis", "energy", "knn")
+    _event(
+        data,
+        "c-0",
+        day - timedelta(hours=4),
+        "calibration.updated",
+        "synth-a",
+        {
+            "model_version": "m1",
+            "reason": "initial",
+            "thresholds": {"mahalanobis": 0.88, "energy": 0.85, "knn": 0.9},
+        },
+        {"reference_size": 128.0, "trimmed": 2.0, "expected_flag_rate": 0.01},
+    )
+    _event(
+        data,
+        "d-1",
+        day + timedelta(hours=1),
+        "threshold.decayed",
+        "synth-a",
+        {"model_version": "m1", "thresholds": dict.fromkeys(three, 0.87)},
+        {"served_since_calibration": 500.0, "base": 0.9, "expected_flag_rate": 0.012},
+        caused_by=("c-0",),
+    )
+    _event(
+        data,
+        "x-1",
+        day + timedelta(hours=2),
+        "drift.detected",
+        "synth-a",
+        {"model_version": "m1", "reason": "score distribution, flag flood"},
+        {
+            "ks_p": 0.0004,
+            "psi": 0.41,
+            "psi_noise": 0.28,
+            "kl": 0.3,
+            "feature_ks_p": 0.02,
+            "flag_rate": 0.19,
+            "expected_flag_rate": 0.012,
+            "flag_p": 1e-9,
+            "window_size": 64.0,
+        },
+        caused_by=("c-0",),
+    )
+    _event(
+        data,
+        "c-1",
+        day + timedelta(hours=2, seconds=1),
+        "calibration.updated",
+        "synth-a",
+        {
+            "model_version": "m1",
+            "reason": "drift",
+            "thresholds": {"mahalanobis": 0.93, "energy": 0.91, "knn": 0.92},
+        },
+        {"reference_size": 128.0, "trimmed": 1.0, "expected_flag_rate": 0.01},
+        caused_by=("x-1",),
+    )
+    _event(
+        data,
+        "o-1",
+        day + timedelta(hours=3),
+        "threshold.set",
+        "synth-a",
+        {"thresholds": {"knn": 0.95}, "reason": "operator override"},
+        issued_by="operator",
+    )
+    _event(
+        data,
+        "c-2",
+        day + timedelta(hours=4),
+        "calibration.updated",
+        "ztf-public",
+        {"model_version": "m1", "reason": "initial", "thresholds": {"energy": 0.7, "knn": 0.8}},
+    )
+    _event(
+        data,
+        "p-1",
+        day + timedelta(hours=5),
+        "source.paused",
+        "ztf-public",
+        {"reason": "dead-letter rate 0.50", "until": day + timedelta(hours=5, minutes=30)},
+        {"error_rate": 0.5, "items": 64.0},
+    )
+    _event(
+        data,
+        "r-1",
+        day + timedelta(hours=5, minutes=30),
+        "source.resumed",
+        "ztf-public",
+        {"reason": "back-off ended"},
+        caused_by=("p-1",),
+    )
+    _event(
+        data,
+        "p-2",
+        day + timedelta(hours=6),
+        "pipeline.paused",
+        "pipeline",
+        {"reason": "latency p99", "until": day + timedelta(hours=6, minutes=10)},
+        {"latency_p99_ms": 950.0},
+    )
+    _event(
+        data,
+        "r-2",
+        day + timedelta(hours=6, minutes=10),
+        "pipeline.resumed",
+        "pipeline",
+        {"reason": "probation after health pause"},
+        caused_by=("p-2",),
+    )
+    _event(
+        data,
+        "w-1",
+        day + timedelta(hours=7),
+        "source.weights_set",
+        "pipeline",
+        {"weights": {"synth-a": 0.7, "ztf-public": 0.3}},
+    )
+    _event(
+        data,
+        "n-1",
+        day + timedelta(days=1, hours=1),
+        "drift.detected",
+        "ztf-public",
+        {"model_version": "m1", "reason": "flag collapse"},
+        {"ks_p": 0.5, "psi": 0.01, "flag_rate": 0.0, "expected_flag_rate": 0.01},
+    )
+    data.messages["control.events"].sort(key=lambda r: r["at"])
+    return data
+
+
 def load(client: Client, data: Dataset) -> None:
     """Write every message twice, as an at-least-once redelivery would."""
     writer = ClickHouseWriter(client)
@@ -249,5 +416,13 @@ def client(tmp_path: Path) -> Iterator[Client]:
 @pytest.fixture
 def dataset(client: Client) -> Dataset:
     data = build_dataset()
+    load(client, data)
+    return data
+
+
+@pytest.fixture
+def corrections(client: Client) -> Dataset:
+    """The dataset plus the self-correction events of ``add_corrections``."""
+    data = add_corrections(build_dataset())
     load(client, data)
     return data

@@ -122,11 +122,12 @@ def test_report_figures_match_the_data(client: Client, dataset: Dataset, tmp_pat
     ]
     assert "ztf-public" not in truth  # no ground truth there
 
-    scores_png, throughput_png = (
+    scores_png, throughput_png, thresholds_png = (
         out / "report-2025-03-14-scores.png",
         out / "report-2025-03-14-throughput.png",
+        out / "report-2025-03-14-thresholds.png",  # the day's one calibration
     )
-    assert summary.plots == (scores_png, throughput_png)
+    assert summary.plots == (scores_png, throughput_png, thresholds_png)
     for plot in summary.plots:
         width, height = _valid_png(plot)
         assert width > 300 and height > 200
@@ -205,8 +206,9 @@ def test_unmigrated_database_is_refused(tmp_path: Path) -> None:
         client.close()
 
 
-def test_every_query_runs_on_the_schema(client: Client, dataset: Dataset) -> None:
-    """The dashboards' contract: each query runs with the documented parameters."""
+def test_every_query_runs_on_the_schema(client: Client, corrections: Dataset) -> None:
+    """The dashboards' contract: each query runs with the documented parameters (on data that
+    gives every query rows: an empty result names no columns)."""
     from datetime import UTC, datetime
 
     start = datetime(2025, 3, 14, tzinfo=UTC)
@@ -228,3 +230,48 @@ def test_main_prints_the_headline(
     out = capsys.readouterr().out
     assert out.startswith("2025-03-14: 12 images, 12 scored (14 score rows), 4 flagged")
     assert (tmp_path / "cli" / "report-2025-03-14.md").is_file()
+
+
+def test_dead_letters_are_attributed_to_the_source_they_name(
+    client: Client, dataset: Dataset, tmp_path: Path
+) -> None:
+    """DeadLetter.source, when set, wins over the original topic and the key."""
+    from processors.sink.writer import ClickHouseWriter
+
+    synth_image = next(
+        r["image_id"] for r in dataset.messages["images.raw"] if r["source"] == "synth-a"
+    )
+    at = dataset.messages["images.dlq"][0]["at"]
+    named = [
+        ("scores", b"no-such-image", "synth-a"),  # unattributed without the column
+        ("images.raw", synth_image.encode(), "ztf-public"),  # the column beats the key
+    ]
+    ClickHouseWriter(client).insert(
+        "images.dlq",
+        [
+            (
+                dataset.add(
+                    "images.dlq",
+                    {
+                        "original_topic": topic,
+                        "partition": 0,
+                        "offset": 900 + n,
+                        "key": key,
+                        "raw": b"\x01" * 4,
+                        "error_class": "CodecError",
+                        "message": "named",
+                        "processor": "detect",
+                        "at": at,
+                        "source": source,
+                    },
+                ),
+                0,
+                5000 + n,
+            )
+            for n, (topic, key, source) in enumerate(named)
+        ],
+    )
+    md = generate_report(client, tmp_path, day=DAY).path.read_text()
+    sources = _table(_section(md, "Sources"))
+    assert (sources["synth-a"][7], sources["ztf-public"][7]) == ("2", "2")
+    assert sources["(unattributed)"][7] == "1"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from PIL import Image
 
 from processors.core.exceptions import BadImageError
 from processors.core.imaging import encode_fits, encode_png
-from processors.report.plots import stretch, thumbnail_png
+from processors.report.plots import plot_threshold_history, stretch, thumbnail_png
 
 
 def _open(png: bytes) -> Image.Image:
@@ -45,3 +47,28 @@ def test_asinh_lifts_faint_values() -> None:
 def test_undecodable_pixels_raise_bad_image() -> None:
     with pytest.raises(BadImageError):
         thumbnail_png(b"not an image", "png")
+
+
+def test_threshold_history_is_a_png_step_plot(tmp_path: Path) -> None:
+    t0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    series = {
+        "sky · m1": [(t0, 0.9), (t0 + timedelta(hours=1), 0.87), (t0 + timedelta(hours=2), 0.93)],
+        "ztf · m1": [(t0 + timedelta(minutes=30), 0.8)],
+        "idle · m1": [],  # a series without points is left out, not an error
+    }
+    path = plot_threshold_history(series, tmp_path / "thresholds.png")
+    assert path == tmp_path / "thresholds.png"
+    img = _open(path.read_bytes())
+    assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 200
+
+
+def test_threshold_history_of_one_instant_still_draws(tmp_path: Path) -> None:
+    at = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    path = plot_threshold_history({"sky · m1": [(at, 0.9)]}, tmp_path / "one.png")
+    assert path is not None and _open(path.read_bytes()).format == "PNG"
+
+
+def test_empty_threshold_history_writes_no_file(tmp_path: Path) -> None:
+    assert plot_threshold_history({}, tmp_path / "none.png") is None
+    assert plot_threshold_history({"sky · m1": []}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

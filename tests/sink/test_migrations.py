@@ -29,34 +29,67 @@ def test_fresh_database_gets_every_table_once(client: Client) -> None:
     assert set(tables) >= TABLES
     assert all(tables[name] == "ReplacingMergeTree" for name in TABLES)
     assert apply_migrations(client) == []
-    recorded = client.query("SELECT version, name FROM schema_migrations FINAL").result_rows
-    assert recorded == [(1, "001_initial.sql")]
-    assert client.command("SELECT count() FROM schema_migrations") == 1
+    recorded = client.query(
+        "SELECT version, name FROM schema_migrations FINAL ORDER BY version"
+    ).result_rows
+    assert recorded == [(1, "001_initial.sql"), (2, "002_dead_letter_source.sql")]
+    assert client.command("SELECT count() FROM schema_migrations") == 2
+
+
+def test_a_version_1_database_gains_the_dead_letter_source(tmp_path: Path) -> None:
+    """An existing warehouse is upgraded in place: its dead letters keep, with source NULL."""
+    from processors.core.clickhouse import connect
+
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "001_initial.sql").write_text((default_ddl_dir() / "001_initial.sql").read_text())
+    client = connect(f"chdb://{tmp_path / 'old'}")
+    try:
+        assert apply_migrations(client, v1) == ["001_initial.sql"]
+        client.command(
+            "INSERT INTO dead_letters (original_topic, original_partition, original_offset, raw, "
+            "error_class, message, processor, at, kafka_topic, kafka_partition, kafka_offset) "
+            "VALUES ('images.raw', 0, 7, 'x', 'BadImageError', 'm', 'score', now64(3), "
+            "'images.dlq', 0, 1)"
+        )
+        assert apply_migrations(client) == ["002_dead_letter_source.sql"]
+        column = client.query(
+            "SELECT type FROM system.columns WHERE database = currentDatabase() "
+            "AND table = 'dead_letters' AND name = 'source'"
+        ).result_rows
+        assert column == [("Nullable(String)",)]
+        rows = client.query("SELECT original_offset, source FROM dead_letters").result_rows
+        assert rows == [(7, None)]
+        # idempotent DDL: re-running the statement itself (as after a half-applied file) is a no-op
+        for statement in load_migrations()[1].statements:
+            client.command(statement)
+    finally:
+        client.close()
 
 
 def test_applies_in_version_order_and_resumes_after_a_bad_file(
     client: Client, tmp_path: Path
 ) -> None:
-    ddl = tmp_path / "ddl"
+    ddl = tmp_path / "ddl"  # numbered after the repository's files, which the fixture applied
     ddl.mkdir()
-    (ddl / "010_second.sql").write_text(
-        "-- runs after 002\nALTER TABLE t_mig ADD COLUMN IF NOT EXISTS y String;\n"
+    (ddl / "030_second.sql").write_text(
+        "-- runs after 020\nALTER TABLE t_mig ADD COLUMN IF NOT EXISTS y String;\n"
     )
-    (ddl / "002_first.sql").write_text(
+    (ddl / "020_first.sql").write_text(
         "CREATE TABLE IF NOT EXISTS t_mig (x UInt8, s String DEFAULT 'a;b') "
         "ENGINE = MergeTree ORDER BY x;"
     )
-    (ddl / "011_broken.sql").write_text(
+    (ddl / "031_broken.sql").write_text(
         "CREATE TABLE t_bad (x Strin) ENGINE = MergeTree ORDER BY x;"
     )
 
-    with pytest.raises(MigrationError, match=r"011_broken\.sql: statement 1 of 1 failed"):
+    with pytest.raises(MigrationError, match=r"031_broken\.sql: statement 1 of 1 failed"):
         apply_migrations(client, ddl)
     # the good files before the bad one stay applied and recorded
     columns = client.query("SELECT name FROM system.columns WHERE table = 't_mig'").result_rows
     assert [c for (c,) in columns] == ["x", "s", "y"]
-    (ddl / "011_broken.sql").write_text("CREATE TABLE IF NOT EXISTS t_ok (x String) ENGINE = Log;")
-    assert apply_migrations(client, ddl) == ["011_broken.sql"]
+    (ddl / "031_broken.sql").write_text("CREATE TABLE IF NOT EXISTS t_ok (x String) ENGINE = Log;")
+    assert apply_migrations(client, ddl) == ["031_broken.sql"]
     assert apply_migrations(client, ddl) == []
 
 

@@ -9,6 +9,7 @@ import pytest
 from processors.core.exceptions import ConfigError
 from processors.core.records import TOPICS
 from processors.sink.rows import (
+    DEAD_LETTER_COLUMNS,
     SCORE_COLUMNS,
     TABLE_FOR_SCHEMA,
     TABLE_FOR_TOPIC,
@@ -16,6 +17,7 @@ from processors.sink.rows import (
     RowError,
     base_topic,
     control_event_row,
+    dead_letter_row,
     params_json,
     score_row,
     to_row,
@@ -104,3 +106,15 @@ def test_record_that_does_not_fit_names_its_coordinates(make: SimpleNamespace) -
     with pytest.raises(RowError, match=r"skyloop\.ScoreRecord at dev\.scores\[1\]@77") as info:
         to_row("dev.scores", record, 1, 77)
     assert info.value.coordinates == KafkaCoordinates("dev.scores", 1, 77)
+
+
+def test_dead_letter_row_carries_its_source(make: SimpleNamespace) -> None:
+    at = KafkaCoordinates("images.dlq", 1, 5)
+    named = make.dead_letter() | {"source": "ztf-public"}
+    row = dict(zip(DEAD_LETTER_COLUMNS, dead_letter_row(named, at), strict=True))
+    assert (row["source"], row["key"], row["processor"]) == ("ztf-public", "deadbeef", "score")
+    # a record of the old schema (no field at all) and one that names no source: NULL
+    old = make.dead_letter()
+    del old["source"]
+    for record in (old, make.dead_letter()):
+        assert dead_letter_row(record, at)[DEAD_LETTER_COLUMNS.index("source")] is None

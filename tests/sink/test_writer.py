@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import io
 import json
 from datetime import timedelta
 from types import SimpleNamespace
+from typing import Any
 
+import fastavro
 import pytest
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from processors.core.clickhouse import Client
+from processors.core.codec import MAGIC, default_codec, default_schemas_dir
 from processors.sink.rows import RowError
 from processors.sink.writer import ClickHouseWriter
 
@@ -192,3 +197,30 @@ def test_a_bad_record_stops_the_batch_before_anything_is_written(
         )
     assert client.command("SELECT count() FROM scores") == 0
     assert client.command("SELECT count() FROM images") == 0
+
+
+def _old_writer_dead_letter(record: dict[str, Any]) -> bytes:
+    """``record`` as a producer of DeadLetter version 1 (before ``source``) encoded it."""
+    raw = json.loads((default_schemas_dir() / "history" / "skyloop.DeadLetter.1.avsc").read_text())
+    schema = parse_schema(raw, _write_hint=False)
+    buf = io.BytesIO()
+    buf.write(MAGIC)
+    buf.write(bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")))
+    fastavro.schemaless_writer(buf, schema, {k: v for k, v in record.items() if k != "source"})
+    return buf.getvalue()
+
+
+def test_dead_letter_source_lands_and_old_records_store_null(
+    client: Client, make: SimpleNamespace
+) -> None:
+    codec = default_codec()
+    named = make.dead_letter(17) | {"source": "ztf-public"}
+    current = codec.decode(codec.encode(named, "skyloop.DeadLetter"), "skyloop.DeadLetter")
+    old = codec.decode(_old_writer_dead_letter(make.dead_letter(18)), "skyloop.DeadLetter")
+    assert old["source"] is None  # the reader schema's default
+    ClickHouseWriter(client).insert("images.dlq", [(current, 0, 1), (old, 0, 2)])
+    rows = client.query(
+        "SELECT original_offset, source, error_class FROM dead_letters FINAL "
+        "ORDER BY original_offset"
+    ).result_rows
+    assert rows == [(17, "ztf-public", "BadImageError"), (18, None, "BadImageError")]
