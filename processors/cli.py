@@ -1,4 +1,4 @@
-"""The ``skyloop`` command: run, worker, sql, events, report.
+"""The ``skyloop`` command: run, worker, control, sql, events, report.
 
 Exit codes: 0 success, 1 a pipeline or data error (message on stderr), 2 bad usage or config.
 """
@@ -52,13 +52,16 @@ def _run_dir(args: argparse.Namespace) -> Path:
 DEFAULT_RUN_IMAGES = 500
 
 
-def _run_images(requested: int | None, endless: list[str]) -> int | None:
-    """Items ``skyloop run`` ingests: N, or None for "until the sources end" (finite ones only)."""
+def _run_images(
+    requested: int | None, endless: list[str], duration_s: float | None = None
+) -> int | None:
+    """Items ``skyloop run`` ingests: N, or None for "until the sources end or the duration
+    passes" (finite sources, or any with ``--duration``)."""
     if requested is not None and requested < 0:
         raise ConfigError(f"--images={requested}: accepted values are integers >= 0")
     if requested:
         return requested
-    if not endless:
+    if not endless or duration_s is not None:
         return None
     if requested == 0:
         raise ConfigError(
@@ -78,8 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     sources = args.source or DEFAULT_SOURCES
     # fail fast on bad specs, before anything starts
     endless = [spec for spec in sources if is_endless(source_from_spec(spec))]
-    images = _run_images(args.images, endless)
-    result = run_local(settings, sources, images, timeout_s=args.timeout)
+    duration_s = _seconds(args.duration) if args.duration else None
+    images = _run_images(args.images, endless, duration_s)
+    timeout_s = args.timeout if args.timeout is not None else 3600.0 + (duration_s or 0.0)
+    result = run_local(settings, sources, images, duration_s=duration_s, timeout_s=timeout_s)
     counts = result.counts
     print(
         f"\nskyloop run finished in {result.seconds:.1f}s "
@@ -95,6 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f'  query: skyloop sql "SELECT source, count() FROM scores FINAL GROUP BY source"\n'
         f"report: {result.report_path}"
     )
+    if result.interrupted:
+        print("skyloop: interrupted; what was ingested went through every stage", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -124,6 +132,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             bootstrap,
             source,
             limit=args.images or None,
+            duration_s=_seconds(args.duration) if args.duration else None,
             stop=stop,
             progress_dir=progress_dir,
         )
@@ -279,6 +288,78 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_bootstrap(args: argparse.Namespace) -> tuple[str, str]:
+    """Bootstrap servers and topic prefix of a running local pipeline (its ``stack.json``)."""
+    import socket
+
+    run_dir = _run_dir(args)
+    marker = run_dir / "stack.json"
+    hint = "start `skyloop run`, or set SKYLOOP_BOOTSTRAP_SERVERS to the pipeline's Kafka"
+    if not marker.is_file():
+        raise SkyloopError(f"no running pipeline in {run_dir}: {hint}")
+    stack = json.loads(marker.read_text())
+    host, _, port = str(stack["bootstrap"]).rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        raise SkyloopError(f"the pipeline of {run_dir} is not running any more: {hint}") from None
+    return str(stack["bootstrap"]), str(stack.get("topic_prefix", ""))
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from processors.core.kafka import ControlFollower, make_producer, produce_control_event
+    from processors.operator import OperatorRequest, operator_event
+
+    settings = _settings(args)
+    if settings.bootstrap_servers is not None:
+        bootstrap = settings.bootstrap_servers
+    else:
+        bootstrap, prefix = _live_bootstrap(args)
+        settings = settings.model_copy(update={"topic_prefix": prefix})
+    request = OperatorRequest(
+        action=args.action,
+        source=getattr(args, "source", None),
+        value=getattr(args, "value", None),
+        detector=getattr(args, "detector", None),
+        model=getattr(args, "model", None),
+        reason=args.reason,
+        duration_s=_seconds(args.duration) if getattr(args, "duration", None) else None,
+        weights=tuple(getattr(args, "pairs", None) or ()),
+        force=args.force,
+    )
+    follower = ControlFollower(settings, bootstrap).start()
+    try:
+        if not follower.wait_caught_up(timeout_s=30):
+            raise SkyloopError("could not read control.events to its end within 30 s")
+        event = operator_event(request, follower.state)
+        producer = make_producer(settings, bootstrap, **{"linger.ms": 0})
+        produce_control_event(producer, settings, event)
+        follower.wait_until(lambda _s: follower.has_event(event["event_id"]), timeout_s=10)
+    finally:
+        follower.close()
+    print(
+        f"emitted {event['type']} for {event['subject']} (event {event['event_id']}, "
+        f"issued by {event['issued_by']})"
+    )
+    return 0
+
+
+def _seconds(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1h30m`` → seconds; ConfigError otherwise.
+
+    >>> _seconds("1h30m"), _seconds("45"), _seconds("2.5m")
+    (5400.0, 45.0, 150.0)
+    """
+    import re
+
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?[smhd]?\s*)+)", text)
+    tokens = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text) if parts else []
+    if not tokens or (len(tokens) > 1 and any(unit == "" for _, unit in tokens)):
+        raise ConfigError(f"{text!r}: accepted durations look like 90s, 30m, 2h or 1h30m")
+    return sum(float(number) * units[unit or "s"] for number, unit in tokens)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from processors.report.run_report import write_run_report
 
@@ -330,7 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
-        "--timeout", type=float, default=3600.0, help="give up after this many seconds"
+        "--duration",
+        help=(
+            "ingest for this long (90s, 30m, 2h, 1h30m), then let every stage finish and "
+            "report; with endless sources and no --images it runs until then (or Ctrl-C)"
+        ),
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="give up after this many seconds (default: an hour plus --duration)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -341,7 +432,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", type=int, default=None, help="ingest: stop after N items (default/0: all)"
     )
     worker.add_argument("--source", action="append", help="ingest: source spec (repeatable)")
+    worker.add_argument("--duration", help="ingest: stop taking items after this long")
     worker.set_defaults(func=cmd_worker)
+
+    control = sub.add_parser(
+        "control",
+        help="emit an operator's control event (pause, resume, threshold, recalibrate, weights)",
+        description=(
+            "Emit a control event to the running pipeline (the latest local run, or "
+            "SKYLOOP_BOOTSTRAP_SERVERS); every processor folds it like the controller's own."
+        ),
+    )
+    actions = control.add_subparsers(dest="action", required=True)
+
+    def action(name: str, helptext: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=helptext)
+        common(p)
+        p.add_argument("--run", type=Path, help="a run folder (default: the latest run)")
+        p.add_argument("--reason", help="why (kept in the event)")
+        p.add_argument(
+            "--force", action="store_true", help="accept a source the log has not mentioned yet"
+        )
+        p.set_defaults(func=cmd_control)
+        return p
+
+    pause = action("pause", "pause the pipeline (or one source with --source)")
+    pause.add_argument("--source", help="pause only this source's ingestion")
+    pause.add_argument("--for", dest="duration", help="lift after this long (30s, 10m, 2h)")
+    resume = action("resume", "resume the pipeline (or one source with --source)")
+    resume.add_argument("--source", help="resume only this source")
+    threshold = action("threshold", "set a source's threshold (calibrated score in (0, 1])")
+    threshold.add_argument("source")
+    threshold.add_argument("value", type=float)
+    threshold.add_argument("--detector", help="one detector only (default: all three)")
+    threshold.add_argument("--model", help="one model version only (default: whatever serves)")
+    recalibrate = action("recalibrate", "recalibrate a source from its most recent images")
+    recalibrate.add_argument("source")
+    weights = action("weights", "set the sources' shares of ingestion (SOURCE=WEIGHT ...)")
+    weights.add_argument("pairs", nargs="+", metavar="SOURCE=WEIGHT")
 
     for name, func, helptext in (
         ("sql", cmd_sql, "answer SQL from the run's ClickHouse"),

@@ -2,14 +2,22 @@
 
 Order: start the broker → create topics → start sink, stats, detect, score (child processes)
 → wait until each is ready → ingest N items (or, with N = None, until the sources end: a
-finite source such as a ZTF packet folder) → wait until every stage has handled every item
-(read from the processors' progress files) → stop the children → stop the broker → write the
-report from ClickHouse. Each run gets its own folder ``<data_dir>/runs/<UTC time>/`` (nothing of
-an earlier run is overwritten); ``<data_dir>/latest`` names the newest, for ``skyloop sql``.
+finite source such as a ZTF packet folder; or until ``duration_s`` has passed) → wait until
+every stage has handled every item (read from the processors' progress files) → stop the
+children → stop the broker → write the report from ClickHouse. Each run gets its own folder
+``<data_dir>/runs/<UTC time>/`` (nothing of an earlier run is overwritten); ``<data_dir>/latest``
+names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
+``skyloop control``.
+
+Ctrl-C (SIGINT or SIGTERM) stops ingestion, lets every stage finish what was ingested, writes
+the report and returns with ``interrupted`` set; a second one aborts at once. The children run
+in their own process groups, so a terminal's Ctrl-C reaches only this supervisor, which stops
+them in order; none outlives it.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -40,6 +48,7 @@ class RunResult:
     counts: dict[str, int]
     ingest: dict[str, Any]
     """The ingest processor's final progress: totals and per-source counters (cuts, failures)."""
+    interrupted: bool = False
 
 
 def latest_run_dir(data_dir: Path) -> Path | None:
@@ -67,14 +76,22 @@ def _done(ingest: dict[str, Any], sink: dict[str, Any], stats: dict[str, Any]) -
     )
 
 
-def _line(n: int | None, ingest: dict[str, Any], sink: dict[str, Any], elapsed: float) -> str:
+def _line(
+    n: int | None,
+    ingest: dict[str, Any],
+    sink: dict[str, Any],
+    elapsed: float,
+    remaining: float | None = None,
+) -> str:
     of_n = f"/{n}" if n is not None else ""
+    left = f" ({remaining:.0f}s of ingest left)" if remaining is not None and remaining > 0 else ""
+    paused = "  PAUSED" if ingest.get("paused") else ""
     return (
-        f"\r[{elapsed:6.1f}s] ingested {ingest.get('published', 0) + ingest.get('dead_letters', 0)}"
-        f"{of_n}"
+        f"\r[{elapsed:6.1f}s]{left} ingested "
+        f"{ingest.get('published', 0) + ingest.get('dead_letters', 0)}{of_n}"
         f"  scored {sink.get('scores', 0)}  candidates {sink.get('candidates', 0)}"
         f"  dead letters {sink.get('dlq_source', 0) + sink.get('dlq_images', 0)}"
-        f"  control events {sink.get('control_events', 0)}   "
+        f"  control events {sink.get('control_events', 0)}{paused}   "
     )
 
 
@@ -83,13 +100,14 @@ def run_local(
     sources: list[str],
     images: int | None,
     *,
+    duration_s: float | None = None,
     timeout_s: float = 3600.0,
     out: TextIO = sys.stderr,
 ) -> RunResult:
     """Run the pipeline end to end; raises SkyloopError (with the failing log's tail) on failure.
 
     ``images``: items to ingest, or None to ingest until the sources end (the caller makes sure
-    they are finite).
+    they are finite) or ``duration_s`` passes.
     """
     started = time.monotonic()
     _sigterm_as_interrupt()
@@ -100,8 +118,15 @@ def run_local(
     logs.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "latest").write_text(str(run_dir))
     out.write(f"skyloop: run folder {run_dir}\n")
+    interrupted = False
     with EmbeddedBroker(log_path=logs / "broker.log") as broker:
         ensure_topics(settings, broker.bootstrap_servers)
+        stack = run_dir / "stack.json"
+        stack.write_text(
+            json.dumps(
+                {"bootstrap": broker.bootstrap_servers, "topic_prefix": settings.topic_prefix}
+            )
+        )
         env = {
             "SKYLOOP_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "SKYLOOP_DATA_DIR": str(run_dir),
@@ -112,48 +137,40 @@ def run_local(
         }
         for key, value in settings.model_dump(exclude_none=True).items():
             env.setdefault(f"SKYLOOP_{key.upper()}", str(value))
-        with Supervisor(logs, env) as sup:
-            for name in WORKERS:
-                sup.start(name, name)
-            out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
-            _wait(
-                lambda: (
-                    all(read_progress(progress, w).get("ready") for w in WORKERS if w != "stats")
-                    and read_progress(progress, "stats").get("ready")
-                ),
-                sup,
-                timeout_s=300,
-                what="processors to start",
-            )
-            ingest_started = last_line = time.monotonic()
-            sup.start(
-                "ingest",
-                "ingest",
-                *(["--images", str(images)] if images is not None else []),
-                *[a for s in sources for a in ("--source", s)],
-            )
-            while True:
-                ingest, sink, stats = (
-                    read_progress(progress, n) for n in ("ingest", "sink", "stats")
+        try:
+            with Supervisor(logs, env) as sup:
+                for name in WORKERS:
+                    sup.start(name, name)
+                out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
+                _wait(
+                    lambda: all(read_progress(progress, w).get("ready") for w in WORKERS),
+                    sup,
+                    timeout_s=300,
+                    what="processors to start",
                 )
-                now = time.monotonic()
-                if out.isatty():
-                    out.write(_line(images, ingest, sink, now - started))
-                    out.flush()
-                elif now - last_line >= 5:
-                    out.write(_line(images, ingest, sink, now - started).strip("\r ") + "\n")
-                    last_line = now
-                if _done(ingest, sink, stats):
-                    break
-                _check(sup)
-                if time.monotonic() - started > timeout_s:
-                    raise SkyloopError(
-                        f"run did not finish within {timeout_s:.0f}s; logs in {logs}"
+                ingest_started = time.monotonic()
+                sup.start(
+                    "ingest",
+                    "ingest",
+                    *(["--images", str(images)] if images is not None else []),
+                    *(["--duration", f"{duration_s}s"] if duration_s is not None else []),
+                    *[a for s in sources for a in ("--source", s)],
+                )
+                try:
+                    _follow(sup, progress, images, duration_s, started, timeout_s, logs, out)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    out.write(
+                        "\nskyloop: stopping ingestion; every stage finishes what was ingested "
+                        "(Ctrl-C again to abort)\n"
                     )
-                time.sleep(0.5)
-            ingest_seconds = time.monotonic() - ingest_started
-            out.write("\nskyloop: all stages done; stopping processors\n")
-            sup.stop_all()
+                    sup.stop("ingest")
+                    _follow(sup, progress, images, None, started, timeout_s, logs, out)
+                ingest_seconds = time.monotonic() - ingest_started
+                out.write("\nskyloop: all stages done; stopping processors\n")
+                sup.stop_all()
+        finally:
+            stack.unlink(missing_ok=True)
     from processors.report.run_report import write_run_report
 
     report_path, counts = write_run_report(run_dir, settings)
@@ -164,17 +181,57 @@ def run_local(
         ingest_seconds,
         counts,
         read_progress(progress, "ingest"),
+        interrupted,
     )
 
 
+def _follow(
+    sup: Supervisor,
+    progress: Path,
+    images: int | None,
+    duration_s: float | None,
+    started: float,
+    timeout_s: float,
+    logs: Path,
+    out: TextIO,
+) -> None:
+    """Show progress until every stage has handled every ingested item."""
+    ingest_started = time.monotonic()
+    last_line = 0.0
+    while True:
+        ingest, sink, stats = (read_progress(progress, n) for n in ("ingest", "sink", "stats"))
+        now = time.monotonic()
+        remaining = None if duration_s is None else duration_s - (now - ingest_started)
+        line = _line(images, ingest, sink, now - started, remaining)
+        if out.isatty():
+            out.write(line)
+            out.flush()
+        elif now - last_line >= 5:
+            out.write(line.strip("\r ") + "\n")
+            last_line = now
+        if _done(ingest, sink, stats):
+            return
+        _check(sup)
+        if now - started > timeout_s:
+            raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
+        time.sleep(0.5)
+
+
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the supervisor and broker context managers clean up."""
+    """SIGINT and SIGTERM unwind as KeyboardInterrupt, so the run drains and cleans up.
+
+    Both are (re)installed and unblocked explicitly: a process may inherit SIGINT ignored or
+    blocked from whatever started it (a shell's background job, a parent's thread mask), and
+    then the first Ctrl-C would do nothing.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _check(sup: Supervisor) -> None:

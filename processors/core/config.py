@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     )
     calibration_wait_s: float = Field(120.0, ge=0, description="scorer wait for a calibration")
 
+    ingest_max_lag: int = Field(
+        2000,
+        ge=0,
+        description=(
+            "ingest waits while the scorers are more than this many images behind (0: never waits)"
+        ),
+    )
+
     # calibration and decisions
     reference_size: int = Field(
         128, ge=20, description="images in the calibration reference window"
@@ -96,19 +104,22 @@ class Settings(BaseSettings):
         ),
     )
     drift_window: int = Field(64, ge=16, description="images per drift test window")
+    drift_min_reference: int = Field(
+        64, ge=20, description="post-drift images enough for a first recalibration"
+    )
     drift_step: int = Field(16, ge=1, description="a window is judged every this many images")
     drift_consecutive: int = Field(2, ge=1, description="disjoint disagreeing windows for drift")
-    drift_ks_p: float = Field(0.001, gt=0.0, lt=1.0, description="KS p-value bound (scores)")
+    drift_ks_p: float = Field(0.002, gt=0.0, lt=1.0, description="KS p-value bound (scores)")
     drift_psi_min: float = Field(0.1, ge=0.0, description="PSI above its noise, with KS")
     drift_feature_p: float = Field(
-        0.001, gt=0.0, lt=1.0, description="KS p bound on feature projections (Bonferroni)"
+        0.002, gt=0.0, lt=1.0, description="KS p bound on feature projections (Bonferroni)"
     )
-    drift_flag_p: float = Field(0.001, gt=0.0, lt=1.0, description="binomial flag-rate bound")
+    drift_flag_p: float = Field(0.002, gt=0.0, lt=1.0, description="binomial flag-rate bound")
     threshold_decay: float = Field(0.002, ge=0.0, lt=1.0, description="t = base(1 - d ln(1+n))")
     threshold_decay_every: int = Field(256, ge=1, description="images between decay events")
     threshold_floor: float = Field(0.5, ge=0.0, le=1.0)
     threshold_ceiling: float = Field(1.0, ge=0.0, le=1.0)
-    rebalance_every: int = Field(256, ge=1, description="items per source between weights")
+    rebalance_every: int = Field(512, ge=1, description="items per source between weights")
     source_weight_floor: float = Field(
         0.05, ge=0.0, lt=1.0, description="least share of draws of an active source"
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from processors.core.exceptions import StackError
-from processors.core.supervisor import terminate
+from processors.core.supervisor import guarded, terminate
 
 __all__ = ["EmbeddedBroker", "free_port", "tansu_binary"]
 
@@ -63,19 +63,22 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            guarded(  # it goes when its parent does, even on SIGKILL
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ]
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C is for the supervisor, which stops it
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

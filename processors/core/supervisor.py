@@ -1,8 +1,11 @@
 """Runs processors as child OS processes and stops them cleanly.
 
-Each child runs ``python -m processors.cli worker NAME`` with its output in ``logs/NAME.log``.
-:meth:`Supervisor.stop_all` sends SIGTERM, waits, then SIGKILLs stragglers, so no child
-outlives the supervisor (also when it is interrupted: use it as a context manager).
+Each child runs ``python -m processors.cli worker NAME`` with its output in ``logs/NAME.log``,
+in a session of its own: a terminal's Ctrl-C reaches the supervisor only, which decides the
+order of the shutdown. Each child also gets SIGTERM from the kernel if the supervisor dies, even
+by SIGKILL (:mod:`processors.core.guard`). :meth:`Supervisor.stop_all` sends SIGTERM, waits,
+then SIGKILLs stragglers, so no child outlives the supervisor (also when it is interrupted: use
+it as a context manager).
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Child", "Supervisor", "terminate"]
+__all__ = ["Child", "Supervisor", "guarded", "terminate"]
+
+
+def guarded(argv: list[str]) -> list[str]:
+    """``argv`` run through :mod:`processors.core.guard`: it dies with the process starting it."""
+    return [sys.executable, "-m", "processors.core.guard", str(os.getpid()), *argv]
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
@@ -55,11 +63,12 @@ class Supervisor:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "processors.cli", "worker", *args],
+                guarded([sys.executable, "-m", "processors.cli", "worker", *args]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env},
+                start_new_session=True,
             )
         child = Child(name, proc, log_path)
         self.children[name] = child

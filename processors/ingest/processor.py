@@ -15,6 +15,8 @@ Guarantees:
   flush (every message produced so far acknowledged, else :class:`DeliveryError` and no
   commit) → ``source.commit()``; this runs every ``commit_interval_s`` while items flow, at
   the source's own quiet points (through its ``deliver`` hook), and once at the end;
+- it never runs more than ``ingest_max_lag`` images ahead of the scorers
+  (:mod:`processors.ingest.backpressure`), so pauses and weights act within seconds;
 - nothing is dropped silently: what a source cut or failed is in its counters
   (``source.stats``), reported per source in the progress file and :class:`IngestSummary`;
 - ``run_ingest`` returns only after the producer has flushed everything it produced; its
@@ -40,12 +42,14 @@ from processors.core.allocation import allocate
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
+from processors.core.dedupe import RecentIds
 from processors.core.imaging import MAX_PIXEL_BYTES
 from processors.core.kafka import ControlFollower, make_producer, partition_for
 from processors.core.metrics import DEAD_LETTERS, MESSAGES_OUT
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import DeliveryError, StopSignal
+from processors.ingest.backpressure import ScoreLag
 from processors.ingest.base import (
     ImageSource,
     RawImage,
@@ -62,6 +66,7 @@ __all__ = ["IngestSummary", "describe_source", "run_ingest"]
 log = logging.getLogger(__name__)
 
 _OWN_COUNTS = ("published", "images", "dead_letters", "dead_letter_keys")
+BACKPRESSURE_EVERY = 32  # items between looks at the scorers' lag
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,9 @@ class _Tally:
     def __init__(self) -> None:
         self.totals = dict.fromkeys(_OWN_COUNTS, 0)
         self.per_source: dict[str, dict[str, int]] = {}
-        self._images: set[bytes] = set()
-        self._letters: set[tuple[str, str]] = set()
+        # bounded: an endless run keeps constant memory (see processors.core.dedupe)
+        self._images = RecentIds()
+        self._letters = RecentIds()
 
     def _add(self, source: str, key: str) -> None:
         self.totals[key] += 1
@@ -141,14 +147,12 @@ class _Tally:
     def image(self, source: str, image_id: str) -> None:
         self._add(source, "published")
         digest = bytes.fromhex(image_id)
-        if digest not in self._images:
-            self._images.add(digest)
+        if self._images.add(digest):
             self._add(source, "images")
 
     def letter(self, source: str, key: str) -> None:
         self._add(source, "dead_letters")
-        if (source, key) not in self._letters:
-            self._letters.add((source, key))
+        if self._letters.add((source, key)):
             self._add(source, "dead_letter_keys")
 
     def sources(self, source: ImageSource) -> dict[str, dict[str, int]]:
@@ -164,11 +168,13 @@ def run_ingest(
     source: ImageSource,
     *,
     limit: int | None = None,
+    duration_s: float | None = None,
     stop: StopSignal | None = None,
     progress_dir: Path | None = None,
     commit_interval_s: float = 5.0,
 ) -> IngestSummary:
-    """Publish up to ``limit`` items of ``source`` (all when None) and flush before returning.
+    """Publish up to ``limit`` items of ``source`` (all when None), for at most ``duration_s``
+    seconds (None: no bound), and flush before returning.
 
     See the module docstring for the order of flush and commit and what is counted. Raises
     :class:`DeliveryError` (nothing more committed) when a message is not delivered.
@@ -179,6 +185,7 @@ def run_ingest(
     producer = make_producer(settings, bootstrap)
     follower = ControlFollower(settings, bootstrap).start()
     follower.wait_caught_up(timeout_s=30)
+    backpressure = ScoreLag(settings, bootstrap)
     partitions = TOPICS["images.raw"].partitions
     errors: list[str] = []
     committers: list[Any] = [
@@ -221,6 +228,10 @@ def run_ingest(
     items: Iterator[SourceItem] = iter(source)
     try:
         while not stop.is_set() and (limit is None or taken < limit):
+            if duration_s is not None and time.perf_counter() - started >= duration_s:
+                break
+            if taken % BACKPRESSURE_EVERY == 0 and backpressure.hold(stop.is_set):
+                progress.set("backpressure_s", round(backpressure.waited_s, 1))
             item = next(items, None)
             if item is None:
                 break
@@ -242,6 +253,7 @@ def run_ingest(
         if close is not None:
             close()
         follower.close()
+        backpressure.close()
     _write_progress(progress, tally, source, done=True)
     summary = IngestSummary(
         published=tally.totals["published"],

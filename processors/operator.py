@@ -1,0 +1,160 @@
+"""``skyloop control``: operators emit the same control events the controller does.
+
+An operator's event is an ordinary event on ``control.events`` (``issued_by`` =
+``operator:<name>``), validated here and folded by every processor like any other, so the log
+stays the complete audit trail. What each command emits:
+
+=====================================  ==========================================================
+``pause [--source S] [--for SECONDS]``  ``pipeline.paused`` (or ``source.paused`` for S), with
+                                         ``until`` when ``--for`` is given (else until resumed)
+``resume [--source S]``                  ``pipeline.resumed`` (or ``source.resumed``)
+``threshold SOURCE VALUE``               ``threshold.set`` for every detector (``--detector`` for
+                                         one; ``--model`` for one model, else whatever serves)
+``recalibrate SOURCE``                   ``calibration.requested``: the controller recalibrates
+                                         the source from its most recent images
+``weights SOURCE=W ...``                 ``source.weights_set`` (subject ``pipeline``: these
+                                         weights replace all published ones)
+=====================================  ==========================================================
+
+:func:`operator_event` is pure (it builds and validates); the CLI emits the event to the broker
+of the running pipeline and waits until the broker has it. Validation errors are
+:class:`ConfigError` naming the argument and what is accepted. A source the log has never
+mentioned is refused (a typo would otherwise do nothing, silently) unless ``force``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from processors.core.control import ControlState, new_event
+from processors.core.exceptions import ConfigError
+from processors.core.records import ControlEventRecord, ControlParams
+
+__all__ = ["ACTIONS", "OperatorRequest", "known_sources", "operator_event", "operator_name"]
+
+ACTIONS = ("pause", "resume", "threshold", "recalibrate", "weights")
+DETECTORS = ("mahalanobis", "energy", "knn")
+
+
+@dataclass(frozen=True)
+class OperatorRequest:
+    """What an operator asked for, as parsed from the command line."""
+
+    action: str
+    source: str | None = None
+    value: float | None = None
+    detector: str | None = None
+    model: str | None = None
+    reason: str | None = None
+    duration_s: float | None = None
+    weights: tuple[str, ...] = ()
+    force: bool = False
+
+
+def operator_name() -> str:
+    """``operator:<SKYLOOP_OPERATOR or the login name>``: the ``issued_by`` of the events."""
+    name = os.environ.get("SKYLOOP_OPERATOR")
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):
+            name = "unknown"
+    return f"operator:{name}"
+
+
+def known_sources(state: ControlState) -> set[str]:
+    """Sources the log has mentioned: calibrated, weighted, paused or asked about."""
+    calibrated = {key.split("|", 1)[1] for key in state.calibrations}
+    thresholded = {key.split("|", 1)[1] for key in state.source_thresholds}
+    return (
+        calibrated
+        | thresholded
+        | set(state.source_weights)
+        | set(state.paused_sources)
+        | set(state.calibration_requests)
+    )
+
+
+def _check_source(source: str | None, state: ControlState, force: bool, flag: str) -> str:
+    if not source:
+        raise ConfigError(f"{flag}: a source name is needed")
+    known = known_sources(state)
+    if source not in known and not force:
+        listed = ", ".join(sorted(known)) or "none yet"
+        raise ConfigError(
+            f"{flag} {source!r}: the control log has never mentioned this source (known: "
+            f"{listed}); check the name, or pass --force for a source not calibrated yet"
+        )
+    return source
+
+
+def _weights(pairs: Sequence[str], state: ControlState, force: bool) -> dict[str, float]:
+    if not pairs:
+        raise ConfigError("weights: give at least one SOURCE=WEIGHT")
+    weights: dict[str, float] = {}
+    for pair in pairs:
+        source, sep, raw = pair.partition("=")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not sep or not source or not value >= 0.0:
+            raise ConfigError(f"weights: {pair!r} is not SOURCE=WEIGHT with WEIGHT >= 0")
+        weights[_check_source(source, state, force, "weights")] = value
+    if sum(weights.values()) <= 0:
+        raise ConfigError("weights: at least one weight must be > 0")
+    return weights
+
+
+def operator_event(
+    request: OperatorRequest, state: ControlState, now: datetime | None = None
+) -> ControlEventRecord:
+    """The validated event for ``request``, given the folded log ``state`` (pure)."""
+    now = now or datetime.now(UTC)
+    issuer = operator_name()
+    reason = request.reason or f"{request.action} by {issuer}"
+    action, source = request.action, request.source
+    params: ControlParams = {"reason": reason}
+    if action == "pause":
+        if request.duration_s is not None:
+            if not request.duration_s > 0:
+                raise ConfigError(f"--for {request.duration_s}: must be > 0 seconds")
+            params["until"] = now + timedelta(seconds=request.duration_s)
+        if source is None:
+            return new_event("pipeline.paused", "pipeline", issuer, params, at=now)
+        source = _check_source(source, state, request.force, "--source")
+        return new_event("source.paused", source, issuer, params, at=now)
+    if action == "resume":
+        if source is None:
+            if state.pipeline_paused is None:
+                raise ConfigError("resume: the pipeline is not paused")
+            return new_event("pipeline.resumed", "pipeline", issuer, params, at=now)
+        if source not in state.paused_sources:
+            paused = ", ".join(sorted(state.paused_sources)) or "none"
+            raise ConfigError(f"--source {source!r} is not paused (paused: {paused})")
+        return new_event("source.resumed", source, issuer, params, at=now)
+    if action == "threshold":
+        source = _check_source(source, state, request.force, "threshold SOURCE")
+        value = request.value
+        if value is None or not 0.0 < value <= 1.0:
+            raise ConfigError(
+                f"threshold VALUE {value}: accepted values are calibrated scores in (0, 1]"
+            )
+        if request.detector is not None and request.detector not in DETECTORS:
+            raise ConfigError(f"--detector {request.detector!r}: accepted: {', '.join(DETECTORS)}")
+        detectors = [request.detector] if request.detector else list(DETECTORS)
+        params["thresholds"] = dict.fromkeys(detectors, value)
+        if request.model:
+            params["model_version"] = request.model
+        return new_event("threshold.set", source, issuer, params, at=now)
+    if action == "recalibrate":
+        source = _check_source(source, state, request.force, "recalibrate SOURCE")
+        return new_event("calibration.requested", source, issuer, params, at=now)
+    if action == "weights":
+        params["weights"] = _weights(request.weights, state, request.force)
+        return new_event("source.weights_set", "pipeline", issuer, params, at=now)
+    raise ConfigError(f"unknown action {action!r}; accepted: {', '.join(ACTIONS)}")
