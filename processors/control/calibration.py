@@ -15,8 +15,9 @@ every reference image is scored by detectors fit on the *other* half of the wind
 so no image judges itself) and an image beyond Tukey's far-out fence (Q3 + 3 IQR of the
 held-out raw scores) on at least ``vote_k`` detectors is left out of the reference, at most
 ``max_trim`` (default 10 %) of the window, most extreme first. The fence is a classic robust
-rule, not a figure fitted to any stream; the trimmed images stay in the drift profile, so the
-expected flag rate (``expected_flag_rate`` in the evidence) counts them.
+rule, not a figure fitted to any stream; every other trimmed image stays in the drift profile
+(beside the held-out half of the kept ones), so the expected flag rate (``expected_flag_rate``
+in the evidence) counts outliers at the rate the window had them.
 
 Example:
     >>> import numpy as np
@@ -26,8 +27,8 @@ Example:
     >>> plan = plan_calibration(features, rng.normal(size=80), "bb@1", target_fpr=0.1, vote_k=2)
     >>> sorted(plan.thresholds), len(plan.reference), plan.trimmed
     (['energy', 'knn', 'mahalanobis'], 77, (0, 1, 2))
-    >>> plan.profile.size  # held out: the 39 calibration rows kept, plus the 3 trimmed
-    42
+    >>> plan.profile.size  # held out: the 39 calibration rows kept, plus 2 of the 3 trimmed
+    41
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def plan_calibration(
     ensemble = OODEnsemble.fit(reference)
     thresholds = ensemble.thresholds_for_fpr(target_fpr, vote_k)
     fit_rows, cal_rows = split_reference(len(reference), 0.5)
-    # Held out: the calibration part of the kept rows, plus the trimmed rows.
-    held = np.concatenate([keep[cal_rows], np.asarray(trimmed, dtype=np.intp)])
+    # Held out: the calibration part of the kept rows, plus every other trimmed row, so that
+    # outliers are as frequent in the profile as in the window (and in the stream).
+    held = np.concatenate([keep[cal_rows], np.asarray(trimmed[::2], dtype=np.intp)])
     calibrated = ensemble.calibrate(ensemble.raw_scores(x[held], e[held]))
     matrix = np.column_stack([calibrated[name] for name in ensemble.DETECTORS])
     profile = build_profile(

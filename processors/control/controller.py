@@ -9,15 +9,17 @@ writes the state back. What each input drives (DESIGN §5):
 - every score with an embedding → its lane's ring (dedupe by image id);
 - a lane without a calibration, once its ring holds ``reference_size`` images → the first
   ``calibration.updated`` (reference from those images, trimmed, with a drift profile);
-- a served score of the lane's current calibration → the drift window; every ``drift_window``
-  of them are judged against the profile (:func:`~processors.control.drift.judge_window`) and
-  ``consecutive`` disagreeing windows → ``drift.detected`` → ``calibration.updated`` caused by
-  it, from the images since the change began (:func:`~processors.control.drift.change_point`
-  over the recent images' feature projections and scores: the windows that raised the alarm,
-  without the pre-drift images before them, which would otherwise stay in every reference of
-  the new epoch), as soon as ``reference_size`` of them exist;
-- a lane whose calibration window can double (up to ``reference_max_size``) while its windows
-  agree → a refining ``calibration.updated`` on the larger window (calibration noise halves);
+- a served score of the lane's current calibration → the drift window; every ``drift_step``
+  scores the last ``drift_window`` are judged against the profile
+  (:func:`~processors.control.drift.judge_window`) and ``consecutive`` disjoint disagreeing
+  windows → ``drift.detected`` → ``calibration.updated`` caused by it, from the images since
+  the change began (:func:`~processors.control.drift.change_point` over the epoch's feature
+  projections and scores: the windows that raised the alarm, without the pre-drift images
+  before them, which would otherwise stay in every reference of the new epoch), as soon as
+  ``drift_min_reference`` of them exist (recovery does not wait for a full window);
+- a lane whose calibration window can grow by half (up to ``reference_max_size``) while its
+  windows agree → a refining ``calibration.updated`` on the larger window: 128, 192, 288, ...
+  images (a young or post-drift calibration is noisy; each refinement narrows it);
 - production scores: threshold decay (``threshold.decayed`` every ``decay.every`` images),
   source rebalancing (``source.weights_set``) and error back-off (``source.paused``); dead
   letters count as errors for back-off and health;
@@ -71,7 +73,9 @@ class Ring(Protocol):
 
     def get(self, source: str, model: str, seq: int, capacity: int) -> RingEntry | None: ...
 
-    def contains(self, source: str, model: str, image_id: str, capacity: int) -> bool: ...
+    def seq_of(self, source: str, model: str, image_id: str, capacity: int) -> int | None:
+        """The seq of ``image_id``'s entry in the lane's ring, or None."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class ControllerConfig:
     vote_k: int = 2
     max_trim: float = 0.1
     drift_window: int = 64
+    drift_min_reference: int = 64
     drift_step: int = 16
     drift_consecutive: int = 2
     drift_tests: DriftTests = field(default_factory=DriftTests)
@@ -109,6 +114,7 @@ class ControllerConfig:
             vote_k=s.vote_k,
             max_trim=s.calibration_max_trim,
             drift_window=s.drift_window,
+            drift_min_reference=s.drift_min_reference,
             drift_step=s.drift_step,
             drift_consecutive=s.drift_consecutive,
             drift_tests=DriftTests(
@@ -174,6 +180,8 @@ def _event(
 class Controller:
     """See the module docstring. ``load_profile`` reads a stored profile by artifact id."""
 
+    REFINE_GROWTH = 1.5  # each refinement's window over the last one's
+
     def __init__(
         self, config: ControllerConfig, ring: Ring, load_profile: Callable[[str], DriftProfile]
     ) -> None:
@@ -212,7 +220,7 @@ class Controller:
             emits.append(self._calibrate(lane, start, "operator", [request], at))
             return emits
         if lane.pending_from is not None:  # a drift waits for enough post-change images
-            if lane.seq - lane.pending_from >= cfg.reference_size:
+            if lane.seq - lane.pending_from >= cfg.drift_min_reference:
                 cause = [lane.pending_cause] if lane.pending_cause else []
                 emits.append(self._calibrate(lane, lane.pending_from, "drift", cause, at))
             return emits
@@ -275,8 +283,8 @@ class Controller:
                         "pipeline",
                         {"reason": "probation after health pause"},
                         at=now,
-                        parts=(pause.event_id,),
-                        caused_by=[pause.event_id],
+                        parts=(held.event_id,),
+                        caused_by=[held.event_id],
                     )
                 )
             )
@@ -285,8 +293,13 @@ class Controller:
     # -- the ring and calibrations -----------------------------------------------------------
     def _add_to_ring(self, lane: LaneState, score: ScoreRecord, served: bool) -> bool:
         row = score_row(score)
+        if row is None:
+            return False
         capacity = self.config.ring_capacity
-        if row is None or self.ring.contains(lane.source, lane.model, score["image_id"], capacity):
+        known = self.ring.seq_of(lane.source, lane.model, score["image_id"], capacity)
+        # An entry at or past the head's seq was written by a run that crashed before it saved
+        # the head: this record is being replayed, not re-scored. Below it: a duplicate image.
+        if known is not None and known < lane.seq:
             return False
         features, energy = row
         entry = RingEntry(
@@ -386,7 +399,7 @@ class Controller:
         if lane.window >= cfg.drift_step and lane.served >= cfg.drift_window:
             return self._judge(lane, hysteresis, at)
         # Refine: the epoch's data can fill a reference twice as large, and nothing disagrees.
-        rows = lane.reference_rows * 2
+        rows = int(lane.reference_rows * self.REFINE_GROWTH)
         grown = rows <= cfg.reference_max_size and lane.seq - lane.epoch_start >= rows
         if grown and hysteresis.streak == 0:
             return [self._calibrate(lane, lane.seq - rows, "refine", [], at)]
@@ -441,22 +454,26 @@ class Controller:
         lane.pending_from = self._change_start(lane, profile)
         lane.pending_cause = drift_event["event_id"]
         emits = [Emit(drift_event)]
-        if lane.seq - lane.pending_from >= cfg.reference_size:
+        if lane.seq - lane.pending_from >= cfg.drift_min_reference:
             emits.append(
                 self._calibrate(lane, lane.pending_from, "drift", [lane.pending_cause], at)
             )
         return emits
 
     def _change_start(self, lane: LaneState, profile: DriftProfile) -> int:
-        """The seq where the drift most likely began, among the recent images of the epoch."""
+        """The seq where the drift most likely began, over the whole calibration epoch.
+
+        The epoch (from the calibration's reference on, at most the ring) gives the search the
+        pre-drift context; a subtle drift may be confirmed long after it began.
+        """
         cfg = self.config
-        span = (cfg.drift_consecutive + 1) * cfg.drift_window
-        recent = self._entries(lane, max(lane.seq - span, lane.epoch_start, 0))
+        recent = self._entries(lane, max(lane.seq - cfg.ring_capacity, lane.epoch_start, 0))
+        # Scores count only under the current calibration (the reference images were scored
+        # uncalibrated, at 0): elsewhere they take the profile's mean, adding no step.
+        typical = float(profile.scores.mean())
+        scores = [e.score if e.calibration_id == lane.calibration_id else typical for e in recent]
         values = np.column_stack(
-            [
-                profile.project(np.stack([e.feature_array() for e in recent])),
-                np.array([e.score for e in recent]),
-            ]
+            [profile.project(np.stack([e.feature_array() for e in recent])), np.array(scores)]
         )
         scale = np.append(profile.projections.std(axis=0), profile.scores.std())
         return recent[change_point(values, scale, min_size=cfg.drift_window // 4)].seq
@@ -475,7 +492,7 @@ class Controller:
         def rate(t: float) -> float:
             return profile.flag_rate(dict.fromkeys(DETECTORS, t))
 
-        value = policy.bounded(value, base, rate)
+        value = round(policy.bounded(value, base, rate), 4)
         if abs(value - current) < policy.min_step:
             return []
         lane.policy["decayed"] = value
@@ -531,7 +548,7 @@ class Controller:
         src.errors += int(error)
         if src.items >= cfg.rebalance.every:
             weight = cfg.rebalance.weight(src.flagged, src.errors, src.items)
-            if cfg.rebalance.due(weight, src.weight):
+            if cfg.rebalance.due(weight, src.weight, src.items):
                 emits.append(
                     Emit(
                         _event(

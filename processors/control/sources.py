@@ -1,12 +1,15 @@
 """Source policies: rebalancing weights and error back-off (DESIGN §5). Pure, no clock.
 
-- :class:`Rebalance`: every ``every`` items of a source, its weight is ``flag rate * (1 - error
-  rate)`` over that window; a ``source.weights_set`` is due when it is the source's first, or
-  when the weight moved by more than ``min_change`` (relative, default 0.25) and by more than
-  ``min_delta`` (absolute, default 0.005) from the one in force. Ingest turns the weights of the
-  active sources into shares with a floor (:func:`processors.core.allocation.allocate`), so no
-  source starves. Each event carries one source's weight: it depends on that source's stream
-  only, so the decision is deterministic however the sources interleave.
+- :class:`Rebalance`: every ``every`` items (default 512) of a source, its weight is ``flag rate *
+  (1 - error rate)`` over that window; a ``source.weights_set`` is due when it is the source's
+  first, or when the weight moved from the one in force by more than ``min_change`` (relative,
+  default 0.25), more than ``min_delta`` (absolute, default 0.005) *and* more than
+  ``noise`` (default 3) binomial standard errors of the window's flag rate: at 5 % flags over 512
+  images one standard error is already 19 % of the rate, so a weight that moves less than that
+  is sampling noise, not news. Ingest turns the weights of the active sources into shares with
+  a floor (:func:`processors.core.allocation.allocate`), so no source starves. Each event
+  carries one source's weight: it depends on that source's stream only, so the decision is
+  deterministic however the sources interleave.
 - :class:`ErrorBackoff`: a source whose dead-letter rate over its window passes
   ``max_error_rate`` (default 0.2, with at least ``min_items`` items) is paused for ``base_s``
   seconds (default 30), doubling with each consecutive pause up to ``max_s`` (default 3600).
@@ -17,7 +20,8 @@
 Example:
     >>> Rebalance().weight(flagged=6, errors=20, items=120)
     0.05
-    >>> Rebalance().due(0.05, None), Rebalance().due(0.052, 0.05), Rebalance().due(0.09, 0.05)
+    >>> policy = Rebalance()
+    >>> policy.due(0.05, None, 512), policy.due(0.065, 0.05, 512), policy.due(0.12, 0.05, 512)
     (True, False, True)
     >>> backoff = ErrorBackoff()
     >>> backoff.pause_for(errors=30, items=100, pauses=0), backoff.pause_for(40, 100, pauses=1)
@@ -35,13 +39,14 @@ __all__ = ["ErrorBackoff", "Rebalance"]
 
 @dataclass(frozen=True)
 class Rebalance:
-    every: int = 256
+    every: int = 512
     min_change: float = 0.25
     min_delta: float = 0.005
+    noise: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.min_change < 0 or self.min_delta < 0:
-            raise ValueError("every must be >= 1; min_change and min_delta >= 0")
+        if self.every < 1 or self.min_change < 0 or self.min_delta < 0 or self.noise < 0:
+            raise ValueError("every must be >= 1; min_change, min_delta and noise >= 0")
 
     @staticmethod
     def weight(flagged: int, errors: int, items: int) -> float:
@@ -53,14 +58,21 @@ class Rebalance:
             return 0.0
         scored = items - errors
         flag_rate = flagged / scored if scored > 0 else 0.0
-        return round(flag_rate * (1.0 - errors / items), 6)
+        return round(flag_rate * (1.0 - errors / items), 4)
 
-    def due(self, weight: float, current: float | None) -> bool:
-        """Whether ``weight`` should be published, given the one in force (None: never set)."""
+    def due(self, weight: float, current: float | None, items: int) -> bool:
+        """Whether ``weight`` (over ``items``) should be published, given the one in force
+        (None: never set)."""
         if current is None:
             return True
         delta = abs(weight - current)
-        return delta > self.min_delta and delta > self.min_change * max(current, 1e-12)
+        p = min(max(current, 1.0 / max(items, 1)), 1.0)
+        standard_error = (p * (1.0 - p) / max(items, 1)) ** 0.5
+        return (
+            delta > self.min_delta
+            and delta > self.min_change * max(current, 1e-12)
+            and delta > self.noise * standard_error
+        )
 
 
 @dataclass(frozen=True)

@@ -200,5 +200,5 @@ class MemoryRing:
         entry = self.slots.get((source, model, seq % capacity))
         return entry if entry is not None and entry.seq == seq else None
 
-    def contains(self, source: str, model: str, image_id: str, capacity: int) -> bool:
-        return image_id in self._ids.get((source, model), {})
+    def seq_of(self, source: str, model: str, image_id: str, capacity: int) -> int | None:
+        return self._ids.get((source, model), {}).get(image_id)

@@ -47,12 +47,12 @@ class Verdict:
 class EnsembleCache:
     """OOD ensembles refit from calibration artifacts, one per artifact id, kept for reuse.
 
-    Bounded: at most ``capacity`` ensembles (default 16; each holds a d x d whitening matrix,
-    13 MB at d = 1280), least recently used first out. A pipeline that recalibrates for days
-    uses only the calibrations in force, a few per source and model.
+    Bounded: at most ``capacity`` ensembles (default 8; one of a 1,024-image reference holds
+    about 8 MB at d = 1280), least recently used first out. A pipeline that recalibrates for
+    days uses only the calibrations in force, one or two per source and model.
     """
 
-    def __init__(self, store: ArtifactStore, capacity: int = 16) -> None:
+    def __init__(self, store: ArtifactStore, capacity: int = 8) -> None:
         self.store = store
         self.capacity = capacity
         self._ensembles: OrderedDict[str, OODEnsemble] = OrderedDict()

@@ -56,7 +56,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
 
     scores_topic, dlq_topic = topic("scores"), topic("images.dlq")
     table = app.Table("controller", partitions=partitions, key_type=str, value_type=bytes)
-    windows = app.Table("lane_windows", partitions=partitions, key_type=str, value_type=dict)
+    windows = app.Table("lane_windows", partitions=partitions, key_type=str, value_type=bytes)
     service = ControlService(settings, bootstrap, progress, table, windows)
     service.start()  # replays control.events before the agents see their first record
 

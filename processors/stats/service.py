@@ -15,12 +15,13 @@ it guarantees, in this order:
 
 A crash between 3 and 4 replays the record; it makes the same decisions with the same ids,
 which step 3 recognises, so no event is emitted twice and none is lost. The lane statistics
-of closed tumbling windows (``stats_window_s``) go to a second table, ``lane_windows``, a
-bounded number per lane.
+of closed tumbling windows (``stats_window_s``) go to a second table, ``lane_windows`` (JSON
+bytes per ``<source>|<model>|<window start>``), a bounded number per lane.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import MutableMapping
@@ -206,7 +207,7 @@ class ControlService:
             return
         if lane.stats.scored:
             key = f"{src.source}|{lane.model}|{lane.stats.start}"
-            self.windows[key] = asdict(lane.stats)
+            self.windows[key] = json.dumps(asdict(lane.stats), sort_keys=True).encode()
             FLAG_RATE.labels(src.source, lane.model).set(lane.stats.flagged / lane.stats.scored)
             lane.windows = [*lane.windows, lane.stats.start]
             while len(lane.windows) > WINDOWS_KEPT:

@@ -70,8 +70,8 @@ class TableRing:
         entry = RingEntry.from_bytes(raw)
         return entry if entry.seq == seq else None
 
-    def contains(self, source: str, model: str, image_id: str, capacity: int) -> bool:
-        return image_id in self._index(source, model, capacity)
+    def seq_of(self, source: str, model: str, image_id: str, capacity: int) -> int | None:
+        return self._index(source, model, capacity).get(image_id)
 
 
 def load_head(table: MutableMapping[str, Any], source: str) -> SourceState:

@@ -116,7 +116,9 @@ def test_rebalance_weight_and_cadence() -> None:
     assert policy.weight(flagged=10, errors=0, items=100) == 0.1
     assert policy.weight(flagged=0, errors=0, items=100) == 0.0
     assert policy.weight(flagged=5, errors=100, items=100) == 0.0  # nothing scored at all
-    assert policy.due(0.1, None) and not policy.due(0.104, 0.1) and policy.due(0.2, 0.1)
+    assert policy.due(0.1, None, 100) and not policy.due(0.104, 0.1, 100)
+    assert not policy.due(0.15, 0.1, 100)  # +50 %, but within 3 standard errors of 100 images
+    assert policy.due(0.2, 0.1, 100) and policy.due(0.15, 0.1, 2000)
 
 
 def test_error_backoff_doubles_and_caps() -> None:

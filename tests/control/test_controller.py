@@ -1,0 +1,201 @@
+"""The controller on whole streams: real scoring decisions (decide + OODEnsemble) in the loop.
+
+Streams are synthetic feature vectors (64-d, gamma-distributed like post-ReLU features) so the
+tests run in seconds; the drift and the anomalies are known, and nothing is tuned to them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processors.control.controller import ISSUER, Controller, ControllerConfig
+from processors.control.health import HealthPolicy
+from processors.control.profile import load_profile
+from processors.control.sources import ErrorBackoff
+from processors.control.state import MemoryRing, SourceState
+from processors.core.artifacts import ArtifactStore
+from processors.core.control import ControlState, new_event, replay
+from processors.core.records import ControlEventRecord, DeadLetter, ScoreRecord
+from processors.stats.tables import TableRing
+from tools.bench.policy_sim import StreamFeatures
+from tools.bench.policy_sim import replay as simulate
+
+D = 64
+
+
+def stream(n: int, seed: int, shift_at: int | None = None, shift: float = 1.5) -> StreamFeatures:
+    rng = np.random.default_rng(seed)
+    features = rng.gamma(2.0, 1.0, size=(n, D)).astype(np.float32)
+    segments = ["baseline"] * n
+    if shift_at is not None:
+        features[shift_at:, : D // 4] += shift
+        segments[shift_at:] = ["shifted"] * (n - shift_at)
+    return StreamFeatures(features, rng.normal(-8.0, 0.5, n), np.zeros(n, bool), segments)
+
+
+def events_of(result: object) -> list[tuple[object, ...]]:
+    return [
+        (e["event_id"], e["type"], e["subject"], e["at"], tuple(e["caused_by"]), e["evidence"])
+        for e in result.events  # type: ignore[attr-defined]
+    ]
+
+
+def test_the_same_scores_give_the_same_events_ids_included() -> None:
+    s = stream(1500, seed=1, shift_at=800)
+    first = simulate(s, ControllerConfig())
+    second = simulate(s, ControllerConfig())
+    assert events_of(first) == events_of(second)
+    assert any(e["type"] == "drift.detected" for e in first.events)
+    # and the decisions the scorer made under them are the same too
+    assert (first.flagged == second.flagged).all()
+
+
+def test_a_controller_restarted_from_its_persisted_state_continues_identically(
+    tmp_path: Path,
+) -> None:
+    s = stream(1400, seed=2, shift_at=700)
+    store = ArtifactStore(tmp_path / "artifacts")
+    whole = simulate(s, ControllerConfig(), keep_records=True, store=store)
+    records = whole.records
+    config = ControllerConfig()
+    state = ControlState.initial()
+
+    def run(
+        controller: Controller, head: SourceState, part: list[ScoreRecord]
+    ) -> list[ControlEventRecord]:
+        out = []
+        for record in part:
+            out += [emit.event for emit in controller.on_score(head, record, state)]
+        return out
+
+    table: dict[str, bytes] = {}  # what the Faust table holds
+    first = Controller(config, TableRing(table), lambda i: load_profile(store, i))
+    head = SourceState(records[0]["source"])
+    cut = 900
+    emitted = run(first, head, records[:cut])
+    # a new process: the head from its bytes, the ring from the table, no cache
+    restarted = Controller(config, TableRing(dict(table)), lambda i: load_profile(store, i))
+    emitted += run(restarted, SourceState.from_bytes(head.to_bytes()), records[cut:])
+    assert [e["event_id"] for e in emitted] == [e["event_id"] for e in whole.events]
+
+
+def test_drift_recalibrates_from_post_drift_images_and_says_why() -> None:
+    onset = 1000
+    s = stream(1800, seed=3, shift_at=onset)
+    result = simulate(s, ControllerConfig())
+    drifts = [
+        (e, at)
+        for e, at in zip(result.events, result.event_at, strict=True)
+        if e["type"] == "drift.detected"
+    ]
+    assert len(drifts) == 1
+    drift, at = drifts[0]
+    assert onset + 64 < at <= onset + 320  # at least two disjoint windows of 64 disagree
+    assert drift["evidence"]["ks_p"] < 0.001 or drift["evidence"]["feature_ks_p"] < 0.001
+    assert drift["params"]["reason"]
+    recalibration = next(
+        e
+        for e in result.events
+        if e["type"] == "calibration.updated" and drift["event_id"] in e["caused_by"]
+    )
+    assert recalibration["params"]["reason"] == "drift"
+    reference_from = int(recalibration["params"]["extra"]["reference_from_seq"])
+    assert onset - 8 <= reference_from <= onset + 16  # the change point, not the windows' start
+    # after the recalibration the flag rate is back near its target
+    served = np.flatnonzero(result.calibrated)
+    late = served[served > at + 200]
+    assert 0.01 <= result.flagged[late].mean() <= 0.12
+
+
+def test_a_stationary_stream_raises_no_drift() -> None:
+    result = simulate(stream(5000, seed=4), ControllerConfig())
+    kinds = [e["type"] for e in result.events]
+    assert "drift.detected" not in kinds
+    reasons = [e["params"]["reason"] for e in result.events if e["type"] == "calibration.updated"]
+    # 128 → 192 → 288 → 432 → 648 → 972 images, then no more (reference_max_size 1024)
+    assert reasons == ["initial"] + ["refine"] * 5
+
+
+def test_static_and_astrolens_policies_never_recalibrate() -> None:
+    s = stream(1200, seed=5, shift_at=600)
+    for policy in ("static", "astrolens"):
+        result = simulate(s, ControllerConfig(policy=policy))
+        calibrations = [e for e in result.events if e["type"] == "calibration.updated"]
+        assert len(calibrations) == 1 and "drift.detected" not in [e["type"] for e in result.events]
+    astrolens = simulate(s, ControllerConfig(policy="astrolens"))
+    assert any(e["type"] == "threshold.set" for e in astrolens.events)
+
+
+def _letter(source: str, at: datetime) -> DeadLetter:
+    return DeadLetter(
+        original_topic="images.raw",
+        partition=0,
+        offset=0,
+        key=None,
+        raw=b"",
+        at=at,
+        error_class="BadImageError",
+        message="bad",
+        processor="score",
+        source=source,
+    )
+
+
+def test_error_backoff_pauses_a_source_and_lifts_only_its_own_pause() -> None:
+    config = ControllerConfig(backoff=ErrorBackoff(base_s=30.0), backoff_window=20)
+    controller = Controller(config, MemoryRing(), lambda i: pytest.fail("no profile needed"))
+    head, state = SourceState("sky"), ControlState.initial()
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    emits = []
+    for i in range(20):
+        emits += controller.on_dead_letter(head, _letter("sky", t0 + timedelta(seconds=i)), state)
+    pauses = [e.event for e in emits if e.event["type"] == "source.paused"]
+    assert len(pauses) == 1 and pauses[0]["evidence"]["error_rate"] == 1.0
+    assert pauses[0]["params"]["until"] == t0 + timedelta(seconds=19 + 30)
+    state = replay(enumerate([pauses[0]]))
+    assert controller.on_tick(t0 + timedelta(seconds=30), state) == []  # still backing off
+    resumed = controller.on_tick(t0 + timedelta(seconds=50), state)
+    assert [e.event["type"] for e in resumed] == ["source.resumed"]
+    assert resumed[0].event["caused_by"] == [pauses[0]["event_id"]]
+    # an operator's pause is never lifted by the controller
+    operator = new_event("source.paused", "sky", "operator:ann", {"reason": "maintenance"})
+    assert controller.on_tick(t0 + timedelta(days=1), replay(enumerate([operator]))) == []
+    assert head.pauses == 1  # the next pause would back off twice as long
+
+
+def test_health_pauses_the_pipeline_on_sustained_latency_and_resumes_on_probation() -> None:
+    config = ControllerConfig(health=HealthPolicy(window=10, consecutive=2, max_latency_p99_ms=50))
+    records = simulate(stream(300, seed=6), ControllerConfig(), keep_records=True).records
+    controller = Controller(config, MemoryRing(), lambda i: pytest.fail("no profile needed"))
+    head, state = SourceState("sim"), ControlState.initial()
+    emits = []
+    for record in records[:20]:
+        emits += controller.on_score(head, {**record, "latency_ms": 400.0}, state)
+    paused = [e.event for e in emits if e.event["type"] == "pipeline.paused"]
+    assert len(paused) == 1 and paused[0]["evidence"]["latency_p99_ms"] == 400.0
+    assert paused[0]["issued_by"] == ISSUER
+    state = replay(enumerate([paused[0]]))
+    until = paused[0]["params"]["until"]
+    assert [e.event["type"] for e in controller.on_tick(until, state)] == ["pipeline.resumed"]
+
+
+def test_an_operator_request_recalibrates_the_source_from_its_latest_images() -> None:
+    s = stream(700, seed=7)
+    whole = simulate(s, ControllerConfig(), keep_records=True)
+    request = new_event("calibration.requested", "sim", "operator:ann", {"reason": "new optics"})
+    controller = Controller(ControllerConfig(), MemoryRing(), lambda i: pytest.fail("unused"))
+    head, state = SourceState("sim"), ControlState.initial()
+    emitted: list[ControlEventRecord] = []
+    for i, record in enumerate(whole.records):
+        if i == 500:
+            state = state.apply(request, 0)
+        for emit in controller.on_score(head, record, state):
+            emitted.append(emit.event)
+            state = state.apply(emit.event, state.offset + 1)
+    answer = [e for e in emitted if request["event_id"] in e["caused_by"]]
+    assert len(answer) == 1 and answer[0]["params"]["reason"] == "operator"
+    assert state.calibration_requests == {}  # the fold saw the request answered

@@ -1,0 +1,181 @@
+"""Soak: ``skyloop run --duration`` on an endless stream with a drift every few thousand images.
+
+Usage (from the repository root)::
+
+    python tools/bench/soak.py --duration 30m            # the figure in BENCHMARKS.md
+    python tools/bench/soak.py --duration 3m --every 15  # a quick look
+
+Runs the real ``skyloop run`` (every processor a process, the embedded broker) on synthetic
+difference cutouts whose condition cycles baseline → noisy (the detector goes blind) →
+baseline (a flood) → crowded (a flood) every ``--segment`` images, endlessly. Every ``--every``
+seconds it samples each process's resident memory (``/proc/<pid>/status`` VmRSS) and the images
+scored so far (the sink's progress file). At the end it reports, per process, RSS after
+warm-up (the first ``--warmup`` fraction of the samples is left out) as first / last / max and
+the drift of a least-squares line through it over the run, in percent; throughput per sample
+interval (first and second half of the run); and, from ClickHouse, each drift onset with the
+first ``drift.detected`` after it and the first recalibration caused by it (``never`` when
+none came before the next onset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np
+
+from processors.core.clickhouse import connect
+from processors.core.progress import read_progress
+
+__all__ = ["main"]
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Direct children of ``pid``: {pid: short name}."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            words = [c.decode(errors="replace") for c in cmd if c]
+            name = words[words.index("worker") + 1] if "worker" in words else Path(words[0]).name
+            out[int(entry.name)] = name
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def _trend_pct(values: list[float]) -> float:
+    """Change over the run of a least-squares line through ``values``, in % of its mean."""
+    y = np.asarray(values, dtype=float)
+    if y.size < 3 or y.mean() == 0:
+        return 0.0
+    slope = np.polyfit(np.arange(y.size), y, 1)[0]
+    return float(100.0 * slope * (y.size - 1) / y.mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", default="30m")
+    parser.add_argument("--segment", type=int, default=3000, help="images per condition")
+    parser.add_argument("--every", type=float, default=30.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, default=0.2, help="share of samples left out")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    data = args.data_dir or Path(tempfile.mkdtemp(prefix="skyloop-soak-"))
+    seg = args.segment
+    source = (
+        f"synthetic?kind=difference&anomaly_rate=0.02&drifts={seg}:noisy,{2 * seg}:baseline,"
+        f"{3 * seg}:crowded&cycle={4 * seg}"
+    )
+    cmd = [sys.executable, "-m", "processors.cli", "run", "--duration", args.duration,
+           "--source", source, "--data-dir", str(data)]
+    print(f"soak: {' '.join(cmd[2:])}", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = open(data / "soak-run.log", "w") if data.exists() else None  # noqa: SIM115
+    if log is None:
+        data.mkdir(parents=True)
+        log = open(data / "soak-run.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    samples: list[tuple[float, dict[str, float], int]] = []
+    started = time.monotonic()
+    try:
+        while proc.poll() is None:
+            time.sleep(args.every)
+            latest = data / "latest"
+            if not latest.is_file():
+                continue
+            run_dir = Path(latest.read_text().strip())
+            sink = read_progress(run_dir / "progress", "sink")
+            rss = {name: _rss_mb(pid) for pid, name in _children(proc.pid).items()}
+            rss["supervisor"] = _rss_mb(proc.pid)
+            clean = {k: v for k, v in rss.items() if v is not None}
+            samples.append((time.monotonic() - started, clean, int(sink.get("scores", 0))))
+            print(json.dumps({"t": round(samples[-1][0]), "scored": samples[-1][2],
+                              "rss_mb": {k: round(v) for k, v in clean.items()}}), flush=True)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait()
+        log.close()
+    run_dir = Path((data / "latest").read_text().strip())
+    kept = samples[int(len(samples) * args.warmup):]
+    print(f"\nsoak finished in {time.monotonic() - started:.0f}s, exit {proc.returncode}; "
+          f"{len(samples)} samples, {len(kept)} after warm-up; run {run_dir}")
+    print("RSS after warm-up (MB): process  first  last  max  trend")
+    for name in sorted({n for _, rss, _ in kept for n in rss}):
+        series = [rss[name] for _, rss, _ in kept if name in rss]
+        if len(series) >= 2:
+            print(f"  {name:<10} {series[0]:7.0f} {series[-1]:6.0f} {max(series):6.0f} "
+                  f"{_trend_pct(series):+6.1f}%")
+    rates = [
+        (b[2] - a[2]) / (b[0] - a[0]) for a, b in zip(kept, kept[1:], strict=False) if b[0] > a[0]
+    ]
+    if rates:
+        half = len(rates) // 2 or 1
+        print(f"throughput (images/s per interval): first half {np.mean(rates[:half]):.1f}, "
+              f"second half {np.mean(rates[half:]):.1f}, trend {_trend_pct(rates):+.1f}%")
+    client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
+    try:
+        onsets = client.query(
+            "SELECT n, seg FROM (SELECT toUInt64(provenance['n']) AS n, truth_segment AS seg, "
+            "lagInFrame(truth_segment) OVER (ORDER BY toUInt64(provenance['n'])) AS prev "
+            "FROM images FINAL) WHERE prev != '' AND seg != prev ORDER BY n"
+        ).result_rows
+        times = dict(client.query(
+            "SELECT toUInt64(provenance['n']), max(s.scored_at) FROM images AS i FINAL "
+            "JOIN scores AS s FINAL ON s.image_id = i.image_id GROUP BY 1"
+        ).result_rows)
+        events = client.query(
+            "SELECT at, type, event_id, caused_by FROM control_events FINAL "
+            "WHERE type IN ('drift.detected', 'calibration.updated') ORDER BY kafka_offset"
+        ).result_rows
+    finally:
+        client.close()
+    drifts = [(at, eid) for at, kind, eid, _ in events if kind == "drift.detected"]
+    print(f"drift onsets {len(onsets)}, drift.detected {len(drifts)}")
+    corrected = 0
+    for k, (n, seg) in enumerate(onsets):
+        start = times.get(n)
+        end = times.get(onsets[k + 1][0]) if k + 1 < len(onsets) else None
+        if start is None:
+            continue
+        found = [(at, eid) for at, eid in drifts if at >= start and (end is None or at < end)]
+        fix = None
+        if found:
+            fix = next((at for at, kind, _, caused in events
+                        if kind == "calibration.updated" and found[0][1] in caused), None)
+        corrected += fix is not None
+        print(f"  image {n} → {seg}: detected "
+              f"{'never' if not found else f'{(found[0][0] - start).total_seconds():.1f}s later'}"
+              f", recalibrated {'never' if fix is None else f'{(fix - start).total_seconds():.1f}s later'}")
+    print(f"corrected {corrected} of {len(onsets)} drifts")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
