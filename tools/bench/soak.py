@@ -32,6 +32,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import itertools
+
 import numpy as np
 
 from processors.core.clickhouse import connect
@@ -92,8 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         f"synthetic?kind=difference&anomaly_rate=0.02&drifts={seg}:noisy,{2 * seg}:baseline,"
         f"{3 * seg}:crowded&cycle={4 * seg}"
     )
-    cmd = [sys.executable, "-m", "processors.cli", "run", "--duration", args.duration,
-           "--source", source, "--data-dir", str(data)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "processors.cli",
+        "run",
+        "--duration",
+        args.duration,
+        "--source",
+        source,
+        "--data-dir",
+        str(data),
+    ]
     print(f"soak: {' '.join(cmd[2:])}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = open(data / "soak-run.log", "w") if data.exists() else None  # noqa: SIM115
@@ -115,30 +127,42 @@ def main(argv: list[str] | None = None) -> int:
             rss["supervisor"] = _rss_mb(proc.pid)
             clean = {k: v for k, v in rss.items() if v is not None}
             samples.append((time.monotonic() - started, clean, int(sink.get("scores", 0))))
-            print(json.dumps({"t": round(samples[-1][0]), "scored": samples[-1][2],
-                              "rss_mb": {k: round(v) for k, v in clean.items()}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "t": round(samples[-1][0]),
+                        "scored": samples[-1][2],
+                        "rss_mb": {k: round(v) for k, v in clean.items()},
+                    }
+                ),
+                flush=True,
+            )
     finally:
         if proc.poll() is None:
             proc.terminate()
         proc.wait()
         log.close()
     run_dir = Path((data / "latest").read_text().strip())
-    kept = samples[int(len(samples) * args.warmup):]
-    print(f"\nsoak finished in {time.monotonic() - started:.0f}s, exit {proc.returncode}; "
-          f"{len(samples)} samples, {len(kept)} after warm-up; run {run_dir}")
+    kept = samples[int(len(samples) * args.warmup) :]
+    print(
+        f"\nsoak finished in {time.monotonic() - started:.0f}s, exit {proc.returncode}; "
+        f"{len(samples)} samples, {len(kept)} after warm-up; run {run_dir}"
+    )
     print("RSS after warm-up (MB): process  first  last  max  trend")
     for name in sorted({n for _, rss, _ in kept for n in rss}):
         series = [rss[name] for _, rss, _ in kept if name in rss]
         if len(series) >= 2:
-            print(f"  {name:<10} {series[0]:7.0f} {series[-1]:6.0f} {max(series):6.0f} "
-                  f"{_trend_pct(series):+6.1f}%")
-    rates = [
-        (b[2] - a[2]) / (b[0] - a[0]) for a, b in zip(kept, kept[1:], strict=False) if b[0] > a[0]
-    ]
+            print(
+                f"  {name:<10} {series[0]:7.0f} {series[-1]:6.0f} {max(series):6.0f} "
+                f"{_trend_pct(series):+6.1f}%"
+            )
+    rates = [(b[2] - a[2]) / (b[0] - a[0]) for a, b in itertools.pairwise(kept) if b[0] > a[0]]
     if rates:
         half = len(rates) // 2 or 1
-        print(f"throughput (images/s per interval): first half {np.mean(rates[:half]):.1f}, "
-              f"second half {np.mean(rates[half:]):.1f}, trend {_trend_pct(rates):+.1f}%")
+        print(
+            f"throughput (images/s per interval): first half {np.mean(rates[:half]):.1f}, "
+            f"second half {np.mean(rates[half:]):.1f}, trend {_trend_pct(rates):+.1f}%"
+        )
     client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
     try:
         onsets = client.query(
@@ -146,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             "lagInFrame(truth_segment) OVER (ORDER BY toUInt64(provenance['n'])) AS prev "
             "FROM images FINAL) WHERE prev != '' AND seg != prev ORDER BY n"
         ).result_rows
-        times = dict(client.query(
-            "SELECT toUInt64(provenance['n']), max(s.scored_at) FROM images AS i FINAL "
-            "JOIN scores AS s FINAL ON s.image_id = i.image_id GROUP BY 1"
-        ).result_rows)
+        times = dict(
+            client.query(
+                "SELECT toUInt64(provenance['n']), max(s.scored_at) FROM images AS i FINAL "
+                "JOIN scores AS s FINAL ON s.image_id = i.image_id GROUP BY 1"
+            ).result_rows
+        )
         events = client.query(
             "SELECT at, type, event_id, caused_by FROM control_events FINAL "
             "WHERE type IN ('drift.detected', 'calibration.updated') ORDER BY kafka_offset"
@@ -167,12 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         found = [(at, eid) for at, eid in drifts if at >= start and (end is None or at < end)]
         fix = None
         if found:
-            fix = next((at for at, kind, _, caused in events
-                        if kind == "calibration.updated" and found[0][1] in caused), None)
+            fix = next(
+                (
+                    at
+                    for at, kind, _, caused in events
+                    if kind == "calibration.updated" and found[0][1] in caused
+                ),
+                None,
+            )
         corrected += fix is not None
-        print(f"  image {n} → {seg}: detected "
-              f"{'never' if not found else f'{(found[0][0] - start).total_seconds():.1f}s later'}"
-              f", recalibrated {'never' if fix is None else f'{(fix - start).total_seconds():.1f}s later'}")
+        detected = "never" if not found else f"{(found[0][0] - start).total_seconds():.1f}s later"
+        fixed = "never" if fix is None else f"{(fix - start).total_seconds():.1f}s later"
+        print(f"  image {n} → {seg}: detected {detected}, recalibrated {fixed}")
     print(f"corrected {corrected} of {len(onsets)} drifts")
     return 0
 
