@@ -24,10 +24,14 @@ from processors.core.config import Settings
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS
 from processors.stats.service import ControlService
+from processors.stats.tables import FaustTable
 
 __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
+
+BATCH = 64
+BATCH_WAIT_S = 0.2
 
 
 def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> faust.App:
@@ -57,7 +61,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     scores_topic, dlq_topic = topic("scores"), topic("images.dlq")
     table = app.Table("controller", partitions=partitions, key_type=str, value_type=bytes)
     windows = app.Table("lane_windows", partitions=partitions, key_type=str, value_type=bytes)
-    service = ControlService(settings, bootstrap, progress, table, windows)
+    service = ControlService(settings, bootstrap, progress, FaustTable(table), FaustTable(windows))
     service.start()  # replays control.events before the agents see their first record
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
@@ -69,14 +73,19 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     async def _tick() -> None:
         service.tick()
 
+    def records(events: Any) -> list[tuple[int, int, bytes]]:
+        return [(e.message.partition, e.message.offset, e.value) for e in events]
+
+    # Batches (at most BATCH events, or what came within BATCH_WAIT_S): each source's state
+    # is written once per batch (see processors.stats.service).
     @app.agent(scores_topic)
     async def on_scores(stream: Any) -> None:
-        async for event in stream.events():
-            service.on_score(event.message.partition, event.message.offset, event.value)
+        async for events in stream.take_events(BATCH, within=BATCH_WAIT_S):
+            service.on_scores(records(events))
 
     @app.agent(dlq_topic)
     async def on_dead_letters(stream: Any) -> None:
-        async for event in stream.events():
-            service.on_dead_letter(event.message.partition, event.message.offset, event.value)
+        async for events in stream.take_events(BATCH, within=BATCH_WAIT_S):
+            service.on_dead_letters(records(events))
 
     return app

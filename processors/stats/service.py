@@ -5,16 +5,18 @@ it guarantees, in this order:
 
 1. a record at or below the source's last applied offset for its topic partition is skipped
    (redelivered after a restart: its effects are in the table already);
-2. the pure :class:`~processors.control.controller.Controller` decides (ring entries are
-   written to the table as it goes);
+2. the pure :class:`~processors.control.controller.Controller` decides (ring entries go to
+   the ring's write-back blocks as it goes);
 3. for each event decided: its artifacts are written (content-addressed, idempotent), then
    the event is produced and flushed, unless an event with the same id is already in the log
    (a decision made again after a restart: ids are deterministic) or was emitted by this
    process;
-4. only then the source's head (with the new offset) is written to the table.
+4. at the end of the batch, for each source it touched: the changed ring blocks, then the
+   source's head (with the new offsets), on the source's partition.
 
-A crash between 3 and 4 replays the record; it makes the same decisions with the same ids,
-which step 3 recognises, so no event is emitted twice and none is lost. The lane statistics
+A crash before 4 completes replays the records after the last head on the changelog; they make
+the same decisions with the same ids, which step 3 recognises, so no event is emitted twice and
+none is lost. The lane statistics
 of closed tumbling windows (``stats_window_s``) go to a second table, ``lane_windows`` (JSON
 bytes per ``<source>|<model>|<window start>``), a bounded number per lane.
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import MutableMapping
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -54,7 +56,7 @@ from processors.core.metrics import (
 )
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, DeadLetter, ScoreRecord
-from processors.stats.tables import TableRing, head_key, load_head
+from processors.stats.tables import ChangelogTable, TableRing, head_key, load_head
 
 __all__ = ["ControlService", "dead_letter_source"]
 
@@ -80,8 +82,8 @@ class ControlService:
         settings: Settings,
         bootstrap: str,
         progress: ProgressFile,
-        table: MutableMapping[str, Any],
-        windows: MutableMapping[str, Any],
+        table: ChangelogTable,
+        windows: ChangelogTable,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
@@ -90,9 +92,10 @@ class ControlService:
         self.windows = windows
         self.codec = default_codec()
         self.store = ArtifactStore(settings.artifacts_dir)
+        self.ring = TableRing(table)
         self.controller = Controller(
             ControllerConfig.from_settings(settings),
-            TableRing(table),
+            self.ring,
             lambda profile_id: load_profile(self.store, profile_id),
         )
         self.follower: ControlFollower | None = None
@@ -123,43 +126,66 @@ class ControlService:
         return self._heads[source]
 
     # -- records -----------------------------------------------------------------------------
-    def on_score(self, partition: int, offset: int, value: bytes) -> None:
-        self.progress.add("consumed")
-        try:
-            score: ScoreRecord = self.codec.decode(value, "skyloop.ScoreRecord")  # type: ignore[assignment]
-        except CodecError as exc:
-            log.error("stats: undecodable score at %d/%d skipped: %s", partition, offset, exc)
-            self.progress.add("undecodable")
-            return
-        src = self.head(score["source"])
-        if src.seen("scores", partition, offset):
-            self.progress.add("redelivered")
-            return
-        self._roll_window(src, score)
-        self._emit(self.controller.on_score(src, score, self.control))
-        src.mark("scores", partition, offset)
-        self.table[head_key(src.source)] = src.to_bytes()
-        self.progress.add("applied")
+    def on_scores(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
+        """Fold a batch of ``(partition, offset, value)`` score messages, in order.
+
+        Each touched source's ring blocks and then its head are written once, at the end.
+        """
+        touched: dict[str, int] = {}
+        for partition, offset, value in batch:
+            self.progress.add("consumed")
+            try:
+                score: ScoreRecord = self.codec.decode(value, "skyloop.ScoreRecord")  # type: ignore[assignment]
+            except CodecError as exc:
+                log.error("stats: undecodable score at %d/%d skipped: %s", partition, offset, exc)
+                self.progress.add("undecodable")
+                continue
+            src = self.head(score["source"])
+            if src.seen("scores", partition, offset):
+                self.progress.add("redelivered")
+                continue
+            self._roll_window(src, score, partition)
+            self._emit(self.controller.on_score(src, score, self.control))
+            src.mark("scores", partition, offset)
+            touched[src.source] = partition
+            self.progress.add("applied")
+        self._save(touched)
         self.progress.write()
 
+    def on_score(self, partition: int, offset: int, value: bytes) -> None:
+        self.on_scores([(partition, offset, value)])
+
+    def on_dead_letters(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
+        """Fold a batch of dead letters: errors of their sources and of the pipeline."""
+        touched: dict[str, int] = {}
+        for partition, offset, value in batch:
+            try:
+                letter: DeadLetter = self.codec.decode(value, "skyloop.DeadLetter")  # type: ignore[assignment]
+            except CodecError as exc:
+                log.error("stats: undecodable dead letter at %d/%d: %s", partition, offset, exc)
+                continue
+            self.progress.add("dead_letters")
+            source = dead_letter_source(letter)
+            # Source state lives on the source's partition; elsewhere a letter counts for health.
+            if source is None or partition_for(source, self._partitions) != partition:
+                self._emit(self.controller.on_dead_letter(None, letter, self.control))
+                continue
+            src = self.head(source)
+            if src.seen("images.dlq", partition, offset):
+                continue
+            self._emit(self.controller.on_dead_letter(src, letter, self.control))
+            src.mark("images.dlq", partition, offset)
+            touched[source] = partition
+        self._save(touched)
+
     def on_dead_letter(self, partition: int, offset: int, value: bytes) -> None:
-        try:
-            letter: DeadLetter = self.codec.decode(value, "skyloop.DeadLetter")  # type: ignore[assignment]
-        except CodecError as exc:
-            log.error("stats: undecodable dead letter at %d/%d: %s", partition, offset, exc)
-            return
-        self.progress.add("dead_letters")
-        source = dead_letter_source(letter)
-        # Source state lives on the source's partition; a letter elsewhere counts for health.
-        if source is None or partition_for(source, self._partitions) != partition:
-            self._emit(self.controller.on_dead_letter(None, letter, self.control))
-            return
-        src = self.head(source)
-        if src.seen("images.dlq", partition, offset):
-            return
-        self._emit(self.controller.on_dead_letter(src, letter, self.control))
-        src.mark("images.dlq", partition, offset)
-        self.table[head_key(source)] = src.to_bytes()
+        self.on_dead_letters([(partition, offset, value)])
+
+    def _save(self, touched: dict[str, int]) -> None:
+        """Ring blocks, then the head, of each touched source, on its partition (in order)."""
+        for source, partition in touched.items():
+            self.ring.flush(source, partition)
+            self.table.put(head_key(source), self.head(source).to_bytes(), partition)
 
     def tick(self, now: datetime | None = None) -> None:
         """Timer: lift the controller's expired pauses; refresh the gauges."""
@@ -197,7 +223,7 @@ class ControlService:
                 THRESHOLD.labels(event["subject"], model).set(max(thresholds.values()))
             log.info("controller: %s %s %s", event["type"], event["subject"], event["evidence"])
 
-    def _roll_window(self, src: SourceState, score: ScoreRecord) -> None:
+    def _roll_window(self, src: SourceState, score: ScoreRecord, partition: int) -> None:
         """Close the lane's tumbling stats window when this score starts a new one."""
         size = self.settings.stats_window_s
         at = score["scored_at"].timestamp()
@@ -207,10 +233,12 @@ class ControlService:
             return
         if lane.stats.scored:
             key = f"{src.source}|{lane.model}|{lane.stats.start}"
-            self.windows[key] = json.dumps(asdict(lane.stats), sort_keys=True).encode()
+            self.windows.put(
+                key, json.dumps(asdict(lane.stats), sort_keys=True).encode(), partition
+            )
             FLAG_RATE.labels(src.source, lane.model).set(lane.stats.flagged / lane.stats.scored)
             lane.windows = [*lane.windows, lane.stats.start]
             while len(lane.windows) > WINDOWS_KEPT:
                 old = lane.windows.pop(0)
-                self.windows.pop(f"{src.source}|{lane.model}|{old}", None)
+                self.windows.delete(f"{src.source}|{lane.model}|{old}", partition)
         lane.stats = StatsWindow(start=start)

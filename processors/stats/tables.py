@@ -3,68 +3,167 @@
 One table (``controller``, str keys, raw byte values) holds both kinds of key, so their
 changelog messages share one topic partition per source and keep their order:
 
-- ``source|<source>`` → :meth:`SourceState.to_bytes` (the head, written last for each record);
-- ``ring|<source>|<model>|<slot>`` → :meth:`RingEntry.to_bytes` (one key per ring slot, so a
-  new image rewrites one slot, never a growing value).
+- ``source|<source>`` → :meth:`SourceState.to_bytes` (the head);
+- ``ring|<source>|<model>|<block>`` → a block of :data:`BLOCK` consecutive ring slots (slot =
+  ``seq % capacity``), each a :meth:`RingEntry.to_bytes` or empty.
 
-A head on the changelog therefore implies every ring entry written before it is there too, and
-a restarted worker rebuilds both from the changelog before its agents see a record.
+The service handles records in batches and, for each source it touched, writes the ring blocks
+that changed and then the head (:meth:`TableRing.flush`, then the head), on the source's
+partition. A head on the changelog therefore implies every ring entry it counts is there too,
+and a restarted worker rebuilds both from the changelog before its agents see a record. Writing
+blocks once per batch rather than one slot per record divides the changelog messages (each one a
+produce request on the embedded broker, which needs ``producer_max_batch_size=1``) by about the
+batch size.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from processors.control.state import RingEntry, SourceState
 
-__all__ = ["TableRing", "head_key", "ring_key"]
+__all__ = [
+    "BLOCK",
+    "ChangelogTable",
+    "DictTable",
+    "FaustTable",
+    "TableRing",
+    "head_key",
+    "load_head",
+    "ring_key",
+]
+
+BLOCK = 16
+_LEN = struct.Struct("<I")
 
 
 def head_key(source: str) -> str:
     return f"source|{source}"
 
 
-def ring_key(source: str, model: str, slot: int) -> str:
-    return f"ring|{source}|{model}|{slot}"
+def ring_key(source: str, model: str, block: int) -> str:
+    return f"ring|{source}|{model}|{block}"
+
+
+class ChangelogTable(Protocol):
+    """What the service needs of a table: read a key, write one to a given partition."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes, partition: int) -> None: ...
+
+    def delete(self, key: str, partition: int) -> None: ...
+
+
+class FaustTable:
+    """A Faust table written with an explicit changelog partition.
+
+    ``table[key] = value`` takes the partition of the event being processed; records handled
+    in batches have no single current event, so writes name the partition (the source's, which
+    is the partition of every record that changes its state).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str) -> bytes | None:
+        value = self.table.data.get(key)
+        return None if value is None else bytes(value)
+
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        self.table.data[key] = value
+        self.table.send_changelog(partition, key, value)
+
+    def delete(self, key: str, partition: int) -> None:
+        self.table.data.pop(key, None)
+        self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+class DictTable:
+    """A :class:`ChangelogTable` in a dict (tests, offline replays)."""
+
+    def __init__(self, data: MutableMapping[str, bytes] | None = None) -> None:
+        self.data: MutableMapping[str, bytes] = data if data is not None else {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str, partition: int) -> None:
+        self.data.pop(key, None)
+
+
+def _pack(slots: list[bytes | None]) -> bytes:
+    return b"".join(_LEN.pack(len(s or b"")) + (s or b"") for s in slots)
+
+
+def _unpack(data: bytes) -> list[bytes | None]:
+    slots: list[bytes | None] = []
+    offset = 0
+    while offset < len(data):
+        (size,) = _LEN.unpack_from(data, offset)
+        offset += _LEN.size
+        slots.append(bytes(data[offset : offset + size]) if size else None)
+        offset += size
+    return slots + [None] * (BLOCK - len(slots))
 
 
 class TableRing:
-    """A :class:`~processors.control.controller.Ring` over a Faust table (or any mapping).
+    """A :class:`~processors.control.controller.Ring` over a :class:`ChangelogTable`.
 
-    Keeps an index of the image ids in each lane's ring (built from the table on first use
-    after a restart) so the controller's duplicate check costs a dict lookup.
+    Writes go to an in-memory copy of the touched blocks until :meth:`flush`; reads see them at
+    once. An index of the image ids in each lane's ring (built from the table on first use
+    after a restart) makes the controller's duplicate check a dict lookup.
     """
 
-    def __init__(self, table: MutableMapping[str, Any]) -> None:
+    def __init__(self, table: ChangelogTable) -> None:
         self.table = table
+        self._blocks: dict[tuple[str, str, int], list[bytes | None]] = {}
+        self._dirty: set[tuple[str, str, int]] = set()
         self._ids: dict[tuple[str, str], dict[str, int]] = {}
+
+    def _block(self, source: str, model: str, block: int) -> list[bytes | None]:
+        key = (source, model, block)
+        if key not in self._blocks:
+            raw = self.table.get(ring_key(source, model, block))
+            self._blocks[key] = _unpack(raw) if raw is not None else [None] * BLOCK
+        return self._blocks[key]
+
+    def _slot(self, source: str, model: str, seq: int, capacity: int) -> bytes | None:
+        slot = seq % capacity
+        return self._block(source, model, slot // BLOCK)[slot % BLOCK]
 
     def _index(self, source: str, model: str, capacity: int) -> dict[str, int]:
         ids = self._ids.get((source, model))
         if ids is None:
             ids = {}
-            for slot in range(capacity):
-                raw = self.table.get(ring_key(source, model, slot))
-                if raw is not None:
-                    entry = RingEntry.from_bytes(raw)
-                    ids[entry.image_id] = entry.seq
+            for block in range((capacity + BLOCK - 1) // BLOCK):
+                for raw in self._block(source, model, block):
+                    if raw is not None:
+                        entry = RingEntry.from_bytes(raw)
+                        ids[entry.image_id] = entry.seq
             self._ids[(source, model)] = ids
         return ids
 
     def put(self, source: str, model: str, entry: RingEntry, capacity: int) -> None:
         ids = self._index(source, model, capacity)
-        key = ring_key(source, model, entry.seq % capacity)
-        raw = self.table.get(key)
-        if raw is not None:
-            old = RingEntry.from_bytes(raw)
-            if ids.get(old.image_id) == old.seq:
-                del ids[old.image_id]
-        self.table[key] = entry.to_bytes()
+        slot = entry.seq % capacity
+        block = self._block(source, model, slot // BLOCK)
+        old = block[slot % BLOCK]
+        if old is not None:
+            previous = RingEntry.from_bytes(old)
+            if ids.get(previous.image_id) == previous.seq:
+                del ids[previous.image_id]
+        block[slot % BLOCK] = entry.to_bytes()
+        self._dirty.add((source, model, slot // BLOCK))
         ids[entry.image_id] = entry.seq
 
     def get(self, source: str, model: str, seq: int, capacity: int) -> RingEntry | None:
-        raw = self.table.get(ring_key(source, model, seq % capacity))
+        raw = self._slot(source, model, seq, capacity)
         if raw is None:
             return None
         entry = RingEntry.from_bytes(raw)
@@ -73,7 +172,15 @@ class TableRing:
     def seq_of(self, source: str, model: str, image_id: str, capacity: int) -> int | None:
         return self._index(source, model, capacity).get(image_id)
 
+    def flush(self, source: str, partition: int) -> int:
+        """Write ``source``'s changed blocks to the table; returns how many."""
+        written = sorted(key for key in self._dirty if key[0] == source)
+        for key in written:
+            self.table.put(ring_key(*key), _pack(self._blocks[key]), partition)
+            self._dirty.discard(key)
+        return len(written)
 
-def load_head(table: MutableMapping[str, Any], source: str) -> SourceState:
+
+def load_head(table: ChangelogTable, source: str) -> SourceState:
     raw = table.get(head_key(source))
     return SourceState(source) if raw is None else SourceState.from_bytes(raw)

@@ -20,7 +20,7 @@ from processors.control.state import MemoryRing, SourceState
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState, new_event, replay
 from processors.core.records import ControlEventRecord, DeadLetter, ScoreRecord
-from processors.stats.tables import TableRing
+from processors.stats.tables import DictTable, TableRing
 from tools.bench.policy_sim import StreamFeatures
 from tools.bench.policy_sim import replay as simulate
 
@@ -72,13 +72,17 @@ def test_a_controller_restarted_from_its_persisted_state_continues_identically(
             out += [emit.event for emit in controller.on_score(head, record, state)]
         return out
 
-    table: dict[str, bytes] = {}  # what the Faust table holds
-    first = Controller(config, TableRing(table), lambda i: load_profile(store, i))
+    table = DictTable()  # what the Faust table holds
+    ring = TableRing(table)
+    first = Controller(config, ring, lambda i: load_profile(store, i))
     head = SourceState(records[0]["source"])
     cut = 900
     emitted = run(first, head, records[:cut])
+    ring.flush(head.source, partition=0)  # what the service does at the end of a batch
     # a new process: the head from its bytes, the ring from the table, no cache
-    restarted = Controller(config, TableRing(dict(table)), lambda i: load_profile(store, i))
+    restarted = Controller(
+        config, TableRing(DictTable(dict(table.data))), lambda i: load_profile(store, i)
+    )
     emitted += run(restarted, SourceState.from_bytes(head.to_bytes()), records[cut:])
     assert [e["event_id"] for e in emitted] == [e["event_id"] for e in whole.events]
 
