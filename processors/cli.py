@@ -141,9 +141,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 0
     if name == "stats":
         import faust
+        from threadpoolctl import threadpool_limits
 
         from processors.core.progress import ProgressFile
         from processors.stats.app import build_app
+
+        # The controller's maths (calibrations, drift tests) is small and occasional: one BLAS
+        # thread, so it never spins cores away from the scorer's model (ood_threads' reason).
+        threadpool_limits(limits=settings.ood_threads, user_api="blas")
 
         progress = ProgressFile(progress_dir, "stats")
         app = build_app(settings, bootstrap, progress)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.linalg import eigh
 
 from processors.core.artifacts import ArtifactStore
 from processors.core.exceptions import SkyloopError
@@ -140,15 +141,23 @@ def build_profile(
 
     The components come from the images the ensemble fit on and are evaluated on held-out ones,
     so a live window and the profile are compared on equal terms (projections of the fitted
-    images themselves would overstate their spread along the fitted directions). Deterministic:
-    an SVD of the same matrix gives the same components on the same platform.
+    images themselves would overstate their spread along the fitted directions). The components
+    come from the top eigenvectors of the fit part's Gram matrix (the same as an SVD's, at a
+    fraction of the cost when there are fewer images than features). Deterministic: the same
+    matrix gives the same components on the same platform.
     """
     fit = np.asarray(fit_features, dtype=np.float64)
     mean = fit.mean(axis=0)
+    centred = fit - mean
     k = max(1, min(components, fit.shape[0] - 1, fit.shape[1]))
-    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    basis = vt[:k]
-    # Fix each component's sign (SVD's is arbitrary) so equal inputs give equal bytes.
+    # The top k right singular vectors from the n x n Gram matrix: O(n^2 d), only k eigenpairs.
+    gram = centred @ centred.T
+    n = gram.shape[0]
+    eigenvalues, vectors = eigh(gram, subset_by_index=[n - k, n - 1])
+    order = np.argsort(-eigenvalues, kind="stable")
+    sigma = np.sqrt(np.maximum(eigenvalues[order], 1e-300))
+    basis = (centred.T @ vectors[:, order] / sigma).T
+    # Fix each component's sign (an eigenvector's is arbitrary) so equal inputs give equal bytes.
     signs = np.sign(basis[np.arange(k), np.argmax(np.abs(basis), axis=1)])
     basis = basis * np.where(signs == 0, 1.0, signs)[:, None]
     held = np.asarray(held_out_features, dtype=np.float64)
