@@ -63,6 +63,26 @@ log = logging.getLogger(__name__)
 CONTROL_CATCH_UP_S = 10.0
 
 
+def _finite(out: BackboneOutput, rows: NDArray[np.intp]) -> bool:
+    return bool(np.isfinite(out.features[rows]).all() and np.isfinite(out.logits[rows]).all())
+
+
+def _non_finite_verdict(vote_k: int) -> Verdict:
+    """The verdict of a model whose outputs are not finite: NaN raw scores, never a candidate."""
+    nan = float("nan")
+    return Verdict(
+        detectors=[
+            {"detector": d, "raw": nan, "score": 0.0, "threshold": None, "vote": False}
+            for d in ("mahalanobis", "energy", "knn")
+        ],
+        ensemble_score=0.0,
+        votes_for=0,
+        votes_needed=vote_k,
+        is_candidate=False,
+        calibrated=False,
+    )
+
+
 class ScoreProcessor:
     """See the module docstring. ``backbone`` overrides the configured one (tests, benches)."""
 
@@ -189,6 +209,12 @@ class ScoreProcessor:
                 forward_s = 0.0
             rows = np.asarray(assignment.rows)
             t1 = time.perf_counter()
+            if not is_production and not _finite(out, rows):
+                # a broken shadow/canary: its records say so (NaN), for its gate to see
+                verdicts = [_non_finite_verdict(settings.vote_k)] * len(rows)
+                latency_ms = 1000 * ((shared_s + forward_s) / n)
+                results.append((assignment, bb, out, verdicts, latency_ms))
+                continue
             energy = energy_score(out.logits[rows])
             try:
                 with self.math_threads.limited():
@@ -247,6 +273,8 @@ class ScoreProcessor:
                     embedding=embeddings[j].tobytes(),
                     calibration_id=verdict.calibration_id,
                 )
+                if verdict.is_candidate and assignment.served:
+                    score["image"] = rec  # the detect processor localizes the served candidates
                 messages.setdefault(i, []).append(
                     OutMessage(
                         "scores",

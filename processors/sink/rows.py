@@ -112,6 +112,10 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "detector_model_version",
     "detected_at",
     "control_offset",
+    "detector_role",
+    "detector_latency_ms",
+    "label_reason",
+    "sample_id",
     *_KAFKA_COLUMNS,
 )
 CONTROL_EVENT_COLUMNS: tuple[str, ...] = (
@@ -255,6 +259,10 @@ def candidate_row(record: CandidateRecord, at: KafkaCoordinates) -> Row:
         record.get("detector_model_version"),
         _utc(record["detected_at"]),
         int(record["control_offset"]),
+        record.get("detector_role"),
+        _opt_float(record.get("detector_latency_ms")),
+        record.get("label_reason"),
+        record.get("sample_id"),
         *at,
     )
 
