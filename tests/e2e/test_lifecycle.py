@@ -117,8 +117,10 @@ def test_a_broken_model_never_serves_and_a_degraded_canary_is_rolled_back(
     data = tmp_path / "data"
     broken, scrambled = _weights(tmp_path)
     run = subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "run", "--source", "synthetic"]
-        + ["--duration", "20m", "--data-dir", str(data)],
+        [
+            *(sys.executable, "-m", "processors.cli", "run", "--source", "synthetic"),
+            *("--duration", "20m", "--data-dir", str(data)),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
