@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
     "TOPICS",
@@ -95,6 +95,10 @@ class CrossMatch(TypedDict):
     catalog: str
     object_id: str
     separation_arcsec: float
+    # Added with defaults (null): records written before them still decode; the decoder always
+    # fills them, writers may leave them out.
+    magnitude: NotRequired[float | None]
+    kind: NotRequired[str | None]
 
 
 class CandidateRecord(TypedDict):
