@@ -119,7 +119,7 @@ def _check_positions(name: str, where: str, ra: np.ndarray, dec: np.ndarray) -> 
         raise CatalogError(
             f"catalog {name!r}: {int(bad.sum())} rows with ra/dec not finite or out of range "
             f"(ra in [0, 360], dec in [-90, 90]; first: row {first}, "
-            f"ra={ra[first]!r}, dec={dec[first]!r}) in {where}"
+            f"ra={float(ra[first])}, dec={float(dec[first])}) in {where}"
         )
 
 
@@ -322,7 +322,7 @@ def _read_table(name: str, path: Path, _size: int, _mtime_ns: int, cols: TableCo
     if cols.object_id is None:
         ids = np.arange(n).astype(str).astype(object)
     else:
-        ids = np.array([str(v) for v in column("object_id", cols.object_id)], dtype=object)
+        ids = _strings(column("object_id", cols.object_id))
     mags = (
         np.full(n, np.nan)
         if cols.magnitude is None
@@ -331,7 +331,7 @@ def _read_table(name: str, path: Path, _size: int, _mtime_ns: int, cols: TableCo
     kinds = (
         np.full(n, None, dtype=object)
         if cols.kind is None
-        else np.array([str(v) for v in column("kind", cols.kind)], dtype=object)
+        else _strings(column("kind", cols.kind))
     )
     return Catalog(
         name=name,
@@ -353,6 +353,14 @@ def _values(name: str, path: Path, col: str, data: object) -> np.ndarray:
             raise CatalogError(f"catalog {name!r}: column {col!r} of {path} has empty cells")
         return filled
     return np.asarray(values)
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    """Text of each cell; FITS string columns come back as bytes."""
+    return np.array(
+        [v.decode("utf-8", "replace").strip() if isinstance(v, bytes) else str(v) for v in values],
+        dtype=object,
+    )
 
 
 def _as_float(name: str, path: Path, col: str, values: np.ndarray) -> np.ndarray:

@@ -177,7 +177,7 @@ class CatalogMatcher:
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             raise CatalogError(
-                f"position {known[j]} out of range: ra={ra[j]!r}, dec={dec[j]!r} "
+                f"position {known[j]} out of range: ra={float(ra[j])}, dec={float(dec[j])} "
                 "(ra in [0, 360], dec in [-90, 90] degrees)"
             )
         coords = SkyCoord(ra=ra * u.deg, dec=dec * u.deg)
