@@ -68,7 +68,7 @@ def test_bundled_names_and_the_config_agree() -> None:
     from processors.core import config
 
     assert set(BUNDLED_CATALOGS) == set(config._BUNDLED_CATALOGS)
-    with pytest.raises(CatalogError, match="unknown catalog 'sdss'.*gaia, hipparcos, openngc"):
+    with pytest.raises(CatalogError, match=r"unknown catalog 'sdss'.*gaia, hipparcos, openngc"):
         bundled_catalog("sdss")
 
 

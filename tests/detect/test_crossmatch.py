@@ -73,7 +73,7 @@ def test_no_position_means_no_matches_and_a_bad_one_is_an_error(tmp_path: Path) 
     matcher = CatalogMatcher([(cat, MatchRadius())])
     got = matcher.match([(None, None), (HERE.ra.deg, None), (float("nan"), 2.0), (150.0, 2.0)])
     assert [len(m) for m in got] == [0, 0, 0, 1]
-    with pytest.raises(CatalogError, match="position 1 out of range.*dec=91"):
+    with pytest.raises(CatalogError, match=r"position 1 out of range.*dec=91"):
         matcher.match([(150.0, 2.0), (10.0, 91.0)])
     assert matcher.match([]) == []
 
