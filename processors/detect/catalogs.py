@@ -26,6 +26,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import astropy.units as u
 import numpy as np
@@ -329,9 +330,7 @@ def _read_table(name: str, path: Path, _size: int, _mtime_ns: int, cols: TableCo
         else _as_float(name, path, cols.magnitude, column("magnitude", cols.magnitude))
     )
     kinds = (
-        np.full(n, None, dtype=object)
-        if cols.kind is None
-        else _strings(column("kind", cols.kind))
+        np.full(n, None, dtype=object) if cols.kind is None else _strings(column("kind", cols.kind))
     )
     return Catalog(
         name=name,
@@ -344,7 +343,7 @@ def _read_table(name: str, path: Path, _size: int, _mtime_ns: int, cols: TableCo
 
 
 def _values(name: str, path: Path, col: str, data: object) -> np.ndarray:
-    values = np.ma.asarray(data)
+    values: Any = np.ma.asarray(data)
     if np.ma.is_masked(values):
         filled = (
             np.ma.filled(values.astype(np.float64), np.nan) if values.dtype.kind in "fiu" else None
