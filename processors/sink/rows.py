@@ -112,6 +112,8 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "detector_model_version",
     "detected_at",
     "control_offset",
+    "crossmatch_magnitudes",
+    "crossmatch_kinds",
     *_KAFKA_COLUMNS,
 )
 CONTROL_EVENT_COLUMNS: tuple[str, ...] = (
@@ -255,6 +257,8 @@ def candidate_row(record: CandidateRecord, at: KafkaCoordinates) -> Row:
         record.get("detector_model_version"),
         _utc(record["detected_at"]),
         int(record["control_offset"]),
+        [_opt_float(m.get("magnitude")) for m in record.get("crossmatches") or []],
+        [m.get("kind") for m in record.get("crossmatches") or []],
         *at,
     )
 
