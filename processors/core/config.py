@@ -18,6 +18,10 @@ from processors.core.exceptions import ConfigError
 
 __all__ = ["Settings", "load_settings"]
 
+_BUNDLED_CATALOGS = ("gaia", "hipparcos", "openngc")
+_USER_COLUMN_KEYS = ("ra", "dec", "object_id", "magnitude", "kind")
+_TAP_CATALOGS = {"simbad": "simbad", "gaia": "gaia_dr3"}
+
 
 class Settings(BaseSettings):
     """Everything a processor may be configured with. Env vars are ``SKYLOOP_<FIELD>``."""
@@ -155,6 +159,95 @@ class Settings(BaseSettings):
     )
     gate_map50_tolerance: float = Field(0.02, ge=0.0, le=1.0)
     gate_max_latency_p99_ms: float = Field(2000.0, gt=0.0)
+    # catalog cross-match (processors/detect; names of bundled catalogs: gaia, hipparcos, openngc)
+    crossmatch_catalogs: list[str] = Field(
+        ["gaia", "openngc"], description="bundled offline catalogs each candidate is matched to"
+    )
+    crossmatch_radius_arcsec: float = Field(
+        1.5, gt=0.0, le=60.0, description="match radius of a point source, every catalog"
+    )
+    crossmatch_radius_by_catalog: dict[str, float] = Field(
+        {}, description="per-catalog point-source radius in arcsec, e.g. {'simbad': 3.0}"
+    )
+    crossmatch_bright_star_catalogs: list[str] = Field(
+        ["gaia", "hipparcos"],
+        description="catalogs whose bright stars match out to a magnitude-scaled radius",
+    )
+    crossmatch_bright_star_magnitude: float = Field(
+        14.0, le=30.0, description="stars at or brighter than this count as bright"
+    )
+    crossmatch_bright_star_max_arcsec: float = Field(
+        600.0, gt=0.0, le=3600.0, description="cap of the magnitude-scaled bright-star radius"
+    )
+    crossmatch_max_per_catalog: int = Field(5, ge=1, le=100, description="nearest kept per catalog")
+    crossmatch_user_catalogs: dict[str, Path] = Field(
+        {}, description="name -> CSV, Parquet or FITS table with ra/dec columns (degrees)"
+    )
+    crossmatch_user_columns: dict[str, str] = Field(
+        {},
+        description="column names of the user tables: ra, dec, object_id, magnitude, kind",
+    )
+    crossmatch_ztf_context: bool = Field(
+        True, description="turn a ZTF alert's own context (ps1, gaia, ss) into cross-matches"
+    )
+    crossmatch_tap_service: Literal["simbad", "gaia"] | None = Field(
+        None, description="online TAP cone search per candidate; unset means offline only"
+    )
+    crossmatch_tap_url: str | None = Field(None, description="TAP base URL (service default)")
+    crossmatch_tap_radius_arcsec: float = Field(2.0, gt=0.0, le=600.0)
+    crossmatch_tap_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
+    crossmatch_tap_attempts: int = Field(3, ge=1, le=10, description="tries per TAP query")
+    crossmatch_tap_failures_to_open: int = Field(
+        3, ge=1, description="failed queries in a row before the TAP circuit opens"
+    )
+    crossmatch_tap_open_s: float = Field(
+        300.0, gt=0.0, description="seconds the TAP circuit stays open before a trial query"
+    )
+
+    @field_validator("crossmatch_catalogs", "crossmatch_bright_star_catalogs")
+    @classmethod
+    def _bundled_catalogs(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(_BUNDLED_CATALOGS))
+        if unknown:
+            raise ValueError(
+                f"unknown catalogs {unknown}; accepted: {', '.join(_BUNDLED_CATALOGS)}"
+            )
+        return value
+
+    @field_validator("crossmatch_user_columns")
+    @classmethod
+    def _user_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(_USER_COLUMN_KEYS))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; accepted: {', '.join(_USER_COLUMN_KEYS)}")
+        return value
+
+    @field_validator("crossmatch_tap_url")
+    @classmethod
+    def _tap_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _crossmatch_names(self) -> Settings:
+        clash = sorted(set(self.crossmatch_user_catalogs) & set(_BUNDLED_CATALOGS))
+        if clash:
+            raise ValueError(f"crossmatch_user_catalogs: names {clash} are bundled catalogs")
+        known = set(self.crossmatch_catalogs) | set(self.crossmatch_user_catalogs)
+        if self.crossmatch_tap_service is not None:
+            known.add(_TAP_CATALOGS[self.crossmatch_tap_service])
+        for name, radius in self.crossmatch_radius_by_catalog.items():
+            if name not in known:
+                raise ValueError(
+                    f"crossmatch_radius_by_catalog: {name!r} is not a configured catalog "
+                    f"({', '.join(sorted(known)) or 'none'})"
+                )
+            if not 0.0 < radius <= 3600.0:
+                raise ValueError(
+                    f"crossmatch_radius_by_catalog: {name!r} = {radius}: must be in (0, 3600]"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadImageError",
+    "CatalogError",
     "CodecError",
     "ConfigError",
     "CorruptMessageError",
@@ -11,6 +12,8 @@ __all__ = [
     "SkyloopError",
     "SourceError",
     "StackError",
+    "TapError",
+    "TapUnavailableError",
     "UnknownSchemaError",
 ]
 
@@ -49,3 +52,17 @@ class SourceError(SkyloopError):
 
 class StackError(SkyloopError):
     """The embedded local stack (broker, ClickHouse) failed to start or stop."""
+
+
+class CatalogError(SkyloopError):
+    """A cross-match catalog cannot be loaded: missing file, missing column, bad values.
+
+    The message names the catalog, the file and the column at fault."""
+
+
+class TapError(SkyloopError):
+    """A TAP service answered a query with an error or a response that is not a VOTable."""
+
+
+class TapUnavailableError(TapError):
+    """A TAP service failed every retry, or its circuit is open after repeated failures."""

@@ -98,6 +98,10 @@ class CrossMatch(TypedDict):
     catalog: str
     object_id: str
     separation_arcsec: float
+    # Added with defaults (null): records written before them still decode; the decoder always
+    # fills them, writers may leave them out.
+    magnitude: NotRequired[float | None]
+    kind: NotRequired[str | None]
 
 
 class DetectorOutput(TypedDict):

@@ -90,6 +90,15 @@ EXTRA_FIELDS: tuple[str, ...] = (
     "drbversion",
     "tooflag",
     "rfid",
+    # the pipeline's own cross-matches (processors.detect.ztf_context)
+    "objectidps1",
+    "srmag1",
+    "neargaia",
+    "maggaia",
+    "neargaiabright",
+    "maggaiabright",
+    "distnr",
+    "magnr",
 )
 """Candidate fields kept (as text, when present) in ``ZtfAlert.extra`` for provenance."""
 

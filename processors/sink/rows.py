@@ -116,6 +116,8 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "detector_latency_ms",
     "label_reason",
     "sample_id",
+    "crossmatch_magnitudes",
+    "crossmatch_kinds",
     *_KAFKA_COLUMNS,
 )
 CONTROL_EVENT_COLUMNS: tuple[str, ...] = (
@@ -263,6 +265,8 @@ def candidate_row(record: CandidateRecord, at: KafkaCoordinates) -> Row:
         _opt_float(record.get("detector_latency_ms")),
         record.get("label_reason"),
         record.get("sample_id"),
+        [_opt_float(m.get("magnitude")) for m in record.get("crossmatches") or []],
+        [m.get("kind") for m in record.get("crossmatches") or []],
         *at,
     )
 
