@@ -6,8 +6,9 @@ Pure (no I/O). :class:`ModelGate` compares a candidate model's measurements with
 - the 99th percentile of per-image latency at most ``max_latency_p99_ms`` (default 2000 ms) and
   at most ``max_latency_ratio`` (default 3.0) times production's when production's is known;
 - for detectors, ``map50`` on the held-out set not below production's minus
-  ``map50_tolerance`` (default 0.02); a first detector (no production yet) is compared with
-  the baseline that serves until then (source extraction), under the same rule;
+  ``map50_tolerance`` (default 0.02); a first detector (no production detector yet) needs at
+  least ``min_map50`` (default 0.3): the held-out boxes are the baseline's own (source
+  extraction makes the pseudo-labels), so comparing with the baseline would be circular;
 - an error rate (outputs that failed) at most ``max_error_rate`` (default 0.01).
 
 A measurement that the rule needs and that is missing fails the gate with that reason: a gate
@@ -49,6 +50,7 @@ class GateVerdict:
 @dataclass(frozen=True)
 class ModelGate:
     map50_tolerance: float = 0.02
+    min_map50: float = 0.3
     max_latency_p99_ms: float = 2000.0
     max_latency_ratio: float = 3.0
     max_error_rate: float = 0.01
@@ -92,6 +94,8 @@ class ModelGate:
                     reasons.append(
                         f"map50 {score:.3f} < production {floor:.3f} - {self.map50_tolerance:g}"
                     )
+                elif floor is None and score < self.min_map50:
+                    reasons.append(f"map50 {score:.3f} < {self.min_map50:g} (first detector)")
         evidence = {f"candidate_{k}": float(v) for k, v in candidate.items()}
         evidence |= {f"production_{k}": float(v) for k, v in production.items()}
         return GateVerdict(not reasons, reasons, evidence)

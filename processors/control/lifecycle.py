@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,9 +36,15 @@ from typing import Any
 from processors.control.gate import ModelGate
 from processors.control.rollout import RolloutDecision, RolloutPolicy, RolloutTrack
 from processors.core.control import ControlState, decision_id, new_event
-from processors.core.records import CandidateRecord, ControlEventRecord, ScoreRecord
+from processors.core.records import Box, CandidateRecord, ControlEventRecord, ScoreRecord
 
-__all__ = ["Lifecycle", "candidate_output", "policy_from_settings", "score_output"]
+__all__ = [
+    "Lifecycle",
+    "candidate_output",
+    "gate_from_settings",
+    "policy_from_settings",
+    "score_output",
+]
 
 ISSUER = "controller"
 PAIR_WAIT = 512  # canary outputs waiting for production's record of the same image
@@ -51,12 +57,20 @@ def score_output(score: ScoreRecord) -> float:
     return float(score["ensemble_score"])
 
 
-def candidate_output(candidate: CandidateRecord) -> float:
+def candidate_output(boxes: Sequence[Box]) -> float:
     """A detector's output on a candidate: its top box confidence (0 without a box)."""
-    confidences = [float(b["confidence"]) for b in candidate["boxes"]]
+    confidences = [float(b["confidence"]) for b in boxes]
     if any(not math.isfinite(c) for c in confidences):
         return float("nan")
     return max(confidences, default=0.0)
+
+
+def gate_from_settings(s: Any) -> ModelGate:
+    return ModelGate(
+        map50_tolerance=s.gate_map50_tolerance,
+        min_map50=s.gate_min_map50,
+        max_latency_p99_ms=s.gate_max_latency_p99_ms,
+    )
 
 
 def policy_from_settings(s: Any) -> RolloutPolicy:
@@ -70,9 +84,7 @@ def policy_from_settings(s: Any) -> RolloutPolicy:
         max_latency_ratio=s.canary_max_latency_ratio,
         ks_p=s.canary_ks_p,
         min_agreement=s.canary_min_agreement,
-        gate=ModelGate(
-            map50_tolerance=s.gate_map50_tolerance, max_latency_p99_ms=s.gate_max_latency_p99_ms
-        ),
+        gate=gate_from_settings(s),
     )
 
 
@@ -144,23 +156,40 @@ class Lifecycle:
                     self.policy.observe(self.tracks[old_version], old_value, old_latency)
         return self._step(track, score["scored_at"])
 
-    def on_candidate(
-        self, candidate: CandidateRecord, role: str, control: ControlState, latency_ms: float
-    ) -> list[ControlEventRecord]:
-        """Feed one detector output (``role`` of the detector that made it)."""
+    def on_candidate(self, candidate: CandidateRecord) -> list[ControlEventRecord]:
+        """Feed one candidate: the served localizer's output and the unserved ones it carries.
+
+        Served boxes of production (or of the baseline, before any detector serves) are the
+        reference every detector under rollout is compared with; a shadow's output counts for
+        its shadow phase; a canary's served output is paired with production's output on the
+        same image (``detector_outputs`` role ``production``).
+        """
+        role = candidate.get("detector_role")
         version = candidate.get("detector_model_version") or ""
-        track = self.tracks.get(version)
-        value = candidate_output(candidate)
-        if track is None:
-            if role == "production":
-                for other in self._tracks_of("detector"):
-                    self.policy.observe_production(other, value, latency_ms)
-            return []
-        if (track.phase == "shadow" and role == "shadow") or (
-            track.phase == "canary" and role == "canary"
-        ):
-            self.policy.observe(track, value, latency_ms)
-        return self._step(track, candidate["detected_at"])
+        value = candidate_output(candidate["boxes"])
+        latency = float(candidate.get("detector_latency_ms") or 0.0)
+        outputs = candidate.get("detector_outputs") or []
+        touched: list[str] = []
+        if role in ("production", "baseline"):
+            for track in self._tracks_of("detector"):
+                self.policy.observe_production(track, value, latency)
+        for output in outputs:
+            shadow = self.tracks.get(output["model_version"])
+            if output["role"] == "shadow" and shadow is not None and shadow.phase == "shadow":
+                self.policy.observe(shadow, candidate_output(output["boxes"]), output["latency_ms"])
+                touched.append(shadow.version)
+        canary = self.tracks.get(version)
+        if role == "canary" and canary is not None and canary.phase == "canary":
+            pair = next((o for o in outputs if o["role"] == "production"), None)
+            paired = candidate_output(pair["boxes"]) if pair else None
+            if pair is not None and paired is not None:
+                self.policy.observe_production(canary, paired, pair["latency_ms"])
+            self.policy.observe(canary, value, latency, paired=paired)
+            touched.append(canary.version)
+        events: list[ControlEventRecord] = []
+        for name in dict.fromkeys(touched):
+            events += self._step(self.tracks[name], candidate["detected_at"])
+        return events
 
     # -- internals ---------------------------------------------------------------------------
     def _tracks_of(self, kind: str) -> Iterator[RolloutTrack]:

@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -45,7 +46,15 @@ from processors.core.records import ControlParams
 if TYPE_CHECKING:
     from processors.core.control import ControlState
 
-__all__ = ["MODEL_KINDS", "ModelKind", "ModelSlot", "Rollout", "apply_model_event"]
+__all__ = [
+    "MODEL_KINDS",
+    "ModelKind",
+    "ModelSlot",
+    "Rollout",
+    "apply_model_event",
+    "canary_point",
+    "routes_to_canary",
+]
 
 V = TypeVar("V")
 ModelKind = Literal["scorer", "detector"]
@@ -85,6 +94,21 @@ class Rollout:
         shadow = None if self.shadow and self.shadow.version == version else self.shadow
         canary = None if self.canary and self.canary.version == version else self.canary
         return replace(self, shadow=shadow, canary=canary)
+
+
+def canary_point(image_id: str) -> float:
+    """The image's fixed point in ``[0, 1)``: the first 32 bits of sha256(image_id) / 2**32.
+
+    Example:
+        >>> canary_point("abc") == int(hashlib.sha256(b"abc").hexdigest()[:8], 16) / 2**32
+        True
+    """
+    return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def routes_to_canary(image_id: str, fraction: float) -> bool:
+    """Whether a canary with traffic ``fraction`` takes this image (``canary_point < fraction``)."""
+    return canary_point(image_id) < fraction
 
 
 def _kind_of(value: str | None) -> ModelKind:

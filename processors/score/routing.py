@@ -40,31 +40,16 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from processors.core.control import ControlState, ModelSlot
+from processors.core.rollouts import canary_point, routes_to_canary
 
 __all__ = ["Assignment", "Role", "canary_point", "plan_roles", "routes_to_canary"]
 
 Role = Literal["production", "shadow", "canary"]
-
-
-def canary_point(image_id: str) -> float:
-    """The image's fixed point in ``[0, 1)``: the first 32 bits of sha256(image_id) / 2**32.
-
-    Example:
-        >>> canary_point("abc") == int(hashlib.sha256(b"abc").hexdigest()[:8], 16) / 2**32
-        True
-    """
-    return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) / 2**32
-
-
-def routes_to_canary(image_id: str, fraction: float) -> bool:
-    """Whether a canary with traffic ``fraction`` takes this image (``canary_point < fraction``)."""
-    return canary_point(image_id) < fraction
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
         )
 
     scores_topic, dlq_topic = topic("scores"), topic("images.dlq")
+    candidates_topic = topic("candidates")
     table = app.Table("controller", partitions=partitions, key_type=str, value_type=bytes)
     windows = app.Table("lane_windows", partitions=partitions, key_type=str, value_type=bytes)
     service = ControlService(settings, bootstrap, progress, FaustTable(table), FaustTable(windows))
@@ -87,5 +88,10 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     async def on_dead_letters(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=BATCH_WAIT_S):
             service.on_dead_letters(records(events))
+
+    @app.agent(candidates_topic)
+    async def on_candidates(stream: Any) -> None:
+        async for events in stream.take_events(BATCH, within=BATCH_WAIT_S):
+            service.on_candidates(records(events))
 
     return app

@@ -32,8 +32,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from processors.control.controller import Controller, ControllerConfig, Emit
+from processors.control.learning import LearningLoop, LearningState
 from processors.control.lifecycle import Lifecycle, policy_from_settings
 from processors.control.profile import load_profile
+from processors.control.retrain import RetrainTrigger
 from processors.control.state import SourceState, StatsWindow
 from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
@@ -56,7 +58,7 @@ from processors.core.metrics import (
     THRESHOLD,
 )
 from processors.core.progress import ProgressFile
-from processors.core.records import TOPICS, DeadLetter, ScoreRecord
+from processors.core.records import TOPICS, CandidateRecord, DeadLetter, ScoreRecord
 from processors.stats.tables import ChangelogTable, TableRing, head_key, load_head
 
 __all__ = ["ControlService", "dead_letter_source"]
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 
 WINDOWS_KEPT = 60
 ROLLOUTS_KEY = "rollouts"  # the lifecycle's tracks (processors.control.lifecycle), partition 0
+LEARNING_KEY = "learning"  # the learning loop's dataset (processors.control.learning), partition 0
 
 
 def dead_letter_source(letter: DeadLetter) -> str | None:
@@ -101,7 +104,17 @@ class ControlService:
             lambda profile_id: load_profile(self.store, profile_id),
         )
         self.lifecycle = Lifecycle(policy_from_settings(settings))
+        self.learning = LearningLoop(
+            RetrainTrigger(
+                min_samples=settings.retrain_min_samples,
+                cooldown_s=settings.retrain_cooldown_s,
+                max_per_day=settings.retrain_max_per_day,
+            ),
+            held_out_fraction=settings.held_out_fraction,
+            max_samples=settings.dataset_max_samples,
+        )
         self._lifecycle_loaded = False
+        self._learning_loaded = False
         self.follower: ControlFollower | None = None
         self.producer: Any = None
         self._heads: dict[str, SourceState] = {}
@@ -185,6 +198,38 @@ class ControlService:
 
     def on_dead_letter(self, partition: int, offset: int, value: bytes) -> None:
         self.on_dead_letters([(partition, offset, value)])
+
+    def on_candidates(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
+        """Fold a batch of candidates: pseudo-labels into the dataset (and retrain requests),
+        detector outputs into the lifecycle of the detectors under rollout."""
+        touched: dict[str, int] = {}
+        for partition, offset, value in batch:
+            try:
+                candidate: CandidateRecord = self.codec.decode(value, "skyloop.CandidateRecord")  # type: ignore[assignment]
+            except CodecError as exc:
+                log.error("stats: undecodable candidate at %d/%d: %s", partition, offset, exc)
+                continue
+            src = self.head(candidate["source"])
+            if src.seen("candidates", partition, offset):
+                continue
+            self._lifecycle()
+            self._emit(self._learning().on_candidate(candidate))
+            self._emit([Emit(e) for e in self.lifecycle.on_candidate(candidate)])
+            src.mark("candidates", partition, offset)
+            touched[src.source] = partition
+            self.progress.add("candidates")
+        if touched:
+            self.table.put(LEARNING_KEY, self.learning.state.to_bytes(), 0)
+        self._save(touched)
+
+    def _learning(self) -> LearningLoop:
+        """The learning loop, its dataset restored from the table on first use after a start."""
+        if not self._learning_loaded:
+            raw = self.table.get(LEARNING_KEY)
+            if raw is not None:
+                self.learning.state = LearningState.from_bytes(raw)
+            self._learning_loaded = True
+        return self.learning
 
     def _save(self, touched: dict[str, int]) -> None:
         """Ring blocks, then the head, of each touched source, on its partition (in order);
