@@ -21,6 +21,7 @@ __all__ = ["Settings", "load_settings"]
 _BUNDLED_CATALOGS = ("gaia", "hipparcos", "openngc")
 _USER_COLUMN_KEYS = ("ra", "dec", "object_id", "magnitude", "kind")
 _TAP_CATALOGS = {"simbad": "simbad", "gaia": "gaia_dr3"}
+_ZTF_CATALOGS = ("ztf:ps1", "ztf:gaia", "ztf:gaia_bright", "ztf:ss", "ztf:ref")
 
 
 class Settings(BaseSettings):
@@ -220,6 +221,8 @@ class Settings(BaseSettings):
         known = set(self.crossmatch_catalogs) | set(self.crossmatch_user_catalogs)
         if self.crossmatch_tap_service is not None:
             known.add(_TAP_CATALOGS[self.crossmatch_tap_service])
+        if self.crossmatch_ztf_context:
+            known.update(_ZTF_CATALOGS)
         for name, radius in self.crossmatch_radius_by_catalog.items():
             if name not in known:
                 raise ValueError(
