@@ -13,9 +13,12 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from processors.core.exceptions import ConfigError, SkyloopError
+
+if TYPE_CHECKING:
+    from processors.core.records import ControlEventRecord
 
 __all__ = ["main"]
 
@@ -318,9 +321,11 @@ def cmd_control(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.bootstrap_servers is not None:
         bootstrap = settings.bootstrap_servers
+        artifacts = settings.artifacts_dir
     else:
         bootstrap, prefix = _live_bootstrap(args)
         settings = settings.model_copy(update={"topic_prefix": prefix})
+        artifacts = _run_dir(args) / "artifacts"
     request = OperatorRequest(
         action=args.action,
         source=getattr(args, "source", None),
@@ -336,7 +341,10 @@ def cmd_control(args: argparse.Namespace) -> int:
     try:
         if not follower.wait_caught_up(timeout_s=30):
             raise SkyloopError("could not read control.events to its end within 30 s")
-        event = operator_event(request, follower.state)
+        if args.action == "register":
+            event = _registration(args, settings, follower.state, artifacts)
+        else:
+            event = operator_event(request, follower.state)
         producer = make_producer(settings, bootstrap, **{"linger.ms": 0})
         produce_control_event(producer, settings, event)
         follower.wait_until(lambda _s: follower.has_event(event["event_id"]), timeout_s=10)
@@ -347,6 +355,82 @@ def cmd_control(args: argparse.Namespace) -> int:
         f"issued by {event['issued_by']})"
     )
     return 0
+
+
+def _registration(
+    args: argparse.Namespace, settings: Any, state: Any, artifacts: Path
+) -> ControlEventRecord:
+    """Store the weights and a model card, and build the ``model.registered`` event."""
+    from processors.core.artifacts import ArtifactStore
+    from processors.core.registry import ModelCard, code_version, register
+    from processors.operator import check_new_version, operator_name
+
+    version = check_new_version(args.model, state)
+    weights: Path = args.weights
+    if not weights.is_file():
+        raise ConfigError(f"--weights {weights}: no such file")
+    store = ArtifactStore(artifacts)
+    card = ModelCard(
+        version=version,
+        kind=args.kind,
+        weights=store.put_bytes(weights.read_bytes()),
+        backbone=(args.backbone or settings.backbone) if args.kind == "scorer" else None,
+        parent=args.parent,
+        code=code_version(),
+        notes=args.reason,
+    )
+    return register(store, card, operator_name())
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The model registry: every registered version, its role, gate, metrics and lineage."""
+    from processors.core.registry import registry_view
+
+    sql = (
+        "SELECT event_id, type, subject, at, issued_by, params, evidence, caused_by "
+        "FROM control_events FINAL WHERE type LIKE 'model.%' ORDER BY kafka_offset"
+    )
+    _columns, rows = query(_run_dir(args), sql)
+    events = [
+        {
+            "event_id": r[0],
+            "type": r[1],
+            "subject": r[2],
+            "at": _as_time(r[3]),
+            "issued_by": r[4],
+            "params": json.loads(r[5]) if r[5] else {},
+            "evidence": dict(r[6] or {}),
+            "caused_by": list(r[7] or []),
+        }
+        for r in rows
+    ]
+    view = registry_view(events)  # type: ignore[arg-type]
+    columns = ["version", "kind", "role", "gate", "parent", "registered_at", "metrics"]
+    table = [
+        [
+            row.version,
+            row.kind,
+            row.role,
+            row.gate,
+            row.parent or "-",
+            row.registered_at,
+            " ".join(f"{k}={v:.4g}" for k, v in sorted(row.metrics.items())) or "-",
+        ]
+        for row in view
+    ]
+    if args.format == "json":
+        print(json.dumps([row.as_dict() for row in view], indent=1))
+    else:
+        _print_table(columns, table, args.format)
+    return 0
+
+
+def _as_time(value: Any) -> Any:
+    from datetime import UTC, datetime
+
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _seconds(text: str) -> float:
@@ -442,7 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     control = sub.add_parser(
         "control",
-        help="emit an operator's control event (pause, resume, threshold, recalibrate, weights)",
+        help=(
+            "emit an operator's control event (pause, resume, threshold, recalibrate, weights, "
+            "register, promote, rollback)"
+        ),
         description=(
             "Emit a control event to the running pipeline (the latest local run, or "
             "SKYLOOP_BOOTSTRAP_SERVERS); every processor folds it like the controller's own."
@@ -475,18 +562,30 @@ def build_parser() -> argparse.ArgumentParser:
     recalibrate.add_argument("source")
     weights = action("weights", "set the sources' shares of ingestion (SOURCE=WEIGHT ...)")
     weights.add_argument("pairs", nargs="+", metavar="SOURCE=WEIGHT")
+    register = action("register", "register a model version (gate, shadow, canary follow)")
+    register.add_argument("model", metavar="VERSION", help="a new, unique version name")
+    register.add_argument("--weights", type=Path, required=True, help="weights file")
+    register.add_argument("--kind", choices=("scorer", "detector"), default="scorer")
+    register.add_argument("--backbone", help="scorer: timm model name (default: the setting)")
+    register.add_argument("--parent", help="the version this one derives from")
+    for name, helptext in (
+        ("promote", "promote a gated model version to production now"),
+        ("rollback", "take a model version out of canary/shadow, or production back"),
+    ):
+        action(name, helptext).add_argument("model", metavar="VERSION")
 
     for name, func, helptext in (
         ("sql", cmd_sql, "answer SQL from the run's ClickHouse"),
         ("events", cmd_events, "print the control-event audit trail"),
         ("report", cmd_report, "write the Markdown report again"),
+        ("models", cmd_models, "list the model registry: roles, gates, metrics, lineage"),
     ):
         p = sub.add_parser(name, help=helptext)
         common(p)
         p.add_argument("--run", type=Path, help="a run folder (default: the latest run)")
         if name == "sql":
             p.add_argument("query")
-        if name in ("sql", "events"):
+        if name in ("sql", "events", "models"):
             p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
         if name == "events":
             p.add_argument("--type", action="append", help="only this event type (repeatable)")

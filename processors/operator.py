@@ -14,6 +14,11 @@ stays the complete audit trail. What each command emits:
                                          the source from its most recent images
 ``weights SOURCE=W ...``                 ``source.weights_set`` (subject ``pipeline``: these
                                          weights replace all published ones)
+``register VERSION --weights F``         ``model.registered`` (the CLI stores the weights and a
+                                         model card first); the lifecycle then gates it
+``promote VERSION``                      ``model.promoted``: only a version whose gate passed
+``rollback VERSION``                     ``model.rolled_back``: out of shadow/canary, or
+                                         production back to the version it replaced
 =====================================  ==========================================================
 
 :func:`operator_event` is pure (it builds and validates); the CLI emits the event to the broker
@@ -34,9 +39,25 @@ from processors.core.control import ControlState, new_event
 from processors.core.exceptions import ConfigError
 from processors.core.records import ControlEventRecord, ControlParams
 
-__all__ = ["ACTIONS", "OperatorRequest", "known_sources", "operator_event", "operator_name"]
+__all__ = [
+    "ACTIONS",
+    "OperatorRequest",
+    "check_new_version",
+    "known_sources",
+    "operator_event",
+    "operator_name",
+]
 
-ACTIONS = ("pause", "resume", "threshold", "recalibrate", "weights")
+ACTIONS = (
+    "pause",
+    "resume",
+    "threshold",
+    "recalibrate",
+    "weights",
+    "register",
+    "promote",
+    "rollback",
+)
 DETECTORS = ("mahalanobis", "energy", "knn")
 
 
@@ -157,4 +178,49 @@ def operator_event(
     if action == "weights":
         params["weights"] = _weights(request.weights, state, request.force)
         return new_event("source.weights_set", "pipeline", issuer, params, at=now)
+    if action in ("promote", "rollback"):
+        return _model_event(action, request.model, state, params, issuer, now)
     raise ConfigError(f"unknown action {action!r}; accepted: {', '.join(ACTIONS)}")
+
+
+def check_new_version(version: str | None, state: ControlState) -> str:
+    """A version name that ``register`` may use: non-empty, unused, no ``|``."""
+    if not version or "|" in version or version.strip() != version:
+        raise ConfigError(f"register VERSION {version!r}: a name without spaces or '|' is needed")
+    if version in state.registered:
+        raise ConfigError(f"register {version!r}: already registered (versions are immutable)")
+    return version
+
+
+def _model_event(
+    action: str,
+    version: str | None,
+    state: ControlState,
+    params: ControlParams,
+    issuer: str,
+    now: datetime,
+) -> ControlEventRecord:
+    slot = state.registered.get(version or "")
+    if version is None or slot is None:
+        known = ", ".join(sorted(state.registered)) or "none"
+        raise ConfigError(f"{action} {version!r}: not a registered model (registered: {known})")
+    params["model_version"] = version
+    rollout = state.rollout(slot.kind)
+    if action == "promote":
+        gate = state.gates.get(version)
+        if gate is not True:
+            verdict = "failed" if gate is False else "not judged yet"
+            raise ConfigError(
+                f"promote {version!r}: its gate has {verdict}; only a gated model serves"
+            )
+        if rollout.role_of(version) == "production":
+            raise ConfigError(f"promote {version!r}: already production")
+        return new_event("model.promoted", version, issuer, params, at=now)
+    role = rollout.role_of(version)
+    if role is None:
+        raise ConfigError(f"rollback {version!r}: not serving or in trial (no role to leave)")
+    if role == "production" and rollout.replaced is None:
+        raise ConfigError(
+            f"rollback {version!r}: production, with no earlier version to go back to"
+        )
+    return new_event("model.rolled_back", version, issuer, params, at=now)

@@ -143,6 +143,24 @@ class Settings(BaseSettings):
         86400.0, gt=0.0, description="seconds between periodic reports during a run"
     )
 
+    # model lifecycle (processors/control/lifecycle.py, rollout.py, gate.py; DESIGN §5)
+    rollout_trial_outputs: int = Field(
+        64, ge=1, description="a new scoring model's shadow outputs judged by its gate"
+    )
+    rollout_shadow_outputs: int = Field(64, ge=1, description="healthy shadow outputs → canary")
+    canary_fraction: float = Field(0.2, gt=0.0, le=1.0, description="canary share of images")
+    canary_outputs: int = Field(256, ge=1, description="healthy canary outputs → promotion")
+    canary_health_window: int = Field(
+        32, ge=4, description="canary outputs per health judgement (one bad window: rollback)"
+    )
+    canary_max_latency_ratio: float = Field(3.0, gt=1.0, description="p99 vs production's")
+    canary_ks_p: float = Field(0.001, gt=0.0, lt=1.0, description="KS p bound vs production")
+    canary_min_agreement: float = Field(
+        0.3, ge=-1.0, le=1.0, description="Spearman rho with production on the same images"
+    )
+    gate_map50_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    gate_max_latency_p99_ms: float = Field(2000.0, gt=0.0)
+
     # catalog cross-match (processors/detect; names of bundled catalogs: gaia, hipparcos, openngc)
     crossmatch_catalogs: list[str] = Field(
         ["gaia", "openngc"], description="bundled offline catalogs each candidate is matched to"

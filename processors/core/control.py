@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from processors.core.records import ControlEventRecord, ControlParams
+from processors.core.rollouts import ModelKind, ModelSlot, Rollout, apply_model_event
 
 __all__ = [
     "EVENT_TYPES",
@@ -37,6 +38,7 @@ __all__ = [
     "ControlState",
     "ModelSlot",
     "Pause",
+    "Rollout",
     "decision_id",
     "new_event",
     "replay",
@@ -111,14 +113,6 @@ class Pause:
 
 
 @dataclass(frozen=True)
-class ModelSlot:
-    version: str
-    backbone: str | None
-    artifact_id: str | None = None
-    fraction: float = 1.0
-
-
-@dataclass(frozen=True)
 class ControlState:
     """Immutable; ``apply`` returns a new state. ``offset`` is the last applied log offset."""
 
@@ -129,10 +123,15 @@ class ControlState:
     source_weights: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     paused_sources: Mapping[str, Pause] = field(default_factory=lambda: _EMPTY)
     calibration_requests: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # the scoring model's rollout (the detector's is ``detector``); see processors.core.rollouts
     production: ModelSlot | None = None
     shadow: ModelSlot | None = None
     canary: ModelSlot | None = None
+    replaced: ModelSlot | None = None
+    detector: Rollout = field(default_factory=Rollout)
     registered: Mapping[str, ModelSlot] = field(default_factory=lambda: _EMPTY)
+    gates: Mapping[str, bool] = field(default_factory=lambda: _EMPTY)
+    rolled_back: Mapping[str, bool] = field(default_factory=lambda: _EMPTY)
     pipeline_paused: Pause | None = None
     drift_events: int = 0
 
@@ -162,6 +161,23 @@ class ControlState:
         """Whether ``source`` is paused at ``now`` (None: until a ``source.resumed``)."""
         pause = self.paused_sources.get(source)
         return pause is not None and pause.active(now)
+
+    def rollout(self, kind: ModelKind) -> Rollout:
+        """The serving roles of ``kind`` (``scorer`` or ``detector``)."""
+        if kind == "detector":
+            return self.detector
+        return Rollout(self.production, self.shadow, self.canary, self.replaced)
+
+    def with_rollout(self, kind: ModelKind, rollout: Rollout) -> ControlState:
+        if kind == "detector":
+            return replace(self, detector=rollout)
+        return replace(
+            self,
+            production=rollout.production,
+            shadow=rollout.shadow,
+            canary=rollout.canary,
+            replaced=rollout.replaced,
+        )
 
     def has_operator_threshold(self, source: str) -> bool:
         """An operator's model-less ``threshold.set`` for ``source`` is in force."""
@@ -232,7 +248,7 @@ class ControlState:
         if kind == "pipeline.resumed":
             return replace(base, pipeline_paused=None)
         if kind.startswith("model."):
-            return _apply_model_event(base, kind, subject, p)
+            return apply_model_event(base, kind, subject, p)
         return base
 
     def fingerprint(self) -> str:
@@ -260,26 +276,6 @@ def _pause(event: ControlEventRecord, default_reason: str) -> Pause:
         event_id=event["event_id"],
         issued_by=event["issued_by"],
     )
-
-
-def _apply_model_event(
-    base: ControlState, kind: str, subject: str, p: ControlParams
-) -> ControlState:
-    version = p.get("model_version") or subject
-    slot = base.registered.get(version) or ModelSlot(
-        version, p.get("backbone"), p.get("artifact_id")
-    )
-    if kind == "model.registered":
-        return replace(base, registered=_frozen({**base.registered, version: slot}))
-    if kind == "model.shadow_started":
-        return replace(base, shadow=slot)
-    if kind == "model.canary_started":
-        return replace(base, canary=replace(slot, fraction=float(p.get("fraction") or 0.1)))
-    if kind == "model.promoted":
-        return replace(base, production=replace(slot, fraction=1.0), canary=None, shadow=None)
-    if kind == "model.rolled_back":
-        return replace(base, canary=None, shadow=None)
-    return base
 
 
 def replay(events: Iterable[tuple[int, ControlEventRecord]]) -> ControlState:

@@ -18,6 +18,7 @@ __all__ = [
     "ControlParams",
     "CrossMatch",
     "DeadLetter",
+    "DetectorOutput",
     "DetectorScore",
     "GroundTruth",
     "ImageFormat",
@@ -80,6 +81,8 @@ class ScoreRecord(TypedDict):
     scored_at: datetime
     embedding: bytes | None
     calibration_id: str | None
+    # the scored image, on served candidates only (what detect localizes); absent elsewhere
+    image: NotRequired[ImageRecord | None]
 
 
 class Box(TypedDict):
@@ -101,6 +104,13 @@ class CrossMatch(TypedDict):
     kind: NotRequired[str | None]
 
 
+class DetectorOutput(TypedDict):
+    model_version: str
+    role: str
+    boxes: list[Box]
+    latency_ms: float
+
+
 class CandidateRecord(TypedDict):
     image_id: str
     source: str
@@ -115,6 +125,11 @@ class CandidateRecord(TypedDict):
     detector_model_version: str | None
     detected_at: datetime
     control_offset: int
+    detector_role: NotRequired[str | None]
+    detector_latency_ms: NotRequired[float | None]
+    label_reason: NotRequired[str | None]
+    sample_id: NotRequired[str | None]
+    detector_outputs: NotRequired[list[DetectorOutput]]
 
 
 class ControlParams(TypedDict, total=False):

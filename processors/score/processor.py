@@ -63,6 +63,26 @@ log = logging.getLogger(__name__)
 CONTROL_CATCH_UP_S = 10.0
 
 
+def _finite(out: BackboneOutput, rows: NDArray[np.intp]) -> bool:
+    return bool(np.isfinite(out.features[rows]).all() and np.isfinite(out.logits[rows]).all())
+
+
+def _non_finite_verdict(vote_k: int) -> Verdict:
+    """The verdict of a model whose outputs are not finite: NaN raw scores, never a candidate."""
+    nan = float("nan")
+    return Verdict(
+        detectors=[
+            {"detector": d, "raw": nan, "score": 0.0, "threshold": None, "vote": False}
+            for d in ("mahalanobis", "energy", "knn")
+        ],
+        ensemble_score=0.0,
+        votes_for=0,
+        votes_needed=vote_k,
+        is_candidate=False,
+        calibrated=False,
+    )
+
+
 class ScoreProcessor:
     """See the module docstring. ``backbone`` overrides the configured one (tests, benches)."""
 
@@ -105,7 +125,11 @@ class ScoreProcessor:
             production, production_slot = self.default_backbone, None
         version = production_slot.version if production_slot else production.version
         assert self._embedder is not None, "setup() was not called"
+        forward_before = self.times.forward
         embedded = self._embedder.embed(batch, production)
+        production_forward = self.times.forward - forward_before
+        # decode + preprocess (+ control catch-up): shared by every model of the batch
+        shared_s = time.perf_counter() - started - production_forward
         records = embedded.records
         outputs: dict[int, list[OutMessage]] = {
             i: [self.ctx.dead_letter(batch[i], exc, source)] for i, exc, source in embedded.failures
@@ -119,7 +143,13 @@ class ScoreProcessor:
             plan = plan_roles([r["image_id"] for r in records], sources, state, version)
             features = {production.version: embedded.outputs}
             scored = self._score(
-                plan, production, embedded.arrays, records, features, state, started
+                plan,
+                production,
+                embedded.arrays,
+                records,
+                features,
+                state,
+                (shared_s, production_forward),
             )
             for row, messages in scored.items():
                 outputs.setdefault(embedded.positions[row], []).extend(messages)
@@ -152,18 +182,39 @@ class ScoreProcessor:
         records: list[ImageRecord],
         features: dict[str, BackboneOutput],
         state: ControlState,
-        started: float,
+        timing: tuple[float, float],
     ) -> dict[int, list[OutMessage]]:
+        """Score every assignment; each record's ``latency_ms`` is its model's, per image.
+
+        ``timing`` is (the batch's shared decode/preprocess seconds, production's forward
+        seconds). A model's per-image latency is the shared share plus its own forward pass
+        over the batch (none when it reuses production's features) divided by the batch size,
+        plus its OOD decisions divided by its rows: models of one batch compare fairly.
+        """
         settings = self.ctx.settings
-        results: list[tuple[Assignment, Backbone, BackboneOutput, list[Verdict]]] = []
+        shared_s, production_forward = timing
+        n = len(records)
+        results: list[tuple[Assignment, Backbone, BackboneOutput, list[Verdict], float]] = []
         for assignment in plan:
             is_production = assignment.role == "production"
-            bb = production if is_production else self.models.get(assignment.slot)
+            bb = production if is_production or assignment.paired else None
+            bb = bb or self.models.get(assignment.slot)
             if bb is None:
                 continue  # an unavailable shadow/canary slot (logged once by the cache)
+            t0 = time.perf_counter()
+            cached = bb.version in features
             out = self._embed_rows(bb, arrays, features)
+            forward_s = production_forward if bb is production else time.perf_counter() - t0
+            if cached and bb is not production:
+                forward_s = 0.0
             rows = np.asarray(assignment.rows)
             t1 = time.perf_counter()
+            if not is_production and not _finite(out, rows):
+                # a broken shadow/canary: its records say so (NaN), for its gate to see
+                verdicts = [_non_finite_verdict(settings.vote_k)] * len(rows)
+                latency_ms = 1000 * ((shared_s + forward_s) / n)
+                results.append((assignment, bb, out, verdicts, latency_ms))
+                continue
             energy = energy_score(out.logits[rows])
             try:
                 with self.math_threads.limited():
@@ -175,7 +226,7 @@ class ScoreProcessor:
                         assignment.model_version,
                         self.ensembles,
                         default_vote_k=settings.vote_k,
-                        source_overrides=is_production,
+                        source_overrides=is_production or assignment.paired,
                     )
             except SkyloopError:
                 if is_production:
@@ -183,8 +234,10 @@ class ScoreProcessor:
                 # e.g. a shadow calibration whose reference is missing or of another dimension
                 log.exception("score: %s %s left out of this batch", assignment.role, bb.version)
                 continue
-            self.times.decide += time.perf_counter() - t1
-            results.append((assignment, bb, out, verdicts))
+            decide_s = time.perf_counter() - t1
+            self.times.decide += decide_s
+            latency_ms = 1000 * ((shared_s + forward_s) / n + decide_s / len(rows))
+            results.append((assignment, bb, out, verdicts, latency_ms))
             if is_production:
                 for i, verdict in zip(assignment.rows, verdicts, strict=True):
                     if not verdict.calibrated:
@@ -193,13 +246,11 @@ class ScoreProcessor:
                         if len(sent) < settings.reference_size:
                             sent.add(records[i]["image_id"])
         t_encode = time.perf_counter()
-        n = len(records)
-        latency_ms = (t_encode - started) * 1000 / n
         now = datetime.now(UTC)
         partitions = TOPICS["scores"].partitions
         codec = self.ctx.codec
         messages: dict[int, list[OutMessage]] = {}
-        for assignment, bb, out, verdicts in results:
+        for assignment, bb, out, verdicts, latency_ms in results:
             embeddings = out.features[np.asarray(assignment.rows)].astype("<f2")
             for j, (i, verdict) in enumerate(zip(assignment.rows, verdicts, strict=True)):
                 rec = records[i]
@@ -222,6 +273,8 @@ class ScoreProcessor:
                     embedding=embeddings[j].tobytes(),
                     calibration_id=verdict.calibration_id,
                 )
+                if verdict.is_candidate and assignment.served:
+                    score["image"] = rec  # the detect processor localizes the served candidates
                 messages.setdefault(i, []).append(
                     OutMessage(
                         "scores",

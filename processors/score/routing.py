@@ -16,7 +16,10 @@ canary-routed *and* the canary has a calibration for the image's source; the pro
 model's otherwise. A canary-routed image whose source the canary has not calibrated yet is
 served by production and also gets an uncalibrated canary record (never a candidate); those
 records fill the canary's reference window, so the controller can calibrate it. Nothing ever
-waits for a shadow or canary calibration.
+waits for a shadow or canary calibration. An image the canary serves is also scored by
+production, unserved (role ``shadow``, production's version: ``paired``): the canary's health
+is judged against production's verdicts on the same images. Production's features are computed
+for the whole batch anyway, so the pair costs only its OOD decisions.
 
 Example:
     >>> from processors.core.control import ControlState, ModelSlot
@@ -24,6 +27,15 @@ Example:
     >>> plan = plan_roles(["a", "b", "c"], ["sky"] * 3, state, production_version="v1")
     >>> [(a.model_version, a.role, a.rows, a.served) for a in plan]  # v2 not calibrated yet
     [('v1', 'production', (0, 1, 2), True), ('v2', 'canary', (1, 2), False)]
+    >>> from processors.core.control import Calibration
+    >>> cal = Calibration("v2", "sky", "a" * 64, 0.05, 2, {}, "e1")
+    >>> state = ControlState(canary=state.canary, calibrations={"v2|sky": cal})
+    >>> plan = plan_roles(["a", "b", "c"], ["sky"] * 3, state, production_version="v1")
+    >>> for a in plan:
+    ...     print(a.model_version, a.role, a.rows, a.served, a.paired)
+    v1 production (0,) True False
+    v2 canary (1, 2) True False
+    v1 shadow (1, 2) False True
 """
 
 from __future__ import annotations
@@ -67,6 +79,7 @@ class Assignment:
     rows: tuple[int, ...]
     served: bool
     slot: ModelSlot | None = None
+    paired: bool = False  # production's unserved verdicts on the canary's images
 
 
 def plan_roles(
@@ -104,6 +117,16 @@ def plan_roles(
     ]
     if canary is not None:
         plan.append(Assignment(canary.version, "canary", tuple(canary_served), True, canary))
+        plan.append(
+            Assignment(
+                production_version,
+                "shadow",
+                tuple(canary_served),
+                False,
+                state.production,
+                paired=True,
+            )
+        )
         plan.append(Assignment(canary.version, "canary", tuple(canary_unserved), False, canary))
     if shadow is not None:
         plan.append(Assignment(shadow.version, "shadow", tuple(range(n)), False, shadow))

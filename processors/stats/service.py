@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from processors.control.controller import Controller, ControllerConfig, Emit
+from processors.control.lifecycle import Lifecycle, policy_from_settings
 from processors.control.profile import load_profile
 from processors.control.state import SourceState, StatsWindow
 from processors.core.artifacts import ArtifactStore
@@ -63,6 +64,7 @@ __all__ = ["ControlService", "dead_letter_source"]
 log = logging.getLogger(__name__)
 
 WINDOWS_KEPT = 60
+ROLLOUTS_KEY = "rollouts"  # the lifecycle's tracks (processors.control.lifecycle), partition 0
 
 
 def dead_letter_source(letter: DeadLetter) -> str | None:
@@ -98,6 +100,8 @@ class ControlService:
             self.ring,
             lambda profile_id: load_profile(self.store, profile_id),
         )
+        self.lifecycle = Lifecycle(policy_from_settings(settings))
+        self._lifecycle_loaded = False
         self.follower: ControlFollower | None = None
         self.producer: Any = None
         self._heads: dict[str, SourceState] = {}
@@ -146,6 +150,7 @@ class ControlService:
                 continue
             self._roll_window(src, score, partition)
             self._emit(self.controller.on_score(src, score, self.control))
+            self._emit([Emit(e) for e in self._lifecycle().on_score(score, self.control)])
             src.mark("scores", partition, offset)
             touched[src.source] = partition
             self.progress.add("applied")
@@ -182,15 +187,29 @@ class ControlService:
         self.on_dead_letters([(partition, offset, value)])
 
     def _save(self, touched: dict[str, int]) -> None:
-        """Ring blocks, then the head, of each touched source, on its partition (in order)."""
+        """Ring blocks, then the head, of each touched source, on its partition (in order);
+        then the lifecycle's rollout tracks, when any model is in rollout."""
         for source, partition in touched.items():
             self.ring.flush(source, partition)
             self.table.put(head_key(source), self.head(source).to_bytes(), partition)
+        if touched and (self.lifecycle.tracks or self.table.get(ROLLOUTS_KEY) is not None):
+            self.table.put(ROLLOUTS_KEY, self.lifecycle.to_bytes(), 0)
+
+    def _lifecycle(self) -> Lifecycle:
+        """The lifecycle, its tracks restored from the table on first use after a start."""
+        if not self._lifecycle_loaded:
+            raw = self.table.get(ROLLOUTS_KEY)
+            if raw is not None:
+                self.lifecycle.load(raw)
+            self._lifecycle_loaded = True
+        return self.lifecycle
 
     def tick(self, now: datetime | None = None) -> None:
         """Timer: lift the controller's expired pauses; refresh the gauges."""
         state = self.control
-        self._emit(self.controller.on_tick(now or datetime.now(UTC), state))
+        now = now or datetime.now(UTC)
+        self._emit(self.controller.on_tick(now, state))
+        self._emit([Emit(e) for e in self._lifecycle().on_control(state, now)])
         PIPELINE_PAUSED.set(1 if state.pipeline_paused else 0)
         for source in {*state.paused_sources, *state.source_weights}:
             SOURCE_PAUSED.labels(source).set(1 if state.is_source_paused(source) else 0)

@@ -31,6 +31,7 @@ def history(seed: int) -> list[ControlEventRecord]:
             },
         ),
         new_event("model.registered", "effnet@2", "retrainer", {"model_version": "effnet@2"}),
+        new_event("model.gate_passed", "effnet@2", "controller", {"model_version": "effnet@2"}),
         new_event(
             "model.canary_started",
             "effnet@2",
@@ -68,7 +69,7 @@ def test_replay_through_avro_is_identical_to_the_in_memory_fold() -> None:
 
 
 def test_the_fold_applies_each_event_type() -> None:
-    state = replay(enumerate(history(4)[:3]))
+    state = replay(enumerate(history(4)[:4]))
     cal = state.calibration_for("effnet@1", "sky")
     assert state.calibration_for("effnet@1", "hubble") is None
     assert cal is not None and cal.thresholds["knn"] == 0.95 and cal.vote_k == 2
@@ -82,7 +83,7 @@ def test_the_fold_applies_each_event_type() -> None:
     assert not state.is_source_paused("sky")
     state = state.apply(new_event("pipeline.paused", "pipeline", "op", {"reason": "latency"}), 6)
     assert state.pipeline_paused is not None and state.pipeline_paused.reason == "latency"
-    assert state.offset == 6 and state.events_applied == 7
+    assert state.offset == 6 and state.events_applied == 8
     state = state.apply(new_event("threshold.set", "hubble", "op", {"thresholds": {"knn": 0.8}}), 7)
     own = {"thresholds": {"knn": 0.7}, "model_version": "effnet@1"}
     state = state.apply(new_event("threshold.set", "sky", "controller", own), 8)

@@ -377,6 +377,7 @@ def test_shadow_and_canary_are_routed_by_image_id_and_never_change_production(
         scorer.emit(
             "model.shadow_started", "lite0-shadow", {**slot, "model_version": "lite0-shadow"}
         )
+        scorer.emit("model.gate_passed", "lite0-canary", {"model_version": "lite0-canary"})
         scorer.emit(
             "model.canary_started",
             "lite0-canary",
@@ -401,12 +402,24 @@ def test_shadow_and_canary_are_routed_by_image_id_and_never_change_production(
         for version in ("lite0-shadow", "lite0-canary"):
             scorer.emit("calibration.updated", "sky", {**reference, "model_version": version})
         scorer.produce(images)
-        outputs = [o.record for o in scorer.read(2 * len(images))]
+        outputs = [o.record for o in scorer.read(2 * len(images) + len(routed))]
         production = {s["image_id"]: s for s in outputs if s["role"] == "production"}
         canary = {s["image_id"]: s for s in outputs if s["role"] == "canary"}
-        shadow = {s["image_id"]: s for s in outputs if s["role"] == "shadow"}
+        shadow = {
+            s["image_id"]: s
+            for s in outputs
+            if s["role"] == "shadow" and s["model_version"] == "lite0-shadow"
+        }
+        # production's unserved verdicts on the canary's images (for canary health)
+        paired = {
+            s["image_id"]: s
+            for s in outputs
+            if s["role"] == "shadow" and s["model_version"] == lite0.version
+        }
         assert set(canary) == routed and set(production) == set(ids) - routed
-        assert set(shadow) == set(ids)
+        assert set(shadow) == set(ids) and set(paired) == routed
+        for image_id in routed:
+            assert production_view(paired[image_id])[1:] == production_view(baseline[image_id])[1:]
         for image_id in ids:
             served = canary.get(image_id) or production[image_id]
             for other in (served, shadow[image_id]):
@@ -421,8 +434,8 @@ def test_shadow_and_canary_are_routed_by_image_id_and_never_change_production(
             {"model_version": "broken", "backbone": "efficientnet_lite0", "artifact_id": "0" * 64},
         )
         scorer.produce(images[:2])
-        outputs = [o.record for o in scorer.read(2)]
-        assert all(s["role"] in ("production", "canary") for s in outputs)
+        outputs = [o.record for o in scorer.read(2 + len(routed & set(ids[:2])))]
+        assert all(s["model_version"] != "broken" for s in outputs)
         assert {s["image_id"] for s in outputs} == set(ids[:2])
 
         # Promoting the canary makes it production: its version, its calibration, no slots.

@@ -60,9 +60,14 @@ def test_every_image_is_served_exactly_once() -> None:
     ):
         plan = plan_roles(ids, sources, state, "v1")
         assert served_rows(plan) == list(range(len(ids)))
-        shadow_rows = [a.rows for a in plan if a.role == "shadow"]
+        shadow_rows = [a.rows for a in plan if a.role == "shadow" and not a.paired]
         assert shadow_rows == [tuple(range(len(ids)))]
         assert all(not a.served for a in plan if a.role == "shadow")
+        # production's unserved pair of every canary-served image, for canary health
+        canary_served = [a.rows for a in plan if a.role == "canary" and a.served]
+        paired = [a for a in plan if a.paired]
+        assert [a.rows for a in paired] == canary_served
+        assert all(a.model_version == "v1" and a.role == "shadow" for a in paired)
         for a in plan:
             assert list(a.rows) == sorted(a.rows) and a.rows
             if a.role == "canary":

@@ -32,12 +32,10 @@ def test_fresh_database_gets_every_table_once(client: Client) -> None:
     recorded = client.query(
         "SELECT version, name FROM schema_migrations FINAL ORDER BY version"
     ).result_rows
-    assert recorded == [
-        (1, "001_initial.sql"),
-        (2, "002_dead_letter_source.sql"),
-        (3, "003_crossmatch_magnitude_kind.sql"),
-    ]
-    assert client.command("SELECT count() FROM schema_migrations") == 3
+    files = sorted(p.name for p in default_ddl_dir().glob("[0-9][0-9][0-9]_*.sql"))
+    assert recorded == [(int(name[:3]), name) for name in files]
+    assert files[:2] == ["001_initial.sql", "002_dead_letter_source.sql"]
+    assert client.command("SELECT count() FROM schema_migrations") == len(files)
 
 
 def test_a_version_1_database_gains_the_dead_letter_source(tmp_path: Path) -> None:
@@ -56,10 +54,8 @@ def test_a_version_1_database_gains_the_dead_letter_source(tmp_path: Path) -> No
             "VALUES ('images.raw', 0, 7, 'x', 'BadImageError', 'm', 'score', now64(3), "
             "'images.dlq', 0, 1)"
         )
-        assert apply_migrations(client) == [
-            "002_dead_letter_source.sql",
-            "003_crossmatch_magnitude_kind.sql",
-        ]
+        later = sorted(p.name for p in default_ddl_dir().glob("[0-9][0-9][0-9]_*.sql"))[1:]
+        assert apply_migrations(client) == later and later[0] == "002_dead_letter_source.sql"
         column = client.query(
             "SELECT type FROM system.columns WHERE database = currentDatabase() "
             "AND table = 'dead_letters' AND name = 'source'"

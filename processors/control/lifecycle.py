@@ -1,0 +1,236 @@
+"""Model lifecycle driven by outputs: a registered model's trial, shadow, canary and promotion.
+
+Pure decision logic over explicit state (no Kafka, no clock: event times are the records'),
+like :mod:`processors.control.controller`, which it sits beside in the stats app. It turns
+``model.*`` state in the folded ``ControlState`` plus the models' own outputs into the next
+lifecycle events (:class:`~processors.control.rollout.RolloutPolicy` decides):
+
+- a scoring model registered and never gated → ``model.shadow_started`` (its gate trial: a
+  shadow never serves); its first ``trial_outputs`` shadow records → ``model.gate_passed`` or
+  ``model.gate_failed`` (the fold then drops the shadow);
+- a gated detector (the trainer judged it on the held-out set) → ``model.shadow_started``;
+- healthy shadow outputs → ``model.canary_started``; the canary's served outputs are judged
+  window by window against production's outputs *on the same images* (the scorer also scores
+  canary-routed images with production, unserved, role ``shadow``; the detect processor does the
+  same for candidates) → ``model.promoted`` or ``model.rolled_back``.
+
+Outputs: a scorer's record gives its ensemble score (NaN when any detector's raw score is
+NaN) and latency; a detector's candidate record gives its top box confidence (0 without box)
+and latency. Event ids are :func:`~processors.core.control.decision_id` of (step, version,
+phase start), so a restarted controller recognises what it already emitted. Tracks are kept in
+the stats table after each batch; a restart replays the records after the last saved head, so
+a few outputs may be counted twice in a track (the policy's decisions are bounded by windows,
+not exact counts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from processors.control.gate import ModelGate
+from processors.control.rollout import RolloutDecision, RolloutPolicy, RolloutTrack
+from processors.core.control import ControlState, decision_id, new_event
+from processors.core.records import CandidateRecord, ControlEventRecord, ScoreRecord
+
+__all__ = ["Lifecycle", "candidate_output", "policy_from_settings", "score_output"]
+
+ISSUER = "controller"
+PAIR_WAIT = 512  # canary outputs waiting for production's record of the same image
+
+
+def score_output(score: ScoreRecord) -> float:
+    """A scoring record's output: its ensemble score, NaN when any raw detector score is."""
+    if any(not math.isfinite(float(d["raw"])) for d in score["detectors"]):
+        return float("nan")
+    return float(score["ensemble_score"])
+
+
+def candidate_output(candidate: CandidateRecord) -> float:
+    """A detector's output on a candidate: its top box confidence (0 without a box)."""
+    confidences = [float(b["confidence"]) for b in candidate["boxes"]]
+    if any(not math.isfinite(c) for c in confidences):
+        return float("nan")
+    return max(confidences, default=0.0)
+
+
+def policy_from_settings(s: Any) -> RolloutPolicy:
+    """The rollout policy and gate the typed settings describe."""
+    return RolloutPolicy(
+        trial_outputs=s.rollout_trial_outputs,
+        shadow_outputs=s.rollout_shadow_outputs,
+        canary_fraction=s.canary_fraction,
+        canary_outputs=s.canary_outputs,
+        health_window=s.canary_health_window,
+        max_latency_ratio=s.canary_max_latency_ratio,
+        ks_p=s.canary_ks_p,
+        min_agreement=s.canary_min_agreement,
+        gate=ModelGate(
+            map50_tolerance=s.gate_map50_tolerance, max_latency_p99_ms=s.gate_max_latency_p99_ms
+        ),
+    )
+
+
+@dataclass
+class Lifecycle:
+    """See the module docstring. ``tracks`` is the durable state (one per version in rollout)."""
+
+    policy: RolloutPolicy = field(default_factory=RolloutPolicy)
+    tracks: dict[str, RolloutTrack] = field(default_factory=dict)
+    production_version: str | None = None
+    _pending: OrderedDict[tuple[str, str], tuple[float, float]] = field(default_factory=OrderedDict)
+
+    def to_bytes(self) -> bytes:
+        """The tracks, for the stats table (canonical JSON)."""
+        return json.dumps(
+            {v: json.loads(t.to_bytes()) for v, t in sorted(self.tracks.items())}, sort_keys=True
+        ).encode()
+
+    def load(self, data: bytes) -> None:
+        self.tracks = {v: RolloutTrack(**t) for v, t in json.loads(data).items()}
+
+    # -- inputs ------------------------------------------------------------------------------
+    def on_control(self, control: ControlState, at: datetime) -> list[ControlEventRecord]:
+        """Start what the log says is due: trials of new scorers, shadows of gated detectors."""
+        events = []
+        for version, slot in sorted(control.registered.items()):
+            rollout = control.rollout(slot.kind)
+            if version in control.rolled_back or rollout.role_of(version) is not None:
+                continue
+            gate = control.gates.get(version)
+            if slot.kind == "scorer" and gate is None and version not in self.tracks:
+                self.tracks[version] = RolloutTrack(version, "scorer", "trial")
+                events.append(self._event("model.shadow_started", version, "gate trial", at))
+            elif gate is True and version not in self.tracks and rollout.canary is None:
+                self.tracks[version] = RolloutTrack(version, slot.kind, "shadow")
+                events.append(self._event("model.shadow_started", version, "gate passed", at))
+        # forget tracks once the log has folded their outcome (promoted, rolled back, failed)
+        for version in list(self.tracks):
+            known = control.registered.get(version)
+            role = control.rollout(known.kind).role_of(version) if known else None
+            if (
+                version in control.rolled_back
+                or control.gates.get(version) is False
+                or role == "production"
+            ):
+                del self.tracks[version]
+        return events
+
+    def on_score(self, score: ScoreRecord, control: ControlState) -> list[ControlEventRecord]:
+        """Feed one score record; returns the lifecycle events it completes."""
+        version, role = score["model_version"], score["role"]
+        if role == "production":  # the configured backbone serves without a slot in the log
+            self.production_version = version
+        production = self.production_version
+        track = self.tracks.get(version)
+        value, latency = score_output(score), float(score["latency_ms"])
+        if track is None:
+            is_production = role == "production" or (role == "shadow" and version == production)
+            if is_production:
+                self._production_output(score["image_id"], value, latency, score["calibrated"])
+            return []
+        if track.phase in ("trial", "shadow") and role == "shadow":
+            self.policy.observe(track, value, latency)
+        elif track.phase == "canary" and role == "canary" and score["calibrated"]:
+            self._pending[(version, score["image_id"])] = (value, latency)
+            while len(self._pending) > PAIR_WAIT:
+                (old_version, _), (old_value, old_latency) = self._pending.popitem(last=False)
+                if old_version in self.tracks:
+                    self.policy.observe(self.tracks[old_version], old_value, old_latency)
+        return self._step(track, score["scored_at"])
+
+    def on_candidate(
+        self, candidate: CandidateRecord, role: str, control: ControlState, latency_ms: float
+    ) -> list[ControlEventRecord]:
+        """Feed one detector output (``role`` of the detector that made it)."""
+        version = candidate.get("detector_model_version") or ""
+        track = self.tracks.get(version)
+        value = candidate_output(candidate)
+        if track is None:
+            if role == "production":
+                for other in self._tracks_of("detector"):
+                    self.policy.observe_production(other, value, latency_ms)
+            return []
+        if (track.phase == "shadow" and role == "shadow") or (
+            track.phase == "canary" and role == "canary"
+        ):
+            self.policy.observe(track, value, latency_ms)
+        return self._step(track, candidate["detected_at"])
+
+    # -- internals ---------------------------------------------------------------------------
+    def _tracks_of(self, kind: str) -> Iterator[RolloutTrack]:
+        return (t for t in self.tracks.values() if t.kind == kind and t.phase != "done")
+
+    def _production_output(
+        self, image_id: str, value: float, latency: float, calibrated: bool
+    ) -> None:
+        """Production's record: the pair of a waiting canary output, and the baseline."""
+        for track in self._tracks_of("scorer"):
+            if calibrated:
+                self.policy.observe_production(track, value, latency)
+            waiting = self._pending.pop((track.version, image_id), None)
+            if waiting is not None:
+                self.policy.observe(track, waiting[0], waiting[1], paired=value)
+
+    def _step(self, track: RolloutTrack, at: datetime) -> list[ControlEventRecord]:
+        decision = self.policy.decide(track)
+        if decision is None:
+            self.policy.window_judged(track)
+            return []
+        return [self._apply(track, decision, at)]
+
+    def _apply(
+        self, track: RolloutTrack, decision: RolloutDecision, at: datetime
+    ) -> ControlEventRecord:
+        kinds = {
+            "gate_passed": "model.gate_passed",
+            "gate_failed": "model.gate_failed",
+            "canary": "model.canary_started",
+            "promote": "model.promoted",
+            "rollback": "model.rolled_back",
+        }
+        event = self._event(
+            kinds[decision.step],
+            track.version,
+            decision.reason,
+            at,
+            evidence=decision.evidence,
+            fraction=self.policy.canary_fraction if decision.step == "canary" else None,
+            phase=track.phase,
+        )
+        if decision.step == "gate_passed":
+            track.reset("shadow")
+        elif decision.step == "canary":
+            track.reset("canary")
+        else:
+            track.phase = "done"
+        return event
+
+    def _event(
+        self,
+        kind: str,
+        version: str,
+        reason: str,
+        at: datetime,
+        *,
+        evidence: dict[str, float] | None = None,
+        fraction: float | None = None,
+        phase: str = "",
+    ) -> ControlEventRecord:
+        params = {"model_version": version, "reason": reason}
+        if fraction is not None:
+            params["fraction"] = fraction  # type: ignore[assignment]
+        return new_event(
+            kind,
+            version,
+            ISSUER,
+            params,  # type: ignore[arg-type]
+            evidence=evidence,
+            at=at,
+            event_id=decision_id("lifecycle", kind, version, phase),
+        )
