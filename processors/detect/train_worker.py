@@ -5,13 +5,15 @@ reads a :class:`TrainSpec` (JSON), limits itself before importing torch (address
 threads), trains YOLOv8 with ultralytics offline, and writes ``result.json`` next to the spec
 with the path of the best weights and ultralytics' own validation metrics.
 
-Exit status: 0 when ``result.json`` was written; anything else is a failure whose reason is in
-the log (stdout and stderr, which the parent captures).
+Exit status: 0 when ``result.json`` was written; 3 when the memory limit was reached (said so
+on stderr); anything else is a failure whose reason is in the log (stdout and stderr, which
+the parent captures).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sys
 from dataclasses import asdict, dataclass
@@ -19,6 +21,8 @@ from pathlib import Path
 
 __all__ = ["TrainSpec", "main"]
 
+# How an exhausted address space shows: allocations fail, shared objects cannot be mapped.
+_MEMORY_SIGNS = re.compile(r"MemoryError|failed to map|[Cc]annot allocate|out of memory")
 # Module globals ultralytics reads its thread count from (each imports the name by value).
 _THREAD_GLOBALS = (
     "ultralytics.utils",
@@ -111,7 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     spec_path = Path(args[0])
     spec = TrainSpec.read(spec_path)
     _limit_memory(spec.memory_mb)
-    result = _train(spec)
+    try:
+        result = _train(spec)
+    except (MemoryError, ImportError, OSError) as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        if spec.memory_mb is None or not _MEMORY_SIGNS.search(text):
+            raise
+        print(
+            f"training stopped: the memory limit of {spec.memory_mb} MB (RLIMIT_AS) was reached: "
+            f"{text}",
+            file=sys.stderr,
+        )
+        return 3
     (spec_path.parent / "result.json").write_text(json.dumps(result, sort_keys=True), "utf-8")
     return 0
 
