@@ -165,14 +165,17 @@ class Settings(BaseSettings):
     gate_max_latency_p99_ms: float = Field(2000.0, gt=0.0)
 
     # the learning loop (processors/detect, processors/control/learning.py, retrain.py)
-    pseudo_label_min_votes: int = Field(3, ge=1, le=3, description="detectors that must agree")
-    pseudo_label_min_score: float = Field(0.98, ge=0.0, le=1.0, description="calibrated score")
+    pseudo_label_min_votes: int = Field(2, ge=1, le=3, description="detectors that must agree")
+    pseudo_label_min_score: float = Field(
+        0.98, ge=0.0, le=1.0, description="least calibrated score of the min_votes-th detector"
+    )
     pseudo_label_min_box_confidence: float = Field(0.5, ge=0.0, le=1.0)
     pseudo_label_crossmatch: Literal["unmatched", "matched", "any"] = Field(
         "unmatched",
         description=(
-            "unmatched: a candidate on a known catalog object is explained by it, not a label; "
-            "matched: only candidates with a counterpart; any: the cross-match does not matter"
+            "unmatched: a candidate on a catalogued star is explained by it, not a label (a "
+            "galaxy host does not count); matched: only candidates with a counterpart; any: the "
+            "cross-match does not matter"
         ),
     )
     held_out_fraction: float = Field(

@@ -18,6 +18,7 @@ import resource
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TrainSpec", "main"]
 
@@ -72,7 +73,7 @@ def _train(spec: TrainSpec) -> dict[str, object]:
     torch.set_num_interop_threads(1)
     offline_ultralytics(Path(spec.config_dir))
     for name in _THREAD_GLOBALS:
-        module = importlib.import_module(name)
+        module: Any = importlib.import_module(name)
         if hasattr(module, "NUM_THREADS"):
             module.NUM_THREADS = spec.threads
     from ultralytics import YOLO
@@ -101,7 +102,7 @@ def _train(spec: TrainSpec) -> dict[str, object]:
         "verbose": True,
     }
     model.train(**arguments)
-    trainer = model.trainer
+    trainer: Any = model.trainer
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
     return {"weights": str(best), "metrics": metrics}

@@ -201,7 +201,7 @@ def image_row(record: ImageRecord, at: KafkaCoordinates) -> Row:
         None if truth is None else truth.get("segment"),
         [
             (b["label"], float(b["x1"]), float(b["y1"]), float(b["x2"]), float(b["y2"]))
-            for b in ((truth or {}).get("boxes") or [])
+            for b in ((truth.get("boxes") if truth else None) or [])
         ],
         *at,
     )
