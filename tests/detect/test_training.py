@@ -31,7 +31,7 @@ def dataset(root: Path, n_train: int = 40, n_val: int = 8) -> Path:
 
 
 def test_timeout_kills_the_worker_and_keeps_the_log(tmp_path: Path) -> None:
-    with pytest.raises(TrainingTimeoutError, match="ran past 0.5 s") as caught:
+    with pytest.raises(TrainingTimeoutError, match=r"ran past 0\.5 s") as caught:
         train_detector(
             dataset(tmp_path / "ds", 4, 1),
             tmp_path / "out",
@@ -59,7 +59,7 @@ def test_memory_limit_fails_with_the_reason(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_are_refused_before_starting(tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="no data.yaml"):
+    with pytest.raises(TrainingError, match=r"no data\.yaml"):
         train_detector(tmp_path, tmp_path / "out", epochs=1, imgsz=SIZE, timeout_s=10)
     root = dataset(tmp_path / "ds", 2, 1)
     with pytest.raises(TrainingError, match="parent weights"):
