@@ -3,7 +3,9 @@
 Spec syntax: ``NAME[:ARG][?key=value&...]``. Known names: ``synthetic`` (keys: seed,
 anomaly_rate, drift_after, drifts, cycle, kind, size, name; see processors/ingest/synthetic),
 ``hubble`` (keys: seed, size), ``ztf`` (ARG = a folder, file
-or glob of alert packets; keys documented in processors/ingest/ztf*). Bad specs raise
+or glob of alert packets; keys documented in processors/ingest/ztf*), ``dir`` (ARG = a folder,
+file or glob of FITS/PNG/JPEG/TIFF images; keys: watch, poll_interval_s, name, survey; see
+processors/ingest/folder). Bad specs raise
 :class:`ConfigError` naming the key and the accepted values.
 """
 
@@ -19,11 +21,12 @@ from processors.core.allocation import WeightedRoundRobin
 from processors.core.exceptions import ConfigError
 from processors.ingest.base import ImageSource, SourceItem, is_endless
 from processors.ingest.bundled import HubbleDeepField
+from processors.ingest.spec_options import flag, positive, split_options, text, typed_options
 from processors.ingest.synthetic import SyntheticSky
 
 __all__ = ["SOURCE_NAMES", "Interleaved", "parse_source_spec", "source_from_spec"]
 
-SOURCE_NAMES = ("synthetic", "hubble", "ztf")
+SOURCE_NAMES = ("synthetic", "hubble", "ztf", "dir")
 
 _KEYS: dict[str, dict[str, type]] = {
     "synthetic": {
@@ -81,7 +84,21 @@ def source_from_spec(spec: str, *, stop: threading.Event | None = None) -> Image
         if spec[len(SCHEME) :].startswith("kafka://"):
             return ztf_source_from_spec(spec, stop=stop, commit="manual")
         return ztf_source_from_spec(spec, stop=stop)
+    if kind == "dir":
+        return _folder_source(spec, stop)
     raise ConfigError(f"unknown source {kind!r} in {spec!r}; accepted: {', '.join(SOURCE_NAMES)}")
+
+
+_DIR_OPTIONS = {"watch": flag, "poll_interval_s": positive, "name": text, "survey": text}
+
+
+def _folder_source(spec: str, stop: threading.Event | None) -> ImageSource:
+    from processors.ingest.folder import FolderSource
+
+    target, options = split_options(spec[len("dir:") :])
+    if not target:
+        raise ConfigError("source dir: path empty; give dir:FOLDER, dir:FILE or dir:GLOB")
+    return FolderSource(target, stop=stop, **typed_options("dir", options, _DIR_OPTIONS))
 
 
 class Interleaved:
