@@ -8,8 +8,8 @@ still prefer write-then-rename). Each file is read once per iteration.
 Each file becomes exactly one item: a :class:`RawImage` whose ``provenance['path']`` is the
 file's path relative to the folder given (for a glob, to the folder above its first wildcard),
 or a :class:`SourceFailure` keyed by that same path, carrying the file's bytes (the first
-``MAX_PIXEL_BYTES`` of them) and the reason. Counters: ``files`` (taken), ``read`` (images
-yielded), ``failed`` and ``failed.<error_class>``, so ``files == read + failed``.
+``MAX_PIXEL_BYTES`` of them) and the reason. Counters: ``files`` (taken), ``yielded`` (images
+yielded), ``failed`` and ``failed.<error_class>``, so ``files == yielded + failed``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class FolderSource:
             self.root = Path(pattern).parent
         else:
             self.root = Path(pattern)
-        self.stats = SourceCounters("files", "read", "failed")
+        self.stats = SourceCounters("files", "yielded", "failed")
 
     @property
     def endless(self) -> bool:
@@ -168,7 +168,7 @@ class FolderSource:
         except BadImageError as exc:
             return self._failure(key, data, "BadImageFile", str(exc))
         mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
-        self.stats.add("read")
+        self.stats.add("yielded")
         return RawImage(
             source=self.name,
             survey=self.survey,

@@ -99,6 +99,9 @@ def describe_source(name: str, counts: Mapping[str, int]) -> str:
         parts.append(f"{counts['packets']} packets")
     if "read" in counts:
         parts.append(f"{counts['read']} alerts read")
+    for unit in ("files", "targets"):
+        if unit in counts:
+            parts.append(f"{counts[unit]} {unit}")
     parts.append(
         f"{counts.get('published', 0)} published ({counts.get('images', 0)} distinct images)"
     )

@@ -114,7 +114,7 @@ def test_counters_account_for_every_file(folder: Path) -> None:
     source = FolderSource(folder)
     _items(source)
     stats = source.stats.snapshot()
-    assert stats["files"] == 7 and stats["read"] == 5 and stats["failed"] == 2
+    assert stats["files"] == 7 and stats["yielded"] == 5 and stats["failed"] == 2
     assert stats["failed.BadImageFile"] == 2
 
 
