@@ -7,10 +7,13 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "CorruptMessageError",
+    "FetchError",
+    "PermanentFetchError",
     "SchemaError",
     "SkyloopError",
     "SourceError",
     "StackError",
+    "TransientFetchError",
     "UnknownSchemaError",
 ]
 
@@ -49,3 +52,28 @@ class SourceError(SkyloopError):
 
 class StackError(SkyloopError):
     """The embedded local stack (broker, ClickHouse) failed to start or stop."""
+
+
+class FetchError(SourceError):
+    """A survey request failed; ``error_class`` names how (``Http503``, ``ReadTimeout``,
+    ``HtmlErrorPage``, ``BlankImage``, ...), the key of the source's error counters."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(f"{error_class}: {message}")
+        self.error_class = error_class
+        self.message = message
+
+
+class TransientFetchError(FetchError):
+    """A failure that may pass (throttling, server errors, timeouts, resets, a truncated or
+    error-page payload): the request is tried again later. ``retry_after_s`` is the server's
+    ``Retry-After``, when it sent one."""
+
+    def __init__(self, error_class: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(error_class, message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentFetchError(FetchError):
+    """A failure that asking again cannot fix (404, a bad request, a blank cutout outside the
+    survey's footprint, the wrong size): the target becomes a dead letter with this reason."""

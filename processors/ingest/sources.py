@@ -5,7 +5,9 @@ anomaly_rate, drift_after, drifts, cycle, kind, size, name; see processors/inges
 ``hubble`` (keys: seed, size), ``ztf`` (ARG = a folder, file
 or glob of alert packets; keys documented in processors/ingest/ztf*), ``dir`` (ARG = a folder,
 file or glob of FITS/PNG/JPEG/TIFF images; keys: watch, poll_interval_s, name, survey; see
-processors/ingest/folder). Bad specs raise
+processors/ingest/folder) and the surveys ``sdss``, ``decals``, ``panstarrs``, ``ztf-irsa``,
+``hst``, ``galaxyzoo`` (ARG = a CSV of targets; keys in processors/ingest/surveys and each
+survey's module). Bad specs raise
 :class:`ConfigError` naming the key and the accepted values.
 """
 
@@ -26,7 +28,18 @@ from processors.ingest.synthetic import SyntheticSky
 
 __all__ = ["SOURCE_NAMES", "Interleaved", "parse_source_spec", "source_from_spec"]
 
-SOURCE_NAMES = ("synthetic", "hubble", "ztf", "dir")
+SOURCE_NAMES = (
+    "synthetic",
+    "hubble",
+    "ztf",
+    "dir",
+    "sdss",
+    "decals",
+    "panstarrs",
+    "ztf-irsa",
+    "hst",
+    "galaxyzoo",
+)
 
 _KEYS: dict[str, dict[str, type]] = {
     "synthetic": {
@@ -86,6 +99,10 @@ def source_from_spec(spec: str, *, stop: threading.Event | None = None) -> Image
         return ztf_source_from_spec(spec, stop=stop)
     if kind == "dir":
         return _folder_source(spec, stop)
+    if kind in SOURCE_NAMES[4:]:
+        from processors.ingest.surveys import survey_source_from_spec
+
+        return survey_source_from_spec(spec, stop=stop)
     raise ConfigError(f"unknown source {kind!r} in {spec!r}; accepted: {', '.join(SOURCE_NAMES)}")
 
 
