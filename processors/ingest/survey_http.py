@@ -36,7 +36,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from processors.core.exceptions import ConfigError, PermanentFetchError, TransientFetchError
@@ -197,8 +198,10 @@ class SurveyHttp:
             headers={"User-Agent": "skyloop (survey ingestion)", **(headers or {})},
             follow_redirects=True,
         )
-        self._backoff = wait_exponential_jitter(
-            initial=p.backoff_s, max=p.max_backoff_s, jitter=p.backoff_s
+        # full exponential back-off plus up to one base step of jitter, so that many sources
+        # failing together do not retry in lockstep
+        self._backoff = wait_exponential(multiplier=p.backoff_s, max=p.max_backoff_s) + wait_random(
+            0, p.backoff_s
         )
 
     def close(self) -> None:
