@@ -18,8 +18,12 @@ counters (``stats.snapshot()``) also hold ``requests``, ``retries``, ``deferred`
 ``breaker_opened`` and ``errors.<class>`` for every failed attempt. Dead letters are what the
 controller's error back-off counts per source.
 
-A re-fetched cutout has the same bytes, hence the same image id: the sink's ``images`` table
-(ReplacingMergeTree on image_id) and the scorers' bounded recent-id dedupe keep it once.
+A re-fetched cutout has the same bytes, hence the same image id (sha256 of source and
+pixels): where it is deduplicated is downstream of ingest: every output is keyed by image_id and
+ClickHouse keeps one row per id (ReplacingMergeTree on image_id, and on (image_id,
+model_version, role) for scores); ingest's own ``images`` count (distinct ids) remembers the
+last 200,000 ids (:class:`~processors.core.dedupe.RecentIds`), so it is exact for re-fetches
+closer together than that.
 """
 
 from __future__ import annotations
