@@ -193,11 +193,8 @@ class SurveyHttp:
         self.breaker = CircuitBreaker(self.policy.breaker_failures, self.policy.breaker_reset_s)
         self._sleep = sleep
         p = self.policy
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(p.read_timeout_s, connect=p.connect_timeout_s),
-            headers={"User-Agent": "skyloop (survey ingestion)", **(headers or {})},
-            follow_redirects=True,
-        )
+        self._headers = {"User-Agent": "skyloop (survey ingestion)", **(headers or {})}
+        self._client: httpx.Client | None = None  # opened at the first request
         # full exponential back-off plus up to one base step of jitter, so that many sources
         # failing together do not retry in lockstep
         self._backoff = wait_exponential(multiplier=p.backoff_s, max=p.max_backoff_s) + wait_random(
@@ -205,7 +202,19 @@ class SurveyHttp:
         )
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _session(self) -> httpx.Client:
+        if self._client is None:
+            p = self.policy
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(p.read_timeout_s, connect=p.connect_timeout_s),
+                headers=self._headers,
+                follow_redirects=True,
+            )
+        return self._client
 
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path}"
@@ -279,7 +288,7 @@ class SurveyHttp:
     def _send(self, url: str, params: dict[str, Any]) -> tuple[int, bytes, str, float | None]:
         deadline = time.monotonic() + self.policy.total_timeout_s
         try:
-            with self._client.stream("GET", url, params=params) as response:
+            with self._session().stream("GET", url, params=params) as response:
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in response.iter_bytes():

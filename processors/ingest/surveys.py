@@ -18,6 +18,7 @@ Example: ``sdss:targets.csv?scale=0.4&size=64&rate_per_s=2``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from importlib import import_module
@@ -96,7 +97,10 @@ def survey_source_from_spec(spec: str, *, stop: threading.Event | None = None) -
     common = {k: options.pop(k) for k in list(options) if k in _COMMON}
     api = getattr(module, class_name)(**options)
     policy = HttpPolicy(**{k: v for k, v in common.items() if k in _policy_parsers()})
-    http = SurveyHttp(common.get("base_url") or base_url_for(options), policy, SourceCounters())
+    # back-off waits end early on stop, so Ctrl-C never waits out a long Retry-After
+    sleep = stop.wait if stop is not None else time.sleep
+    base_url = common.get("base_url") or base_url_for(options)
+    http = SurveyHttp(base_url, policy, SourceCounters(), sleep=sleep)
     return SurveySource(
         api,
         target,
