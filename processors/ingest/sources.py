@@ -1,7 +1,8 @@
 """Build image sources from specs such as ``synthetic``, ``hubble`` or ``ztf:DIR``.
 
 Spec syntax: ``NAME[:ARG][?key=value&...]``. Known names: ``synthetic`` (keys: seed,
-anomaly_rate, drift_after, drifts, cycle, kind, size, name; see processors/ingest/synthetic),
+anomaly_rate, drift_after, drifts, cycle, kind, size, name, surveys; see
+processors/ingest/synthetic),
 ``hubble`` (keys: seed, size), ``ztf`` (ARG = a folder, file
 or glob of alert packets; keys documented in processors/ingest/ztf*), ``dir`` (ARG = a folder,
 file or glob of FITS/PNG/JPEG/TIFF images; keys: watch, poll_interval_s, name, survey; see
@@ -51,6 +52,7 @@ _KEYS: dict[str, dict[str, type]] = {
         "kind": str,
         "size": int,
         "name": str,
+        "surveys": str,
     },
     "hubble": {"seed": int, "size": int, "name": str},
 }
@@ -59,7 +61,9 @@ _KEYS: dict[str, dict[str, type]] = {
 def parse_source_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     head, _, query = spec.partition("?")
     kind, _, arg = head.partition(":")
-    return kind.strip(), (arg or None), dict(parse_qsl(query, keep_blank_values=True))
+    # a '+' stays a '+' (e.g. drifts=60:+space), as in every other spec's options
+    options = parse_qsl(query.replace("+", "%2B"), keep_blank_values=True)
+    return kind.strip(), (arg or None), dict(options)
 
 
 def _typed(kind: str, options: dict[str, str]) -> dict[str, Any]:
