@@ -40,6 +40,7 @@ from typing import Protocol
 
 from processors.core.exceptions import PermanentFetchError, TransientFetchError
 from processors.ingest.base import RawImage, SourceFailure, SourceItem
+from processors.ingest.cone import ConeQuery
 from processors.ingest.counters import SourceCounters
 from processors.ingest.image_files import DecodedFile
 from processors.ingest.survey_http import CircuitOpen, SurveyHttp
@@ -86,16 +87,21 @@ class SurveySource:
     def __init__(
         self,
         api: SurveyApi,
-        targets: str | Path,
+        targets: str | Path | ConeQuery,
         http: SurveyHttp,
         *,
         name: str,
         rounds: int = 3,
         stop: threading.Event | None = None,
+        catalog: SurveyHttp | None = None,
     ) -> None:
         self.api = api
-        self.targets = Path(targets)
-        list(read_targets(self.targets))  # fail fast (ConfigError) on a missing or headless file
+        self.targets: Path | ConeQuery = (
+            targets if isinstance(targets, ConeQuery) else Path(targets)
+        )
+        if isinstance(self.targets, Path):
+            list(read_targets(self.targets))  # fail fast (ConfigError): missing or headless
+        self.catalog = catalog
         self.http = http
         self.name = name
         self.rounds = max(1, int(rounds))
@@ -121,7 +127,7 @@ class SurveySource:
             time.sleep(seconds)
 
     def __iter__(self) -> Iterator[SourceItem]:
-        fresh = read_targets(self.targets)
+        fresh = self._fresh()
         later: deque[_Pending] = deque()
         exhausted = False
         try:
@@ -142,6 +148,9 @@ class SurveySource:
                         exhausted = True
                         continue
                     self.counters.add("targets")
+                    if isinstance(row, SourceFailure):
+                        yield row  # the cone query itself failed for good: one dead letter
+                        continue
                     if isinstance(row, BadTarget):
                         yield self._bad_row(row)
                         continue
@@ -155,6 +164,23 @@ class SurveySource:
                     yield item
         finally:
             self.http.close()
+
+    def _fresh(self) -> Iterator[Target | BadTarget | SourceFailure]:
+        if isinstance(self.targets, Path):
+            yield from read_targets(self.targets)
+            return
+        catalog = self.catalog or self.http
+        try:
+            rows = list(self.targets.targets(catalog))
+        except (TransientFetchError, PermanentFetchError) as exc:
+            self.counters.add_detail("failed", exc.error_class)
+            query = self.targets.sql().encode()
+            yield SourceFailure(self.name, self.targets.label, query, exc.error_class, exc.message)
+            return
+        finally:
+            if self.catalog is not None:
+                self.catalog.close()
+        yield from rows
 
     def _try(self, pending: _Pending) -> SourceItem | None:
         """The item for this target, or None when it is deferred for another round."""
@@ -204,7 +230,8 @@ class SurveySource:
 
     def _key(self, target: Target | BadTarget) -> str:
         name = target.key if isinstance(target, Target) else "bad row"
-        return f"{self.targets.name}:{target.line}:{name}"
+        label = self.targets.name if isinstance(self.targets, Path) else self.targets.label
+        return f"{label}:{target.line}:{name}"
 
     def _bad_row(self, row: BadTarget) -> SourceFailure:
         self.counters.add_detail("failed", "BadTarget")

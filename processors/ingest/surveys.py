@@ -7,12 +7,15 @@ survey takes:
 - ``base_url``: the service root (default: the survey's public endpoint), e.g. a mirror or a
   local server in tests;
 - ``name``: the source name (default: the survey's name);
+- ``limit``, ``catalog_url``: for ``SURVEY:cone:RA,DEC,RADIUS_ARCMIN`` targets, the number
+  of galaxies and the SkyServer SQL search root (processors/ingest/cone);
 - ``rounds``: how many times a failing target is tried before it is a dead letter (default 3);
 - the :class:`~processors.ingest.survey_http.HttpPolicy` fields: ``connect_timeout_s``,
   ``read_timeout_s``, ``total_timeout_s``, ``rate_per_s``, ``burst``, ``attempts``,
   ``backoff_s``, ``max_backoff_s``, ``breaker_failures``, ``breaker_reset_s``.
 
-Example: ``sdss:targets.csv?scale=0.4&size=64&rate_per_s=2``.
+Examples: ``sdss:targets.csv?scale=0.4&size=64&rate_per_s=2``,
+``decals:cone:150.1,2.2,3?limit=50&format=jpeg``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from importlib import import_module
 from typing import Any
 
 from processors.core.exceptions import ConfigError
+from processors.ingest.cone import DEFAULT_CATALOG_URL, ConeQuery, parse_cone
 from processors.ingest.counters import SourceCounters
 from processors.ingest.spec_options import (
     integer,
@@ -80,7 +84,14 @@ def _policy_parsers() -> dict[str, Any]:
     return parsers
 
 
-_COMMON = {"base_url": text, "name": text, "rounds": integer(1, 100), **_policy_parsers()}
+_COMMON = {
+    "base_url": text,
+    "name": text,
+    "rounds": integer(1, 100),
+    "limit": integer(1, 10_000),
+    "catalog_url": text,
+    **_policy_parsers(),
+}
 
 
 def survey_source_from_spec(spec: str, *, stop: threading.Event | None = None) -> SurveySource:
@@ -101,11 +112,20 @@ def survey_source_from_spec(spec: str, *, stop: threading.Event | None = None) -
     sleep = stop.wait if stop is not None else time.sleep
     base_url = common.get("base_url") or base_url_for(options)
     http = SurveyHttp(base_url, policy, SourceCounters(), sleep=sleep)
+    targets: str | ConeQuery = target
+    catalog = None
+    if target.startswith("cone:"):
+        targets = parse_cone(target[len("cone:") :], common.get("limit", 100))
+        catalog_url = common.get("catalog_url", DEFAULT_CATALOG_URL)
+        catalog = SurveyHttp(catalog_url, policy, http.counters, sleep=sleep)
+    elif "limit" in common or "catalog_url" in common:
+        raise ConfigError(f"source {kind}: limit and catalog_url apply to {kind}:cone:... only")
     return SurveySource(
         api,
-        target,
+        targets,
         http,
         name=common.get("name", kind),
         rounds=common.get("rounds", 3),
         stop=stop,
+        catalog=catalog,
     )

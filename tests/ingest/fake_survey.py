@@ -6,6 +6,7 @@ Routes (each under its own prefix, so one server stands for every survey):
   /ps1/ps1filenames.py, /ps1/fitscut.cgi     Pan-STARRS file lookup table, then FITS
   /irsa/ibe/search/ztf/products/sci          IBE search (CSV); /irsa/ibe/data/... FITS
   /hla/fitscut.cgi                           HLA fitscut (FITS)
+  /skysql/SqlSearch                          SkyServer SQL search (a cone's galaxies, CSV)
 
 Payloads are realistic and deterministic per position: a galaxy (exponential disc), a few stars
 and sky noise, so the same target always gives the same bytes. Faults are queued per route
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import struct
 import threading
@@ -38,7 +40,7 @@ from PIL import Image
 
 __all__ = ["FakeSurvey", "fake_survey", "galaxy"]
 
-ROUTES = ("sdss", "decals", "ps1", "irsa", "hla")
+ROUTES = ("sdss", "decals", "ps1", "irsa", "hla", "skysql")
 
 
 def galaxy(ra: float, dec: float, size: int, bands: int = 1) -> np.ndarray:
@@ -158,6 +160,19 @@ class FakeSurvey:
             )
             rows = "" if position is not None and position[1] < -30 else row
             return f"{header}\n{rows}\n".encode(), "text/plain"
+        if route == "skysql" and rest == "SqlSearch":
+            match = re.search(
+                r"TOP (\d+).*fGetNearbyObjEq\(([-\d.]+), ([-\d.]+), ([\d.]+)\)",
+                query.get("cmd", ""),
+            )
+            if match is None or query.get("format") != "csv":
+                return b"bad query", "text/plain"
+            top, ra, dec, radius = (float(g) for g in match.groups())
+            rows = [
+                f"{1237650000000000000 + i},{ra + (i + 1) * radius / 60 / 10:.6f},{dec:.6f}"
+                for i in range(int(top))
+            ]
+            return ("#Table1\nobjid,ra,dec\n" + "\n".join(rows) + "\n").encode(), "text/plain"
         if route == "irsa" and rest.startswith("ibe/search"):
             ra, dec = query["pos"].split(",")
             cols = "field,ccdid,qid,filtercode,imgtypecode,filefracday,obsjd,ra,dec"

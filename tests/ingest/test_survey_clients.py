@@ -210,3 +210,34 @@ def test_galaxy_zoo_catalog_columns_travel_in_provenance(
         "0.83"
     )
     assert np.isclose(image.ra or 0, 185.47)
+
+
+def test_cone_targets_come_from_the_catalog_nearest_first(survey: FakeSurvey) -> None:
+    catalog = survey.base_url("skysql")
+    spec = (
+        f"decals:cone:150.1,2.2,3?limit=4&format=jpeg&size=32&catalog_url={catalog}"
+        f"&base_url={survey.base_url('decals')}&{FAST}"
+    )
+    images, failures, stats = _run(spec)
+    assert not failures and len(images) == 4 and stats["targets"] == 4
+    assert [i.provenance["target"] for i in images] == [
+        str(1237650000000000000 + i) for i in range(4)
+    ]
+    assert all(i.ra is not None and 150.1 < i.ra < 150.1 + 3 / 60 for i in images)
+    ((_, query),) = [r for r in survey.requests if r[0] == "skysql"]
+    assert "dbo.fGetNearbyObjEq(150.1, 2.2, 3.0)" in query["cmd"] and "TOP 4" in query["cmd"]
+
+
+def test_a_cone_query_that_fails_for_good_is_one_dead_letter(survey: FakeSurvey) -> None:
+    survey.plan("skysql", ["html200"] * 3)
+    spec = (
+        f"sdss:cone:10,20,1?catalog_url={survey.base_url('skysql')}"
+        f"&base_url={survey.base_url('sdss')}&{FAST}"
+    )
+    images, failures, stats = _run(spec)
+    assert not images
+    (letter,) = failures
+    assert (letter.key, letter.error_class) == ("cone:10.0,20.0,1.0", "BadCatalogTable")
+    assert stats["errors.BadCatalogTable"] == 3
+    with pytest.raises(ConfigError, match="cone:10,95,1"):
+        source_from_spec("sdss:cone:10,95,1")
