@@ -130,7 +130,9 @@ class Interleaved:
     is not drawn); draws then follow the shares by smooth weighted round robin
     (:class:`~processors.core.allocation.WeightedRoundRobin`), parts sharing a name taking turns.
     When no source has a share, iteration waits (``idle_s`` between looks) until one has or
-    ``stop`` is set.
+    ``stop`` is set. A part with a ``ready()`` method that answers False (a survey whose
+    breaker is open, or whose only targets left wait out their back-off) is not drawn from
+    meanwhile, so one resting source never holds up the others.
     """
 
     def __init__(
@@ -155,11 +157,20 @@ class Interleaved:
         return any(is_endless(s) for s in self.sources)
 
     def __iter__(self) -> Iterator[SourceItem]:
-        live: dict[int, Iterator[SourceItem]] = {i: iter(s) for i, s in enumerate(self.sources)}
+        live: dict[int, Iterator[SourceItem | None]] = {
+            i: _steps(s) for i, s in enumerate(self.sources)
+        }
         picker = WeightedRoundRobin()
         turns: dict[str, int] = {}
         while live:
-            names = sorted({self.sources[i].name for i in live})
+            ready = [i for i in live if _ready(self.sources[i])]
+            if not ready:  # e.g. every survey resting behind an open breaker
+                if self.stop is not None and self.stop.is_set():
+                    return
+                self.waits += 1
+                time.sleep(self.idle_s)
+                continue
+            names = sorted({self.sources[i].name for i in ready})
             if self.shares is None:
                 shares: Mapping[str, float] = dict.fromkeys(names, 1.0)
             else:
@@ -171,10 +182,24 @@ class Interleaved:
                 time.sleep(self.idle_s)
                 continue
             name = picker.pick(shares)
-            parts = [i for i in live if self.sources[i].name == name]
+            parts = [i for i in ready if self.sources[i].name == name]
             index = parts[turns.get(name, 0) % len(parts)]
             turns[name] = turns.get(name, 0) + 1
             try:
-                yield next(live[index])
+                item = next(live[index])
             except StopIteration:
                 del live[index]
+                continue
+            if item is not None:  # None: that part is resting (see ``steps``); draw again
+                yield item
+
+
+def _ready(source: ImageSource) -> bool:
+    ready = getattr(source, "ready", None)
+    return bool(ready()) if callable(ready) else True
+
+
+def _steps(source: ImageSource) -> Iterator[SourceItem | None]:
+    """A part's ``steps()`` when it has them (items, or None instead of waiting), else its items."""
+    steps = getattr(source, "steps", None)
+    return steps() if callable(steps) else iter(source)

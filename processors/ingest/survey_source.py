@@ -111,6 +111,8 @@ class SurveySource:
             self.counters.add(key, 0)
         self.stats = _Stats(self.counters, http)
         self.endless = False
+        self._later: deque[_Pending] = deque()
+        self._exhausted = False
 
     def __repr__(self) -> str:
         return f"SurveySource({self.api.survey!r}, {str(self.targets)!r}, name={self.name!r})"
@@ -126,26 +128,52 @@ class SurveySource:
         else:
             time.sleep(seconds)
 
+    def ready(self) -> bool:
+        """Whether the next item can come without waiting: the breaker is not open, and a fresh
+        target or a deferred one whose back-off is over is left. (Interleaved draws from other
+        sources meanwhile; iterating anyway just waits.)"""
+        if self.http.breaker.retry_in() > 0:
+            return False
+        if self._exhausted and self._later:
+            return self._later[0].due <= time.monotonic()
+        return True
+
     def __iter__(self) -> Iterator[SourceItem]:
+        for item in self.steps():
+            if item is None:
+                self._wait(self._idle_for())
+            else:
+                yield item
+
+    def _idle_for(self) -> float:
+        rest = self.http.breaker.retry_in()
+        if rest <= 0 and self._exhausted and self._later:
+            rest = self._later[0].due - time.monotonic()
+        return min(max(rest, 0.0), 1.0)
+
+    def steps(self) -> Iterator[SourceItem | None]:
+        """The items of an iteration, with ``None`` where iterating would wait (the breaker is
+        open, the only targets left are backing off) or right after a target was deferred: a
+        caller drawing from several sources (``Interleaved``) uses the time for the others."""
         fresh = self._fresh()
         later: deque[_Pending] = deque()
-        exhausted = False
+        self._later = later
+        self._exhausted = False
         try:
             while not self._stopped():
-                rest = self.http.breaker.retry_in()
-                if rest > 0:  # open: spend no round, send nothing
-                    self._wait(min(rest, 1.0))
+                if self.http.breaker.retry_in() > 0:  # open: spend no round, send nothing
+                    yield None
                     continue
                 now = time.monotonic()
-                if later and (later[0].due <= now or exhausted):
+                if later and (later[0].due <= now or self._exhausted):
+                    if later[0].due > now:
+                        yield None
+                        continue
                     pending = later.popleft()
-                    self._wait(pending.due - now)
-                    if self._stopped():
-                        return
-                elif not exhausted:
+                elif not self._exhausted:
                     row = next(fresh, None)
                     if row is None:
-                        exhausted = True
+                        self._exhausted = True
                         continue
                     self.counters.add("targets")
                     if isinstance(row, SourceFailure):
@@ -160,8 +188,7 @@ class SurveySource:
                 item = self._try(pending)
                 if item is None:
                     later.append(pending)
-                else:
-                    yield item
+                yield item
         finally:
             self.http.close()
 

@@ -241,3 +241,32 @@ def test_a_cone_query_that_fails_for_good_is_one_dead_letter(survey: FakeSurvey)
     assert stats["errors.BadCatalogTable"] == 3
     with pytest.raises(ConfigError, match="cone:10,95,1"):
         source_from_spec("sdss:cone:10,95,1")
+
+
+def test_a_resting_survey_does_not_hold_up_the_other_sources(
+    survey: FakeSurvey, tmp_path: Path
+) -> None:
+    from processors.ingest.sources import Interleaved
+    from tests.ingest.test_allocation_draws import Endless
+
+    targets = _targets(tmp_path, [(60.0, 6.0, "a"), (61.0, 6.0, "b")])
+    survey.plan("hla", ["503"] * 4)
+    options = FAST.replace("attempts=3", "attempts=2").replace(
+        "breaker_failures=50", "breaker_failures=2"
+    )
+    spec = f"hst:{targets}?dataset=x&size=32&rounds=5&base_url={survey.base_url('hla')}&{options}"
+    hst = source_from_spec(spec)
+    assert isinstance(hst, SurveySource)
+    mixed = Interleaved([hst, Endless("other")], idle_s=0.01)
+    while_open = 0
+    got: list[str] = []
+    for item in mixed:
+        if item.source == "other" and hst.http.breaker.state == "open":
+            while_open += 1
+        if isinstance(item, RawImage) and item.source == "hst":
+            got.append(item.provenance["target"])
+        if len(got) == 2:
+            break
+    assert sorted(got) == ["a", "b"]
+    assert hst.stats.snapshot()["breaker_opened"] >= 1
+    assert while_open > 0  # the other source was drawn from while the breaker rested
