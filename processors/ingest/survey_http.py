@@ -195,6 +195,9 @@ class SurveyHttp:
         p = self.policy
         self._headers = {"User-Agent": "skyloop (survey ingestion)", **(headers or {})}
         self._client: httpx.Client | None = None  # opened at the first request
+        # the last failure of a request that was sent (what a dead letter names when the
+        # breaker opened on a target's own failures)
+        self.last_error: TransientFetchError | PermanentFetchError | None = None
         # full exponential back-off plus up to one base step of jitter, so that many sources
         # failing together do not retry in lockstep
         self._backoff = wait_exponential(multiplier=p.backoff_s, max=p.max_backoff_s) + wait_random(
@@ -283,6 +286,8 @@ class SurveyHttp:
 
     def _count(self, exc: Any) -> Any:
         self.counters.add_detail("errors", exc.error_class)
+        if not isinstance(exc, CircuitOpen):
+            self.last_error = exc
         return exc
 
     def _send(self, url: str, params: dict[str, Any]) -> tuple[int, bytes, str, float | None]:

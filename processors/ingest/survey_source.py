@@ -12,8 +12,10 @@ A :class:`SurveyApi` knows one service's documented interface (which requests ma
 - a permanent failure (404, blank or wrong-size cutout, a bad row in the CSV): a dead letter
   at once.
 
-While the breaker is open nothing is sent and no round is spent: the source waits (stopping
-early when ``stop`` is set). So ``targets == yielded + failed`` once iteration ends, and the
+While the breaker is open nothing is sent, and a target that was not tried spends no round
+(one whose own requests failed until the breaker opened does): a service that stays down ends
+in dead letters after ``rounds`` probes per target, ``breaker_reset_s`` apart, never in a hang.
+So ``targets == yielded + failed`` once iteration ends, and the
 counters (``stats.snapshot()``) also hold ``requests``, ``retries``, ``deferred``,
 ``breaker_opened`` and ``errors.<class>`` for every failed attempt. Dead letters are what the
 controller's error back-off counts per source.
@@ -212,20 +214,33 @@ class SurveySource:
     def _try(self, pending: _Pending) -> SourceItem | None:
         """The item for this target, or None when it is deferred for another round."""
         target = pending.target
+        sent = self.counters.get("requests")
         try:
             cutout = self.api.fetch(self.http, target)
-        except CircuitOpen:
-            return None  # not a round: the breaker decides when to try again
+        except CircuitOpen as exc:
+            last = self.http.last_error
+            if self.counters.get("requests") == sent or last is None:
+                return None  # nothing was sent: not a round; the breaker says when to try again
+            # the target's own requests failed until the breaker opened: a round spent
+            return self._defer(pending, last if isinstance(last, TransientFetchError) else exc)
         except TransientFetchError as exc:
-            pending.tries += 1
-            if pending.tries >= self.rounds:
-                return self._failure(target, exc.error_class, self._gave_up(pending, exc))
-            self.counters.add("deferred")
-            backoff = self.http.policy.backoff_s * 2**pending.tries
-            pending.due = time.monotonic() + min(backoff, self.http.policy.max_backoff_s)
-            return None
+            return self._defer(pending, exc)
         except PermanentFetchError as exc:
             return self._failure(target, exc.error_class, exc.message)
+        return self._image(target, cutout)
+
+    def _defer(self, pending: _Pending, exc: TransientFetchError) -> SourceItem | None:
+        """Another round later, or a dead letter once ``rounds`` are spent."""
+        pending.tries += 1
+        if pending.tries >= self.rounds:
+            message = self._gave_up(pending, exc)
+            return self._failure(pending.target, exc.error_class, message)
+        self.counters.add("deferred")
+        backoff = self.http.policy.backoff_s * 2**pending.tries
+        pending.due = time.monotonic() + min(backoff, self.http.policy.max_backoff_s)
+        return None
+
+    def _image(self, target: Target, cutout: Cutout) -> RawImage:
         self.counters.add("yielded")
         image = cutout.image
         provenance = {

@@ -270,3 +270,20 @@ def test_a_resting_survey_does_not_hold_up_the_other_sources(
     assert sorted(got) == ["a", "b"]
     assert hst.stats.snapshot()["breaker_opened"] >= 1
     assert while_open > 0  # the other source was drawn from while the breaker rested
+
+
+def test_a_service_that_stays_down_ends_in_dead_letters_not_a_hang(
+    survey: FakeSurvey, tmp_path: Path
+) -> None:
+    rows = [(70.0, 7.0, "a"), (71.0, 7.0, "b"), (72.0, 7.0, "c")]
+    targets = _targets(tmp_path, rows)
+    for ra, dec, _ in rows:
+        survey.always[(ra, dec)] = "503"
+    options = FAST.replace("breaker_failures=50", "breaker_failures=2").replace(
+        "breaker_reset_s=0.2", "breaker_reset_s=0.05"
+    )
+    spec = f"sdss:{targets}?size=32&rounds=2&base_url={survey.base_url('sdss')}&{options}"
+    images, failures, stats = _run(spec)
+    assert not images and [f.error_class for f in failures] == ["Http503"] * 3
+    assert all("gave up after 2 rounds" in f.message for f in failures)
+    assert stats["breaker_opened"] >= 1
