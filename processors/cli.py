@@ -493,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
             "image source spec, repeatable: synthetic, hubble (both endless), "
             'ztf:DIR or "ztf:DIR?cutout=triplet&min_rb=0.5" (ZTF alert packets, finite), '
             "ztf:kafka://HOST:PORT/TOPIC?idle_timeout_s=30 (an external alert topic; endless "
-            "without idle_timeout_s or max_messages). Default: synthetic and hubble"
+            "without idle_timeout_s or max_messages), dir:FOLDER_OR_GLOB[?watch=1] (FITS, PNG, "
+            "JPEG, TIFF files), SURVEY:TARGETS.csv[?size=64&base_url=..] with SURVEY one of "
+            "sdss, decals, panstarrs, ztf-irsa, hst, galaxyzoo (cutouts of each target, finite; "
+            "options in the README). Default: synthetic and hubble"
         ),
     )
     run.add_argument(

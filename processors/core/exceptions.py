@@ -11,6 +11,8 @@ __all__ = [
     "DatasetError",
     "DetectorError",
     "EvaluationError",
+    "FetchError",
+    "PermanentFetchError",
     "SchemaError",
     "SkyloopError",
     "SourceError",
@@ -19,6 +21,7 @@ __all__ = [
     "TapUnavailableError",
     "TrainingError",
     "TrainingTimeoutError",
+    "TransientFetchError",
     "UnknownSchemaError",
 ]
 
@@ -91,3 +94,26 @@ class DatasetError(SkyloopError):
 
 class EvaluationError(SkyloopError):
     """A detection metric is undefined for its inputs (no truth boxes, mismatched image counts)."""
+class FetchError(SourceError):
+    """A survey request failed; ``error_class`` names how (``Http503``, ``ReadTimeout``,
+    ``HtmlErrorPage``, ``BlankImage``, ...), the key of the source's error counters."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(f"{error_class}: {message}")
+        self.error_class = error_class
+        self.message = message
+
+
+class TransientFetchError(FetchError):
+    """A failure that may pass (throttling, server errors, timeouts, resets, a truncated or
+    error-page payload): the request is tried again later. ``retry_after_s`` is the server's
+    ``Retry-After``, when it sent one."""
+
+    def __init__(self, error_class: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(error_class, message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentFetchError(FetchError):
+    """A failure that asking again cannot fix (404, a bad request, a blank cutout outside the
+    survey's footprint, the wrong size): the target becomes a dead letter with this reason."""

@@ -61,7 +61,7 @@ from processors.ingest.base import (
     to_record,
 )
 
-__all__ = ["IngestSummary", "describe_source", "run_ingest"]
+__all__ = ["IngestSummary", "describe_source", "draw_shares", "run_ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ def describe_source(name: str, counts: Mapping[str, int]) -> str:
         parts.append(f"{counts['packets']} packets")
     if "read" in counts:
         parts.append(f"{counts['read']} alerts read")
+    for unit in ("files", "targets"):
+        if unit in counts:
+            parts.append(f"{counts[unit]} {unit}")
     parts.append(
         f"{counts.get('published', 0)} published ({counts.get('images', 0)} distinct images)"
     )
@@ -210,9 +213,8 @@ def run_ingest(
             part.deliver = deliver
 
     def shares(names: Sequence[str]) -> dict[str, float]:
-        state, now = follower.state, datetime.now(UTC)
-        active = [n for n in names if not state.is_source_paused(n, now)]
-        allocation = allocate(state.source_weights, active, settings.source_weight_floor)
+        floor = settings.source_weight_floor
+        allocation = draw_shares(follower.state, names, floor, datetime.now(UTC))
         progress.set("shares", allocation)
         return allocation
 
@@ -266,6 +268,16 @@ def run_ingest(
     for name, counts in sorted(summary.sources.items()):
         log.info("ingest: %s", describe_source(name, counts))
     return summary
+
+
+def draw_shares(
+    state: ControlState, names: Sequence[str], floor: float, now: datetime
+) -> dict[str, float]:
+    """Each running source's share of the draws at ``now``: paused sources get none, the others
+    share by ``state.source_weights`` with ``floor`` (:func:`~processors.core.allocation.
+    allocate`). Every multi-source run draws through this (via ``Interleaved.shares``)."""
+    active = [n for n in names if not state.is_source_paused(n, now)]
+    return allocate(state.source_weights, active, floor)
 
 
 def _held(state: ControlState, source: str | None) -> bool:

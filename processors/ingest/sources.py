@@ -1,9 +1,14 @@
 """Build image sources from specs such as ``synthetic``, ``hubble`` or ``ztf:DIR``.
 
 Spec syntax: ``NAME[:ARG][?key=value&...]``. Known names: ``synthetic`` (keys: seed,
-anomaly_rate, drift_after, drifts, cycle, kind, size, name; see processors/ingest/synthetic),
+anomaly_rate, drift_after, drifts, cycle, kind, size, name, surveys; see
+processors/ingest/synthetic),
 ``hubble`` (keys: seed, size), ``ztf`` (ARG = a folder, file
-or glob of alert packets; keys documented in processors/ingest/ztf*). Bad specs raise
+or glob of alert packets; keys documented in processors/ingest/ztf*), ``dir`` (ARG = a folder,
+file or glob of FITS/PNG/JPEG/TIFF images; keys: watch, poll_interval_s, name, survey; see
+processors/ingest/folder) and the surveys ``sdss``, ``decals``, ``panstarrs``, ``ztf-irsa``,
+``hst``, ``galaxyzoo`` (ARG = a CSV of targets; keys in processors/ingest/surveys and each
+survey's module). Bad specs raise
 :class:`ConfigError` naming the key and the accepted values.
 """
 
@@ -19,11 +24,23 @@ from processors.core.allocation import WeightedRoundRobin
 from processors.core.exceptions import ConfigError
 from processors.ingest.base import ImageSource, SourceItem, is_endless
 from processors.ingest.bundled import HubbleDeepField
+from processors.ingest.spec_options import flag, positive, split_options, text, typed_options
 from processors.ingest.synthetic import SyntheticSky
 
 __all__ = ["SOURCE_NAMES", "Interleaved", "parse_source_spec", "source_from_spec"]
 
-SOURCE_NAMES = ("synthetic", "hubble", "ztf")
+SOURCE_NAMES = (
+    "synthetic",
+    "hubble",
+    "ztf",
+    "dir",
+    "sdss",
+    "decals",
+    "panstarrs",
+    "ztf-irsa",
+    "hst",
+    "galaxyzoo",
+)
 
 _KEYS: dict[str, dict[str, type]] = {
     "synthetic": {
@@ -35,6 +52,7 @@ _KEYS: dict[str, dict[str, type]] = {
         "kind": str,
         "size": int,
         "name": str,
+        "surveys": str,
     },
     "hubble": {"seed": int, "size": int, "name": str},
 }
@@ -43,7 +61,9 @@ _KEYS: dict[str, dict[str, type]] = {
 def parse_source_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     head, _, query = spec.partition("?")
     kind, _, arg = head.partition(":")
-    return kind.strip(), (arg or None), dict(parse_qsl(query, keep_blank_values=True))
+    # a '+' stays a '+' (e.g. drifts=60:+space), as in every other spec's options
+    options = parse_qsl(query.replace("+", "%2B"), keep_blank_values=True)
+    return kind.strip(), (arg or None), dict(options)
 
 
 def _typed(kind: str, options: dict[str, str]) -> dict[str, Any]:
@@ -81,7 +101,25 @@ def source_from_spec(spec: str, *, stop: threading.Event | None = None) -> Image
         if spec[len(SCHEME) :].startswith("kafka://"):
             return ztf_source_from_spec(spec, stop=stop, commit="manual")
         return ztf_source_from_spec(spec, stop=stop)
+    if kind == "dir":
+        return _folder_source(spec, stop)
+    if kind in SOURCE_NAMES[4:]:
+        from processors.ingest.surveys import survey_source_from_spec
+
+        return survey_source_from_spec(spec, stop=stop)
     raise ConfigError(f"unknown source {kind!r} in {spec!r}; accepted: {', '.join(SOURCE_NAMES)}")
+
+
+_DIR_OPTIONS = {"watch": flag, "poll_interval_s": positive, "name": text, "survey": text}
+
+
+def _folder_source(spec: str, stop: threading.Event | None) -> ImageSource:
+    from processors.ingest.folder import FolderSource
+
+    target, options = split_options(spec[len("dir:") :])
+    if not target:
+        raise ConfigError("source dir: path empty; give dir:FOLDER, dir:FILE or dir:GLOB")
+    return FolderSource(target, stop=stop, **typed_options("dir", options, _DIR_OPTIONS))
 
 
 class Interleaved:
@@ -92,7 +130,9 @@ class Interleaved:
     is not drawn); draws then follow the shares by smooth weighted round robin
     (:class:`~processors.core.allocation.WeightedRoundRobin`), parts sharing a name taking turns.
     When no source has a share, iteration waits (``idle_s`` between looks) until one has or
-    ``stop`` is set.
+    ``stop`` is set. A part with a ``ready()`` method that answers False (a survey whose
+    breaker is open, or whose only targets left wait out their back-off) is not drawn from
+    meanwhile, so one resting source never holds up the others.
     """
 
     def __init__(
@@ -117,11 +157,20 @@ class Interleaved:
         return any(is_endless(s) for s in self.sources)
 
     def __iter__(self) -> Iterator[SourceItem]:
-        live: dict[int, Iterator[SourceItem]] = {i: iter(s) for i, s in enumerate(self.sources)}
+        live: dict[int, Iterator[SourceItem | None]] = {
+            i: _steps(s) for i, s in enumerate(self.sources)
+        }
         picker = WeightedRoundRobin()
         turns: dict[str, int] = {}
         while live:
-            names = sorted({self.sources[i].name for i in live})
+            ready = [i for i in live if _ready(self.sources[i])]
+            if not ready:  # e.g. every survey resting behind an open breaker
+                if self.stop is not None and self.stop.is_set():
+                    return
+                self.waits += 1
+                time.sleep(self.idle_s)
+                continue
+            names = sorted({self.sources[i].name for i in ready})
             if self.shares is None:
                 shares: Mapping[str, float] = dict.fromkeys(names, 1.0)
             else:
@@ -133,10 +182,24 @@ class Interleaved:
                 time.sleep(self.idle_s)
                 continue
             name = picker.pick(shares)
-            parts = [i for i in live if self.sources[i].name == name]
+            parts = [i for i in ready if self.sources[i].name == name]
             index = parts[turns.get(name, 0) % len(parts)]
             turns[name] = turns.get(name, 0) + 1
             try:
-                yield next(live[index])
+                item = next(live[index])
             except StopIteration:
                 del live[index]
+                continue
+            if item is not None:  # None: that part is resting (see ``steps``); draw again
+                yield item
+
+
+def _ready(source: ImageSource) -> bool:
+    ready = getattr(source, "ready", None)
+    return bool(ready()) if callable(ready) else True
+
+
+def _steps(source: ImageSource) -> Iterator[SourceItem | None]:
+    """A part's ``steps()`` when it has them (items, or None instead of waiting), else its items."""
+    steps = getattr(source, "steps", None)
+    return steps() if callable(steps) else iter(source)

@@ -24,6 +24,9 @@ before the first). With ``cycle`` the schedule repeats every ``cycle`` images (a
 stream with a drift every few thousand images). ``drift_after=N`` is short for
 ``drifts="N:seeing"``.
 
+``kind=survey`` (with ``surveys=wide,deep,...``) is the sky as several surveys see it,
+with six anomaly classes and survey drifts: see processors/ingest/sky_surveys.
+
 Example:
     >>> sky = SyntheticSky(seed=1, drifts="2:noisy,4:baseline", cycle=6)
     >>> [sky.condition_at(n) for n in range(8)]
@@ -45,11 +48,12 @@ from processors.core.exceptions import ConfigError
 from processors.core.imaging import encode_fits
 from processors.core.records import Box, GroundTruth
 from processors.ingest.base import RawImage, SourceItem
+from processors.ingest.sky_surveys import SURVEYS, SurveySky
 
 __all__ = ["ANOMALY_KINDS", "CONDITIONS", "KINDS", "SkyCondition", "SyntheticSky"]
 
 ANOMALY_KINDS = ("streak", "blob", "bad_column")
-KINDS = ("direct", "difference")
+KINDS = ("direct", "difference", "survey")
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -102,6 +106,7 @@ class SyntheticSky:
     cycle: int | None = None
     kind: str = "direct"
     limit: int | None = None
+    surveys: str = "wide,deep"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.anomaly_rate <= 1.0:
@@ -113,7 +118,14 @@ class SyntheticSky:
         if self.cycle is not None and self.cycle < 1:
             raise ConfigError(f"cycle must be >= 1, got {self.cycle}")
         drifts = self.drifts or (f"{self.drift_after}:seeing" if self.drift_after else "")
-        self._steps = _schedule(drifts)
+        self._surveys: SurveySky | None = None
+        if self.kind == "survey":
+            self._surveys = SurveySky(
+                self.seed, self.size, self.anomaly_rate, drifts, self.surveys, self.cycle
+            )
+            self._steps = [(0, "baseline")]
+        else:
+            self._steps = _schedule(drifts)
 
     @property
     def endless(self) -> bool:
@@ -122,6 +134,8 @@ class SyntheticSky:
 
     def condition_at(self, n: int) -> str:
         """The condition the n-th image is taken under."""
+        if self._surveys is not None:
+            return self._surveys.segment_at(n)
         position = n % self.cycle if self.cycle else n
         return [name for start, name in self._steps if start <= position][-1]
 
@@ -132,6 +146,8 @@ class SyntheticSky:
             n += 1
 
     def image(self, n: int) -> RawImage:
+        if self._surveys is not None:
+            return self._survey_image(n)
         rng = np.random.default_rng([self.seed, n])
         condition = self.condition_at(n)
         anomaly = None
@@ -162,6 +178,36 @@ class SyntheticSky:
             truth=GroundTruth(
                 is_anomaly=anomaly is not None, kind=anomaly, segment=condition, boxes=boxes
             ),
+        )
+
+    def _survey_image(self, n: int) -> RawImage:
+        """Image n of ``kind=survey`` (processors/ingest/sky_surveys): a science, template,
+        difference cube from one of the active surveys."""
+        assert self._surveys is not None
+        cube, survey, anomaly, segment, _box = self._surveys.render(n)
+        rng = np.random.default_rng([self.seed, n, 11])
+        ra = float(rng.uniform(0, 360))
+        dec = float(np.degrees(np.arcsin(rng.uniform(-1, 1))))
+        return RawImage(
+            source=self.name,
+            survey=f"synthetic-{survey}",
+            format="fits",
+            pixels=encode_fits(cube, {"SKYSEED": self.seed, "SKYN": n, "SURVEY": survey}),
+            width=self.size,
+            height=self.size,
+            bands=3,
+            observed_at=_EPOCH + timedelta(seconds=30 * n),
+            ra=ra,
+            dec=dec,
+            provenance={
+                "generator": "synthetic-sky/survey",
+                "seed": str(self.seed),
+                "n": str(n),
+                "survey": survey,
+                "pixel_scale": str(SURVEYS[survey].pixel_scale),
+                "planes": "science,template,difference",
+            },
+            truth=GroundTruth(is_anomaly=anomaly is not None, kind=anomaly, segment=segment),
         )
 
     def _grid(self) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
