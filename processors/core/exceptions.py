@@ -94,6 +94,8 @@ class DatasetError(SkyloopError):
 
 class EvaluationError(SkyloopError):
     """A detection metric is undefined for its inputs (no truth boxes, mismatched image counts)."""
+
+
 class FetchError(SourceError):
     """A survey request failed; ``error_class`` names how (``Http503``, ``ReadTimeout``,
     ``HtmlErrorPage``, ``BlankImage``, ...), the key of the source's error counters."""

@@ -184,7 +184,7 @@ class SyntheticSky:
         """Image n of ``kind=survey`` (processors/ingest/sky_surveys): a science, template,
         difference cube from one of the active surveys."""
         assert self._surveys is not None
-        cube, survey, anomaly, segment, _box = self._surveys.render(n)
+        cube, survey, anomaly, segment, where = self._surveys.render(n)
         rng = np.random.default_rng([self.seed, n, 11])
         ra = float(rng.uniform(0, 360))
         dec = float(np.degrees(np.arcsin(rng.uniform(-1, 1))))
@@ -207,7 +207,12 @@ class SyntheticSky:
                 "pixel_scale": str(SURVEYS[survey].pixel_scale),
                 "planes": "science,template,difference",
             },
-            truth=GroundTruth(is_anomaly=anomaly is not None, kind=anomaly, segment=segment),
+            truth=GroundTruth(
+                is_anomaly=anomaly is not None,
+                kind=anomaly,
+                segment=segment,
+                boxes=[] if where is None or anomaly is None else [_box(anomaly, *where)],
+            ),
         )
 
     def _grid(self) -> tuple[NDArray[np.float32], NDArray[np.float32]]:

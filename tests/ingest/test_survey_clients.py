@@ -21,6 +21,10 @@ FAST = (
     "connect_timeout_s=1&read_timeout_s=0.3&total_timeout_s=0.6&rate_per_s=500&burst=50"
     "&attempts=3&backoff_s=0.01&max_backoff_s=0.05&breaker_failures=50&breaker_reset_s=0.2"
 )
+# Where the server behaves, a loaded machine must not turn slowness into counted errors.
+PATIENT = FAST.replace("read_timeout_s=0.3", "read_timeout_s=10").replace(
+    "total_timeout_s=0.6", "total_timeout_s=20"
+)
 TARGETS = [(150.1, 2.2, "cosmos-a"), (150.2, 2.3, "cosmos-b"), (210.8, 54.35, "m101")]
 
 
@@ -68,7 +72,7 @@ def test_each_survey_yields_every_target_as_a_valid_cutout(
 ) -> None:
     kind, options, route, (fmt, bands), params = CASES[case]
     targets = _targets(tmp_path, TARGETS)
-    spec = f"{kind}:{targets}?{options}&base_url={survey.base_url(route)}&{FAST}"
+    spec = f"{kind}:{targets}?{options}&base_url={survey.base_url(route)}&{PATIENT}"
     images, failures, stats = _run(spec)
     assert not failures and stats["errors"] == 0
     assert [i.provenance["target"] for i in images] == [name for *_, name in TARGETS]
@@ -204,7 +208,7 @@ def test_galaxy_zoo_catalog_columns_travel_in_provenance(
         "587722981741363294,185.47,0.16,0.83\n"
     )
     base = survey.base_url("sdss")
-    (image,), _, _ = _run(f"galaxyzoo:{catalog}?size=32&base_url={base}&{FAST}")
+    (image,), _, _ = _run(f"galaxyzoo:{catalog}?size=32&base_url={base}&{PATIENT}")
     assert image.provenance["target"] == "587722981741363294"
     assert image.provenance["catalog.t01_smooth_or_features_a02_features_or_disk_fraction"] == (
         "0.83"
