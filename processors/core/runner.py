@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processors.core.codec import AvroCodec, default_codec
 from processors.core.config import Settings
@@ -38,6 +38,7 @@ from processors.core.control import ControlState
 from processors.core.kafka import ControlFollower, make_consumer, make_producer, partition_for
 from processors.core.metrics import (
     BATCH_SECONDS,
+    CONSUMER_LAG,
     CONTROL_OFFSET,
     DEAD_LETTERS,
     MESSAGES_IN,
@@ -228,6 +229,19 @@ class Runner:
                 consumer.close()
                 follower.close()
 
+    def _record_lag(self, consumer: Any, last: dict[tuple[str, int], int]) -> None:
+        """Consumer lag per partition from the high watermarks the last fetches brought
+        (``cached=True`` asks the broker nothing, so this never blocks the loop)."""
+        for (topic, partition), offset in last.items():
+            tp = TopicPartition(self.settings.topic(topic), partition)
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag = max(0, high - offset - 1)
+                CONSUMER_LAG.labels(self.processor.name, topic, str(partition)).set(lag)
+
     def _hold(self, consumer: Any, state: ControlState) -> bool:
         """Pause or resume the assignment by ``state.pipeline_paused``; True while paused."""
         paused = state.pipeline_paused is not None
@@ -295,4 +309,5 @@ class Runner:
         self.ctx.progress.set("control_offset", state.offset)
         self.ctx.progress.write()
         CONTROL_OFFSET.labels(name).set(state.offset)
+        self._record_lag(consumer, last)
         BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
