@@ -175,8 +175,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         processor = SinkProcessor()
     else:  # argparse restricts the choices; kept for direct callers
         raise ConfigError(f"unknown worker {name!r}; accepted: {', '.join(WORKER_NAMES)}")
+    limits: dict[str, Any] = {}
+    if name == "sink":  # ClickHouse wants few large inserts
+        limits = {
+            "batch_size": settings.sink_batch_size,
+            "max_wait_s": settings.sink_batch_max_wait_ms / 1000,
+        }
     Runner(
-        processor, settings, bootstrap, stop=StopSignal().install(), progress_dir=progress_dir
+        processor,
+        settings,
+        bootstrap,
+        stop=StopSignal().install(),
+        progress_dir=progress_dir,
+        **limits,
     ).run()
     return 0
 

@@ -11,6 +11,7 @@ __all__ = [
     "SkyloopError",
     "SourceError",
     "StackError",
+    "StoreUnavailableError",
     "UnknownSchemaError",
 ]
 
@@ -49,3 +50,11 @@ class SourceError(SkyloopError):
 
 class StackError(SkyloopError):
     """The embedded local stack (broker, ClickHouse) failed to start or stop."""
+
+
+class StoreUnavailableError(SkyloopError):
+    """A store (ClickHouse) could not be reached or refused a write; the batch is intact.
+
+    Raised by a processor's ``process``; the runner retries the same batch with back-off and
+    commits nothing until it succeeds (see :mod:`processors.core.runner`).
+    """

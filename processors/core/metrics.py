@@ -36,6 +36,7 @@ __all__ = [
     "SCORE_LATENCY",
     "SOURCE_PAUSED",
     "SOURCE_WEIGHT",
+    "STORE_RETRIES",
     "THRESHOLD",
     "serve_metrics",
     "serving_models",
@@ -93,6 +94,12 @@ CONSUMER_LAG = Gauge(
     "skyloop_consumer_lag_messages",
     "Messages behind the partition's high watermark after the last committed batch",
     ["processor", "topic", "partition"],
+    registry=REGISTRY,
+)
+STORE_RETRIES = Counter(
+    "skyloop_store_retries_total",
+    "Batches retried because the store (ClickHouse) was unavailable or refused them",
+    ["processor"],
     registry=REGISTRY,
 )
 _serving: set[tuple[str, str, str]] = set()
