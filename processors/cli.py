@@ -6,10 +6,12 @@ Exit codes: 0 success, 1 a pipeline or data error (message on stderr), 2 bad usa
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -185,8 +187,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         processor = SinkProcessor()
     else:  # argparse restricts the choices; kept for direct callers
         raise ConfigError(f"unknown worker {name!r}; accepted: {', '.join(WORKER_NAMES)}")
+    limits: dict[str, Any] = {}
+    if name == "sink":  # ClickHouse wants few large inserts
+        limits = {
+            "batch_size": settings.sink_batch_size,
+            "max_wait_s": settings.sink_batch_max_wait_ms / 1000,
+        }
     Runner(
-        processor, settings, bootstrap, stop=StopSignal().install(), progress_dir=progress_dir
+        processor,
+        settings,
+        bootstrap,
+        stop=StopSignal().install(),
+        progress_dir=progress_dir,
+        **limits,
     ).run()
     return 0
 
@@ -224,6 +237,11 @@ def query(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
 
 
 def _print_table(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
     if fmt == "json":
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=1))
         return
@@ -243,6 +261,27 @@ def _print_table(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
 def cmd_sql(args: argparse.Namespace) -> int:
     columns, rows = query(_run_dir(args), args.query)
     _print_table(columns, rows, args.format)
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """Refresh per-source rates every ``--interval`` s (``--count`` times; 0 = until Ctrl-C)."""
+    from processors.top import TOTALS_SQL, rates, render, totals
+
+    run_dir = _run_dir(args)
+    previous, then = totals(query(run_dir, TOTALS_SQL)[1]), time.monotonic()
+    shown = 0
+    try:
+        while args.count == 0 or shown < args.count:
+            time.sleep(args.interval)
+            current, now = totals(query(run_dir, TOTALS_SQL)[1]), time.monotonic()
+            screen = render(current, rates(previous, current, now - then))
+            clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+            print(f"{clear}skyloop top: {run_dir} (every {args.interval:g} s)\n{screen}")
+            sys.stdout.flush()
+            previous, then, shown = current, now, shown + 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
@@ -589,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("events", cmd_events, "print the control-event audit trail"),
         ("report", cmd_report, "write the Markdown report again"),
         ("models", cmd_models, "list the model registry: roles, gates, metrics, lineage"),
+        ("top", cmd_top, "live per-source rates of a run (images, scores, flags, dead letters)"),
     ):
         p = sub.add_parser(name, help=helptext)
         common(p)
@@ -597,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("query")
         if name in ("sql", "events", "models"):
             p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
+        if name in ("sql", "events"):
+            p.add_argument("--format", choices=("table", "csv", "json", "tsv"), default="table")
+        if name == "top":
+            p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+            p.add_argument("--count", type=int, default=0, help="refreshes (0: until Ctrl-C)")
         if name == "events":
             p.add_argument("--type", action="append", help="only this event type (repeatable)")
             p.add_argument("--subject", help="only events about this subject (e.g. a source)")

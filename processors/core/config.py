@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     )
     calibration_wait_s: float = Field(120.0, ge=0, description="scorer wait for a calibration")
 
+    sink_batch_size: int = Field(
+        5000, ge=1, le=100_000, description="the sink inserts at most this many messages at once"
+    )
+    sink_batch_max_wait_ms: int = Field(
+        1000, ge=0, le=60_000, description="the sink inserts what it has after this long"
+    )
+    store_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="longest back-off between retries of a batch ClickHouse refused",
+    )
+
     ingest_max_lag: int = Field(
         2000,
         ge=0,

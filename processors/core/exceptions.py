@@ -17,6 +17,7 @@ __all__ = [
     "SkyloopError",
     "SourceError",
     "StackError",
+    "StoreUnavailableError",
     "TapError",
     "TapUnavailableError",
     "TrainingError",
@@ -119,3 +120,11 @@ class TransientFetchError(FetchError):
 class PermanentFetchError(FetchError):
     """A failure that asking again cannot fix (404, a bad request, a blank cutout outside the
     survey's footprint, the wrong size): the target becomes a dead letter with this reason."""
+
+
+class StoreUnavailableError(SkyloopError):
+    """A store (ClickHouse) could not be reached or refused a write; the batch is intact.
+
+    Raised by a processor's ``process``; the runner retries the same batch with back-off and
+    commits nothing until it succeeds (see :mod:`processors.core.runner`).
+    """

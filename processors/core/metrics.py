@@ -6,28 +6,45 @@ Names follow Prometheus conventions (``skyloop_<thing>_<unit>``); labels are low
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 __all__ = [
     "BATCH_SECONDS",
+    "CONSUMER_LAG",
     "CONTROL_EVENTS",
     "CONTROL_OFFSET",
     "DEAD_LETTERS",
     "DRIFTS",
+    "DRIFT_STATISTIC",
     "FLAG_RATE",
+    "FLAG_RATE_TARGET",
     "IMAGES_SCORED",
     "MESSAGES_IN",
     "MESSAGES_OUT",
+    "MODEL_INFO",
     "PIPELINE_PAUSED",
     "REGISTRY",
     "SCORE_LATENCY",
     "SOURCE_PAUSED",
     "SOURCE_WEIGHT",
+    "STORE_RETRIES",
     "THRESHOLD",
     "serve_metrics",
+    "serving_models",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux /proc) for the soak alerts
+ProcessCollector(registry=REGISTRY)
 
 MESSAGES_IN = Counter(
     "skyloop_messages_consumed_total",
@@ -48,7 +65,7 @@ DEAD_LETTERS = Counter(
     registry=REGISTRY,
 )
 BATCH_SECONDS = Histogram(
-    "skyloop_batch_seconds",
+    "skyloop_batch_duration_seconds",
     "Time to process one batch (consume to commit)",
     ["processor"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
@@ -73,7 +90,25 @@ SCORE_LATENCY = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
     registry=REGISTRY,
 )
-
+CONSUMER_LAG = Gauge(
+    "skyloop_consumer_lag_messages",
+    "Messages behind the partition's high watermark after the last committed batch",
+    ["processor", "topic", "partition"],
+    registry=REGISTRY,
+)
+STORE_RETRIES = Counter(
+    "skyloop_store_retries_total",
+    "Batches retried because the store (ClickHouse) was unavailable or refused them",
+    ["processor"],
+    registry=REGISTRY,
+)
+_serving: set[tuple[str, str, str]] = set()
+MODEL_INFO = Gauge(
+    "skyloop_model_info",
+    "1 for each model version a scorer serves, by role (production, shadow, canary)",
+    ["role", "model_version", "backbone"],
+    registry=REGISTRY,
+)
 
 CONTROL_EVENTS = Counter(
     "skyloop_control_events_emitted_total",
@@ -99,6 +134,17 @@ FLAG_RATE = Gauge(
     ["source", "model"],
     registry=REGISTRY,
 )
+FLAG_RATE_TARGET = Gauge(
+    "skyloop_flag_rate_target",
+    "Flag rate the calibrations aim at (target_fpr)",
+    registry=REGISTRY,
+)
+DRIFT_STATISTIC = Gauge(
+    "skyloop_drift_statistic",
+    "Evidence of the last drift.detected per source and model (ks_p, psi, kl, ...)",
+    ["source", "model", "statistic"],
+    registry=REGISTRY,
+)
 PIPELINE_PAUSED = Gauge(
     "skyloop_pipeline_paused",
     "1 while the pipeline is paused (pipeline.paused in force), else 0",
@@ -116,6 +162,17 @@ SOURCE_WEIGHT = Gauge(
     ["source"],
     registry=REGISTRY,
 )
+
+
+def serving_models(models: Iterable[tuple[str, str, str]]) -> None:
+    """Set :data:`MODEL_INFO` to exactly ``models`` (role, model_version, backbone) triples."""
+    wanted = set(models)
+    for labels in _serving - wanted:
+        MODEL_INFO.remove(*labels)
+    for role, version, backbone in wanted - _serving:
+        MODEL_INFO.labels(role, version, backbone).set(1)
+    _serving.clear()
+    _serving.update(wanted)
 
 
 def serve_metrics(port: int | None) -> None:

@@ -11,6 +11,13 @@ Guarantees, in order, for each batch:
 3. Outputs are produced and the producer is flushed; any delivery error stops the processor
    *without* committing, so the batch is redelivered after restart (at-least-once).
 4. Only then are the consumed offsets committed (synchronously).
+When ``process`` raises :class:`StoreUnavailableError` (the sink's ClickHouse is down or refuses
+the batch), the runner pauses its partitions, keeps polling so it stays in its group, and calls
+``process`` again on the *same* batch with exponential back-off (jittered, capped at
+``store_retry_max_s``) until it succeeds; then it resumes and produces and commits as above. So
+a store outage holds one batch in memory, consumes nothing more, commits nothing it has not
+stored, and ends by itself when the store returns. A stop signal during the back-off stops the
+runner without committing (the batch is redelivered after restart).
 On SIGTERM/SIGINT the loop finishes the batch in hand, commits it, and closes the clients.
 A processor with ``pausable = True`` (the scorer) honours ``pipeline.paused``: between batches
 the runner pauses its partitions (librdkafka drops what it prefetched and later resumes from
@@ -30,19 +37,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
 
 from processors.core.codec import AvroCodec, default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
+from processors.core.exceptions import StoreUnavailableError
 from processors.core.kafka import ControlFollower, make_consumer, make_producer, partition_for
 from processors.core.metrics import (
     BATCH_SECONDS,
+    CONSUMER_LAG,
     CONTROL_OFFSET,
     DEAD_LETTERS,
     MESSAGES_IN,
     MESSAGES_OUT,
     PIPELINE_PAUSED,
+    STORE_RETRIES,
 )
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, dead_letter
@@ -228,6 +245,82 @@ class Runner:
                 consumer.close()
                 follower.close()
 
+    @staticmethod
+    def _poll_paused(consumer: Any, timeout_s: float) -> None:
+        """Poll to serve the group protocol while paused. Paused partitions return nothing; a
+        partition assigned during this very call might: rewind it, so nothing is skipped."""
+        for message in consumer.consume(1, timeout_s):
+            if message.error() is None:
+                consumer.seek(
+                    TopicPartition(message.topic(), message.partition(), message.offset())
+                )
+
+    def _process(
+        self, batch: list[InMessage], state: ControlState, consumer: Any
+    ) -> list[OutMessage]:
+        """``process`` the batch, retried while the store is unavailable (module docstring)."""
+        name = self.processor.name
+        held = False
+
+        def wait_polling(seconds: float) -> None:
+            nonlocal held
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.pause(assignment)
+            held = True
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0 and not self.stop.is_set():
+                self._poll_paused(consumer, min(left, 0.2))
+
+        def log_retry(retry: RetryCallState) -> None:
+            STORE_RETRIES.labels(name).inc()
+            self.ctx.progress.add("store_retries")
+            self.ctx.progress.set("store_unavailable", True)
+            self.ctx.progress.write(force=True)
+            assert retry.outcome is not None and retry.next_action is not None
+            log.warning(
+                "%s: store unavailable (attempt %d, next in %.1f s): %s",
+                name,
+                retry.attempt_number,
+                retry.next_action.sleep,
+                retry.outcome.exception(),
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(StoreUnavailableError),
+            wait=wait_exponential_jitter(
+                multiplier=0.1, max=self.settings.store_retry_max_s, jitter=0.1
+            ),
+            stop=stop_when_event_set(self.stop.event),
+            sleep=wait_polling,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            outputs = retrying(self.processor.process, batch, state)
+        finally:
+            if held:
+                assignment = consumer.assignment()
+                if assignment:
+                    consumer.resume(assignment)
+        if held:
+            log.warning("%s: store available again; batch stored", name)
+            self.ctx.progress.set("store_unavailable", False)
+        return outputs
+
+    def _record_lag(self, consumer: Any, last: dict[tuple[str, int], int]) -> None:
+        """Consumer lag per partition from the high watermarks the last fetches brought
+        (``cached=True`` asks the broker nothing, so this never blocks the loop)."""
+        for (topic, partition), offset in last.items():
+            tp = TopicPartition(self.settings.topic(topic), partition)
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag = max(0, high - offset - 1)
+                CONSUMER_LAG.labels(self.processor.name, topic, str(partition)).set(lag)
+
     def _hold(self, consumer: Any, state: ControlState) -> bool:
         """Pause or resume the assignment by ``state.pipeline_paused``; True while paused."""
         paused = state.pipeline_paused is not None
@@ -241,13 +334,7 @@ class Runner:
                 self.ctx.progress.set("paused", True)
                 self.ctx.progress.write(force=True)
             self._paused = True
-            # Poll to serve the group protocol. Paused partitions return nothing; a partition
-            # assigned during this very call might: rewind it, so nothing is skipped.
-            for message in consumer.consume(1, 0.2):
-                if message.error() is None:
-                    consumer.seek(
-                        TopicPartition(message.topic(), message.partition(), message.offset())
-                    )
+            self._poll_paused(consumer, 0.2)
             return True
         if self._paused:
             if assignment:
@@ -266,7 +353,7 @@ class Runner:
         for m in batch:
             MESSAGES_IN.labels(name, m.topic).inc()
         try:
-            outputs = self.processor.process(batch, state)
+            outputs = self._process(batch, state, consumer)
         except Exception:
             log.error("%s: batch failed, not committed:\n%s", name, traceback.format_exc())
             raise
@@ -295,4 +382,5 @@ class Runner:
         self.ctx.progress.set("control_offset", state.offset)
         self.ctx.progress.write()
         CONTROL_OFFSET.labels(name).set(state.offset)
+        self._record_lag(consumer, last)
         BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)

@@ -46,7 +46,7 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import partition_for
-from processors.core.metrics import IMAGES_SCORED, SCORE_LATENCY
+from processors.core.metrics import IMAGES_SCORED, SCORE_LATENCY, serving_models
 from processors.core.records import TOPICS, ImageRecord, ScoreRecord
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.ood.ensemble import energy_score
@@ -245,6 +245,7 @@ class ScoreProcessor:
                         sent = self._uncalibrated_sent.setdefault(key, set())
                         if len(sent) < settings.reference_size:
                             sent.add(records[i]["image_id"])
+        serving_models((a.role, a.model_version, bb.spec.name) for a, bb, _, _, _ in results)
         t_encode = time.perf_counter()
         now = datetime.now(UTC)
         partitions = TOPICS["scores"].partitions

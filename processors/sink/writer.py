@@ -22,7 +22,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.insert import InsertContext
 
-from processors.core.exceptions import SkyloopError
+from processors.core.exceptions import StoreUnavailableError
 from processors.sink.rows import KafkaCoordinates, Row, TableSpec, build_row, table_for_topic
 
 __all__ = ["ClickHouseWriter", "SinkError", "SinkItem"]
@@ -31,8 +31,9 @@ SinkItem = tuple[Mapping[str, Any], int, int]
 """A decoded record with the partition and offset it was read at."""
 
 
-class SinkError(SkyloopError):
-    """ClickHouse refused an insert; the batch was not (fully) written and must not be committed."""
+class SinkError(StoreUnavailableError):
+    """ClickHouse refused an insert or could not be reached; the batch was not (fully) written
+    and must not be committed. The runner retries it (rows are re-inserted whole: harmless)."""
 
 
 class ClickHouseWriter:

@@ -50,8 +50,10 @@ from processors.core.kafka import (
 )
 from processors.core.metrics import (
     CONTROL_EVENTS,
+    DRIFT_STATISTIC,
     DRIFTS,
     FLAG_RATE,
+    FLAG_RATE_TARGET,
     PIPELINE_PAUSED,
     SOURCE_PAUSED,
     SOURCE_WEIGHT,
@@ -91,6 +93,7 @@ class ControlService:
         windows: ChangelogTable,
     ) -> None:
         self.settings = settings
+        FLAG_RATE_TARGET.set(settings.target_fpr)
         self.bootstrap = bootstrap
         self.progress = progress
         self.table = table
@@ -282,6 +285,8 @@ class ControlService:
             model = event["params"].get("model_version") or ""
             if event["type"] == "drift.detected":
                 DRIFTS.labels(event["subject"], model).inc()
+                for statistic, value in (event["evidence"] or {}).items():
+                    DRIFT_STATISTIC.labels(event["subject"], model, statistic).set(value)
             thresholds = event["params"].get("thresholds") or {}
             if thresholds and event["type"] != "source.weights_set":
                 THRESHOLD.labels(event["subject"], model).set(max(thresholds.values()))

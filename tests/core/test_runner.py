@@ -93,7 +93,18 @@ def test_outputs_are_delivered_and_offsets_committed(
     assert sorted(echo.seen) == sorted(produced)
     assert committed(settings, kafka_bootstrap) == 10
     assert MESSAGES_IN.labels("echo", "images.raw")._value.get() - before == 10
-    assert REGISTRY.get_sample_value("skyloop_batch_seconds_count", {"processor": "echo"})
+    assert REGISTRY.get_sample_value("skyloop_batch_duration_seconds_count", {"processor": "echo"})
+    # every message consumed: no partition of images.raw is behind (Tansu may overstate the
+    # high watermark of a batched partition, never understate it)
+    lags = [
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "skyloop_consumer_lag_messages"
+        for s in m.samples
+        if s.labels["processor"] == "echo"
+    ]
+    assert lags and all(lag >= 0 for lag in lags)
+    assert REGISTRY.get_sample_value("process_resident_memory_bytes", {}) > 0
 
     # the outputs are on the output topic
     consumer = make_consumer(settings, kafka_bootstrap, settings.group("reader"))

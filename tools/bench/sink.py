@@ -1,0 +1,153 @@
+"""ClickHouse sink rows/s: score records through the embedded broker into chdb.
+
+Usage (from the repository root)::
+
+    python tools/bench/sink.py [--rows 100000] [--batch 5000]
+
+Order: an embedded Tansu broker starts; ``--rows`` ScoreRecords (three detectors, a 1280-d
+fp16 embedding as the scorer writes it, two sources) are Avro-encoded and produced to
+``scores``; then ``Runner(SinkProcessor)`` (the sink as ``skyloop worker sink`` runs it, batch
+``--batch``, no SQL endpoint) consumes them into a migrated chdb database. Timed from the first
+batch handed to the sink until its progress file counts every row consumed and committed (Avro
+decode, row building, one INSERT per batch, commit); the consumer-group join is excluded. The
+bench then checks that ``scores FINAL`` holds every row once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np
+
+from processors.core.clickhouse import connect
+from processors.core.codec import default_codec
+from processors.core.config import load_settings
+from processors.core.kafka import ensure_topics, make_producer, partition_for
+from processors.core.progress import read_progress
+from processors.core.records import TOPICS
+from processors.core.runner import Runner, StopSignal
+from processors.core.stack import EmbeddedBroker
+from processors.sink.processor import SinkProcessor
+
+__all__ = ["main"]
+
+
+def _score(n: int, embedding: bytes, at: datetime) -> dict[str, object]:
+    return {
+        "image_id": f"{n:064x}",
+        "source": ("synthetic", "ztf")[n % 2],
+        "model_version": "efficientnet_lite0@1",
+        "backbone": "efficientnet_lite0",
+        "role": "production",
+        "detectors": [
+            {"detector": d, "raw": 1.5 + n % 7, "score": 0.5, "threshold": 0.95, "vote": False}
+            for d in ("mahalanobis", "energy", "knn")
+        ],
+        "ensemble_score": 0.5,
+        "votes_for": 0,
+        "votes_needed": 2,
+        "is_candidate": n % 20 == 0,
+        "calibrated": True,
+        "batch_size": 32,
+        "latency_ms": 6.0,
+        "control_offset": 3,
+        "scored_at": at,
+        "embedding": embedding,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=5000)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+            settings = load_settings(data_dir=workdir / "data", session_timeout_ms=6000)
+            bootstrap = broker.bootstrap_servers
+            ensure_topics(settings, bootstrap)
+            codec = default_codec()
+            producer = make_producer(settings, bootstrap, **{"linger.ms": 50})
+            embedding = np.random.default_rng(0).standard_normal(1280).astype("<f2").tobytes()
+            at = datetime.now(UTC)
+            partitions = TOPICS["scores"].partitions
+            t0 = time.perf_counter()
+            for n in range(args.rows):
+                record = _score(n, embedding, at)
+                producer.produce(
+                    settings.topic("scores"),
+                    key=str(record["image_id"]).encode(),
+                    value=codec.encode(record, "skyloop.ScoreRecord"),
+                    partition=partition_for(str(record["source"]), partitions),
+                )
+                if n % 1000 == 0:
+                    producer.poll(0)
+            assert producer.flush(60) == 0
+            produced_s = time.perf_counter() - t0
+
+            progress = workdir / "progress"
+            sink = SinkProcessor(serve_queries=False)
+            stop = StopSignal()
+            runner = Runner(
+                sink,
+                settings,
+                bootstrap,
+                stop=stop,
+                progress_dir=progress,
+                batch_size=args.batch,
+                max_wait_s=settings.sink_batch_max_wait_ms / 1000,
+            )
+            first: list[float] = []
+            original = sink.process
+
+            inside: list[float] = []
+
+            def timed(batch, state):  # type: ignore[no-untyped-def]
+                if not first:
+                    first.append(time.perf_counter())
+                t = time.perf_counter()
+                try:
+                    return original(batch, state)
+                finally:
+                    inside.append(time.perf_counter() - t)
+
+            sink.process = timed  # type: ignore[method-assign]
+            thread = threading.Thread(target=runner.run, daemon=True)
+            thread.start()
+            while read_progress(progress, "sink").get("consumed", 0) < args.rows:
+                time.sleep(0.01)
+                if not thread.is_alive():
+                    raise SystemExit("the sink stopped early; see the log above")
+            elapsed = time.perf_counter() - first[0]
+            stop.event.set()
+            thread.join(60)
+
+        client = connect(settings.resolved_clickhouse_dsn)
+        try:
+            stored = int(client.command("SELECT count() FROM scores FINAL"))
+        finally:
+            client.close()
+    if stored != args.rows:
+        raise SystemExit(f"scores FINAL holds {stored} rows, {args.rows} produced")
+    print(f"produced {args.rows} score records in {produced_s:.1f} s")
+    print(f"{len(inside)} batches; {sum(inside):.2f} s inside the sink's process (decode, insert)")
+    print(
+        f"sink: {args.rows / elapsed:,.0f} score rows/s ({args.rows} rows in {elapsed:.2f} s, "
+        f"batch {args.batch}; every row once under FINAL)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
