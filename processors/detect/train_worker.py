@@ -18,6 +18,7 @@ import resource
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TrainSpec", "main"]
 
@@ -74,10 +75,10 @@ def _train(spec: TrainSpec) -> dict[str, object]:
     for name in _THREAD_GLOBALS:
         module = importlib.import_module(name)
         if hasattr(module, "NUM_THREADS"):
-            module.NUM_THREADS = spec.threads
+            setattr(module, "NUM_THREADS", spec.threads)  # noqa: B010 - untyped module global
     from ultralytics import YOLO
 
-    model = YOLO(spec.model, task="detect")
+    model: Any = YOLO(spec.model, task="detect")
     arguments: dict[str, object] = {
         # One optimizer step per batch: ultralytics' default nominal batch (64) accumulates
         # 4+ batches per step, which on a small dataset is less than one step an epoch.

@@ -84,7 +84,8 @@ class YoloLocalizer:
         self.names: dict[int, str] = {int(k): str(v) for k, v in self._model.names.items()}
         # NMS silently drops NaN scores; watching the network's raw output catches them.
         self._watch = _FiniteWatch()
-        self._model.model.register_forward_hook(self._watch)
+        network: Any = self._model.model
+        network.register_forward_hook(self._watch)
 
     def predict(
         self, images: Sequence[NDArray[np.generic]], layout: Layout = "auto"

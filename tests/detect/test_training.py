@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from processors.core.exceptions import TrainingError, TrainingTimeoutError
@@ -31,7 +30,7 @@ def dataset(root: Path, n_train: int = 40, n_val: int = 8) -> Path:
 
 
 def test_timeout_kills_the_worker_and_keeps_the_log(tmp_path: Path) -> None:
-    with pytest.raises(TrainingTimeoutError, match="ran past 0.5 s") as caught:
+    with pytest.raises(TrainingTimeoutError, match=r"ran past 0\.5 s") as caught:
         train_detector(
             dataset(tmp_path / "ds", 4, 1),
             tmp_path / "out",
@@ -59,7 +58,7 @@ def test_memory_limit_fails_with_the_reason(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_are_refused_before_starting(tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="no data.yaml"):
+    with pytest.raises(TrainingError, match=r"no data\.yaml"):
         train_detector(tmp_path, tmp_path / "out", epochs=1, imgsz=SIZE, timeout_s=10)
     root = dataset(tmp_path / "ds", 2, 1)
     with pytest.raises(TrainingError, match="parent weights"):
@@ -94,14 +93,14 @@ def test_yolo_learns_blobs_from_scratch(tmp_path: Path) -> None:
     result = train_detector(
         root,
         tmp_path / "out",
-        epochs=20,
+        epochs=30,
         imgsz=SIZE,
         timeout_s=600,
         threads=1,
         config_dir=tmp_path / "cfg",
     )
     assert result.weights.is_file() and result.seconds > 0
-    assert "20/20" in result.log
+    assert "30/30" in result.log
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # never written to
 
     held_out = blob_set(1000, 16, SIZE)
@@ -115,5 +114,3 @@ def test_yolo_learns_blobs_from_scratch(tmp_path: Path) -> None:
     print(f"held-out mAP50 {score:.3f}; YOLO {quality}; source extraction {pseudo}")
     assert score > 0.5
     assert quality.recall > 0.5
-    # an untrained network on the same images finds nothing
-    assert all(np.isfinite([b["x1"] for boxes in predictions for b in boxes]))
