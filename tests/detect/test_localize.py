@@ -90,6 +90,19 @@ def test_localize_record_from_its_fits_bytes_or_difference() -> None:
         localize_record(record, difference=flat[:32, :32])
 
 
+def test_localize_record_on_one_band_of_a_triplet() -> None:
+    science, truth = blob_image(19, size=64, sources=1)
+    template = np.random.default_rng(2).normal(100.0, 5.0, (64, 64)).astype(np.float32)
+    faded = 2 * 100.0 - science  # the source is in the template only
+    record = fits_record(np.stack([template, science, faded - 100.0], axis=-1))
+    assert box_quality([localize_record(record, band=1)], [truth]).recall == 1.0
+    assert localize_record(record, band=2) == []
+    assert box_quality([localize_record(record, band=2, signed=True)], [truth]).recall == 1.0
+    assert localize_record(record, band=0) == []
+    with pytest.raises(BadImageError, match="band 3 does not exist"):
+        localize_record(record, band=3)
+
+
 def test_real_ztf_difference_cutouts_show_the_alert_at_the_centre() -> None:
     if not ZTF_STREAM.is_dir():
         pytest.skip(f"needs the real ZTF night at {ZTF_STREAM}")
