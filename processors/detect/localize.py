@@ -23,6 +23,7 @@ source that faded between epochs is found too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,13 @@ from processors.core.imaging import decode_image
 from processors.core.records import Box, ImageRecord
 from processors.detect.raster import Layout, as_plane, record_plane
 
-__all__ = ["ExtractionParams", "extract_boxes", "localize_record", "snr_confidence"]
+__all__ = [
+    "ExtractionParams",
+    "boxes_at",
+    "extract_boxes",
+    "localize_record",
+    "snr_confidence",
+]
 
 # Cutouts smaller than this use one background mesh: a mesh needs many pixels to be robust.
 _SINGLE_MESH_BELOW = 96
@@ -174,6 +181,20 @@ def extract_boxes(
         found += _sources(np.ascontiguousarray(-plane), mask, params, label)
     found.sort(key=lambda item: (-item[0], item[1]["y1"], item[1]["x1"]))
     return [box for _, box in found[: params.max_boxes]]
+
+
+def boxes_at(boxes: Sequence[Box], x: float, y: float) -> list[Box]:
+    """The boxes that contain pixel position ``(x, y)``, keeping their order.
+
+    A survey alert sits at a known position (a ZTF cutout's centre): on real difference
+    cutouts the most significant source is often a residual of a bright star elsewhere, while
+    the alert's own source is the box at its position.
+
+    >>> box = Box(label="source", confidence=0.9, x1=2.0, y1=2.0, x2=6.0, y2=6.0)
+    >>> [boxes_at([box], 4.0, 4.0) == [box], boxes_at([box], 7.0, 4.0)]
+    [True, []]
+    """
+    return [b for b in boxes if b["x1"] <= x <= b["x2"] and b["y1"] <= y <= b["y2"]]
 
 
 def localize_record(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import doctest
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from processors.core.exceptions import BadImageError
 from processors.detect.evaluation import box_quality
 from processors.detect.localize import (
     ExtractionParams,
+    boxes_at,
     extract_boxes,
     localize_record,
     snr_confidence,
@@ -122,3 +124,10 @@ def test_real_ztf_difference_cutouts_show_the_alert_at_the_centre() -> None:
             )
     assert total >= 20
     assert centred / total >= 0.9
+
+
+def test_doctests() -> None:
+    from processors.detect import localize
+
+    result = doctest.testmod(localize, raise_on_error=False)
+    assert result.attempted >= 2 and result.failed == 0
