@@ -119,9 +119,7 @@ def test_real_ztf_difference_cutouts_show_the_alert_at_the_centre() -> None:
             h, w = difference.shape
             boxes = extract_boxes(difference, signed=True)
             total += 1
-            centred += any(
-                b["x1"] <= w / 2 <= b["x2"] and b["y1"] <= h / 2 <= b["y2"] for b in boxes
-            )
+            centred += bool(boxes_at(boxes, w / 2, h / 2))
     assert total >= 20
     assert centred / total >= 0.9
 
