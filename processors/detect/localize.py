@@ -23,6 +23,7 @@ source that faded between epochs is found too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +31,17 @@ import sep
 from numpy.typing import NDArray
 
 from processors.core.exceptions import BadImageError
+from processors.core.imaging import decode_image
 from processors.core.records import Box, ImageRecord
 from processors.detect.raster import Layout, as_plane, record_plane
 
-__all__ = ["ExtractionParams", "extract_boxes", "localize_record", "snr_confidence"]
+__all__ = [
+    "ExtractionParams",
+    "boxes_at",
+    "extract_boxes",
+    "localize_record",
+    "snr_confidence",
+]
 
 # Cutouts smaller than this use one background mesh: a mesh needs many pixels to be robust.
 _SINGLE_MESH_BELOW = 96
@@ -175,25 +183,48 @@ def extract_boxes(
     return [box for _, box in found[: params.max_boxes]]
 
 
+def boxes_at(boxes: Sequence[Box], x: float, y: float) -> list[Box]:
+    """The boxes that contain pixel position ``(x, y)``, keeping their order.
+
+    A survey alert sits at a known position (a ZTF cutout's centre): on real difference
+    cutouts the most significant source is often a residual of a bright star elsewhere, while
+    the alert's own source is the box at its position.
+
+    >>> box = Box(label="source", confidence=0.9, x1=2.0, y1=2.0, x2=6.0, y2=6.0)
+    >>> [boxes_at([box], 4.0, 4.0) == [box], boxes_at([box], 7.0, 4.0)]
+    [True, []]
+    """
+    return [b for b in boxes if b["x1"] <= x <= b["x2"] and b["y1"] <= y <= b["y2"]]
+
+
 def localize_record(
     record: ImageRecord,
     *,
     difference: NDArray[np.generic] | None = None,
+    band: int | None = None,
+    signed: bool = False,
     params: ExtractionParams | None = None,
     label: str = "source",
 ) -> list[Box]:
-    """Boxes for one ImageRecord from its own pixels (or its difference cutout when given).
+    """Boxes for one ImageRecord from its own pixels, in the record's pixel coordinates.
 
-    With a difference cutout the sources come from it (both signs) and must match the image's
-    shape, so the boxes are in the image's pixel coordinates.
+    The detection map is, in order of precedence: ``difference`` (a separate difference
+    cutout of the same shape, searched with both signs), the record's band ``band`` (e.g. the
+    difference band of a ZTF science/template/difference triplet), or the mean of its bands.
+    ``signed`` also searches the negated map for a band or the mean.
     """
-    plane = record_plane(record)
-    if difference is None:
-        return extract_boxes(plane, params=params, label=label)
-    diff = as_plane(difference)
-    if diff.shape != plane.shape:
-        raise BadImageError(
-            f"difference cutout is {diff.shape[0]}x{diff.shape[1]} but the image is "
-            f"{plane.shape[0]}x{plane.shape[1]}"
-        )
-    return extract_boxes(diff, params=params, label=label, signed=True)
+    if difference is not None:
+        plane = record_plane(record)
+        diff = as_plane(difference)
+        if diff.shape != plane.shape:
+            raise BadImageError(
+                f"difference cutout is {diff.shape[0]}x{diff.shape[1]} but the image is "
+                f"{plane.shape[0]}x{plane.shape[1]}"
+            )
+        return extract_boxes(diff, params=params, label=label, signed=True)
+    if band is None:
+        return extract_boxes(record_plane(record), params=params, label=label, signed=signed)
+    pixels = decode_image(record)
+    if not 0 <= band < pixels.shape[2]:
+        raise BadImageError(f"band {band} does not exist; the image has {pixels.shape[2]} bands")
+    return extract_boxes(pixels[:, :, band], params=params, label=label, signed=signed)

@@ -75,10 +75,10 @@ def _train(spec: TrainSpec) -> dict[str, object]:
     for name in _THREAD_GLOBALS:
         module: Any = importlib.import_module(name)
         if hasattr(module, "NUM_THREADS"):
-            module.NUM_THREADS = spec.threads
+            setattr(module, "NUM_THREADS", spec.threads)  # noqa: B010 - untyped module global
     from ultralytics import YOLO
 
-    model = YOLO(spec.model, task="detect")
+    model: Any = YOLO(spec.model, task="detect")
     arguments: dict[str, object] = {
         # One optimizer step per batch: ultralytics' default nominal batch (64) accumulates
         # 4+ batches per step, which on a small dataset is less than one step an epoch.
@@ -105,7 +105,18 @@ def _train(spec: TrainSpec) -> dict[str, object]:
     trainer: Any = model.trainer
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
-    return {"weights": str(best), "metrics": metrics}
+    return {"weights": str(best), "metrics": metrics, **_peak_memory()}
+
+
+def _peak_memory() -> dict[str, float]:
+    """Peak resident set and address space (what ``RLIMIT_AS`` bounds) of this process, MB."""
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmPeak:"):
+                peaks["peak_vm_mb"] = int(line.split()[1]) / 1024.0
+    return peaks
 
 
 def main(argv: list[str] | None = None) -> int:

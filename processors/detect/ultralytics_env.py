@@ -31,8 +31,6 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from processors.core.torchvision_compat import ensure_torchvision_ops
-
 __all__ = ["default_config_dir", "offline_ultralytics"]
 
 _log = logging.getLogger(__name__)
@@ -96,6 +94,9 @@ def offline_ultralytics(config_dir: Path | None = None) -> ModuleType:
         os.environ["YOLO_CONFIG_DIR"] = str(wanted)
         user_dir = wanted / "Ultralytics"
         _install_fonts(user_dir)
+        # Imported here: the trainer's parent process needs this module's paths, not torch.
+        from processors.core.torchvision_compat import ensure_torchvision_ops
+
         ensure_torchvision_ops()
         omp_before = os.environ.get("OMP_NUM_THREADS")
         import ultralytics

@@ -32,7 +32,7 @@ def test_layout_labels_and_yaml(tmp_path: Path) -> None:
     assert png.size == (48, 48) and png.mode == "RGB"
     lines = (tmp_path / "ds" / "labels" / "train" / "t0.txt").read_text().splitlines()
     first = train[0].boxes[0]
-    cls, cx, _cy, _w, h = lines[0].split()
+    cls, cx, _, _, h = lines[0].split()
     assert cls == "0" and len(lines) == len(train[0].boxes)
     assert float(cx) == pytest.approx((first["x1"] + first["x2"]) / 96, abs=1e-6)
     assert float(h) == pytest.approx((first["y2"] - first["y1"]) / 48, abs=1e-6)
@@ -53,7 +53,7 @@ def test_boxes_are_clipped_and_checked(tmp_path: Path) -> None:
     dataset = write_yolo_dataset(
         tmp_path / "ok", [DetectionSample("a", image, [outside])], [DetectionSample("b", image)]
     )
-    _cls, cx, _cy, w, _h = (dataset.root / "labels" / "train" / "a.txt").read_text().split()
+    _, cx, _, w, _ = (dataset.root / "labels" / "train" / "a.txt").read_text().split()
     assert (float(cx), float(w)) == (0.875, 0.25)
     bad = [
         (Box(label="star", confidence=1, x1=0, y1=0, x2=5, y2=5), "label 'star'"),

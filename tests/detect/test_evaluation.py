@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import doctest
+
 import pytest
 
 from processors.core.exceptions import EvaluationError
@@ -70,3 +72,10 @@ def test_box_quality_matches_one_to_one_and_ignores_labels() -> None:
     assert quality.mean_iou == 1.0 and quality.recall == 1.0 and quality.precision == 0.5
     empty = box_quality([[], []], [[A], []])
     assert empty.mean_iou == 0.0 and empty.recall == 0.0 and empty.precision == 0.0
+
+
+def test_doctests() -> None:
+    from processors.detect import evaluation
+
+    result = doctest.testmod(evaluation, raise_on_error=False)
+    assert result.attempted >= 2 and result.failed == 0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import doctest
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from processors.core.exceptions import BadImageError
 from processors.detect.evaluation import box_quality
 from processors.detect.localize import (
     ExtractionParams,
+    boxes_at,
     extract_boxes,
     localize_record,
     snr_confidence,
@@ -90,6 +92,19 @@ def test_localize_record_from_its_fits_bytes_or_difference() -> None:
         localize_record(record, difference=flat[:32, :32])
 
 
+def test_localize_record_on_one_band_of_a_triplet() -> None:
+    science, truth = blob_image(19, size=64, sources=1)
+    template = np.random.default_rng(2).normal(100.0, 5.0, (64, 64)).astype(np.float32)
+    faded = 2 * 100.0 - science  # the source is in the template only
+    record = fits_record(np.stack([template, science, faded - 100.0], axis=-1))
+    assert box_quality([localize_record(record, band=1)], [truth]).recall == 1.0
+    assert localize_record(record, band=2) == []
+    assert box_quality([localize_record(record, band=2, signed=True)], [truth]).recall == 1.0
+    assert localize_record(record, band=0) == []
+    with pytest.raises(BadImageError, match="band 3 does not exist"):
+        localize_record(record, band=3)
+
+
 def test_real_ztf_difference_cutouts_show_the_alert_at_the_centre() -> None:
     if not ZTF_STREAM.is_dir():
         pytest.skip(f"needs the real ZTF night at {ZTF_STREAM}")
@@ -104,8 +119,13 @@ def test_real_ztf_difference_cutouts_show_the_alert_at_the_centre() -> None:
             h, w = difference.shape
             boxes = extract_boxes(difference, signed=True)
             total += 1
-            centred += any(
-                b["x1"] <= w / 2 <= b["x2"] and b["y1"] <= h / 2 <= b["y2"] for b in boxes
-            )
+            centred += bool(boxes_at(boxes, w / 2, h / 2))
     assert total >= 20
     assert centred / total >= 0.9
+
+
+def test_doctests() -> None:
+    from processors.detect import localize
+
+    result = doctest.testmod(localize, raise_on_error=False)
+    assert result.attempted >= 2 and result.failed == 0
