@@ -199,7 +199,9 @@ class Settings(BaseSettings):
     retrain_cooldown_s: float = Field(3600.0, ge=0.0, description="between retrain requests")
     retrain_max_per_day: int = Field(6, ge=1, description="retrain budget per trailing 24 h")
     train_epochs: int = Field(40, ge=1, description="YOLO epochs per retrain")
-    train_imgsz: int = Field(160, ge=32, le=1280, description="YOLO training image size")
+    train_imgsz: int = Field(
+        64, ge=32, le=1280, description="YOLO training image size (cutouts are ~64 px)"
+    )
     train_timeout_s: float = Field(1800.0, gt=0.0, description="a training run is killed after")
     train_threads: int = Field(1, ge=1, description="CPU threads of the training process")
     train_memory_mb: int = Field(6144, ge=512, description="address-space limit of training")

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 ISSUER = "trainer"
 MIN_TRAIN = 8
+EVAL_CONF = 0.01  # boxes kept for mAP (the curve needs the low-confidence ones too)
 VAL_FRACTION = 0.15
 
 
@@ -82,10 +83,20 @@ class Evaluation:
 
 
 def evaluate_detector(localizer: object, samples: list[TrainingSample]) -> Evaluation:
-    """mAP50 of ``localizer`` (a ``predict([plane]) -> [[Box]]``) on ``samples``' boxes."""
+    """mAP50 of ``localizer`` (a ``predict([plane]) -> [[Box]]``) on ``samples``' boxes.
+
+    The localizer should keep low-confidence boxes (mAP ranks them; a serving threshold would
+    cut the precision-recall curve short). One warm-up prediction is not timed: the first call
+    fuses the model, which no image served later pays for.
+    """
     predictions: list[list[Box]] = []
     latencies: list[float] = []
     nan = 0
+    if samples:
+        try:
+            localizer.predict([samples[0].plane])  # type: ignore[attr-defined]
+        except SkyloopError:
+            pass  # counted below, with the image's own timing
     for sample in samples:
         started = time.perf_counter()
         try:
@@ -160,6 +171,7 @@ def answer_request(
             timeout_s=settings.train_timeout_s,
             threads=settings.train_threads,
             memory_mb=settings.train_memory_mb,
+            config_dir=settings.data_dir / "ultralytics",
         )
     except SkyloopError as exc:
         params = {"reason": f"training failed: {exc}"[:500], "extra": {"manifest": manifest_id}}
@@ -168,11 +180,16 @@ def answer_request(
         ]
     from processors.detect.yolo import YoloLocalizer
 
-    config_dir = workdir / "ultralytics"
-    candidate = evaluate_detector(YoloLocalizer(result.weights, config_dir=config_dir), held)
+    # one ultralytics state folder per process (it is fixed at first use), outside workdir
+    config_dir = settings.data_dir / "ultralytics"
+    candidate = evaluate_detector(
+        YoloLocalizer(result.weights, conf=EVAL_CONF, config_dir=config_dir), held
+    )
     baseline = None
     if parent is not None:
-        baseline = evaluate_detector(YoloLocalizer(parent, config_dir=config_dir), held)
+        baseline = evaluate_detector(
+            YoloLocalizer(parent, conf=EVAL_CONF, config_dir=config_dir), held
+        )
     weights = store.put_bytes(result.weights.read_bytes())
     version = f"yolo@{weights[:12]}"
     metrics = {
