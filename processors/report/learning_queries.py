@@ -170,7 +170,7 @@ samples (a ``sample_id``), and the candidates with at least one box."""
 
 LABEL_REASONS = f"""
 SELECT label_status,
-       replaceRegexpAll(ifNull(label_reason, ''), '[0-9]+([.][0-9]+)?', '#') AS reason,
+       replaceRegexpAll(ifNull(label_reason, ''), '\\\\b[0-9]+([.][0-9]+)?\\\\b', '#') AS reason,
        count() AS n, min(ifNull(label_reason, '')) AS example
 FROM candidates FINAL
 WHERE {_window("detected_at")}

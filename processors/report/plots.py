@@ -106,8 +106,8 @@ def draw_boxes(image: PILImage, boxes: Sequence[Box], *, scale: float = 1.0) -> 
 
     Box coordinates are multiplied by ``scale`` (thumbnail pixels per image pixel) and clipped to
     the image; a box that ends up outside it entirely is not drawn. Boxes are drawn in the given
-    order, so with overlaps the last one is on top. Labels sit above a box, or inside it when
-    the box touches the top edge.
+    order, so with overlaps the last one is on top. Labels (on a black plate) sit above a box, or
+    inside it when the box touches the top edge.
     """
     from PIL import ImageDraw, ImageFont
 
@@ -130,6 +130,8 @@ def draw_boxes(image: PILImage, boxes: Sequence[Box], *, scale: float = 1.0) -> 
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         ty = y1 - (bottom - top) - 2 if y1 >= (bottom - top) + 2 else y1 + 1
         tx = min(max(0.0, x1), max(0.0, width - (right - left)))
+        # a dark plate under the text keeps it legible on bright or noisy cutouts
+        draw.rectangle((tx, ty, tx + right - left, ty + bottom - top), fill=(0, 0, 0))
         draw.text((tx, ty - top), text, fill=colour, font=font)
     return out
 
