@@ -138,13 +138,8 @@ def test_crossmatches_and_bright_stars(client: Client, learning: Dataset, tmp_pa
     at = next(i for i, r in enumerate(matches) if r[0] == f"`{ztf['image_id'][:12]}`")
     assert matches[at][4:] == ["ztf:ps1", "PS1-123", "0.80", "18.20", "galaxy", "—"]
     assert matches[at + 1][:4] == ["—"] * 4  # the same candidate's next match
-    assert matches[at + 1][4:] == [
-        "ztf:gaia_bright",
-        "nearest_bright",
-        "12.00",
-        "11.50",
-        "star",
-    ] + ["yes"]
+    bright_star = ["ztf:gaia_bright", "nearest_bright", "12.00", "11.50", "star", "yes"]
+    assert matches[at + 1][4:] == bright_star
     # a faint star at 0.5″ and a bright star beyond its 30″ radius are no bright neighbours
     hip = next(r for r in matches if r[5] == "HIP 7")
     faint = next(r for r in matches if r[5] == "Gaia DR3 42")
