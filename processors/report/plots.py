@@ -264,27 +264,31 @@ def plot_map50_trajectory(points: Sequence[TrajectoryPoint], path: Path) -> Path
     coloured by its gate decision (passed green, failed red, undecided grey) and labelled with
     its version. Writes nothing and returns None when no version has a measured mAP50.
     """
-    measured = [p for p in points if p.map50 is not None and np.isfinite(p.map50)]
+    measured = [
+        (p.cycle, float(p.map50), p.gate if p.gate in _GATE_COLOURS else "-", p.version)
+        for p in points
+        if p.map50 is not None and np.isfinite(p.map50)
+    ]
     if not measured:
         return None
     fig = Figure(figsize=(6.4, 3.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    ax.plot([p.cycle for p in measured], [p.map50 for p in measured], color="grey", zorder=1)
+    ax.plot([m[0] for m in measured], [m[1] for m in measured], color="grey", zorder=1)
     for gate in ("passed", "failed", "-"):
-        mine = [p for p in measured if (p.gate if p.gate in _GATE_COLOURS else "-") == gate]
+        mine = [m for m in measured if m[2] == gate]
         if mine:
             ax.scatter(
-                [p.cycle for p in mine],
-                [p.map50 for p in mine],
+                [m[0] for m in mine],
+                [m[1] for m in mine],
                 color=_GATE_COLOURS.get(gate, "grey"),
                 label=f"gate {gate}" if gate != "-" else "no gate decision",
                 zorder=2,
             )
-    for p in measured:
+    for cycle, map50, _, version in measured:
         ax.annotate(
-            p.version[:14],
-            (p.cycle, p.map50),
+            version[:14],
+            (cycle, map50),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=7,
