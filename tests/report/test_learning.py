@@ -13,18 +13,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from processors.core.clickhouse import Client
-from processors.report import learning, markdown
-from processors.report.daily import generate_report
+from processors.core.clickhouse import Client, connect
+from processors.report import learning as learning_sections
+from processors.report import markdown
+from processors.report.daily import ReportSummary, generate_report
 from processors.report.learning_queries import LEARNING_QUERIES
 from processors.report.plots import thumbnail_png
+from processors.sink.migrations import apply_migrations
+from tests.report.conftest import add_learning, build_dataset, load
 
 if TYPE_CHECKING:
     from tests.report.conftest import Dataset
 
 DAY = date(2025, 3, 14)
+
+
+@pytest.fixture(scope="module")
+def learning_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReportSummary, Dataset]:
+    """The report of the learning-loop warehouse, built once for the tests that only read it
+    (the database is closed before any other test opens its own: one chdb path per process)."""
+    root = tmp_path_factory.mktemp("learning")
+    client = connect(f"chdb://{root / 'ch'}")
+    try:
+        apply_migrations(client)
+        data = add_learning(build_dataset())
+        load(client, data)
+        return generate_report(client, root / "reports", day=DAY), data
+    finally:
+        client.close()
 
 
 def _section(md: str, title: str) -> str:
@@ -49,15 +68,15 @@ def _by_first(section: str) -> dict[str, list[str]]:
 
 
 def test_doctests() -> None:
-    for module in (learning, markdown):
+    for module in (learning_sections, markdown):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def test_learning_sections_show_what_was_seeded(
-    client: Client, learning: Dataset, tmp_path: Path
+    learning_report: tuple[ReportSummary, Dataset],
 ) -> None:
-    out = tmp_path / "reports"
-    summary = generate_report(client, out, day=DAY)
+    summary, data = learning_report
+    out = summary.path.parent
     md = summary.path.read_text()
 
     # the registry as of the day's end: yolo@4 (next day) is not there yet
@@ -96,7 +115,7 @@ def test_learning_sections_show_what_was_seeded(
     lifecycle = _rows(_section(md, "Model lifecycle"))
     events = [(r[1], r[2]) for r in lifecycle[1:]]
     seeded = sorted(
-        (r for r in learning.messages["control.events"] if r["at"].date() == DAY),
+        (r for r in data.messages["control.events"] if r["at"].date() == DAY),
         key=lambda r: r["at"],
     )
     assert events == [
@@ -112,12 +131,11 @@ def test_learning_sections_show_what_was_seeded(
     assert deferred[4] == "retrain budget: 4 requests in the last 24 h"
 
 
-def test_crossmatches_and_bright_stars(client: Client, learning: Dataset, tmp_path: Path) -> None:
-    md = generate_report(client, tmp_path / "reports", day=DAY).path.read_text()
+def test_crossmatches_and_bright_stars(learning_report: tuple[ReportSummary, Dataset]) -> None:
+    summary, data = learning_report
+    md = summary.path.read_text()
     ztf = next(
-        r
-        for r in learning.messages["candidates"]
-        if r["crossmatches"] and r["source"] == "ztf-public"
+        r for r in data.messages["candidates"] if r["crossmatches"] and r["source"] == "ztf-public"
     )
     matches = _rows(_section(md, "Cross-matches"))
     assert matches[0] == [
@@ -133,7 +151,7 @@ def test_crossmatches_and_bright_stars(client: Client, learning: Dataset, tmp_pa
         "Bright star near",
     ]
     # every seeded match of the day's candidates, once, nearest first within its candidate
-    seeded = [r for r in learning.messages["candidates"] if r["detected_at"].date() == DAY]
+    seeded = [r for r in data.messages["candidates"] if r["detected_at"].date() == DAY]
     assert len(matches) - 1 == sum(len(r["crossmatches"]) for r in seeded)
     at = next(i for i, r in enumerate(matches) if r[0] == f"`{ztf['image_id'][:12]}`")
     assert matches[at][4:] == ["ztf:ps1", "PS1-123", "0.80", "18.20", "galaxy", "—"]
@@ -172,12 +190,12 @@ def test_crossmatches_and_bright_stars(client: Client, learning: Dataset, tmp_pa
 
 
 def test_thumbnails_have_the_candidates_boxes(
-    client: Client, learning: Dataset, tmp_path: Path
+    learning_report: tuple[ReportSummary, Dataset],
 ) -> None:
-    summary = generate_report(client, tmp_path / "reports", day=DAY)
-    images = {r["image_id"]: r for r in learning.messages["images.raw"]}
+    summary, data = learning_report
+    images = {r["image_id"]: r for r in data.messages["images.raw"]}
     candidate = next(
-        r for r in learning.messages["candidates"] if r["source"] == "ztf-public" and r["boxes"]
+        r for r in data.messages["candidates"] if r["source"] == "ztf-public" and r["boxes"]
     )
     image = images[candidate["image_id"]]
     thumb = next(p for p in summary.thumbnails if p.name == f"{image['image_id'][:16]}.png")
