@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 DEFAULT_SOURCES = ["synthetic", "hubble"]
-WORKER_NAMES = ("ingest", "score", "stats", "detect", "sink")
+WORKER_NAMES = ("ingest", "score", "stats", "detect", "train", "sink")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -141,6 +141,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
         for source_name, source_counts in sorted(summary.sources.items()):
             print(f"ingest: {describe_source(source_name, source_counts)}", file=sys.stderr)
+        return 0
+    if name == "train":
+        from processors.core.progress import ProgressFile
+        from processors.detect.trainer import Trainer
+
+        stop = StopSignal().install()
+        Trainer(settings, bootstrap, ProgressFile(progress_dir, "train")).run(stop.event)
         return 0
     if name == "stats":
         import faust

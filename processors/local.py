@@ -36,7 +36,7 @@ from processors.core.supervisor import Supervisor
 
 __all__ = ["RunResult", "latest_run_dir", "run_local"]
 
-WORKERS = ("sink", "stats", "detect", "score")
+WORKERS = ("sink", "stats", "detect", "train", "score")
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,16 @@ def latest_run_dir(data_dir: Path) -> Path | None:
     return None
 
 
-def _done(ingest: dict[str, Any], sink: dict[str, Any], stats: dict[str, Any]) -> bool:
+def _done(
+    ingest: dict[str, Any],
+    sink: dict[str, Any],
+    stats: dict[str, Any],
+    train: dict[str, Any] | None = None,
+) -> bool:
     if not ingest.get("done"):
         return False
-    events = sum(v for k, v in stats.items() if k.startswith("events."))
+    emitters = (stats, train or {})  # the controller's and the trainer's events
+    events = sum(v for p in emitters for k, v in p.items() if k.startswith("events."))
     # The sink counts distinct ids, so compare with ingest's distinct counts: a source may
     # deliver the same cutout twice (a ZTF alert re-serialized in another schema version).
     return bool(
@@ -135,8 +141,10 @@ def run_local(
             "SKYLOOP_GROUP_PREFIX": settings.group_prefix,
             "HF_HUB_OFFLINE": "1",
         }
-        for key, value in settings.model_dump(exclude_none=True).items():
-            env.setdefault(f"SKYLOOP_{key.upper()}", str(value))
+        # lists and mappings as JSON (what pydantic-settings parses from the environment)
+        for key, value in settings.model_dump(exclude_none=True, mode="json").items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            env.setdefault(f"SKYLOOP_{key.upper()}", text)
         try:
             with Supervisor(logs, env) as sup:
                 for name in WORKERS:
@@ -209,7 +217,7 @@ def _follow(
         elif now - last_line >= 5:
             out.write(line.strip("\r ") + "\n")
             last_line = now
-        if _done(ingest, sink, stats):
+        if _done(ingest, sink, stats, read_progress(progress, "train")):
             return
         _check(sup)
         if now - started > timeout_s:

@@ -21,6 +21,7 @@ __all__ = ["Settings", "load_settings"]
 _BUNDLED_CATALOGS = ("gaia", "hipparcos", "openngc")
 _USER_COLUMN_KEYS = ("ra", "dec", "object_id", "magnitude", "kind")
 _TAP_CATALOGS = {"simbad": "simbad", "gaia": "gaia_dr3"}
+_ZTF_CATALOGS = ("ztf:ps1", "ztf:gaia", "ztf:gaia_bright", "ztf:ss", "ztf:ref")
 
 
 class Settings(BaseSettings):
@@ -162,6 +163,34 @@ class Settings(BaseSettings):
         0.3, ge=0.0, le=1.0, description="held-out mAP50 a first detector needs to pass its gate"
     )
     gate_max_latency_p99_ms: float = Field(2000.0, gt=0.0)
+
+    # the learning loop (processors/detect, processors/control/learning.py, retrain.py)
+    pseudo_label_min_votes: int = Field(2, ge=1, le=3, description="detectors that must agree")
+    pseudo_label_min_score: float = Field(
+        0.98, ge=0.0, le=1.0, description="least calibrated score of the min_votes-th detector"
+    )
+    pseudo_label_min_box_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    pseudo_label_crossmatch: Literal["unmatched", "matched", "any"] = Field(
+        "unmatched",
+        description=(
+            "unmatched: a candidate on a catalogued star is explained by it, not a label (a "
+            "galaxy host does not count); matched: only candidates with a counterpart; any: the "
+            "cross-match does not matter"
+        ),
+    )
+    held_out_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of images (by hash of id) that never train"
+    )
+    dataset_max_samples: int = Field(4096, ge=16, description="most recent pseudo-labels kept")
+    retrain_min_samples: int = Field(64, ge=1, description="new pseudo-labels before a retrain")
+    retrain_cooldown_s: float = Field(3600.0, ge=0.0, description="between retrain requests")
+    retrain_max_per_day: int = Field(6, ge=1, description="retrain budget per trailing 24 h")
+    train_epochs: int = Field(40, ge=1, description="YOLO epochs per retrain")
+    train_imgsz: int = Field(160, ge=32, le=1280, description="YOLO training image size")
+    train_timeout_s: float = Field(1800.0, gt=0.0, description="a training run is killed after")
+    train_threads: int = Field(1, ge=1, description="CPU threads of the training process")
+    train_memory_mb: int = Field(6144, ge=512, description="address-space limit of training")
+
     # catalog cross-match (processors/detect; names of bundled catalogs: gaia, hipparcos, openngc)
     crossmatch_catalogs: list[str] = Field(
         ["gaia", "openngc"], description="bundled offline catalogs each candidate is matched to"
@@ -240,6 +269,8 @@ class Settings(BaseSettings):
         known = set(self.crossmatch_catalogs) | set(self.crossmatch_user_catalogs)
         if self.crossmatch_tap_service is not None:
             known.add(_TAP_CATALOGS[self.crossmatch_tap_service])
+        if self.crossmatch_ztf_context:
+            known.update(_ZTF_CATALOGS)
         for name, radius in self.crossmatch_radius_by_catalog.items():
             if name not in known:
                 raise ValueError(
@@ -251,30 +282,6 @@ class Settings(BaseSettings):
                     f"crossmatch_radius_by_catalog: {name!r} = {radius}: must be in (0, 3600]"
                 )
         return self
-
-    # the learning loop (processors/detect, processors/control/learning.py, retrain.py)
-    pseudo_label_min_votes: int = Field(3, ge=1, le=3, description="detectors that must agree")
-    pseudo_label_min_score: float = Field(0.98, ge=0.0, le=1.0, description="calibrated score")
-    pseudo_label_min_box_confidence: float = Field(0.5, ge=0.0, le=1.0)
-    pseudo_label_crossmatch: Literal["unmatched", "matched", "any"] = Field(
-        "unmatched",
-        description=(
-            "unmatched: a candidate on a known catalog object is explained by it, not a label; "
-            "matched: only candidates with a counterpart; any: the cross-match does not matter"
-        ),
-    )
-    held_out_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="share of images (by hash of id) that never train"
-    )
-    dataset_max_samples: int = Field(4096, ge=16, description="most recent pseudo-labels kept")
-    retrain_min_samples: int = Field(64, ge=1, description="new pseudo-labels before a retrain")
-    retrain_cooldown_s: float = Field(3600.0, ge=0.0, description="between retrain requests")
-    retrain_max_per_day: int = Field(6, ge=1, description="retrain budget per trailing 24 h")
-    train_epochs: int = Field(40, ge=1, description="YOLO epochs per retrain")
-    train_imgsz: int = Field(160, ge=32, le=1280, description="YOLO training image size")
-    train_timeout_s: float = Field(1800.0, gt=0.0, description="a training run is killed after")
-    train_threads: int = Field(1, ge=1, description="CPU threads of the training process")
-    train_memory_mb: int = Field(6144, ge=512, description="address-space limit of training")
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

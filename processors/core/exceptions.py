@@ -8,12 +8,17 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "CorruptMessageError",
+    "DatasetError",
+    "DetectorError",
+    "EvaluationError",
     "SchemaError",
     "SkyloopError",
     "SourceError",
     "StackError",
     "TapError",
     "TapUnavailableError",
+    "TrainingError",
+    "TrainingTimeoutError",
     "UnknownSchemaError",
 ]
 
@@ -66,3 +71,23 @@ class TapError(SkyloopError):
 
 class TapUnavailableError(TapError):
     """A TAP service failed every retry, or its circuit is open after repeated failures."""
+
+
+class DetectorError(SkyloopError):
+    """A detector model cannot be loaded or gave outputs that cannot be boxes (NaN, garbage)."""
+
+
+class TrainingError(SkyloopError):
+    """A detector training run failed; the message ends with the tail of its log."""
+
+
+class TrainingTimeoutError(TrainingError):
+    """A detector training run ran past its time limit and was killed."""
+
+
+class DatasetError(SkyloopError):
+    """A training sample cannot be written: a bad image id, label or box (the message names it)."""
+
+
+class EvaluationError(SkyloopError):
+    """A detection metric is undefined for its inputs (no truth boxes, mismatched image counts)."""

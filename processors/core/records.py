@@ -35,6 +35,7 @@ class GroundTruth(TypedDict):
     is_anomaly: bool
     kind: str | None
     segment: str | None
+    boxes: NotRequired[list[Box]]
 
 
 class ImageRecord(TypedDict):

@@ -97,6 +97,19 @@ class MatchRadius:
                 f"max_arcsec ({self.max_arcsec}) must be >= radius_arcsec ({self.radius_arcsec})"
             )
 
+    def limit_arcsec(self, magnitude: float | None) -> float:
+        """The radius for one point source of ``magnitude`` (None: unknown, not scaled).
+
+        >>> MatchRadius(bright_stars=True).limit_arcsec(12.0) > 29.0
+        True
+        >>> MatchRadius(bright_stars=True).limit_arcsec(None)
+        1.5
+        """
+        if self.bright_stars and magnitude is not None and magnitude <= self.bright_magnitude:
+            scaled = _BRIGHT_STAR_R0_ARCSEC * _BRIGHT_STAR_BASE ** (-magnitude)
+            return float(max(self.radius_arcsec, min(self.max_arcsec, scaled)))
+        return self.radius_arcsec
+
     def per_object(self, catalog: Catalog) -> np.ndarray:
         """Each object's point-source radius in arcsec (the ellipse is applied per pair)."""
         radius = np.full(len(catalog), self.radius_arcsec)

@@ -16,7 +16,7 @@ outage; the circuit breaker stops further queries until it lets a trial through.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from processors.core.config import Settings
@@ -25,7 +25,7 @@ from processors.core.records import CrossMatch, ImageRecord
 from processors.detect.catalogs import Catalog, TableColumns, bundled_catalog, table_catalog
 from processors.detect.crossmatch import CatalogMatcher, MatchRadius, Position
 from processors.detect.tap import TAP_SERVICES, CircuitBreaker, TapCatalog
-from processors.detect.ztf_context import ztf_crossmatches
+from processors.detect.ztf_context import ZTF_RADII, ztf_crossmatches
 
 __all__ = ["CrossMatchStage"]
 
@@ -44,11 +44,13 @@ class CrossMatchStage:
         matcher: CatalogMatcher | None,
         *,
         ztf_context: bool = True,
+        ztf_radii: Mapping[str, MatchRadius] | None = None,
         tap: TapCatalog | None = None,
         tap_radius_arcsec: float = 2.0,
     ) -> None:
         self.matcher = matcher
         self.ztf_context = ztf_context
+        self.ztf_radii = dict(ztf_radii or ZTF_RADII)
         self.tap = tap
         self.tap_radius_arcsec = tap_radius_arcsec
         self.tap_failures = 0
@@ -96,9 +98,22 @@ class CrossMatchStage:
                 ),
             )
         tap_radius = by_catalog.get(tap.name, settings.crossmatch_tap_radius_arcsec) if tap else 0.0
+        ztf_radii = {
+            name: MatchRadius(
+                radius_arcsec=by_catalog.get(name, default.radius_arcsec),
+                bright_stars=default.bright_stars,
+                bright_magnitude=settings.crossmatch_bright_star_magnitude,
+                max_arcsec=max(
+                    by_catalog.get(name, default.radius_arcsec),
+                    settings.crossmatch_bright_star_max_arcsec,
+                ),
+            )
+            for name, default in ZTF_RADII.items()
+        }
         return cls(
             matcher,
             ztf_context=settings.crossmatch_ztf_context,
+            ztf_radii=ztf_radii,
             tap=tap,
             tap_radius_arcsec=tap_radius,
         )
@@ -112,7 +127,7 @@ class CrossMatchStage:
         if self.ztf_context:
             for matches, image in zip(merged, images, strict=True):
                 if image["survey"] == "ztf":
-                    matches.extend(ztf_crossmatches(image["provenance"]))
+                    matches.extend(ztf_crossmatches(image["provenance"], self.ztf_radii))
         if self.tap is not None:
             for matches, position in zip(merged, positions, strict=True):
                 matches.extend(self._tap_cone(position))

@@ -1,44 +1,96 @@
-"""The detect processor: candidate scores → ``candidates``.
+"""The detect processor: served candidates → ``candidates``, localized, cross-matched, labelled.
 
-Consumes ScoreRecords; every served score (production, or a canary's) with ``is_candidate``
-becomes a CandidateRecord
-(``label_status=pending``), keyed by image_id on the source's partition. Localization (YOLO)
-and catalog cross-match fill ``boxes`` and ``crossmatches`` in later steps; until then they are
-empty, never invented.
+Consumes ScoreRecords. Every served candidate (``is_candidate``, role production or canary) that
+carries its image (the scorer attaches it to served candidates) becomes one CandidateRecord,
+keyed by image_id on the source's partition, with:
+
+- **boxes** from the localizer that serves it (:mod:`processors.detect.localizers`): the detector
+  rollout's canary for the images its fraction routes there (by hash of image_id, as the scorer
+  routes), else the production detector, else the *baseline*, source extraction on the image's
+  own pixels; the boxes of a shadow detector, and production's boxes for a canary-served
+  image, go in ``detector_outputs`` (never served; the controller compares them);
+- **cross-matches** (:class:`~processors.detect.crossmatch_stage.CrossMatchStage`: offline
+  catalogs at the image's position, a ZTF alert's own context, TAP when configured);
+- a **label status** from :class:`~processors.detect.labels.PseudoLabelPolicy`, judged on the
+  baseline's boxes: a pseudo-label's boxes come from its pixels, never from a model's own
+  predictions (which would teach a detector its own mistakes); a pseudo-label's training sample
+  is stored as a content-addressed artifact (``sample_id``) before its record is produced.
+
+Localization runs only on candidates (a few per cent of images), never on every image.
 
 Guarantees: one candidate per (image_id, model_version) per delivery of its score (at least
-once; ClickHouse dedupes); undecodable scores go to the dead-letter topic.
+once; ClickHouse dedupes; a sample is content-addressed, so a redelivery stores nothing new);
+undecodable scores go to the dead-letter topic; a candidate whose image cannot be read, or a
+detector that fails, never stops the batch: the image gets the boxes that could be made (none
+are invented) and the failure is logged and counted.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState
-from processors.core.exceptions import CodecError
+from processors.core.exceptions import CodecError, SkyloopError
 from processors.core.kafka import partition_for
-from processors.core.records import TOPICS, CandidateRecord, ScoreRecord
+from processors.core.records import (
+    TOPICS,
+    CandidateRecord,
+    CrossMatch,
+    DetectorOutput,
+    ImageRecord,
+    ScoreRecord,
+)
 from processors.core.runner import InMessage, OutMessage, RunContext
+from processors.detect.crossmatch_stage import CrossMatchStage
+from processors.detect.labels import PseudoLabelPolicy
+from processors.detect.localizers import Localization, LocalizerSet
+from processors.detect.raster import record_plane
+from processors.detect.samples import TrainingSample
 
 __all__ = ["DetectProcessor", "candidate_from_score"]
 
+log = logging.getLogger(__name__)
 
-def candidate_from_score(score: ScoreRecord, control_offset: int) -> CandidateRecord:
+
+def candidate_from_score(
+    score: ScoreRecord,
+    control_offset: int,
+    *,
+    localization: Localization | None = None,
+    crossmatches: Sequence[CrossMatch] = (),
+    label: tuple[str, str] = ("pending", "no image to localize"),
+    sample_id: str | None = None,
+) -> CandidateRecord:
+    image = score.get("image")
+    served = localization.served if localization else None
     return CandidateRecord(
         image_id=score["image_id"],
         source=score["source"],
         model_version=score["model_version"],
         ensemble_score=score["ensemble_score"],
         detector_scores={d["detector"]: d["score"] for d in score["detectors"]},
-        ra=None,
-        dec=None,
-        boxes=[],
-        crossmatches=[],
-        label_status="pending",
-        detector_model_version=None,
+        ra=image["ra"] if image else None,
+        dec=image["dec"] if image else None,
+        boxes=list(served.boxes) if served else [],
+        crossmatches=list(crossmatches),
+        label_status=label[0],  # type: ignore[typeddict-item]
+        detector_model_version=served.version if served else None,
         detected_at=datetime.now(UTC),
         control_offset=control_offset,
+        detector_role=served.role if served else None,
+        detector_latency_ms=served.latency_ms if served else None,
+        label_reason=label[1],
+        sample_id=sample_id,
+        detector_outputs=[
+            DetectorOutput(
+                model_version=o.version, role=o.role, boxes=list(o.boxes), latency_ms=o.latency_ms
+            )
+            for o in (localization.unserved if localization else ())
+        ],
     )
 
 
@@ -47,14 +99,24 @@ class DetectProcessor:
     inputs = ("scores",)
 
     def setup(self, ctx: RunContext) -> None:
+        s = ctx.settings
         self.ctx = ctx
+        self.store = ArtifactStore(s.artifacts_dir)
+        self.crossmatch = CrossMatchStage.from_settings(s)
+        self.localizers = LocalizerSet(self.store, s.data_dir / "models" / "detectors")
+        self.labels = PseudoLabelPolicy(
+            min_votes=s.pseudo_label_min_votes,
+            min_score=s.pseudo_label_min_score,
+            min_box_confidence=s.pseudo_label_min_box_confidence,
+            crossmatch=s.pseudo_label_crossmatch,
+        )
 
     def close(self) -> None:
         pass
 
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
+        scores: list[ScoreRecord] = []
         outputs: list[OutMessage] = []
-        partitions = TOPICS["candidates"].partitions
         for msg in batch:
             try:
                 score: ScoreRecord = self.ctx.codec.decode(msg.value, "skyloop.ScoreRecord")  # type: ignore[assignment]
@@ -62,9 +124,16 @@ class DetectProcessor:
                 outputs.append(self.ctx.dead_letter(msg, exc))
                 continue
             # Served decisions only: production, or a calibrated canary (never the shadow).
-            if not score["is_candidate"] or score["role"] == "shadow":
-                continue
-            candidate = candidate_from_score(score, state.offset)
+            if score["is_candidate"] and score["role"] != "shadow":
+                scores.append(score)
+        with_image = [s for s in scores if s.get("image") is not None]
+        images: list[ImageRecord] = [s["image"] for s in with_image]  # type: ignore[misc]
+        matches = dict(
+            zip((s["image_id"] for s in with_image), self._crossmatch(images), strict=True)
+        )
+        partitions = TOPICS["candidates"].partitions
+        for score in scores:
+            candidate = self._candidate(score, matches.get(score["image_id"], []), state)
             outputs.append(
                 OutMessage(
                     "candidates",
@@ -74,4 +143,54 @@ class DetectProcessor:
                 )
             )
             self.ctx.progress.add("candidates")
+            self.ctx.progress.add(f"labels.{candidate['label_status']}")
         return outputs
+
+    def _crossmatch(self, images: list[ImageRecord]) -> list[list[CrossMatch]]:
+        if not images:
+            return []
+        try:
+            return self.crossmatch.crossmatches(images)
+        except SkyloopError as exc:  # a bad catalog row or position: no matches, not a stop
+            log.error("detect: cross-match of %d images failed: %s", len(images), exc)
+            self.ctx.progress.add("crossmatch_failures")
+            return [[] for _ in images]
+
+    def _candidate(
+        self, score: ScoreRecord, matches: list[CrossMatch], state: ControlState
+    ) -> CandidateRecord:
+        image = score.get("image")
+        if image is None:
+            return candidate_from_score(score, state.offset)
+        try:
+            plane = record_plane(image)
+        except SkyloopError as exc:
+            log.warning("detect: image %s cannot be read: %s", score["image_id"], exc)
+            self.ctx.progress.add("unreadable_images")
+            return candidate_from_score(
+                score, state.offset, crossmatches=matches, label=("rejected", f"unreadable: {exc}")
+            )
+        started = time.perf_counter()
+        localization = self.localizers.localize(score["image_id"], plane, state.detector)
+        for failure in localization.failures:
+            self.ctx.progress.add(f"detector_failures.{failure}")
+        baseline = localization.baseline
+        status, reason = self.labels.judge(
+            score["votes_for"],
+            {d["detector"]: float(d["score"]) for d in score["detectors"]},
+            baseline,
+            matches,
+        )
+        sample_id = None
+        if status == "pseudo_label":
+            sample = TrainingSample(score["image_id"], score["source"], plane, list(baseline))
+            sample_id = self.store.put_bytes(sample.to_bytes())
+        self.ctx.progress.add("localize_ms", round((time.perf_counter() - started) * 1000))
+        return candidate_from_score(
+            score,
+            state.offset,
+            localization=localization,
+            crossmatches=matches,
+            label=(status, reason),
+            sample_id=sample_id,
+        )

@@ -12,8 +12,11 @@ turns them into :class:`CrossMatch` records:
 - ``ztf:ref``: id ``nearest``, ``distnr`` (pixels, times 1.01 arcsec), ``magnr``, kind
   reference_source.
 
-Each is the nearest object of its kind, whatever its distance (ZTF searches out to 30-90
-arcsec): a consumer that wants a match in the strict sense filters by separation.
+Each field is the nearest object of its kind, whatever its distance (ZTF searches out to
+30-90 arcsec); it becomes a cross-match only within that catalog's :class:`MatchRadius`
+(:data:`ZTF_RADII`): 1.5 arcsec for PS1 and the reference source, the magnitude-scaled
+bright-star radius for the Gaia stars, 5 arcsec for a known solar-system object (whose
+predicted position is uncertain by arcseconds; alert brokers use the same 5 arcsec cut).
 
 PS1's kind follows ``sgscore1`` (star-galaxy score, 1 = star): above 0.5 a star, else a galaxy;
 unknown where the score is missing. ``neargaiabright`` is the nearest Gaia star brighter than
@@ -31,12 +34,23 @@ import math
 from collections.abc import Mapping
 
 from processors.core.records import CrossMatch
+from processors.detect.crossmatch import DEFAULT_RADIUS_ARCSEC, MatchRadius
 
-__all__ = ["ZTF_PIXEL_ARCSEC", "ztf_crossmatches"]
+__all__ = ["ZTF_CATALOGS", "ZTF_PIXEL_ARCSEC", "ZTF_RADII", "ztf_crossmatches"]
 
 ZTF_PIXEL_ARCSEC = 1.01
 _STAR_GALAXY_SPLIT = 0.5
 _NO_NAME = {"", "null", "none", "nan"}
+
+ZTF_RADII: Mapping[str, MatchRadius] = {
+    "ztf:ps1": MatchRadius(),
+    "ztf:gaia": MatchRadius(bright_stars=True),
+    "ztf:gaia_bright": MatchRadius(bright_stars=True),
+    "ztf:ss": MatchRadius(radius_arcsec=5.0),
+    "ztf:ref": MatchRadius(),
+}
+"""Default radius of each ZTF context catalog (override any with ``radii``)."""
+ZTF_CATALOGS = tuple(ZTF_RADII)
 
 
 def _number(provenance: Mapping[str, str], key: str) -> float | None:
@@ -67,26 +81,40 @@ def _ps1_kind(provenance: Mapping[str, str]) -> str | None:
     return "star" if score > _STAR_GALAXY_SPLIT else "galaxy"
 
 
-def ztf_crossmatches(provenance: Mapping[str, str]) -> list[CrossMatch]:
-    """The alert's own cross-matches from its provenance, nearest first.
+def ztf_crossmatches(
+    provenance: Mapping[str, str], radii: Mapping[str, MatchRadius] | None = None
+) -> list[CrossMatch]:
+    """The alert's own cross-matches from its provenance within their radii, nearest first.
+
+    ``radii``: per-catalog radii that replace those of :data:`ZTF_RADII`.
 
     >>> [match] = ztf_crossmatches({"ssnamenr": "12345", "ssdistnr": "0.8", "ssmagnr": "19.1"})
     >>> match["catalog"], match["object_id"], match["separation_arcsec"], match["kind"]
     ('ztf:ss', '12345', 0.8, 'solar_system')
     >>> ztf_crossmatches({"ssnamenr": "null", "ssdistnr": "-999.0"})
     []
+    >>> ztf_crossmatches({"ssnamenr": "12345", "ssdistnr": "12.0"})  # beyond 5 arcsec
+    []
     """
     found: list[CrossMatch] = []
+    limits = {**ZTF_RADII, **(radii or {})}
 
-    def add(catalog: str, object_id: str | None, sep: float | None, mag: str, kind: str | None):
+    def add(
+        catalog: str, object_id: str | None, sep: float | None, mag: str, kind: str | None
+    ) -> None:
         if object_id is None or sep is None:
+            return
+        magnitude = _number(provenance, mag)
+        radius = limits.get(catalog)
+        limit = radius.limit_arcsec(magnitude) if radius else DEFAULT_RADIUS_ARCSEC
+        if sep > limit:
             return
         found.append(
             CrossMatch(
                 catalog=catalog,
                 object_id=object_id,
                 separation_arcsec=sep,
-                magnitude=_number(provenance, mag),
+                magnitude=magnitude,
                 kind=kind,
             )
         )

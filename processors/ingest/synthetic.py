@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from processors.core.exceptions import ConfigError
 from processors.core.imaging import encode_fits
-from processors.core.records import GroundTruth
+from processors.core.records import Box, GroundTruth
 from processors.ingest.base import RawImage, SourceItem
 
 __all__ = ["ANOMALY_KINDS", "CONDITIONS", "KINDS", "SkyCondition", "SyntheticSky"]
@@ -138,7 +138,8 @@ class SyntheticSky:
         if rng.random() < self.anomaly_rate:
             anomaly = ANOMALY_KINDS[int(rng.integers(len(ANOMALY_KINDS)))]
         render = self._difference if self.kind == "difference" else self._direct
-        pixels = render(rng, CONDITIONS[condition], anomaly)
+        boxes: list[Box] = []
+        pixels = render(rng, CONDITIONS[condition], anomaly, boxes)
         ra = float(rng.uniform(0, 360))
         dec = float(np.degrees(np.arcsin(rng.uniform(-1, 1))))
         return RawImage(
@@ -158,7 +159,9 @@ class SyntheticSky:
                 "n": str(n),
                 "condition": condition,
             },
-            truth=GroundTruth(is_anomaly=anomaly is not None, kind=anomaly, segment=condition),
+            truth=GroundTruth(
+                is_anomaly=anomaly is not None, kind=anomaly, segment=condition, boxes=boxes
+            ),
         )
 
     def _grid(self) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -180,7 +183,7 @@ class SyntheticSky:
         return np.asarray(flux / (2 * np.pi * sigma**2) * profile, dtype=np.float64)
 
     def _direct(
-        self, rng: np.random.Generator, c: SkyCondition, anomaly: str | None
+        self, rng: np.random.Generator, c: SkyCondition, anomaly: str | None, boxes: list[Box]
     ) -> NDArray[np.float32]:
         s = self.size
         yy, xx = self._grid()
@@ -190,15 +193,17 @@ class SyntheticSky:
             img += self._psf(xx, yy, cx, cy, c.psf, float(rng.lognormal(7.0, 0.8)))
         if anomaly == "bad_column":
             col = int(rng.integers(2, s - 2))
-            img[:, col : col + int(rng.integers(1, 3))] = 60000.0  # saturated
+            width = int(rng.integers(1, 3))
+            img[:, col : col + width] = 60000.0  # saturated
+            boxes.append(_box(anomaly, col, 0, col + width, s))
         elif anomaly is not None:
             low, high = (150.0, 400.0) if anomaly == "streak" else (80.0, 200.0)
-            img += self._shape(rng, anomaly, xx, yy) * float(rng.uniform(low, high))
+            img += self._shape(rng, anomaly, xx, yy, boxes) * float(rng.uniform(low, high))
         img += rng.normal(0.0, c.noise, size=(s, s)).astype(np.float32)
         return img
 
     def _difference(
-        self, rng: np.random.Generator, c: SkyCondition, anomaly: str | None
+        self, rng: np.random.Generator, c: SkyCondition, anomaly: str | None, boxes: list[Box]
     ) -> NDArray[np.float32]:
         s = self.size
         yy, xx = self._grid()
@@ -213,10 +218,13 @@ class SyntheticSky:
             img -= self._psf(xx, yy, rx + dx, ry + dy, c.psf, flux)
         if anomaly == "bad_column":
             col = int(rng.integers(2, s - 2))
-            img[:, col : col + int(rng.integers(1, 3))] += 50.0 * c.noise
+            width = int(rng.integers(1, 3))
+            img[:, col : col + width] += 50.0 * c.noise
+            boxes.append(_box(anomaly, col, 0, col + width, s))
         elif anomaly is not None:
             low, high = (3.0, 8.0) if anomaly == "streak" else (2.0, 5.0)
-            img += self._shape(rng, anomaly, xx, yy) * float(rng.uniform(low, high)) * c.noise
+            shape = self._shape(rng, anomaly, xx, yy, boxes)
+            img += shape * float(rng.uniform(low, high)) * c.noise
         return img
 
     def _shape(
@@ -225,14 +233,48 @@ class SyntheticSky:
         anomaly: str,
         xx: NDArray[np.float32],
         yy: NDArray[np.float32],
+        boxes: list[Box],
     ) -> NDArray[np.float32]:
-        """A streak or a blob of unit peak, at a random place."""
+        """A streak or a blob of unit peak, at a random place; its truth box goes to ``boxes``
+        (the streak's line within the image, 2 sigma wide; the blob's 2-radius square)."""
         s = self.size
         if anomaly == "streak":
             angle = rng.uniform(0, np.pi)
             cx, cy = rng.uniform(s * 0.3, s * 0.7, size=2)
             dist = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))
+            boxes.append(_line_box(anomaly, float(cx), float(cy), float(angle), s, pad=2.0))
             return np.exp(-(dist**2) / 2.0)
         cx, cy = rng.uniform(s * 0.3, s * 0.7, size=2)
         radius = rng.uniform(s * 0.12, s * 0.25)
+        boxes.append(_box(anomaly, cx - 2 * radius, cy - 2 * radius, cx + 2 * radius,
+                          cy + 2 * radius, s))  # fmt: skip
         return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+
+
+def _box(label: str, x1: float, y1: float, x2: float, y2: float, size: float | None = None) -> Box:
+    """A truth box (confidence 1), clipped to ``[0, size]`` (or the given corners)."""
+    hi = size if size is not None else max(x2, y2)
+    return Box(
+        label=label,
+        confidence=1.0,
+        x1=float(max(0.0, x1)),
+        y1=float(max(0.0, y1)),
+        x2=float(min(hi, x2)),
+        y2=float(min(hi, y2)),
+    )
+
+
+def _line_box(label: str, cx: float, cy: float, angle: float, size: int, pad: float) -> Box:
+    """The bounding box of the line through (cx, cy) along ``angle`` inside the image."""
+    dx, dy = float(np.cos(angle)), float(np.sin(angle))
+    ts = []
+    for origin, step in ((cx, dx), (cy, dy)):
+        if abs(step) > 1e-9:
+            ts += [(0.0 - origin) / step, (size - origin) / step]
+    inside = [
+        (cx + t * dx, cy + t * dy)
+        for t in ts
+        if -1e-6 <= cx + t * dx <= size + 1e-6 and -1e-6 <= cy + t * dy <= size + 1e-6
+    ]
+    xs, ys = [p[0] for p in inside], [p[1] for p in inside]
+    return _box(label, min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad, size)

@@ -75,6 +75,7 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "truth_is_anomaly",
     "truth_kind",
     "truth_segment",
+    "truth_boxes",
     *_KAFKA_COLUMNS,
 )
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -198,6 +199,10 @@ def image_row(record: ImageRecord, at: KafkaCoordinates) -> Row:
         None if truth is None else int(bool(truth["is_anomaly"])),
         None if truth is None else truth.get("kind"),
         None if truth is None else truth.get("segment"),
+        [
+            (b["label"], float(b["x1"]), float(b["y1"]), float(b["x2"]), float(b["y2"]))
+            for b in ((truth.get("boxes") if truth else None) or [])
+        ],
         *at,
     )
 

@@ -29,7 +29,7 @@ def image(**over: object) -> ImageRecord:
         height=1,
         bands=1,
         provenance={"k": "v"},
-        truth={"is_anomaly": True, "kind": "blob", "segment": None},
+        truth={"is_anomaly": True, "kind": "blob", "segment": None, "boxes": []},
     )
     rec.update(over)  # type: ignore[typeddict-item]
     return rec

@@ -47,3 +47,14 @@ def test_bad_values_name_the_key(over: dict[str, object], needle: str) -> None:
 def test_a_radius_for_the_tap_catalog_is_accepted_once_tap_is_on() -> None:
     s = load_settings(crossmatch_tap_service="simbad", crossmatch_radius_by_catalog={"simbad": 3})
     assert s.crossmatch_radius_by_catalog == {"simbad": 3.0}
+
+
+def test_ztf_context_catalogs_take_a_radius_and_their_names_agree() -> None:
+    from processors.core import config
+    from processors.detect.ztf_context import ZTF_CATALOGS
+
+    assert config._ZTF_CATALOGS == ZTF_CATALOGS
+    s = load_settings(crossmatch_radius_by_catalog={"ztf:ss": 10.0})
+    assert s.crossmatch_radius_by_catalog == {"ztf:ss": 10.0}
+    with pytest.raises(ConfigError, match="'ztf:ss' is not a configured catalog"):
+        load_settings(crossmatch_ztf_context=False, crossmatch_radius_by_catalog={"ztf:ss": 10.0})

@@ -6,6 +6,7 @@ import io
 from datetime import UTC, datetime
 
 import fastavro
+import pytest
 
 from processors.core.codec import MAGIC, AvroCodec
 from processors.core.records import CandidateRecord, CrossMatch
@@ -29,11 +30,11 @@ def candidate(matches: list[CrossMatch]) -> CandidateRecord:
     )
 
 
-def test_a_candidate_written_before_magnitude_and_kind_decodes_with_nulls() -> None:
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_candidate_written_before_magnitude_and_kind_decodes_with_nulls(version: str) -> None:
     codec = AvroCodec()
-    old = next(
-        s for s in codec.store.by_fingerprint.values() if s.name == "skyloop.CandidateRecord.1"
-    )
+    name = f"skyloop.CandidateRecord.{version}"
+    old = next(s for s in codec.store.by_fingerprint.values() if s.name == name)
     assert old.fingerprint != codec.store.get("skyloop.CandidateRecord").fingerprint
     buf = io.BytesIO()
     buf.write(MAGIC + old.fingerprint)

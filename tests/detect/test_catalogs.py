@@ -47,8 +47,19 @@ def test_hipparcos_has_vega_as_hip_91262() -> None:
     hip = hipparcos_stars()
     assert len(hip) == 117_955
     i, sep = _nearest(hip, VEGA)
-    assert hip.object_ids[i] == "HIP 91262" and sep < 5.0
+    assert hip.object_ids[i] == "HIP 91262" and sep < 10.0
     assert 0.0 < hip.magnitudes[i] < 0.2  # Hp of Vega: 0.09
+
+
+def test_hipparcos_moved_to_gaias_epoch_agrees_with_gaia() -> None:
+    hip, gaia = hipparcos_stars(), gaia_bright_stars()
+    # Barnard's star, the fastest: 10.4"/yr, so 4.3' between the two catalogs' epochs.
+    barnard = list(hip.object_ids).index("HIP 87937")
+    j, sep = _nearest(gaia, hip.coords[barnard])
+    assert sep < 1.0 and 8.0 < gaia.magnitudes[j] < 8.4  # Gaia G of Barnard's star: 8.19
+    bright = hip.magnitudes < 8.0
+    _, seps, _ = hip.coords[bright].match_to_catalog_sky(gaia.coords)
+    assert float(np.median(seps.to_value(u.arcsec))) < 0.1
 
 
 def test_openngc_has_m31_with_its_ellipse() -> None:

@@ -99,10 +99,10 @@ def test_applies_in_version_order_and_resumes_after_a_bad_file(
 def test_changed_applied_file_is_refused(client: Client, tmp_path: Path) -> None:
     ddl = tmp_path / "ddl"
     ddl.mkdir()
-    (ddl / "005_x.sql").write_text("CREATE TABLE IF NOT EXISTS t_x (x UInt8) ENGINE = Log;")
-    assert apply_migrations(client, ddl) == ["005_x.sql"]
-    (ddl / "005_x.sql").write_text("CREATE TABLE IF NOT EXISTS t_x (x UInt16) ENGINE = Log;")
-    with pytest.raises(MigrationError, match=r"005_x\.sql changed after it was applied"):
+    (ddl / "905_x.sql").write_text("CREATE TABLE IF NOT EXISTS t_x (x UInt8) ENGINE = Log;")
+    assert apply_migrations(client, ddl) == ["905_x.sql"]
+    (ddl / "905_x.sql").write_text("CREATE TABLE IF NOT EXISTS t_x (x UInt16) ENGINE = Log;")
+    with pytest.raises(MigrationError, match=r"905_x\.sql changed after it was applied"):
         apply_migrations(client, ddl)
 
 

@@ -8,8 +8,9 @@ Usage (from the repository root)::
 Runs the real ``skyloop run`` (every processor a process, the embedded broker) on synthetic
 difference cutouts whose condition cycles baseline → noisy (the detector goes blind) →
 baseline (a flood) → crowded (a flood) every ``--segment`` images, endlessly. Every ``--every``
-seconds it samples each process's resident memory (``/proc/<pid>/status`` VmRSS) and the images
-scored so far (the sink's progress file). At the end it reports, per process, RSS after
+seconds it samples each process's resident memory (``/proc/<pid>/status`` VmRSS), the CPU time
+of the pipeline's processes and of the whole machine (``/proc``), and the images scored so far
+(the sink's progress file). At the end it reports, per process, RSS after
 warm-up (the first ``--warmup`` fraction of the samples is left out) as first / last / max and
 the drift of a least-squares line through it over the run, in percent; throughput per sample
 interval (first and second half of the run); and, from ClickHouse, each drift onset with the
@@ -71,6 +72,22 @@ def _rss_mb(pid: int) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent not idle (all cores)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _trend_pct(values: list[float]) -> float:
     """Change over the run of a least-squares line through ``values``, in % of its mean."""
     y = np.asarray(values, dtype=float)
@@ -114,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         log = open(data / "soak-run.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     samples: list[tuple[float, dict[str, float], int]] = []
+    cpu: list[tuple[float, float]] = []  # (our processes' CPU s, the machine's busy CPU s)
     started = time.monotonic()
     try:
         while proc.poll() is None:
@@ -123,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run_dir = Path(latest.read_text().strip())
             sink = read_progress(run_dir / "progress", "sink")
-            rss = {name: _rss_mb(pid) for pid, name in _children(proc.pid).items()}
+            children = _children(proc.pid)
+            rss = {name: _rss_mb(pid) for pid, name in children.items()}
+            cpu.append((sum(_cpu_s(p) for p in [proc.pid, *children]), _machine_busy_s()))
             rss["supervisor"] = _rss_mb(proc.pid)
             clean = {k: v for k, v in rss.items() if v is not None}
             samples.append((time.monotonic() - started, clean, int(sink.get("scores", 0))))
@@ -162,6 +182,23 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"throughput (images/s per interval): first half {np.mean(rates[:half]):.1f}, "
             f"second half {np.mean(rates[half:]):.1f}, trend {_trend_pct(rates):+.1f}%"
+        )
+    # Per CPU second of the pipeline's own processes: what the machine's other load cannot move.
+    kept_cpu = cpu[int(len(samples) * args.warmup) :]
+    pairs = list(zip(kept, kept_cpu, strict=False))
+    per_cpu, foreign = [], []
+    for (a, ca), (b, cb) in itertools.pairwise(pairs):
+        ours, busy, wall = cb[0] - ca[0], cb[1] - ca[1], b[0] - a[0]
+        if ours > 0 and wall > 0:
+            per_cpu.append((b[2] - a[2]) / ours)
+            foreign.append(max(0.0, busy - ours) / wall)
+    if per_cpu:
+        half = len(per_cpu) // 2 or 1
+        print(
+            f"images per CPU second of the pipeline: first half {np.mean(per_cpu[:half]):.2f}, "
+            f"second half {np.mean(per_cpu[half:]):.2f}, trend {_trend_pct(per_cpu):+.1f}%; "
+            f"other load on the machine {np.mean(foreign):.2f} cores (min {min(foreign):.2f}, "
+            f"max {max(foreign):.2f})"
         )
     client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
     try:

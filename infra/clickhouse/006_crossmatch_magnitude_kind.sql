@@ -1,4 +1,4 @@
--- skyloop warehouse, version 3: each cross-match's magnitude and kind (CrossMatch.magnitude, .kind).
+-- skyloop warehouse, version 6: each cross-match's magnitude and kind (CrossMatch.magnitude, .kind).
 --
 -- Arrays parallel to candidates.crossmatches (element i describes crossmatches[i]), so the tuple
 -- type of crossmatches, and every query that reads it, stays as it was. Candidates written before

@@ -1,0 +1,290 @@
+"""The trainer: answers ``retrain.requested`` with a trained, registered and gated detector.
+
+Follows ``control.events`` (``skyloop worker train``). For each ``retrain.requested`` that the log
+has not answered yet (no event caused by it), in log order, it:
+
+1. reads the request's dataset manifest (:class:`~processors.core.datasets.DatasetManifest`) and
+   its training samples from the artifact store; a dataset too small to train (fewer than
+   ``MIN_TRAIN`` training or no held-out sample) is answered with ``budget.deferred`` (the
+   samples wait for the next request);
+2. writes a YOLO dataset from the *training* samples only (the validation split that picks the
+   best epoch is a hash-chosen slice of them; held-out samples never train or select);
+3. trains in a separate, bounded process (:func:`processors.detect.training.train_detector`:
+   ``train_timeout_s``, ``train_threads``, ``train_memory_mb``), from the production detector's
+   weights when there is one, else from scratch;
+4. evaluates the new model and production (when there is one) on the held-out samples: mAP50
+   against their pseudo-label boxes, p99 latency per image, non-finite outputs;
+5. stores the weights and a model card (dataset, parent, metrics, code version) and emits
+   ``model.registered``, then the gate's verdict ``model.gate_passed`` / ``model.gate_failed``
+   (:class:`~processors.control.gate.ModelGate`), each caused by the one before.
+
+From there the controller's lifecycle runs the detector through shadow and canary to promotion
+or rollback. Event ids are derived from the request's, so a trainer restarted mid-way makes the
+same decisions under the same ids; a request already answered is never trained again. A failed
+or timed-out training is answered with ``model.gate_failed`` (no model to register: subject
+the request) carrying the reason, so the log says why nothing was promoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from processors.control.gate import ModelGate
+from processors.core.artifacts import ArtifactStore
+from processors.core.config import Settings
+from processors.core.control import ControlState, decision_id, new_event
+from processors.core.datasets import DatasetManifest
+from processors.core.exceptions import SkyloopError
+from processors.core.kafka import ControlFollower, make_producer, produce_control_event
+from processors.core.progress import ProgressFile
+from processors.core.records import Box, ControlEventRecord
+from processors.core.registry import ModelCard, code_version, register
+from processors.core.rollouts import ModelSlot
+from processors.detect.dataset import DetectionSample, write_yolo_dataset
+from processors.detect.evaluation import map50
+from processors.detect.samples import TrainingSample
+from processors.detect.training import train_detector
+
+__all__ = ["MIN_TRAIN", "Evaluation", "Trainer", "answer_request", "evaluate_detector"]
+
+log = logging.getLogger(__name__)
+
+ISSUER = "trainer"
+MIN_TRAIN = 8
+VAL_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    map50: float
+    latency_p99_ms: float
+    nan_outputs: int
+    images: int
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "map50": self.map50,
+            "latency_p99_ms": self.latency_p99_ms,
+            "nan_outputs": float(self.nan_outputs),
+            "held_out_images": float(self.images),
+        }
+
+
+def evaluate_detector(localizer: object, samples: list[TrainingSample]) -> Evaluation:
+    """mAP50 of ``localizer`` (a ``predict([plane]) -> [[Box]]``) on ``samples``' boxes."""
+    predictions: list[list[Box]] = []
+    latencies: list[float] = []
+    nan = 0
+    for sample in samples:
+        started = time.perf_counter()
+        try:
+            boxes = localizer.predict([sample.plane])[0]  # type: ignore[attr-defined]
+        except SkyloopError:
+            nan += 1  # non-finite outputs (DetectorError) or a failure: no boxes, counted
+            boxes = []
+        latencies.append((time.perf_counter() - started) * 1000)
+        predictions.append(boxes)
+    truths = [[{**b, "label": "source"} for b in s.boxes] for s in samples]
+    labelled = [[{**b, "label": "source"} for b in p] for p in predictions]
+    score = map50(labelled, truths) if any(truths) else float("nan")  # type: ignore[arg-type]
+    return Evaluation(score, float(np.percentile(latencies, 99)), nan, len(samples))
+
+
+def _in_val(image_id: str) -> bool:
+    digest = hashlib.sha256(f"val|{image_id}".encode()).hexdigest()
+    return int(digest[:8], 16) / 2**32 < VAL_FRACTION
+
+
+def _event(
+    kind: str,
+    subject: str,
+    params: Mapping[str, Any],
+    request: ControlEventRecord,
+    caused_by: str,
+    *,
+    evidence: dict[str, float] | None = None,
+) -> ControlEventRecord:
+    return new_event(
+        kind,
+        subject,
+        ISSUER,
+        params,  # type: ignore[arg-type]
+        evidence=evidence,
+        caused_by=[caused_by],
+        event_id=decision_id(ISSUER, request["event_id"], kind),
+    )
+
+
+def answer_request(
+    request: ControlEventRecord,
+    state: ControlState,
+    store: ArtifactStore,
+    settings: Settings,
+    workdir: Path,
+) -> list[ControlEventRecord]:
+    """Train, evaluate, register and gate for ``request``; the events to emit, in order."""
+    manifest_id = (request["params"].get("extra") or {}).get("manifest", "")
+    manifest = DatasetManifest.from_bytes(store.get_bytes(manifest_id))
+    train = [TrainingSample.from_bytes(store.get_bytes(i)) for i in manifest.train]
+    held = [TrainingSample.from_bytes(store.get_bytes(i)) for i in manifest.held_out]
+    if len(train) < MIN_TRAIN or not held:
+        reason = f"dataset too small to train: {len(train)} training, {len(held)} held-out"
+        params = {"reason": reason, "extra": {"manifest": manifest_id}}
+        return [_event("budget.deferred", "detector", params, request, request["event_id"])]
+    production = state.detector.production
+    parent = _weights_file(store, production, workdir) if production else None
+    val = [s for s in train if _in_val(s.image_id)] or train[:1]
+    dataset = write_yolo_dataset(
+        workdir / "dataset",
+        [DetectionSample(_file_id(s), s.plane, s.boxes) for s in train if s not in val],
+        [DetectionSample(_file_id(s), s.plane, s.boxes) for s in val],
+    )
+    try:
+        result = train_detector(
+            dataset.root,
+            workdir / "run",
+            epochs=settings.train_epochs,
+            imgsz=settings.train_imgsz,
+            parent_weights=parent,
+            timeout_s=settings.train_timeout_s,
+            threads=settings.train_threads,
+            memory_mb=settings.train_memory_mb,
+        )
+    except SkyloopError as exc:
+        params = {"reason": f"training failed: {exc}"[:500], "extra": {"manifest": manifest_id}}
+        return [
+            _event("model.gate_failed", request["event_id"], params, request, request["event_id"])
+        ]
+    from processors.detect.yolo import YoloLocalizer
+
+    config_dir = workdir / "ultralytics"
+    candidate = evaluate_detector(YoloLocalizer(result.weights, config_dir=config_dir), held)
+    baseline = None
+    if parent is not None:
+        baseline = evaluate_detector(YoloLocalizer(parent, config_dir=config_dir), held)
+    weights = store.put_bytes(result.weights.read_bytes())
+    version = f"yolo@{weights[:12]}"
+    metrics = {
+        **candidate.metrics(),
+        "train_seconds": result.seconds,
+        "train_samples": float(len(train)),
+        "epochs": float(settings.train_epochs),
+    }
+    card = ModelCard(
+        version=version,
+        kind="detector",
+        weights=weights,
+        parent=production.version if production else None,
+        dataset=manifest_id,
+        metrics=metrics,
+        code=code_version(),
+    )
+    registered = register(
+        store,
+        card,
+        ISSUER,
+        caused_by=[request["event_id"]],
+        event_id=decision_id(ISSUER, request["event_id"], "model.registered"),
+    )
+    gate = ModelGate(
+        map50_tolerance=settings.gate_map50_tolerance,
+        min_map50=settings.gate_min_map50,
+        max_latency_p99_ms=settings.gate_max_latency_p99_ms,
+    )
+    verdict = gate.judge("detector", candidate.metrics(), baseline.metrics() if baseline else None)
+    kind = "model.gate_passed" if verdict.passed else "model.gate_failed"
+    params = {"model_version": version, "reason": verdict.reason}
+    judged = _event(
+        kind, version, params, request, registered["event_id"], evidence=verdict.evidence
+    )
+    return [registered, judged]
+
+
+def _file_id(sample: TrainingSample) -> str:
+    return hashlib.sha256(sample.image_id.encode()).hexdigest()[:32]
+
+
+def _weights_file(store: ArtifactStore, slot: ModelSlot, workdir: Path) -> Path | None:
+    if not slot.artifact_id:
+        return None
+    path = workdir / f"parent-{slot.artifact_id[:12]}.pt"
+    path.write_bytes(store.get_bytes(slot.artifact_id))
+    return path
+
+
+@dataclass
+class Trainer:
+    """The worker loop around :func:`answer_request` (see the module docstring)."""
+
+    settings: Settings
+    bootstrap: str
+    progress: ProgressFile
+    _pending: dict[str, ControlEventRecord] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _on_event(self, _state: ControlState, event: ControlEventRecord) -> None:
+        with self._lock:
+            if event["type"] == "retrain.requested":
+                self._pending[event["event_id"]] = event
+            for cause in event["caused_by"]:
+                self._pending.pop(cause, None)
+
+    def run(self, stop: threading.Event) -> None:
+        follower = ControlFollower(self.settings, self.bootstrap, on_event=self._on_event).start()
+        producer = make_producer(self.settings, self.bootstrap, **{"linger.ms": 0})
+        store = ArtifactStore(self.settings.artifacts_dir)
+        try:
+            follower.wait_caught_up(timeout_s=60)
+            self.progress.set("ready", True)
+            self.progress.write(force=True)
+            while not stop.is_set():
+                with self._lock:
+                    request = next(iter(self._pending.values()), None)
+                if request is None:
+                    stop.wait(1.0)
+                    continue
+                self._answer(request, follower, producer, store)
+        finally:
+            follower.close()
+            producer.flush(10)
+
+    def _answer(
+        self,
+        request: ControlEventRecord,
+        follower: ControlFollower,
+        producer: Any,
+        store: ArtifactStore,
+    ) -> None:
+        log.info("trainer: answering %s", request["event_id"])
+        workdir = Path(tempfile.mkdtemp(prefix="train-", dir=self.settings.data_dir))
+        started = time.monotonic()
+        try:
+            events = answer_request(request, follower.state, store, self.settings, workdir)
+        except SkyloopError as exc:
+            log.error("trainer: request %s failed: %s", request["event_id"], exc)
+            params = {"reason": f"training failed: {exc}"[:500]}
+            events = [_event("model.gate_failed", request["event_id"], params, request,
+                             request["event_id"])]  # fmt: skip
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        for event in events:
+            if not follower.has_event(event["event_id"]):
+                produce_control_event(producer, self.settings, event)
+            self.progress.add(f"events.{event['type']}")
+        follower.wait_until(lambda _s: follower.has_event(events[-1]["event_id"]), timeout_s=30)
+        with self._lock:
+            self._pending.pop(request["event_id"], None)
+        self.progress.add("trainings")
+        self.progress.add("train_seconds", round(time.monotonic() - started))
+        self.progress.write(force=True)

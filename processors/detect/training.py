@@ -1,0 +1,162 @@
+"""Train a YOLOv8 detector in a separate, bounded process.
+
+:func:`train_detector` never trains in the calling process: it starts
+``python -m processors.detect.train_worker`` in its own session with a spec file, and
+
+1. copies the dataset into ``out_dir/dataset`` first (ultralytics writes label caches next to
+   the labels, and the caller's dataset folder is content-addressed: it is never modified);
+2. bounds the worker: ``threads`` for torch and ultralytics' own pools, the address space to
+   ``memory_mb`` (``RLIMIT_AS``, set by the worker before it imports torch), ``timeout_s`` of
+   wall time, after which the whole process group is killed;
+3. captures the worker's stdout and stderr in ``out_dir/train.log``;
+4. on success copies the best checkpoint (by ultralytics' validation on the dataset's ``val``
+   split) to ``out_dir/weights.pt`` and returns :class:`TrainResult`.
+
+The ``val`` split selects the best epoch, so it must be part of the training data, never the
+held-out set the gate evaluates on. Failure raises :class:`TrainingError` (or
+:class:`TrainingTimeoutError`) with the tail of the log; nothing is returned half-done.
+``yolov8n.yaml`` starts from scratch; ``parent_weights`` fine-tunes a registered model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import processors
+from processors.core.exceptions import TrainingError, TrainingTimeoutError
+from processors.detect.train_worker import TrainSpec
+from processors.detect.ultralytics_env import default_config_dir
+
+__all__ = ["FROM_SCRATCH", "TrainResult", "train_detector"]
+
+FROM_SCRATCH = "yolov8n.yaml"
+_LOG_TAIL_CHARS = 4000
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """``weights``: the trained checkpoint; ``seconds``: wall time of the worker; ``log``: its
+    output; ``metrics``: ultralytics' final validation on the dataset's own ``val`` split."""
+
+    weights: Path
+    seconds: float
+    log: str
+    metrics: dict[str, float]
+
+
+def _tail(log: str) -> str:
+    return log[-_LOG_TAIL_CHARS:]
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in _THREAD_ENV:
+        env[key] = str(threads)
+    # The worker imports this package the way this process did, installed or from a checkout.
+    package_root = str(Path(processors.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("YOLO_OFFLINE", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["YOLO_VERBOSE"] = "True"  # the log is the evidence when training fails
+    return env
+
+
+def train_detector(
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    epochs: int,
+    imgsz: int,
+    parent_weights: Path | None = None,
+    timeout_s: float,
+    threads: int = 1,
+    memory_mb: int | None = 6144,
+    batch: int = 8,
+    seed: int = 0,
+    config_dir: Path | None = None,
+    options: Mapping[str, float | int | str | bool] | None = None,
+) -> TrainResult:
+    """Train on the YOLO dataset at ``dataset_dir`` (see :mod:`processors.detect.dataset`).
+
+    ``options`` are further ultralytics training arguments (``lr0``, ``mosaic``, ``optimizer``,
+    ...); the worker's own choices (one optimizer step per batch, one warmup epoch, validation
+    only after the last epoch) are defaults they may override, while the data, sizes, device,
+    seed, output folder and the offline settings (no plots, no AMP) cannot be overridden.
+    """
+    dataset_dir, out_dir = Path(dataset_dir).resolve(), Path(out_dir).resolve()
+    if not (dataset_dir / "data.yaml").is_file():
+        raise TrainingError(f"{dataset_dir} has no data.yaml; write it with write_yolo_dataset")
+    if parent_weights is not None and not Path(parent_weights).is_file():
+        raise TrainingError(f"parent weights {parent_weights} do not exist")
+    if epochs < 1 or imgsz < 32 or threads < 1 or batch < 1 or timeout_s <= 0:
+        raise TrainingError(
+            f"epochs={epochs}, imgsz={imgsz}, threads={threads}, batch={batch}, "
+            f"timeout_s={timeout_s}: need epochs>=1, imgsz>=32, threads>=1, batch>=1, timeout>0"
+        )
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise TrainingError(f"training folder {out_dir} already has files; use a fresh one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(dataset_dir, out_dir / "dataset")
+    spec = TrainSpec(
+        data_yaml=str(out_dir / "dataset" / "data.yaml"),
+        model=str(Path(parent_weights).resolve()) if parent_weights else FROM_SCRATCH,
+        project=str(out_dir / "ultralytics"),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        threads=threads,
+        memory_mb=memory_mb,
+        seed=seed,
+        config_dir=str((config_dir or default_config_dir()).resolve()),
+        options=dict(options or {}),
+    )
+    spec_path = out_dir / "spec.json"
+    spec.write(spec_path)
+    log_path = out_dir / "train.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "processors.detect.train_worker", str(spec_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=_worker_env(threads),
+            cwd=out_dir,
+            start_new_session=True,
+        )
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            log = log_path.read_text(encoding="utf-8", errors="replace")
+            raise TrainingTimeoutError(
+                f"training ran past {timeout_s:g} s and was killed; log tail:\n{_tail(log)}"
+            ) from None
+    seconds = time.monotonic() - started
+    log = log_path.read_text(encoding="utf-8", errors="replace")
+    result_path = out_dir / "result.json"
+    if rc != 0 or not result_path.is_file():
+        raise TrainingError(f"training exited with status {rc}; log tail:\n{_tail(log)}")
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    best = Path(result["weights"])
+    if not best.is_file():
+        raise TrainingError(f"training reported weights {best} that do not exist")
+    weights = out_dir / "weights.pt"
+    shutil.copyfile(best, weights)
+    return TrainResult(
+        weights=weights,
+        seconds=seconds,
+        log=log,
+        metrics={str(k): float(v) for k, v in result["metrics"].items()},
+    )

@@ -1,0 +1,119 @@
+"""Training in a bounded subprocess: failures are typed, and a real run learns.
+
+``test_yolo_learns_blobs_from_scratch`` trains YOLOv8n from ``yolov8n.yaml`` on CPU: about a
+minute of one core (marked ``training``; deselect with ``-m "not training"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processors.core.exceptions import TrainingError, TrainingTimeoutError
+from processors.detect.dataset import DetectionSample, write_yolo_dataset
+from processors.detect.evaluation import box_quality, map50
+from processors.detect.localize import extract_boxes
+from processors.detect.training import train_detector
+from processors.detect.yolo import YoloLocalizer
+from tests.detect.blobs import blob_set
+
+SIZE = 64
+
+
+def dataset(root: Path, n_train: int = 40, n_val: int = 8) -> Path:
+    train = [
+        DetectionSample(f"t{k}", im, b) for k, (im, b) in enumerate(blob_set(0, n_train, SIZE))
+    ]
+    val = [DetectionSample(f"v{k}", im, b) for k, (im, b) in enumerate(blob_set(500, n_val, SIZE))]
+    return write_yolo_dataset(root, train, val).root
+
+
+def test_timeout_kills_the_worker_and_keeps_the_log(tmp_path: Path) -> None:
+    with pytest.raises(TrainingTimeoutError, match=r"ran past 0\.5 s") as caught:
+        train_detector(
+            dataset(tmp_path / "ds", 4, 1),
+            tmp_path / "out",
+            epochs=1,
+            imgsz=SIZE,
+            timeout_s=0.5,
+            config_dir=tmp_path / "cfg",
+        )
+    assert "log tail" in str(caught.value)
+    assert (tmp_path / "out" / "train.log").is_file()
+    assert not (tmp_path / "out" / "weights.pt").exists()
+
+
+def test_memory_limit_fails_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="memory limit of 256 MB"):
+        train_detector(
+            dataset(tmp_path / "ds", 4, 1),
+            tmp_path / "out",
+            epochs=1,
+            imgsz=SIZE,
+            timeout_s=120,
+            memory_mb=256,
+            config_dir=tmp_path / "cfg",
+        )
+
+
+def test_bad_inputs_are_refused_before_starting(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"no data\.yaml"):
+        train_detector(tmp_path, tmp_path / "out", epochs=1, imgsz=SIZE, timeout_s=10)
+    root = dataset(tmp_path / "ds", 2, 1)
+    with pytest.raises(TrainingError, match="parent weights"):
+        train_detector(
+            root,
+            tmp_path / "out",
+            epochs=1,
+            imgsz=SIZE,
+            timeout_s=10,
+            parent_weights=tmp_path / "missing.pt",
+        )
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    with pytest.raises(TrainingError, match="already has files"):
+        train_detector(root, tmp_path / "used", epochs=1, imgsz=SIZE, timeout_s=10)
+
+
+def test_a_broken_dataset_fails_with_the_log_tail(tmp_path: Path) -> None:
+    root = dataset(tmp_path / "ds", 2, 1)
+    (root / "data.yaml").write_text("train: images/nowhere\nval: images/nowhere\nnames: {0: a}\n")
+    with pytest.raises(TrainingError, match="exited with status") as caught:
+        train_detector(
+            root, tmp_path / "out", epochs=1, imgsz=SIZE, timeout_s=120, config_dir=tmp_path / "cfg"
+        )
+    assert "nowhere" in str(caught.value)
+
+
+@pytest.mark.training
+def test_yolo_learns_blobs_from_scratch(tmp_path: Path) -> None:
+    root = dataset(tmp_path / "ds")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    result = train_detector(
+        root,
+        tmp_path / "out",
+        epochs=20,
+        imgsz=SIZE,
+        timeout_s=600,
+        threads=1,
+        config_dir=tmp_path / "cfg",
+    )
+    assert result.weights.is_file() and result.seconds > 0
+    assert "20/20" in result.log
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # never written to
+
+    held_out = blob_set(1000, 16, SIZE)
+    truths = [boxes for _, boxes in held_out]
+    localizer = YoloLocalizer(result.weights, config_dir=tmp_path / "cfg", conf=0.05)
+    assert localizer.imgsz == SIZE
+    predictions = localizer.predict([image for image, _ in held_out])
+    score = map50(predictions, truths)
+    quality = box_quality(predictions, truths)
+    pseudo = box_quality([extract_boxes(image) for image, _ in held_out], truths)
+    print(f"held-out mAP50 {score:.3f}; YOLO {quality}; source extraction {pseudo}")
+    assert score > 0.5
+    assert quality.recall > 0.5
+    # an untrained network on the same images finds nothing
+    assert all(np.isfinite([b["x1"] for boxes in predictions for b in boxes]))

@@ -1,0 +1,244 @@
+"""The learning loop through the real pipeline: detectors retrained on pseudo-labels, on truth.
+
+Usage (from the repository root)::
+
+    python tools/bench/learning.py                   # 3 retrain cycles, ~15-30 min on 2 cores
+    python tools/bench/learning.py --cycles 4 --keep runs/learning
+
+Runs ``skyloop run`` (every processor a process, the embedded broker, the trainer worker) on a
+synthetic stream of difference cutouts with known anomalies (streaks, blobs, bad columns) whose
+truth boxes travel in the image records. Nothing in the loop reads the truth: candidates are
+localized by source extraction (then by the promoted detector), pseudo-labelled by the policy,
+and every ``retrain_min_samples`` new pseudo-labels the trainer fine-tunes the production
+detector (the first one from scratch), registers and gates it on the held-out pseudo-labels.
+
+When ``--cycles`` detectors have been registered and judged, the run is stopped and every
+detector is evaluated here on **truth**: the anomalous images of the held-out split (by hash of
+image id: none of them ever trained a model), class-agnostic mAP50 against their truth boxes.
+Printed per cycle: the version, its training samples, the gate's decision and its mAP50 on the
+held-out pseudo-labels, and its mAP50 on held-out truth; plus the source-extraction baseline on
+the same images, and the pseudo-labels' own box quality against truth (mean IoU, recall and
+precision at IoU 0.5, mAP50 treating the pseudo-label boxes as predictions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from processors.core.artifacts import ArtifactStore
+from processors.core.clickhouse import connect
+from processors.core.datasets import is_held_out
+from processors.core.records import Box
+from processors.detect.evaluation import box_quality, map50
+from processors.detect.localize import extract_boxes
+from processors.detect.raster import record_plane
+from processors.detect.samples import TrainingSample
+
+__all__ = ["main"]
+
+STREAM = "synthetic?kind=difference&anomaly_rate=0.15&seed=7"
+SETTINGS = {
+    "SKYLOOP_RETRAIN_MIN_SAMPLES": "48",
+    "SKYLOOP_RETRAIN_COOLDOWN_S": "0",
+    "SKYLOOP_RETRAIN_MAX_PER_DAY": "1000",
+    "SKYLOOP_TRAIN_EPOCHS": "30",
+    "SKYLOOP_TRAIN_IMGSZ": "128",
+    "SKYLOOP_ROLLOUT_SHADOW_OUTPUTS": "16",
+    "SKYLOOP_CANARY_OUTPUTS": "32",
+    "SKYLOOP_CANARY_HEALTH_WINDOW": "16",
+    "SKYLOOP_CANARY_FRACTION": "0.5",
+}
+
+
+def _events(data: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "processors.cli",
+            "events",
+            "--data-dir",
+            str(data),
+            "--format",
+            "json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return json.loads(done.stdout) if done.returncode == 0 else []
+
+
+def _source(box: Box) -> Box:
+    return Box(**{**box, "label": "source"})
+
+
+def _truth_set(run_dir: Path, fraction: float) -> list[tuple[str, Any, list[Box]]]:
+    """The held-out anomalous images with their truth boxes (label-agnostic)."""
+    client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
+    try:
+        rows = client.query(
+            "SELECT image_id, format, pixels, width, height, bands, truth_boxes FROM images "
+            "FINAL WHERE truth_is_anomaly = 1 ORDER BY image_id"
+        ).result_rows
+    finally:
+        client.close()
+    out = []
+    for image_id, fmt, pixels, width, height, bands, boxes in rows:
+        if not is_held_out(image_id, fraction) or not boxes:
+            continue
+        record = {"format": fmt, "pixels": pixels, "width": width, "height": height, "bands": bands}
+        truth = [
+            Box(label="source", confidence=1.0, x1=b[1], y1=b[2], x2=b[3], y2=b[4]) for b in boxes
+        ]
+        out.append((image_id, record, truth))
+    return out
+
+
+def _pseudo_label_quality(run_dir: Path) -> tuple[Any, float, int]:
+    store = ArtifactStore(run_dir / "artifacts")
+    client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
+    try:
+        rows = client.query(
+            "SELECT c.sample_id, i.truth_boxes FROM candidates AS c FINAL JOIN images AS i FINAL "
+            "ON c.image_id = i.image_id WHERE c.label_status = 'pseudo_label' AND "
+            "c.sample_id IS NOT NULL"
+        ).result_rows
+    finally:
+        client.close()
+    predictions, truths = [], []
+    for sample_id, boxes in rows:
+        sample = TrainingSample.from_bytes(store.get_bytes(sample_id))
+        predictions.append([_source(b) for b in sample.boxes])
+        truths.append(
+            [Box(label="source", confidence=1.0, x1=b[1], y1=b[2], x2=b[3], y2=b[4]) for b in boxes]
+        )
+    labelled = [(p, t) for p, t in zip(predictions, truths, strict=True) if t]
+    normal = len(truths) - len(labelled)
+    if not labelled:
+        return None, float("nan"), normal
+    quality = box_quality([p for p, _ in labelled], [t for _, t in labelled])
+    return quality, map50([p for p, _ in labelled], [t for _, t in labelled]), normal
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--stream", default=STREAM)
+    parser.add_argument("--timeout", type=float, default=5400.0, help="seconds for the run")
+    parser.add_argument("--keep", type=Path, help="keep the run under this folder")
+    args = parser.parse_args(argv)
+    data = args.keep or Path(tempfile.mkdtemp(prefix="skyloop-learning-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
+    env.update(SETTINGS, HF_HUB_OFFLINE="1")
+    print(f"learning: {args.stream}, until {args.cycles} detectors are judged; data in {data}")
+    print(
+        "settings: "
+        + " ".join(f"{k.removeprefix('SKYLOOP_').lower()}={v}" for k, v in SETTINGS.items())
+    )
+    started = time.monotonic()
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "processors.cli",
+            "run",
+            "--source",
+            args.stream,
+            "--duration",
+            f"{int(args.timeout)}s",
+            "--data-dir",
+            str(data),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    judged: list[dict[str, Any]] = []
+    try:
+        while time.monotonic() - started < args.timeout and run.poll() is None:
+            events = _events(data, env)
+            judged = [e for e in events if e["type"] in ("model.gate_passed", "model.gate_failed")]
+            if len(judged) >= args.cycles:
+                break
+            time.sleep(10)
+    finally:
+        run.send_signal(signal.SIGINT)
+        _out, err = run.communicate(timeout=600)
+    if run.returncode not in (0, 130):
+        print(err[-3000:])
+        return 1
+    run_dir = Path((data / "latest").read_text().strip())
+    events = _events(data, env)
+    fraction = float(os.environ.get("SKYLOOP_HELD_OUT_FRACTION", "0.2"))
+    truth = _truth_set(run_dir, fraction)
+    planes = [record_plane(r) for _, r, _ in truth]
+    truths = [t for _, _, t in truth]
+    print(
+        f"\nrun: {time.monotonic() - started:.0f}s; held-out anomalous images with truth: "
+        f"{len(truth)}"
+    )
+    baseline = [[_source(b) for b in extract_boxes(p)] for p in planes]
+    if truth:
+        print(
+            f"baseline (source extraction) mAP50 on held-out truth: {map50(baseline, truths):.3f}"
+        )
+    from processors.detect.yolo import YoloLocalizer
+
+    store = ArtifactStore(run_dir / "artifacts")
+    registered = {e["subject"]: e for e in events if e["type"] == "model.registered"}
+    gates = {
+        e["subject"]: e for e in events if e["type"] in ("model.gate_passed", "model.gate_failed")
+    }
+    print("\ncycle  version            train samples  gate    mAP50 pseudo-labels  mAP50 truth")
+    for cycle, (version, event) in enumerate(registered.items(), start=1):
+        params = (
+            json.loads(event["params"]) if isinstance(event["params"], str) else event["params"]
+        )
+        weights = store.path_of(params["artifact_id"])
+        localizer = YoloLocalizer(weights, config_dir=data / "ultralytics")
+        predicted = (
+            [[_source(b) for b in boxes] for boxes in localizer.predict(planes)] if planes else []
+        )
+        on_truth = map50(predicted, truths) if truths else float("nan")
+        gate = gates.get(version)
+        verdict = "-" if gate is None else gate["type"].removeprefix("model.gate_")
+        evidence = event["evidence"]
+        print(
+            f"{cycle:>5}  {version:<18} {evidence.get('train_samples', 0):>13.0f}  {verdict:<6}  "
+            f"{evidence.get('map50', float('nan')):>19.3f}  {on_truth:>11.3f}"
+        )
+    quality, pseudo_map, normal = _pseudo_label_quality(run_dir)
+    if quality is not None:
+        print(
+            f"\npseudo-labels against truth ({quality.truths} truth boxes, {quality.predictions} "
+            f"pseudo-label boxes; {normal} pseudo-labels on normal images): mean IoU "
+            f"{quality.mean_iou:.3f}, recall@0.5 {quality.recall:.3f}, precision@0.5 "
+            f"{quality.precision:.3f}, mAP50 {pseudo_map:.3f}"
+        )
+    kinds: dict[str, int] = {}
+    for e in events:
+        if e["type"].startswith(("model.", "retrain.", "budget.")):
+            kinds[e["type"]] = kinds.get(e["type"], 0) + 1
+    print(f"lifecycle events: {dict(sorted(kinds.items()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
