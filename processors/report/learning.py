@@ -8,10 +8,11 @@ learning trajectory and the pseudo-labels.
 - *Model lifecycle*: the window's ``retrain.requested``, ``budget.deferred`` and ``model.*``
   events in log order, each with its reason and evidence.
 - *Learning trajectory*: one row per detector version in registration order (retrain cycle 1 is
-  the first detector registered): the held-out mAP50 its gate measured (``candidate_map50``;
-  never the trainer's own figure, which may be on pseudo-labels), its training samples
-  (``candidate_train_samples``, else the registration's ``train_samples``) and the gate's
-  decision; the figure ``<stem>-map50.png`` plots the mAP50 by cycle.
+  the first detector registered): the held-out mAP50 its gate judged (``candidate_map50``, not
+  a figure of the registration, which a trainer may have measured elsewhere) on how many
+  held-out images, its training samples (``candidate_train_samples``, else the registration's
+  ``train_samples``) and the gate's decision; the figure ``<stem>-map50.png`` plots the mAP50
+  by cycle.
 - *Pseudo-labels*: the window's candidates per source by label status, and the label reasons.
 
 Pure apart from writing the one figure: rows of :mod:`processors.report.learning_queries` in,
@@ -176,6 +177,7 @@ class TrajectoryRow:
     parent: str | None
     dataset: str | None
     train_samples: float | None
+    held_out_images: float | None
     map50: float | None
     production_map50: float | None
     gate: str
@@ -198,6 +200,9 @@ def learning_trajectory(registry: Sequence[RegistryRow]) -> list[TrajectoryRow]:
             parent=r.parent,
             dataset=r.dataset,
             train_samples=r.metrics.get("candidate_train_samples", r.metrics.get("train_samples")),
+            held_out_images=r.metrics.get(
+                "candidate_held_out_images", r.metrics.get("held_out_images")
+            ),
             map50=r.metrics.get("candidate_map50"),
             production_map50=r.metrics.get("production_map50"),
             gate=r.gate,
@@ -221,6 +226,7 @@ def trajectory_section(
             "Detector version",
             "Parent",
             "Training samples",
+            "Held-out images",
             "Held-out mAP50",
             "Production mAP50 at gate",
             "Gate",
@@ -232,6 +238,7 @@ def trajectory_section(
                 f"`{t.version}`",
                 t.parent,
                 number(t.train_samples, 0),
+                number(t.held_out_images, 0),
                 number(t.map50),
                 number(t.production_map50),
                 t.gate,
@@ -243,8 +250,10 @@ def trajectory_section(
     measured = [t for t in trajectory if t.map50 is not None]
     lines += [
         "",
-        "Held-out mAP50 is the gate's measurement on the held-out split (images chosen by hash of "
-        "their id, never trained on); — where no gate measured it.",
+        "Held-out mAP50 is what the gate judged: boxes on the held-out split of the dataset "
+        "(images chosen by hash of their id, never trained on), whose boxes are pseudo-labels "
+        "from source extraction on the image's pixels, not ground truth; — where no gate "
+        "measured it.",
     ]
     if measured:
         first, last = measured[0], measured[-1]

@@ -3,12 +3,12 @@ the model lifecycle. The conventions of :mod:`processors.report.queries` hold (`
 half-open ``[start, end)`` windows on each table's own time, deterministic order).
 
 The bright-star rule is evaluated here, in SQL over the arrays parallel to
-``candidates.crossmatches`` (``crossmatch_magnitudes``, ``crossmatch_kinds``, migration 003),
+``candidates.crossmatches`` (``crossmatch_magnitudes``, ``crossmatch_kinds``, migration 006),
 because the report may not import another processor: a match is *next to a bright star* when its
 kind is ``'star'``, its magnitude is at most :data:`BRIGHT_STAR_MAGNITUDE` and its separation is
 within ``max(1.5″, min(600″, 1630″ · 1.396^(-m)))``. That is the detect processor's
 ``near_bright_star`` rule with its constants; ``tests/report`` checks the two agree. A candidate
-written before migration 003 has empty parallel arrays: its matches read magnitude and kind NULL
+written before migration 006 has empty parallel arrays: its matches read magnitude and kind NULL
 and are never bright.
 """
 

@@ -86,7 +86,7 @@ def test_sql_rule_is_the_detect_rule(client: Client) -> None:
 
 
 def test_matches_written_before_magnitudes_are_never_bright(client: Client) -> None:
-    """A candidate of schema 1 has crossmatches but empty parallel arrays (migration 003)."""
+    """A candidate of schema 1 has crossmatches but empty parallel arrays (migration 006)."""
     client.command(
         "INSERT INTO candidates (image_id, source, model_version, ensemble_score, "
         "detector_scores, boxes, crossmatches, label_status, detected_at, control_offset, "

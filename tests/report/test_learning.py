@@ -89,23 +89,27 @@ def test_learning_sections_show_what_was_seeded(
     assert registry["`yolo@2`"][gate] == "passed" and registry["`yolo@2`"][parent] == "yolo@1"
     assert (registry["`yolo@3`"][role], registry["`yolo@3`"][gate]) == ("rejected", "failed")
     assert registry["`m2`"][:2] == ["scorer", "shadow"]
-    # the gate's held-out figure wins over the trainer's own 0.99 on pseudo-labels
+    # the gate's figure wins over the registration's
     assert "map50=0.42" in registry["`yolo@1`"][metrics] and "map50=0.99" not in md
     assert "`aaaaaaaaaaaa`" in registry["`yolo@1`"]
     assert "yolo@4" not in md
 
     trajectory = _rows(_section(md, "Learning trajectory"))
-    assert trajectory[0][:5] == [
+    assert trajectory[0] == [
         "Cycle",
         "Detector version",
         "Parent",
         "Training samples",
+        "Held-out images",
         "Held-out mAP50",
+        "Production mAP50 at gate",
+        "Gate",
+        "Role",
     ]
-    assert [(r[0], r[1], r[3], r[4], r[6], r[7]) for r in trajectory[1:]] == [
-        ("1", "`yolo@1`", "40", "0.420", "passed", "production"),
-        ("2", "`yolo@2`", "95", "0.580", "passed", "rolled back"),
-        ("3", "`yolo@3`", "130", "0.210", "failed", "rejected"),
+    assert trajectory[1:] == [
+        ["1", "`yolo@1`", "—", "40", "9", "0.420", "—", "passed", "production"],
+        ["2", "`yolo@2`", "yolo@1", "95", "—", "0.580", "0.420", "passed", "rolled back"],
+        ["3", "`yolo@3`", "yolo@1", "130", "—", "0.210", "0.420", "failed", "rejected"],
     ]
     figure = out / "report-2025-03-14-map50.png"
     assert figure in summary.plots and f"]({figure.name})" in md
