@@ -26,6 +26,7 @@ __all__ = [
     "LABEL_REASONS",
     "LEARNING_QUERIES",
     "LIFECYCLE_EVENTS",
+    "LIFECYCLE_TYPES",
     "MODEL_EVENTS",
     "PSEUDO_LABELS",
     "bright_star_radius_sql",
