@@ -105,9 +105,10 @@ def draw_boxes(image: PILImage, boxes: Sequence[Box], *, scale: float = 1.0) -> 
     """A copy of ``image`` (as RGB) with each box outlined and labelled ``label confidence``.
 
     Box coordinates are multiplied by ``scale`` (thumbnail pixels per image pixel) and clipped to
-    the image; a box that ends up outside it entirely is not drawn. Boxes are drawn in the given
-    order, so with overlaps the last one is on top. Labels (on a black plate) sit above a box, or
-    inside it when the box touches the top edge.
+    the image; a box that ends up outside it entirely is not drawn. Every box is outlined (in
+    the given order, so with overlaps the last one is on top); then labels, on a black plate,
+    above a box (inside it when the box touches the top edge), most confident first: a label
+    that would cover one already drawn is left out, so a crowded cutout stays legible.
     """
     from PIL import ImageDraw, ImageFont
 
@@ -115,6 +116,7 @@ def draw_boxes(image: PILImage, boxes: Sequence[Box], *, scale: float = 1.0) -> 
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default(size=max(8, round(out.height / 10)))
     width, height = out.size
+    drawn: list[tuple[float, tuple[float, float], tuple[int, int, int], Box]] = []
     for n, box in enumerate(boxes):
         colour = _BOX_COLOURS[n % len(_BOX_COLOURS)]
         x1, x2 = sorted((box["x1"] * scale, box["x2"] * scale))
@@ -126,14 +128,25 @@ def draw_boxes(image: PILImage, boxes: Sequence[Box], *, scale: float = 1.0) -> 
         x1, y1 = max(0.0, x1), max(0.0, y1)
         x2, y2 = min(width - 1.0, max(x2, x1 + 1)), min(height - 1.0, max(y2, y1 + 1))
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=1)
+        drawn.append((-float(box["confidence"]), (x1, y1), colour, box))
+    plates: list[tuple[float, float, float, float]] = []
+    for _, (x1, y1), colour, box in sorted(drawn, key=lambda d: d[0]):
         text = f"{box['label']} {box['confidence']:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         ty = y1 - (bottom - top) - 2 if y1 >= (bottom - top) + 2 else y1 + 1
         tx = min(max(0.0, x1), max(0.0, width - (right - left)))
+        plate = (tx, ty, tx + right - left, ty + bottom - top)
+        if any(_overlap(plate, other) for other in plates):
+            continue
+        plates.append(plate)
         # a dark plate under the text keeps it legible on bright or noisy cutouts
-        draw.rectangle((tx, ty, tx + right - left, ty + bottom - top), fill=(0, 0, 0))
+        draw.rectangle(plate, fill=(0, 0, 0))
         draw.text((tx, ty - top), text, fill=colour, font=font)
     return out
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def plot_score_histograms(

@@ -136,3 +136,17 @@ def test_map50_trajectory_plots_measured_cycles(tmp_path: Path) -> None:
     unmeasured = [TrajectoryPoint(1, "yolo@1", None, "-")]
     assert plot_map50_trajectory(unmeasured, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_crowded_labels_keep_the_most_confident() -> None:
+    grey = Image.fromarray(np.full((80, 80), 60, dtype=np.uint8))
+    # two boxes side by side at the same height: their labels would overlap
+    boxes = [_box(20, 40, 30, 50, 0.55), _box(24, 40, 34, 50, 0.93)]
+    drawn = np.asarray(draw_boxes(grey, boxes)).astype(int)
+    above = drawn[26:40, :]
+    green = (above[..., 1] > 150) & (above[..., 0] < 100)  # the first box's colour
+    gold = (above[..., 0] > 150) & (above[..., 2] < 100)  # the second's, more confident
+    assert gold.any() and not green.any()
+    # both boxes are outlined all the same
+    assert (drawn[50, 20:31] == (0, 255, 0)).all(axis=1).any()
+    assert (drawn[40:51, 34] == (255, 215, 0)).all()
