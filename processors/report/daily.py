@@ -2,11 +2,12 @@
 
 :func:`generate_report` writes ``out_dir/report-YYYY-MM-DD.md`` (or ``<stem>.md``: the running
 sink names its interim and periodic reports itself) and, beside it, the PNG figures
-``report-YYYY-MM-DD-scores.png``, ``-throughput.png`` and ``-thresholds.png`` (when there is data
-to plot) and thumbnails under ``report-YYYY-MM-DD-thumbs/``. It only reads ClickHouse, with the
-queries of :mod:`processors.report.queries` (``FINAL``, so every figure counts distinct records).
-Running it again for the same day rewrites the same files; an empty database gives a report
-that says so. Figures are labelled in UTC.
+``report-YYYY-MM-DD-scores.png``, ``-throughput.png``, ``-thresholds.png`` and ``-map50.png``
+(when there is data to plot) and thumbnails, with the candidates' boxes drawn, under
+``report-YYYY-MM-DD-thumbs/``. It only reads ClickHouse, with the queries of
+:mod:`processors.report.queries` and :mod:`processors.report.learning_queries` (``FINAL``, so
+every figure counts distinct records). Running it again for the same day rewrites the same
+files; an empty database gives a report that says so. Figures are labelled in UTC.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 from processors.core.exceptions import BadImageError, SkyloopError
 from processors.report import queries
 from processors.report.corrections import control_events_section, self_correction_section
+from processors.report.learning import learning_loop_sections
 from processors.report.plots import plot_score_histograms, plot_throughput, thumbnail_png
 
 __all__ = [
@@ -286,7 +288,7 @@ def _thumbnail(row: Mapping[str, Any], thumbs_dir: Path, link_dir: str) -> tuple
     if not pixels or fmt not in ("fits", "png", "jpeg"):
         return "no pixels", None
     try:
-        png = thumbnail_png(bytes(pixels), fmt)
+        png = thumbnail_png(bytes(pixels), fmt, boxes=row.get("box_list") or ())
     except BadImageError as exc:
         return f"undecodable ({_clip(str(exc), 60)})", None
     thumbs_dir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +296,10 @@ def _thumbnail(row: Mapping[str, Any], thumbs_dir: Path, link_dir: str) -> tuple
     path = thumbs_dir / name
     path.write_bytes(png)
     return f"![{row['image_id'][:12]}]({link_dir}/{name})", path
+
+
+def _boxes_text(boxes: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{b['label']} {b['confidence']:.2f}" for b in boxes)
 
 
 def _candidates_section(
@@ -324,7 +330,7 @@ def _candidates_section(
                 f"{r['votes_for']}/{r['votes_needed']}",
                 position,
                 r["label_status"],
-                r["box_labels"] or (r["boxes"] or None),
+                _boxes_text(r.get("box_list") or []) or r["box_labels"] or (r["boxes"] or None),
                 r["crossmatches"],
                 truth_text,
             )
@@ -344,7 +350,11 @@ def _candidates_section(
         ],
         table_rows,
     )
-    lines += ["", f"The {len(rows)} highest ensemble scores flagged by the production model."]
+    lines += [
+        "",
+        f"The {len(rows)} highest ensemble scores flagged by the production model. Each "
+        "candidate's boxes are drawn on its cutout, labelled with their confidence.",
+    ]
     return lines, written
 
 
@@ -592,6 +602,9 @@ def generate_report(
     )
     if thresholds_png is not None:
         plots.append(thresholds_png)
+    learning = learning_loop_sections(partial(_rows, client), window, out_dir / f"{stem}-map50.png")
+    if learning.figure is not None:
+        plots.append(learning.figure)
 
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     lines = [
@@ -618,7 +631,9 @@ def generate_report(
             _rows(client, queries.TRUTH_BY_KIND, window),
         ),
         candidate_lines,
+        learning.crossmatches,
         _ztf_section(_rows(client, queries.ZTF_OBJECTS, {**window, "limit": MAX_ZTF_OBJECTS})),
+        learning.learning_loop,
         correction_lines,
         control_events_section(events, int(counts["control_events"])),
         _dead_letters_section(_rows(client, queries.DEAD_LETTERS_BY_CLASS, window)),

@@ -180,7 +180,7 @@ SELECT s.image_id AS image_id, s.source AS source, s.model_version AS model_vers
        s.votes_needed AS votes_needed, s.scored_at AS scored_at,
        i.format AS format, i.pixels AS pixels, i.ra AS ra, i.dec AS dec,
        i.truth_is_anomaly AS truth_is_anomaly, i.truth_kind AS truth_kind,
-       c.label_status AS label_status, length(c.boxes) AS boxes,
+       c.label_status AS label_status, length(c.boxes) AS boxes, c.boxes AS box_list,
        arrayStringConcat(arrayMap(b -> tupleElement(b, 'label'), c.boxes), ', ') AS box_labels,
        arrayStringConcat(arrayMap(
            m -> concat(tupleElement(m, 'catalog'), ':', tupleElement(m, 'object_id')),
@@ -206,7 +206,8 @@ LEFT JOIN (
 ORDER BY ensemble_score DESC, image_id
 """
 """The ``limit`` highest-scoring flagged production scores with their image and, where the
-detector has run, its boxes and cross-matches. ``pixels`` is binary: read it as bytes."""
+detector has run, its boxes (``box_list``: label, confidence, xyxy in image pixels) and
+cross-matches. ``pixels`` is binary: read it as bytes."""
 
 TRUTH_METRICS = f"""
 SELECT source, tp, fp, fn, tn,

@@ -426,3 +426,268 @@ def corrections(client: Client) -> Dataset:
     data = add_corrections(build_dataset())
     load(client, data)
     return data
+
+
+def _model_event(
+    data: Dataset,
+    at: datetime,
+    kind: str,
+    version: str,
+    *,
+    reason: str | None = None,
+    extra: dict[str, str] | None = None,
+    evidence: dict[str, float] | None = None,
+    issued_by: str = "controller",
+    fraction: float | None = None,
+) -> None:
+    params: dict[str, Any] = {"model_version": version}
+    if reason is not None:
+        params["reason"] = reason
+    if extra:
+        params["extra"] = extra
+    if fraction is not None:
+        params["fraction"] = fraction
+    _event(
+        data,
+        f"{kind}:{version}:{at.isoformat()}",
+        at,
+        kind,
+        version,
+        params,
+        evidence,
+        issued_by=issued_by,
+    )
+
+
+def _candidate(img: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "image_id": img["image_id"],
+        "source": img["source"],
+        "model_version": "m1",
+        "ensemble_score": 0.97,
+        "detector_scores": {"knn": 0.97},
+        "ra": img["ra"],
+        "dec": img["dec"],
+        "boxes": [],
+        "crossmatches": [],
+        "label_status": "rejected",
+        "detector_model_version": "yolo@1",
+        "detected_at": NOON + timedelta(minutes=1),
+        "control_offset": 0,
+        "detector_role": "production",
+        "detector_latency_ms": 12.5,
+    } | fields
+
+
+LEARNING_DAY = datetime(2025, 3, 14, tzinfo=UTC)
+DATASET_1 = "a" * 64
+DATASET_2 = "b" * 64
+
+
+def add_learning(data: Dataset) -> Dataset:
+    """The learning loop around ``DAY``, on top of :func:`build_dataset`: candidates with boxes
+    and cross-matches (one next to a bright Gaia star, one next to a faint star and a bright one
+    too far away), and the detector lifecycle: ``yolo@1`` trained the day before, promoted;
+    ``yolo@2`` passes its gate and is rolled back from canary; ``yolo@3`` fails its gate; a
+    scoring model ``m2`` in shadow; the next day's ``yolo@4`` must stay out. Returns ``data``."""
+    images = {r["image_id"]: r for r in data.messages["images.raw"]}
+    ztf = next(
+        r for r in data.messages["images.raw"] if r["provenance"].get("objectId") == "ZTF25aaaaaaa"
+    )  # the flagged alert (n == 0)
+    synth = [r for r in data.messages["images.raw"] if r["source"] == "synth-a"]
+    false_alarm = next(r for r in synth if r["ra"] == 13.0)  # n == 3, flagged
+    assert ztf["image_id"] in data.flagged and false_alarm["image_id"] in images
+    data.add(
+        "candidates",
+        _candidate(
+            ztf,
+            boxes=[{"label": "source", "confidence": 0.81, "x1": 9, "y1": 9, "x2": 15, "y2": 15}],
+            crossmatches=[
+                {
+                    "catalog": "ztf:ps1",
+                    "object_id": "PS1-123",
+                    "separation_arcsec": 0.8,
+                    "magnitude": 18.2,
+                    "kind": "galaxy",
+                },
+                {
+                    "catalog": "ztf:gaia_bright",
+                    "object_id": "nearest_bright",
+                    "separation_arcsec": 12.0,
+                    "magnitude": 11.5,  # radius 35.2″
+                    "kind": "star",
+                },
+            ],
+            label_reason="on a catalog object (ztf:gaia_bright, ztf:ps1)",
+        ),
+    )
+    data.add(
+        "candidates",
+        _candidate(
+            false_alarm,
+            ensemble_score=0.94,
+            boxes=[
+                {"label": "source", "confidence": 0.93, "x1": 2, "y1": 3, "x2": 12, "y2": 14},
+                {"label": "source", "confidence": 0.55, "x1": 20, "y1": 20, "x2": 30, "y2": 31},
+            ],
+            crossmatches=[
+                {
+                    "catalog": "gaia",
+                    "object_id": "Gaia DR3 42",
+                    "separation_arcsec": 0.5,
+                    "magnitude": 15.0,  # a star, not a bright one
+                    "kind": "star",
+                },
+                {
+                    "catalog": "hipparcos",
+                    "object_id": "HIP 7",
+                    "separation_arcsec": 100.0,
+                    "magnitude": 12.0,  # bright, but its radius is 30.1″
+                    "kind": "star",
+                },
+            ],
+            label_status="pseudo_label",
+            label_reason="confident, matched (gaia, hipparcos)",
+            sample_id="c" * 64,
+        ),
+    )
+    day = LEARNING_DAY
+    detector = {"kind": "detector"}
+    _event(
+        data,
+        "retrain-1",
+        day - timedelta(hours=2),
+        "retrain.requested",
+        "detector",
+        {"reason": "40 new pseudo-labels", "extra": {"manifest": DATASET_1}},
+        {"new_samples": 40.0, "samples": 40.0},
+    )
+    _model_event(
+        data,
+        day - timedelta(hours=1),
+        "model.registered",
+        "yolo@1",
+        extra=detector | {"dataset": DATASET_1, "card": "d" * 64},
+        evidence={"train_samples": 40.0, "map50": 0.99, "held_out_images": 9.0},
+        issued_by="trainer",
+    )
+    hour = timedelta(hours=1)
+    lifecycle: list[tuple[timedelta, str, str, dict[str, Any]]] = [
+        (
+            hour,
+            "model.gate_passed",
+            "yolo@1",
+            {
+                "reason": "all checks passed",
+                "evidence": {
+                    "candidate_map50": 0.42,
+                    "candidate_train_samples": 40.0,
+                    "candidate_nan_outputs": 0.0,
+                    "candidate_latency_p99_ms": 31.0,
+                },
+            },
+        ),
+        (hour * 1.1, "model.shadow_started", "yolo@1", {}),
+        (hour * 1.5, "model.canary_started", "yolo@1", {"fraction": 0.1}),
+        (hour * 2, "model.promoted", "yolo@1", {"reason": "canary healthy"}),
+        (
+            hour * 3,
+            "model.registered",
+            "yolo@2",
+            {
+                "extra": detector | {"parent": "yolo@1", "dataset": DATASET_2, "card": "e" * 64},
+                "evidence": {"train_samples": 95.0},
+                "issued_by": "trainer",
+            },
+        ),
+        (
+            hour * 3.1,
+            "model.gate_passed",
+            "yolo@2",
+            {
+                "reason": "all checks passed",
+                "evidence": {
+                    "candidate_map50": 0.58,
+                    "production_map50": 0.42,
+                    "candidate_nan_outputs": 0.0,
+                },
+            },
+        ),
+        (hour * 3.2, "model.canary_started", "yolo@2", {"fraction": 0.1}),
+        (
+            hour * 4,
+            "model.rolled_back",
+            "yolo@2",
+            {
+                "reason": "canary KS p=0.0001 against production",
+                "evidence": {"ks_p": 0.0001, "canary_outputs": 64.0},
+            },
+        ),
+        (
+            hour * 5,
+            "model.registered",
+            "yolo@3",
+            {
+                "extra": detector | {"parent": "yolo@1", "dataset": DATASET_2},
+                "evidence": {"train_samples": 130.0},
+                "issued_by": "trainer",
+            },
+        ),
+        (
+            hour * 5.1,
+            "model.gate_failed",
+            "yolo@3",
+            {
+                "reason": "map50 0.210 < production 0.420 - 0.02",
+                "evidence": {
+                    "candidate_map50": 0.21,
+                    "production_map50": 0.42,
+                    "candidate_train_samples": 130.0,
+                },
+            },
+        ),
+        (
+            hour * 6,
+            "model.registered",
+            "m2",
+            {"extra": {"kind": "scorer"}, "issued_by": "operator:ada"},
+        ),
+        (hour * 6.1, "model.shadow_started", "m2", {}),
+        (
+            timedelta(days=1, hours=1),
+            "model.registered",
+            "yolo@4",
+            {"extra": detector | {"parent": "yolo@1"}, "issued_by": "trainer"},
+        ),
+    ]
+    for offset, kind, version, spec in lifecycle:
+        _model_event(
+            data,
+            day + offset,
+            kind,
+            version,
+            reason=spec.get("reason"),
+            extra=spec.get("extra"),
+            evidence=spec.get("evidence"),
+            issued_by=spec.get("issued_by", "controller"),
+            fraction=spec.get("fraction"),
+        )
+    _event(
+        data,
+        "budget-1",
+        day + hour * 5.5,
+        "budget.deferred",
+        "detector",
+        {"reason": "retrain budget: 4 requests in the last 24 h"},
+        {"requests_last_day": 4.0, "max_per_day": 4.0, "waiting_samples": 12.0},
+    )
+    data.messages["control.events"].sort(key=lambda r: r["at"])
+    return data
+
+
+@pytest.fixture
+def learning(client: Client) -> Dataset:
+    """The dataset plus the learning loop of ``add_learning``."""
+    data = add_learning(build_dataset())
+    load(client, data)
+    return data
