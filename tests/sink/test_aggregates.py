@@ -56,7 +56,9 @@ def test_version_2_warehouse_is_rebuilt_with_its_rows(
     """Upgrade in place; re-running a half-applied file from its start changes nothing."""
     v2 = tmp_path / "v2"
     v2.mkdir()
-    for name in ("001_initial.sql", "002_dead_letter_source.sql"):
+    # a version 2 warehouse, plus the later column additions the current writer needs
+    later = sorted(p.name for p in default_ddl_dir().glob("00[4-9]_*.sql"))
+    for name in ("001_initial.sql", "002_dead_letter_source.sql", *later):
         shutil.copy(default_ddl_dir() / name, v2 / name)
     client = connect(f"chdb://{tmp_path / 'old'}")
     try:
