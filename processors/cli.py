@@ -636,8 +636,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sql":
             p.add_argument("query")
         if name in ("sql", "events", "models"):
-            p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
-        if name in ("sql", "events"):
             p.add_argument("--format", choices=("table", "csv", "json", "tsv"), default="table")
         if name == "top":
             p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
