@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -120,7 +121,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError("skyloop worker needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
     bootstrap = settings.bootstrap_servers
     ensure_topics(settings, bootstrap)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     progress_dir = settings.progress_dir
     name = args.name
     if name == "ingest":
@@ -181,6 +182,51 @@ def cmd_worker(args: argparse.Namespace) -> int:
     Runner(
         processor, settings, bootstrap, stop=StopSignal().install(), progress_dir=progress_dir
     ).run()
+    return 0
+
+
+# -- init ------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create every topic (with its partition count) and apply the ClickHouse migrations.
+
+    Idempotent: existing topics and applied migrations are left as they are. Retries for
+    ``--wait`` seconds while Kafka or ClickHouse do not answer, so a deployment's init job may
+    start with them; a bad configuration or a changed migration fails at once.
+    """
+    from processors.core.clickhouse import client_options, connect
+    from processors.core.kafka import ensure_topics
+    from processors.sink.migrations import MigrationError, apply_migrations
+
+    settings = _settings(args)
+    if settings.bootstrap_servers is None:
+        raise ConfigError("skyloop init needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
+    bootstrap = settings.bootstrap_servers
+
+    def migrate() -> None:
+        client = connect(settings.resolved_clickhouse_dsn, **client_options(settings))
+        try:
+            for name in apply_migrations(client):
+                print(f"skyloop init: applied {name}", file=sys.stderr)
+        finally:
+            client.close()
+
+    deadline = time.monotonic() + args.wait
+    for what, step in (
+        ("topics", lambda: ensure_topics(settings, bootstrap)),
+        ("migrations", migrate),
+    ):
+        while True:
+            try:
+                step()
+                break
+            except (ConfigError, MigrationError):
+                raise
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise SkyloopError(f"init: {what} failed: {exc}") from exc
+                print(f"skyloop init: {what} not ready ({exc}); retrying", file=sys.stderr)
+                time.sleep(2)
+        print(f"skyloop init: {what} ready", file=sys.stderr)
     return 0
 
 
@@ -523,6 +569,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--source", action="append", help="ingest: source spec (repeatable)")
     worker.add_argument("--duration", help="ingest: stop taking items after this long")
     worker.set_defaults(func=cmd_worker)
+
+    init = sub.add_parser(
+        "init", help="create the topics and apply the ClickHouse migrations (idempotent)"
+    )
+    common(init)
+    init.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="retry for this many seconds while Kafka or ClickHouse do not answer yet",
+    )
+    init.set_defaults(func=cmd_init)
 
     control = sub.add_parser(
         "control",

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import SecretStr
+
 from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ensure_topics
@@ -136,6 +138,8 @@ def run_local(
             "HF_HUB_OFFLINE": "1",
         }
         for key, value in settings.model_dump(exclude_none=True).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             env.setdefault(f"SKYLOOP_{key.upper()}", str(value))
         try:
             with Supervisor(logs, env) as sup:
