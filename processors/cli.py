@@ -100,6 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"  {describe_source(name, c)}\n"
             for name, c in sorted(result.ingest.get("sources", {}).items())
         )
+        + (
+            "  restarts: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(result.restarts.items()))
+            + "\n"
+            if result.restarts
+            else ""
+        )
         + f"  data: {result.run_dir}\n"
         f'  query: skyloop sql "SELECT source, count() FROM scores FINAL GROUP BY source"\n'
         f"report: {result.report_path}"
