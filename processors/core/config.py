@@ -158,6 +158,7 @@ class Settings(BaseSettings):
     )
     gate_map50_tolerance: float = Field(0.02, ge=0.0, le=1.0)
     gate_max_latency_p99_ms: float = Field(2000.0, gt=0.0)
+
     # transport security (a production Kafka and ClickHouse server; unused by the local stack)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security.protocol of every client"
