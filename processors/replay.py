@@ -157,10 +157,15 @@ class ReplaySummary:
     skipped: int = 0
     outputs: int = 0
     seconds: float = 0.0
+    busy_seconds: float = 0.0
+    """From the first record read to the last batch done: the group join and the idle wait
+    that ends a replay are not in it."""
+    first_at: float | None = None
 
     @property
     def per_second(self) -> float:
-        return self.replayed / self.seconds if self.seconds > 0 else 0.0
+        """Records replayed per second of ``busy_seconds``."""
+        return self.replayed / self.busy_seconds if self.busy_seconds > 0 else 0.0
 
 
 class _Replay:
@@ -210,6 +215,8 @@ class _Replay:
         return self.selection.matches(record["observed_at"], record["source"])
 
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
+        if self.summary.first_at is None:
+            self.summary.first_at = time.monotonic()
         admitted = [m for m in batch if self.boundary.admit(m.topic, m.partition, m.timestamp_ms)]
         chosen = [m for m in admitted if self._selected(m)]
         self.summary.consumed += len(batch)
@@ -221,6 +228,7 @@ class _Replay:
         if self.shadow_role:
             outputs = [self._as_shadow(o) for o in outputs]
         self.summary.outputs += len(outputs)
+        self.summary.busy_seconds = time.monotonic() - self.summary.first_at
         return list(outputs)
 
     def _as_shadow(self, out: OutMessage) -> OutMessage:
