@@ -254,16 +254,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from processors.replay import ReplaySelection, run_replay
 
     settings = _settings(args)
-    if settings.bootstrap_servers is not None:
-        bootstrap = settings.bootstrap_servers
-    else:
-        bootstrap, prefix = _live_bootstrap(args)
-        settings = settings.model_copy(update={"topic_prefix": prefix})
     mode: Literal["rescore", "rebuild"] = "rebuild" if args.rebuild_clickhouse else "rescore"
     if mode == "rebuild" and (args.model or args.since or args.until or args.source):
         raise ConfigError(
             "--rebuild-clickhouse replays every topic whole: no --model, --since, --until, --source"
         )
+    if settings.bootstrap_servers is not None:
+        bootstrap = settings.bootstrap_servers
+    else:
+        bootstrap, prefix = _live_bootstrap(args)
+        settings = settings.model_copy(update={"topic_prefix": prefix})
     selection = ReplaySelection(
         since=_utc(args.since, "--since") if args.since else None,
         until=_utc(args.until, "--until") if args.until else None,

@@ -262,8 +262,11 @@ def _count(
         losses = unscored + max(ingested - stored, 0)
         redelivered = one("SELECT count() FROM scores") - one("SELECT count() FROM scores FINAL")
         if fault == "poison":
-            chaos = one("SELECT count() FROM dead_letters FINAL WHERE position(raw, 'chaos') > 0")
-            notes += f", {chaos} stored as dead letters"
+            topics = one(
+                "SELECT uniqExact(original_topic) FROM dead_letters FINAL "
+                "WHERE position(raw, 'chaos') > 0"
+            )
+            notes += f", dead letters for {topics} topics"
     finally:
         client.close()
     restarts = [line.strip() for line in stdout.read_text().splitlines() if "restarts:" in line]
