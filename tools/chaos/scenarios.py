@@ -9,7 +9,8 @@ and then counts, from the run's ClickHouse tables:
 - duplicates: rows of ``images``, ``scores`` and ``candidates`` under FINAL beyond one per
   identity (must be 0);
 - losses: ingested images with no production score, or not stored at all (must be 0);
-- redelivered: score rows before FINAL beyond one per identity (at-least-once, absorbed);
+- redelivered: score rows before FINAL beyond one per identity (at-least-once, absorbed; a
+  lower bound, since ClickHouse's background merges may already have collapsed some);
 - seconds to recover: from the fault until the restarted processor is ready again (kills), or
   until the surviving scorer scores again (rebalance).
 
