@@ -259,16 +259,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--rebuild-clickhouse replays every topic whole: no --model, --since, --until, --source"
         )
-    if settings.bootstrap_servers is not None:
-        bootstrap = settings.bootstrap_servers
-    else:
-        bootstrap, prefix = _live_bootstrap(args)
-        settings = settings.model_copy(update={"topic_prefix": prefix})
     selection = ReplaySelection(
         since=_utc(args.since, "--since") if args.since else None,
         until=_utc(args.until, "--until") if args.until else None,
         sources=frozenset(args.source) if args.source else None,
     )
+    if settings.bootstrap_servers is not None:
+        bootstrap = settings.bootstrap_servers
+    else:
+        bootstrap, prefix = _live_bootstrap(args)
+        settings = settings.model_copy(update={"topic_prefix": prefix})
     name = args.name or (
         f"rebuild-{int(time.time())}" if mode == "rebuild" else f"rescore-{int(time.time())}"
     )
