@@ -136,7 +136,8 @@ def run_local(
     interrupted = False
     truth: RestartedTruth | None = None
     restarts: dict[str, int] = {}
-    with EmbeddedBroker(log_path=logs / "broker.log") as broker:
+    durable = settings.data_dir.resolve() / "broker" if settings.broker_durable else None
+    with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
         stack.write_text(

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer session timeout")
     progress_dir: Path | None = Field(None, description="where processors write progress files")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port")
+    broker_durable: bool = Field(
+        False,
+        description=(
+            "the embedded broker keeps its log under <data_dir>/broker (S3 on localbucket), so "
+            "a run started again on the same data dir resumes from committed offsets"
+        ),
+    )
     metrics_host: str = Field(
         "127.0.0.1", description="address /metrics binds to (0.0.0.0 in a container)"
     )
