@@ -137,6 +137,12 @@ def run_local(
     truth: RestartedTruth | None = None
     restarts: dict[str, int] = {}
     durable = settings.data_dir.resolve() / "broker" if settings.broker_durable else None
+    if durable is not None:
+        # control events name calibration artifacts by id: with a log that outlives the run,
+        # the store must too, so every run of this data dir shares one
+        shared = (settings.data_dir / "artifacts").resolve()
+        shared.mkdir(parents=True, exist_ok=True)
+        (run_dir / "artifacts").symlink_to(shared, target_is_directory=True)
     with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
@@ -162,6 +168,7 @@ def run_local(
                 for name in WORKERS:
                     sup.start(name, name)
                 truth = RestartedTruth(settings, broker.bootstrap_servers, run_dir, sup)
+                truth.broker = broker
                 out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
                 _wait(
                     lambda: all(read_progress(progress, w).get("ready") for w in WORKERS),
@@ -192,6 +199,8 @@ def run_local(
                 out.write("\nskyloop: all stages done; stopping processors\n")
                 sup.stop_all()
                 restarts = sup.restarts
+                if broker.restarts:
+                    restarts["broker"] = broker.restarts
         finally:
             stack.unlink(missing_ok=True)
             if truth is not None:
@@ -240,6 +249,7 @@ def _follow(
         if _done(ingest, sink, truth.stats(stats, sink)):
             return
         _check(sup)
+        _heal_broker(truth.broker)
         if now - started > timeout_s:
             raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
         time.sleep(0.5)
@@ -260,6 +270,14 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _heal_broker(broker: EmbeddedBroker | None) -> None:
+    """Start a durable broker again that died (its log and offsets are on disk)."""
+    if broker is None or broker.alive:
+        return
+    broker.restart()
+    sys.stderr.write(f"\nskyloop: restarted the embedded broker on {broker.bootstrap_servers}\n")
 
 
 def _check(sup: Supervisor) -> None:
@@ -303,6 +321,7 @@ class RestartedTruth:
         self.run_dir = run_dir
         self.sup = sup
         self._probe: Any = None
+        self.broker: EmbeddedBroker | None = None
         self._sink_cache: tuple[float, dict[str, Any]] = (0.0, {})
 
     def _restarted(self, name: str) -> bool:

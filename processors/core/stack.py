@@ -77,6 +77,8 @@ class EmbeddedBroker:
         self.storage_dir = storage_dir
         self._proc: subprocess.Popen[bytes] | None = None
         self._bucket: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        """Times :func:`processors.local.run_local` started it again after it died."""
 
     def _start_bucket(self, log: Any, timeout_s: float) -> dict[str, str]:
         """Serve ``storage_dir`` over S3 and return the environment Tansu needs for it."""
@@ -162,6 +164,23 @@ class EmbeddedBroker:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the broker (and its storage server, when durable) still run."""
+        running = self._proc is not None and self._proc.poll() is None
+        return running and (self._bucket is None or self._bucket.poll() is None)
+
+    def restart(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        """Start a dead broker again on the same port (and storage); clients reconnect.
+
+        Only a durable broker comes back with its log; raises :class:`StackError` otherwise.
+        """
+        if self.storage_dir is None:
+            raise StackError("the embedded broker died and its log was in memory: it is gone")
+        self.stop()
+        self.restarts += 1
+        return self.start(timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the broker and wait for it; kill it if it does not stop in time."""

@@ -16,7 +16,9 @@ and then counts, from the run's ClickHouse tables:
 
 Faults: ``kill-score``, ``kill-detect``, ``kill-sink``, ``kill-stats`` (SIGKILL), ``poison``
 (undecodable bytes on every topic: each must end as a dead letter or a logged skip, the run
-unharmed), ``rebalance`` (a second scorer joins the group mid-run, then is killed).
+unharmed), ``rebalance`` (a second scorer joins the group mid-run, then is killed),
+``kill-broker`` (SIGKILL of the durable embedded broker, ``broker_durable``: the run starts it
+again on its storage and every client reconnects; recovery is until the scorer scores again).
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from processors.core.progress import read_progress
 
 __all__ = ["FAULTS", "Outcome", "run_scenario", "worker_pid"]
 
-FAULTS = ("kill-score", "kill-detect", "kill-sink", "kill-stats", "poison", "rebalance")
+FAULTS = (
+    "kill-score",
+    "kill-detect",
+    "kill-sink",
+    "kill-stats",
+    "kill-broker",
+    "poison",
+    "rebalance",
+)
 POISON = b"\x00not avro: chaos"
 
 
@@ -89,8 +99,22 @@ def worker_pid(marker: str, name: str) -> int | None:
     return None
 
 
-def _env(marker: str) -> dict[str, str]:
+def broker_pid(marker: str) -> int | None:
+    """The pid of the run's Tansu broker."""
+    for pid in _processes_with(marker):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"--storage-engine" in cmdline and b"processors.core.guard" not in cmdline:
+            return pid
+    return None
+
+
+def _env(marker: str, durable: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
+    if durable:
+        env["SKYLOOP_BROKER_DURABLE"] = "true"
     env.update(
         SKYLOOP_CHAOS_MARKER=marker,
         SKYLOOP_REFERENCE_SIZE="30",
@@ -185,7 +209,7 @@ def run_scenario(fault: str, images: int, work: Path, timeout_s: float = 900.0) 
                 "--data-dir",
                 str(data),
             ],
-            env=_env(marker),
+            env=_env(marker, durable=fault == "kill-broker"),
             stdout=out,
             stderr=err,
         )
@@ -203,7 +227,22 @@ def run_scenario(fault: str, images: int, work: Path, timeout_s: float = 900.0) 
 
         _wait(lambda: scored() >= images // 3, timeout_s, proc)
         t0, wall0 = time.monotonic(), time.time()
-        if fault.startswith("kill-"):
+        if fault == "kill-broker":
+            pid = broker_pid(marker)
+            if pid is None:
+                raise RuntimeError("no live broker to kill")
+            before, scorer = scored(), worker_pid(marker, "score")
+
+            def scoring_again() -> bool:
+                # a scorer restarted meanwhile (its deliveries failed) counts from zero
+                same = worker_pid(marker, "score") == scorer
+                return scored() > (before if same else 0) + 16
+
+            os.kill(pid, signal.SIGKILL)
+            if _wait(scoring_again, 300, proc):
+                recover_s = time.monotonic() - t0
+            notes = "durable broker"
+        elif fault.startswith("kill-"):
             name = fault.removeprefix("kill-")
             pid = worker_pid(marker, name)
             if pid is None:
