@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from processors.core.exceptions import ConfigError, SkyloopError
 
@@ -101,6 +101,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"  {describe_source(name, c)}\n"
             for name, c in sorted(result.ingest.get("sources", {}).items())
         )
+        + (
+            "  restarts: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(result.restarts.items()))
+            + "\n"
+            if result.restarts
+            else ""
+        )
         + f"  data: {result.run_dir}\n"
         f'  query: skyloop sql "SELECT source, count() FROM scores FINAL GROUP BY source"\n'
         f"report: {result.report_path}"
@@ -122,7 +129,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError("skyloop worker needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
     bootstrap = settings.bootstrap_servers
     ensure_topics(settings, bootstrap)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     progress_dir = settings.progress_dir
     name = args.name
     if name == "ingest":
@@ -201,6 +208,105 @@ def cmd_worker(args: argparse.Namespace) -> int:
         progress_dir=progress_dir,
         **limits,
     ).run()
+    return 0
+
+
+# -- init ------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create every topic (with its partition count) and apply the ClickHouse migrations.
+
+    Idempotent: existing topics and applied migrations are left as they are. Retries for
+    ``--wait`` seconds while Kafka or ClickHouse do not answer, so a deployment's init job may
+    start with them; a bad configuration or a changed migration fails at once.
+    """
+    from processors.core.clickhouse import client_options, connect
+    from processors.core.kafka import ensure_topics
+    from processors.sink.migrations import MigrationError, apply_migrations
+
+    settings = _settings(args)
+    if settings.bootstrap_servers is None:
+        raise ConfigError("skyloop init needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
+    bootstrap = settings.bootstrap_servers
+
+    def migrate() -> None:
+        client = connect(settings.resolved_clickhouse_dsn, **client_options(settings))
+        try:
+            for name in apply_migrations(client):
+                print(f"skyloop init: applied {name}", file=sys.stderr)
+        finally:
+            client.close()
+
+    deadline = time.monotonic() + args.wait
+    for what, step in (
+        ("topics", lambda: ensure_topics(settings, bootstrap)),
+        ("migrations", migrate),
+    ):
+        while True:
+            try:
+                step()
+                break
+            except (ConfigError, MigrationError):
+                raise
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise SkyloopError(f"init: {what} failed: {exc}") from exc
+                print(f"skyloop init: {what} not ready ({exc}); retrying", file=sys.stderr)
+                time.sleep(2)
+        print(f"skyloop init: {what} ready", file=sys.stderr)
+    return 0
+
+
+# -- replay ----------------------------------------------------------------------------------
+def _utc(text: str, flag: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r}: accepted values are ISO 8601 times, e.g. 2026-12-01T10:00Z"
+        ) from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from processors.replay import ReplaySelection, run_replay
+
+    settings = _settings(args)
+    mode: Literal["rescore", "rebuild"] = "rebuild" if args.rebuild_clickhouse else "rescore"
+    if mode == "rebuild" and (args.model or args.since or args.until or args.source):
+        raise ConfigError(
+            "--rebuild-clickhouse replays every topic whole: no --model, --since, --until, --source"
+        )
+    selection = ReplaySelection(
+        since=_utc(args.since, "--since") if args.since else None,
+        until=_utc(args.until, "--until") if args.until else None,
+        sources=frozenset(args.source) if args.source else None,
+    )
+    if settings.bootstrap_servers is not None:
+        bootstrap = settings.bootstrap_servers
+    else:
+        bootstrap, prefix = _live_bootstrap(args)
+        settings = settings.model_copy(update={"topic_prefix": prefix})
+    name = args.name or (
+        f"rebuild-{int(time.time())}" if mode == "rebuild" else f"rescore-{int(time.time())}"
+    )
+    summary = run_replay(
+        settings,
+        bootstrap,
+        mode,
+        name=name,
+        selection=selection,
+        model=args.model,
+        idle_s=args.idle,
+        truncate=args.truncate,
+    )
+    print(
+        f"replay {summary.mode} done in {summary.seconds:.1f}s: {summary.replayed} records "
+        f"replayed ({summary.per_second:.0f}/s), {summary.skipped} skipped, "
+        f"{summary.outputs} outputs; group {summary.group}"
+        + (f"; model {summary.model_version}" if summary.model_version else "")
+    )
     return 0
 
 
@@ -572,6 +678,55 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--source", action="append", help="ingest: source spec (repeatable)")
     worker.add_argument("--duration", help="ingest: stop taking items after this long")
     worker.set_defaults(func=cmd_worker)
+
+    init = sub.add_parser(
+        "init", help="create the topics and apply the ClickHouse migrations (idempotent)"
+    )
+    common(init)
+    init.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="retry for this many seconds while Kafka or ClickHouse do not answer yet",
+    )
+    init.set_defaults(func=cmd_init)
+
+    replay = sub.add_parser(
+        "replay",
+        help="rescore images.raw with a model version, or rebuild ClickHouse from the topics",
+        description=(
+            "Reprocess what the topics hold now, under a consumer group of its own (live "
+            "consumers are not disturbed); idempotent. Against SKYLOOP_BOOTSTRAP_SERVERS, or "
+            "the latest running `skyloop run`."
+        ),
+    )
+    common(replay)
+    replay.add_argument("--run", type=Path, help="a run folder (default: the latest run)")
+    replay.add_argument(
+        "--model", help="model version to score with (default: the production one; see models)"
+    )
+    replay.add_argument("--since", help="only images observed at or after this ISO 8601 time")
+    replay.add_argument("--until", help="only images observed before this ISO 8601 time")
+    replay.add_argument("--source", action="append", help="only this source (repeatable)")
+    replay.add_argument(
+        "--rebuild-clickhouse",
+        action="store_true",
+        help="write every topic into the ClickHouse tables instead of rescoring",
+    )
+    replay.add_argument(
+        "--truncate", action="store_true", help="with --rebuild-clickhouse: empty the tables first"
+    )
+    replay.add_argument(
+        "--name",
+        help="replay name (its group is <group_prefix>.replay.NAME); the same name resumes",
+    )
+    replay.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        help="done after this many seconds without a record from before the start (default 10)",
+    )
+    replay.set_defaults(func=cmd_replay)
 
     control = sub.add_parser(
         "control",

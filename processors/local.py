@@ -9,6 +9,15 @@ children → stop the broker → write the report from ClickHouse. Each run gets
 names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
 ``skyloop control``.
 
+A processor that dies (a crash, ``kill -9``) is restarted with back-off, up to a bound
+(:class:`~processors.core.supervisor.RestartPolicy`), and the run goes on: it resumes from its
+group's committed offsets, and what it redoes is absorbed by idempotent keys. A restarted
+processor's progress file starts from zero, so the stop condition then reads the truth instead:
+a restarted sink's counts from its ClickHouse tables (through its query endpoint), a restarted
+stats worker's position from its group's committed offsets against the sink's. Ingest is not
+restarted (a new ingest would not know where the old one stopped): its death ends the run.
+``RunResult.restarts`` counts the restarts per processor.
+
 Ctrl-C (SIGINT or SIGTERM) stops ingestion, lets every stage finish what was ingested, writes
 the report and returns with ``interrupted`` set; a second one aborts at once. The children run
 in their own process groups, so a terminal's Ctrl-C reaches only this supervisor, which stops
@@ -22,14 +31,18 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import SecretStr
+
 from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
-from processors.core.kafka import ensure_topics
+from processors.core.kafka import ensure_topics, kafka_security
 from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
@@ -49,6 +62,8 @@ class RunResult:
     ingest: dict[str, Any]
     """The ingest processor's final progress: totals and per-source counters (cuts, failures)."""
     interrupted: bool = False
+    restarts: dict[str, int] = field(default_factory=dict)
+    """Restarts per processor (those never restarted omitted)."""
 
 
 def latest_run_dir(data_dir: Path) -> Path | None:
@@ -125,7 +140,16 @@ def run_local(
     (settings.data_dir / "latest").write_text(str(run_dir))
     out.write(f"skyloop: run folder {run_dir}\n")
     interrupted = False
-    with EmbeddedBroker(log_path=logs / "broker.log") as broker:
+    truth: RestartedTruth | None = None
+    restarts: dict[str, int] = {}
+    durable = settings.data_dir.resolve() / "broker" if settings.broker_durable else None
+    if durable is not None:
+        # control events name calibration artifacts by id: with a log that outlives the run,
+        # the store must too, so every run of this data dir shares one
+        shared = (settings.data_dir / "artifacts").resolve()
+        shared.mkdir(parents=True, exist_ok=True)
+        (run_dir / "artifacts").symlink_to(shared, target_is_directory=True)
+    with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
         stack.write_text(
@@ -142,13 +166,17 @@ def run_local(
             "HF_HUB_OFFLINE": "1",
         }
         # lists and mappings as JSON (what pydantic-settings parses from the environment)
-        for key, value in settings.model_dump(exclude_none=True, mode="json").items():
-            text = value if isinstance(value, str) else json.dumps(value)
+        for key, value in settings.model_dump(exclude_none=True).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
             env.setdefault(f"SKYLOOP_{key.upper()}", text)
         try:
             with Supervisor(logs, env) as sup:
                 for name in WORKERS:
                     sup.start(name, name)
+                truth = RestartedTruth(settings, broker.bootstrap_servers, run_dir, sup)
+                truth.broker = broker
                 out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
                 _wait(
                     lambda: all(read_progress(progress, w).get("ready") for w in WORKERS),
@@ -163,9 +191,10 @@ def run_local(
                     *(["--images", str(images)] if images is not None else []),
                     *(["--duration", f"{duration_s}s"] if duration_s is not None else []),
                     *[a for s in sources for a in ("--source", s)],
+                    restart=False,
                 )
                 try:
-                    _follow(sup, progress, images, duration_s, started, timeout_s, logs, out)
+                    _follow(sup, truth, progress, images, duration_s, started, timeout_s, logs, out)
                 except KeyboardInterrupt:
                     interrupted = True
                     out.write(
@@ -173,12 +202,17 @@ def run_local(
                         "(Ctrl-C again to abort)\n"
                     )
                     sup.stop("ingest")
-                    _follow(sup, progress, images, None, started, timeout_s, logs, out)
+                    _follow(sup, truth, progress, images, None, started, timeout_s, logs, out)
                 ingest_seconds = time.monotonic() - ingest_started
                 out.write("\nskyloop: all stages done; stopping processors\n")
                 sup.stop_all()
+                restarts = sup.restarts
+                if broker.restarts:
+                    restarts["broker"] = broker.restarts
         finally:
             stack.unlink(missing_ok=True)
+            if truth is not None:
+                truth.close()
     from processors.report.run_report import write_run_report
 
     report_path, counts = write_run_report(run_dir, settings)
@@ -190,11 +224,13 @@ def run_local(
         counts,
         read_progress(progress, "ingest"),
         interrupted,
+        restarts,
     )
 
 
 def _follow(
     sup: Supervisor,
+    truth: RestartedTruth,
     progress: Path,
     images: int | None,
     duration_s: float | None,
@@ -208,6 +244,7 @@ def _follow(
     last_line = 0.0
     while True:
         ingest, sink, stats = (read_progress(progress, n) for n in ("ingest", "sink", "stats"))
+        sink = truth.sink(sink)
         now = time.monotonic()
         remaining = None if duration_s is None else duration_s - (now - ingest_started)
         line = _line(images, ingest, sink, now - started, remaining)
@@ -217,9 +254,10 @@ def _follow(
         elif now - last_line >= 5:
             out.write(line.strip("\r ") + "\n")
             last_line = now
-        if _done(ingest, sink, stats, read_progress(progress, "train")):
+        if _done(ingest, sink, truth.stats(stats, sink), read_progress(progress, "train")):
             return
         _check(sup)
+        _heal_broker(truth.broker)
         if now - started > timeout_s:
             raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
         time.sleep(0.5)
@@ -242,14 +280,126 @@ def _sigterm_as_interrupt() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+def _heal_broker(broker: EmbeddedBroker | None) -> None:
+    """Start a durable broker again that died (its log and offsets are on disk)."""
+    if broker is None or broker.alive:
+        return
+    broker.restart()
+    sys.stderr.write(f"\nskyloop: restarted the embedded broker on {broker.bootstrap_servers}\n")
+
+
 def _check(sup: Supervisor) -> None:
-    failed = sup.failed()
-    if failed:
-        child = failed[0]
-        raise SkyloopError(
-            f"processor {child.name} exited with code {child.proc.returncode}; "
-            f"last lines of {child.log_path}:\n{child.tail()}"
+    """Restart dead processors (raises ProcessorFailed past the restart bound)."""
+    for child in sup.heal():
+        sys.stderr.write(
+            f"\nskyloop: restarted {child.name} (restart {child.restarts}); log {child.log_path}\n"
         )
+
+
+_SINK_COUNTS_SQL = """
+SELECT
+  (SELECT uniqExact(image_id) FROM images) AS images,
+  (SELECT uniqExact(image_id) FROM scores
+    WHERE role = 'production' OR (role = 'canary' AND calibrated)) AS scores,
+  (SELECT uniqExact(image_id) FROM scores
+    WHERE (role = 'production' OR (role = 'canary' AND calibrated)) AND is_candidate)
+    AS candidate_scores,
+  (SELECT uniqExact(image_id) FROM candidates) AS candidates,
+  (SELECT uniqExact(event_id) FROM control_events) AS control_events,
+  (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))
+    FROM dead_letters WHERE startsWith(original_topic, 'source:')) AS dlq_source,
+  (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))
+    FROM dead_letters WHERE original_topic = 'images.raw') AS dlq_images
+"""
+
+
+class RestartedTruth:
+    """The stop condition's inputs for processors that were restarted during the run.
+
+    A restarted sink counts distinct ids from zero: its counts then come from its ClickHouse
+    tables (what it wrote is what it consumed: it writes before it commits). A restarted stats
+    worker counts consumed scores from zero: it is then caught up when its group's committed
+    offsets on ``scores`` and ``images.dlq`` reach the sink's (both monotone; no end offset,
+    which the embedded broker gets wrong for batches, DESIGN §6).
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, run_dir: Path, sup: Supervisor):
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.run_dir = run_dir
+        self.sup = sup
+        self._probe: Any = None
+        self.broker: EmbeddedBroker | None = None
+        self._sink_cache: tuple[float, dict[str, Any]] = (0.0, {})
+
+    def _restarted(self, name: str) -> bool:
+        child = self.sup.children.get(name)
+        return child is not None and child.restarts > 0
+
+    def sink(self, progress: dict[str, Any]) -> dict[str, Any]:
+        if not self._restarted("sink"):
+            return progress
+        at, cached = self._sink_cache
+        if time.monotonic() - at < 2.0:
+            return cached
+        try:
+            port = json.loads((self.run_dir / "sink.json").read_text())["port"]
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/sql", data=_SINK_COUNTS_SQL.encode(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = json.loads(response.read())
+        except (OSError, ValueError, KeyError, urllib.error.URLError):
+            return cached  # the new sink is not serving yet
+        counts = {**progress, **dict(zip(body["columns"], body["rows"][0], strict=True))}
+        self._sink_cache = (time.monotonic(), counts)
+        return counts
+
+    def stats(self, progress: dict[str, Any], sink: dict[str, Any]) -> dict[str, Any]:
+        if not self._restarted("stats"):
+            return progress
+        from confluent_kafka import Consumer, TopicPartition
+
+        from processors.core.records import TOPICS
+
+        if self._probe is None:
+            self._probe = Consumer(
+                {
+                    **kafka_security(self.settings),
+                    "bootstrap.servers": self.bootstrap,
+                    "group.id": self.settings.group("stats"),
+                    "enable.auto.commit": False,
+                }
+            )
+        parts = [
+            TopicPartition(self.settings.topic(t), p)
+            for t in ("scores", "images.dlq")
+            for p in range(TOPICS[t].partitions)
+        ]
+        try:
+            stats_at = self._probe.committed(parts, timeout=5)
+            sink_probe = Consumer(
+                {
+                    **kafka_security(self.settings),
+                    "bootstrap.servers": self.bootstrap,
+                    "group.id": self.settings.group("sink"),
+                    "enable.auto.commit": False,
+                }
+            )
+            try:
+                sink_at = sink_probe.committed(parts, timeout=5)
+            finally:
+                sink_probe.close()
+        except Exception:
+            return {**progress, "consumed": -1}
+        caught_up = all(
+            max(a.offset, 0) >= max(b.offset, 0) for a, b in zip(stats_at, sink_at, strict=True)
+        )
+        return {**progress, "consumed": sink.get("scores", 0) if caught_up else -1}
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
 
 
 def _wait(predicate: Any, sup: Supervisor, timeout_s: float, what: str) -> None:

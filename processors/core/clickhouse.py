@@ -15,6 +15,7 @@ DSN's (HTTP) or ``default`` unless :func:`connect` is given one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
@@ -22,9 +23,10 @@ from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ProgrammingError
 
+from processors.core.config import Settings
 from processors.core.exceptions import ConfigError, StackError
 
-__all__ = ["ACCEPTED_DSN_FORMS", "Client", "connect", "redact_dsn"]
+__all__ = ["ACCEPTED_DSN_FORMS", "Client", "client_options", "connect", "redact_dsn"]
 
 ACCEPTED_DSN_FORMS = "chdb:///absolute/path, http://user:password@host:8123/database or https://..."
 
@@ -49,12 +51,36 @@ def _chdb_path(dsn: str) -> Path:
     return Path(parts.path)
 
 
-def connect(dsn: str, *, database: str | None = None) -> Client:
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Credentials and TLS options of ``settings`` for :func:`connect` (http(s) DSNs only).
+
+    They keep secrets out of the DSN: a deployment sets ``SKYLOOP_CLICKHOUSE_PASSWORD`` from
+    its secret store and a DSN without a password.
+    """
+    options: dict[str, Any] = {}
+    if settings.clickhouse_username is not None:
+        options["username"] = settings.clickhouse_username
+    if settings.clickhouse_password is not None:
+        options["password"] = settings.clickhouse_password.get_secret_value()
+    for key, path in (
+        ("ca_cert", settings.clickhouse_ca_cert),
+        ("client_cert", settings.clickhouse_client_cert),
+        ("client_cert_key", settings.clickhouse_client_key),
+    ):
+        if path is not None:
+            options[key] = str(path)
+    if not settings.clickhouse_verify:
+        options["verify"] = False
+    return options
+
+
+def connect(dsn: str, *, database: str | None = None, **options: Any) -> Client:
     """Open a ClickHouse client for ``dsn``; with ``database``, create it if missing and use it.
 
-    Raises :class:`ConfigError` for a DSN of any other form (naming the accepted ones) and
-    :class:`StackError` when the chdb engine cannot open its directory (typically: another
-    process holds it, or this process has clients open on another path).
+    ``options`` (from :func:`client_options`) apply to a server; chdb has no transport to
+    secure and ignores them. Raises :class:`ConfigError` for a DSN of any other form (naming
+    the accepted ones) and :class:`StackError` when the chdb engine cannot open its directory
+    (typically: another process holds it, or this process has clients open on another path).
     """
     scheme = urlsplit(dsn).scheme.lower()
     if scheme == "chdb":
@@ -71,7 +97,7 @@ def connect(dsn: str, *, database: str | None = None) -> Client:
                 f"process may have clients on one directory at a time ({exc})"
             ) from exc
     elif scheme in ("http", "https"):
-        client = clickhouse_connect.get_client(dsn=dsn)
+        client = clickhouse_connect.get_client(dsn=dsn, **options)
     else:
         raise ConfigError(
             f"clickhouse dsn {redact_dsn(dsn)!r} is not supported; accepted forms: "

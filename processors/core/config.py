@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processors.core.exceptions import ConfigError
@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer session timeout")
     progress_dir: Path | None = Field(None, description="where processors write progress files")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port")
+    broker_durable: bool = Field(
+        False,
+        description=(
+            "the embedded broker keeps its log under <data_dir>/broker (S3 on localbucket), so "
+            "a run started again on the same data dir resumes from committed offsets"
+        ),
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="address /metrics binds to (0.0.0.0 in a container)"
+    )
 
     # scoring
     backbone: str = "efficientnet_lite0"
@@ -298,12 +308,39 @@ class Settings(BaseSettings):
                 )
         return self
 
+    # transport security (a production Kafka and ClickHouse server; unused by the local stack)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol of every client"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="Kafka SASL mechanism (with a SASL_* protocol)"
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="from the environment or a secret file, never baked into an image"
+    )
+    kafka_ssl_ca_location: Path | None = Field(None, description="CA bundle (PEM) for Kafka TLS")
+    kafka_ssl_certificate_location: Path | None = Field(None, description="client cert (PEM)")
+    kafka_ssl_key_location: Path | None = Field(None, description="client key (PEM)")
+    clickhouse_username: str | None = Field(None, description="overrides the DSN's user")
+    clickhouse_password: SecretStr | None = Field(None, description="overrides the DSN's")
+    clickhouse_ca_cert: Path | None = Field(None, description="CA bundle (PEM) for https DSNs")
+    clickhouse_client_cert: Path | None = Field(None, description="client cert (PEM), mutual TLS")
+    clickhouse_client_key: Path | None = Field(None, description="client key (PEM), mutual TLS")
+    clickhouse_verify: bool = Field(True, description="verify the server's TLS certificate")
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.threshold_floor > self.threshold_ceiling:
             raise ValueError("threshold_floor must be <= threshold_ceiling")
         if self.drift_step > self.drift_window:
             raise ValueError(f"drift_step ({self.drift_step}) must be <= drift_window")
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and (self.kafka_sasl_mechanism is None or self.kafka_sasl_username is None):
+            raise ValueError(
+                f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                "kafka_sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and kafka_sasl_username"
+            )
         return self
 
     @field_validator("topic_prefix")

@@ -27,6 +27,8 @@ from processors.core.records import TOPICS, ControlEventRecord
 __all__ = [
     "ControlFollower",
     "ensure_topics",
+    "faust_credentials",
+    "kafka_security",
     "make_consumer",
     "make_producer",
     "partition_for",
@@ -36,8 +38,70 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def kafka_security(settings: Settings) -> dict[str, str]:
+    """librdkafka settings for TLS and SASL from ``settings`` (empty for PLAINTEXT).
+
+    Every Kafka client skyloop builds (producers, consumers, admin, watermark probes) merges
+    these, so one set of ``SKYLOOP_KAFKA_*`` variables secures them all.
+
+    >>> from processors.core.config import Settings
+    >>> kafka_security(Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism=
+    ...     "SCRAM-SHA-512", kafka_sasl_username="sky", kafka_sasl_password="pw"))["sasl.password"]
+    'pw'
+    """
+    conf: dict[str, str] = {}
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return conf
+    conf["security.protocol"] = settings.kafka_security_protocol
+    if settings.kafka_sasl_mechanism is not None:
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username is not None:
+        conf["sasl.username"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    for key, path in (
+        ("ssl.ca.location", settings.kafka_ssl_ca_location),
+        ("ssl.certificate.location", settings.kafka_ssl_certificate_location),
+        ("ssl.key.location", settings.kafka_ssl_key_location),
+    ):
+        if path is not None:
+            conf[key] = str(path)
+    return conf
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The same TLS/SASL settings as :func:`kafka_security`, in Faust's (aiokafka's) form."""
+    import ssl
+
+    import faust
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_ca_location) if settings.kafka_ssl_ca_location else None
+        )
+        if settings.kafka_ssl_certificate_location is not None:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certificate_location),
+                str(settings.kafka_ssl_key_location) if settings.kafka_ssl_key_location else None,
+            )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password is not None else None,
+        ssl_context=context,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
 def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Producer:
     conf: dict[str, Any] = {
+        **kafka_security(settings),
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "linger.ms": 5,
@@ -51,6 +115,7 @@ def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Produ
 
 def make_consumer(settings: Settings, bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
     conf: dict[str, Any] = {
+        **kafka_security(settings),
         "bootstrap.servers": bootstrap,
         "group.id": group_id,
         "auto.offset.reset": "earliest",
@@ -71,7 +136,7 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 15.0) -
     Topics must exist before any client touches them: the embedded broker auto-creates topics
     with 4 partitions, which would break the single-partition order of ``control.events``.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({**kafka_security(settings), "bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
         NewTopic(settings.topic(spec.name), spec.partitions, 1)
@@ -141,6 +206,7 @@ class ControlFollower:
         self.on_event = on_event
         self._consumer = Consumer(
             {
+                **kafka_security(settings),
                 "bootstrap.servers": bootstrap,
                 "group.id": f"{settings.group_prefix}.control-follower",
                 "enable.auto.commit": False,
@@ -150,7 +216,13 @@ class ControlFollower:
         self._consumer.assign([TopicPartition(self.topic, 0, 0)])
         # Watermark queries get their own client: librdkafka blocks them on a consumer that
         # another thread is polling.
-        self._probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "skyloop.probe"})
+        self._probe = Consumer(
+            {
+                **kafka_security(settings),
+                "bootstrap.servers": bootstrap,
+                "group.id": "skyloop.probe",
+            }
+        )
         self.state = ControlState.initial()
         self.remember = remember
         self._recent: OrderedDict[str, None] = OrderedDict()

@@ -175,7 +175,10 @@ def serving_models(models: Iterable[tuple[str, str, str]]) -> None:
     _serving.update(wanted)
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose /metrics on ``port`` (0 = any free port); no-op when ``port`` is None."""
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``host:port`` (0 = any free port); no-op when ``port`` is None.
+
+    Loopback by default; a container sets ``0.0.0.0`` so Prometheus can reach it.
+    """
     if port is not None:
-        start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+        start_http_server(port, addr=host, registry=REGISTRY)

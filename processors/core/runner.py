@@ -78,6 +78,8 @@ class InMessage:
     offset: int
     key: bytes | None
     value: bytes
+    timestamp_ms: int = -1
+    """The broker's record timestamp (ms since the epoch), -1 when it has none."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class Runner:
                             int(m.offset() or 0),
                             m.key(),
                             m.value() or b"",
+                            int(m.timestamp()[1]),
                         )
                     )
                 if not batch:

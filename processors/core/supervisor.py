@@ -1,11 +1,19 @@
-"""Runs processors as child OS processes and stops them cleanly.
+"""Runs processors as child OS processes, restarts those that die, and stops them cleanly.
 
-Each child runs ``python -m processors.cli worker NAME`` with its output in ``logs/NAME.log``,
-in a session of its own: a terminal's Ctrl-C reaches the supervisor only, which decides the
-order of the shutdown. Each child also gets SIGTERM from the kernel if the supervisor dies, even
-by SIGKILL (:mod:`processors.core.guard`). :meth:`Supervisor.stop_all` sends SIGTERM, waits,
-then SIGKILLs stragglers, so no child outlives the supervisor (also when it is interrupted: use
-it as a context manager).
+Each child runs ``python -m processors.cli worker NAME`` with its output appended to
+``logs/NAME.log``, in a session of its own: a terminal's Ctrl-C reaches the supervisor only,
+which decides the order of the shutdown. Each child also gets SIGTERM from the kernel if the
+supervisor dies, even by SIGKILL (:mod:`processors.core.guard`). :meth:`Supervisor.stop_all`
+sends SIGTERM, waits, then SIGKILLs stragglers, so no child outlives the supervisor (also when
+it is interrupted: use it as a context manager).
+
+Self-healing: :meth:`Supervisor.heal` restarts a child that exited non-zero (a crash, an
+uncaught error, ``kill -9``) with the same arguments, after a back-off that doubles with each
+restart of that child (:class:`RestartPolicy`). A restarted processor resumes from its consumer
+group's committed offsets and rebuilds its state from ``control.events`` (DESIGN §3), so
+nothing is lost; what it redoes is absorbed by idempotent keys (DESIGN §4). A child that exits
+0 finished its job and is left alone, as is one stopped through :meth:`stop`. Past the bound
+on restarts in a window, :meth:`heal` raises :class:`ProcessorFailed` and the run ends.
 """
 
 from __future__ import annotations
@@ -15,11 +23,25 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Child", "Supervisor", "guarded", "terminate"]
+from processors.core.exceptions import SkyloopError
+
+__all__ = [
+    "Child",
+    "ProcessorFailed",
+    "RestartPolicy",
+    "Supervisor",
+    "guarded",
+    "terminate",
+]
+
+
+class ProcessorFailed(SkyloopError):
+    """A processor died more often than the restart policy allows; the message has its log."""
 
 
 def guarded(argv: list[str]) -> list[str]:
@@ -39,11 +61,50 @@ def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
     return int(proc.returncode)
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to restart a dead processor: back-off doubling per restart, a bound per window.
+
+    The n-th restart (n = 1, 2, ...) of a child within ``window_s`` waits
+    ``min(base_s * 2 ** (n - 1), max_s)``; a death past ``max_restarts`` in the window gives up.
+
+    >>> policy = RestartPolicy(max_restarts=3, base_s=0.5, max_s=2.0, window_s=60.0)
+    >>> [policy.delay([0.0] * n, now=1.0) for n in range(4)]
+    [0.5, 1.0, 2.0, None]
+    >>> policy.delay([0.0, 0.0, 0.0], now=100.0)  # the earlier restarts left the window
+    0.5
+    """
+
+    max_restarts: int = 5
+    base_s: float = 0.5
+    max_s: float = 10.0
+    window_s: float = 300.0
+
+    def delay(self, restarts_at: list[float], now: float) -> float | None:
+        """Seconds to wait before restarting, given earlier restart times; None: give up."""
+        recent = [t for t in restarts_at if now - t < self.window_s]
+        if len(recent) >= self.max_restarts:
+            return None
+        return float(min(self.base_s * 2 ** len(recent), self.max_s))
+
+
 @dataclass
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    args: tuple[str, ...] = ()
+    restarts_at: list[float] = field(default_factory=list)
+    restart_due: float | None = None
+    """When a scheduled restart is due (monotonic), None when none is scheduled."""
+    stopped: bool = False
+    """Stopped on purpose: never restarted."""
+    restart: bool = True
+    """False for a child whose death must end the run (it cannot resume where it was)."""
+
+    @property
+    def restarts(self) -> int:
+        return len(self.restarts_at)
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -53,12 +114,20 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        env: dict[str, str],
+        policy: RestartPolicy | None = None,
+        on_restart: Callable[[Child], None] | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.env = env
+        self.policy = policy or RestartPolicy()
+        self.on_restart = on_restart
         self.children: dict[str, Child] = {}
 
-    def start(self, name: str, *args: str) -> Child:
+    def _spawn(self, name: str, args: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], Path]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -70,21 +139,72 @@ class Supervisor:
                 env={**os.environ, **self.env},
                 start_new_session=True,
             )
-        child = Child(name, proc, log_path)
+        return proc, log_path
+
+    def start(self, name: str, *args: str, restart: bool = True) -> Child:
+        proc, log_path = self._spawn(name, args)
+        child = Child(name, proc, log_path, tuple(args), restart=restart)
         self.children[name] = child
         return child
 
     def failed(self) -> list[Child]:
-        """Children that exited with a non-zero code."""
-        return [c for c in self.children.values() if c.proc.poll() not in (None, 0)]
+        """Children that exited with a non-zero code (and were not stopped on purpose)."""
+        return [
+            c for c in self.children.values() if not c.stopped and c.proc.poll() not in (None, 0)
+        ]
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Restarts per child name, for the run summary (children never restarted omitted)."""
+        return {c.name: c.restarts for c in self.children.values() if c.restarts}
+
+    def heal(self, now: float | None = None) -> list[Child]:
+        """Schedule a restart of each newly dead child, and restart those whose back-off is over.
+
+        Returns the children restarted by this call. Raises :class:`ProcessorFailed` for a
+        child that died more often than :attr:`policy` allows (its log tail in the message).
+        """
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for child in self.failed():
+            if child.restart_due is None:
+                delay = self.policy.delay(child.restarts_at, now) if child.restart else None
+                if delay is None:
+                    why = (
+                        f"after {child.restarts} restarts within {self.policy.window_s:.0f}s"
+                        if child.restart
+                        else "(not restartable)"
+                    )
+                    raise ProcessorFailed(
+                        f"processor {child.name} exited with code {child.proc.returncode} "
+                        f"{why}; last lines of {child.log_path}:\n{child.tail()}"
+                    )
+                child.restart_due = now + delay
+                with open(child.log_path, "ab") as log:
+                    log.write(
+                        f"\n--- supervisor: {child.name} exited with code "
+                        f"{child.proc.returncode}; restarting in {delay:.1f}s ---\n".encode()
+                    )
+            if child.restart_due is not None and now >= child.restart_due:
+                child.proc, child.log_path = self._spawn(child.name, child.args)
+                child.restarts_at.append(now)
+                child.restart_due = None
+                restarted.append(child)
+                if self.on_restart is not None:
+                    self.on_restart(child)
+        return restarted
 
     def stop(self, name: str, timeout_s: float = 20.0) -> int | None:
         child = self.children.get(name)
-        return None if child is None else terminate(child.proc, timeout_s)
+        if child is None:
+            return None
+        child.stopped = True
+        return terminate(child.proc, timeout_s)
 
     def stop_all(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every live child, wait up to ``timeout_s`` in total, then SIGKILL the rest."""
         for child in self.children.values():
+            child.stopped = True
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from processors.core.config import Settings
+from processors.core.kafka import kafka_security
 from processors.core.records import TOPICS
 
 __all__ = ["ScoreLag"]
@@ -36,6 +37,7 @@ class ScoreLag:
         ]
         self._client = Consumer(
             {
+                **kafka_security(settings),
                 "bootstrap.servers": bootstrap,
                 "group.id": settings.group("score"),
                 "enable.auto.commit": False,

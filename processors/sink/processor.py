@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from processors.core.clickhouse import connect
+from processors.core.clickhouse import client_options, connect
 from processors.core.control import ControlState
 from processors.core.dedupe import RecentIds
 from processors.core.exceptions import CodecError
@@ -80,7 +80,7 @@ class SinkProcessor:
 
     def setup(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.client = connect(ctx.settings.resolved_clickhouse_dsn)
+        self.client = connect(ctx.settings.resolved_clickhouse_dsn, **client_options(ctx.settings))
         apply_migrations(self.client)
         self.writer = ClickHouseWriter(self.client)
         self.reports_dir = ctx.settings.data_dir / "report"

@@ -21,6 +21,7 @@ from typing import Any
 import faust
 
 from processors.core.config import Settings
+from processors.core.kafka import faust_credentials
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS
 from processors.stats.service import ControlService
@@ -40,6 +41,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     app = faust.App(
         settings.group("stats"),
         broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         producer_max_batch_size=1,  # the embedded broker restores tables only with this
         broker_session_timeout=settings.session_timeout_ms / 1000,

@@ -202,6 +202,7 @@ def test_a_killed_worker_restores_its_tables_and_emits_nothing_twice(
     clean_events, killed_events = clean.events(), killed.events()
     ids = [e["event_id"] for e in killed_events]
     assert len(ids) == len(set(ids)), "an event was emitted twice"
+
     def described(events: list[dict[str, Any]]) -> list[str]:
         return [f"{e['type']} {e['params'].get('reason')} {e['event_id'][:8]}" for e in events]
 

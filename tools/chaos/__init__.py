@@ -1,0 +1,1 @@
+"""Fault scenarios against ``skyloop run`` on the embedded stack (``python -m tools.chaos``)."""
