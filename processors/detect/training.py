@@ -133,7 +133,11 @@ def train_detector(
     started = time.monotonic()
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "processors.detect.train_worker", str(spec_path)],
+            # through the guard: a trainer that dies (even by SIGKILL) takes its training along
+            [
+                *(sys.executable, "-m", "processors.core.guard", str(os.getpid())),
+                *(sys.executable, "-m", "processors.detect.train_worker", str(spec_path)),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
