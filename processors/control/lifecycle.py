@@ -159,10 +159,12 @@ class Lifecycle:
     def on_candidate(self, candidate: CandidateRecord) -> list[ControlEventRecord]:
         """Feed one candidate: the served localizer's output and the unserved ones it carries.
 
-        Served boxes of production (or of the baseline, before any detector serves) are the
-        reference every detector under rollout is compared with; a shadow's output counts for
-        its shadow phase; a canary's served output is paired with production's output on the
-        same image (``detector_outputs`` role ``production``).
+        Served boxes of a production detector are the reference every detector under rollout
+        is compared with (distributions, pairs, latency ratio); before any detector serves, the
+        baseline (source extraction) is no such reference (another method, far faster and with
+        other confidences), so a first detector's canary is judged on its own outputs only (NaN,
+        failures). A shadow's output counts for its shadow phase; a canary's served output is
+        paired with production's on the same image (``detector_outputs`` role ``production``).
         """
         role = candidate.get("detector_role")
         version = candidate.get("detector_model_version") or ""
@@ -170,7 +172,7 @@ class Lifecycle:
         latency = float(candidate.get("detector_latency_ms") or 0.0)
         outputs = candidate.get("detector_outputs") or []
         touched: list[str] = []
-        if role in ("production", "baseline"):
+        if role == "production":
             for track in self._tracks_of("detector"):
                 self.policy.observe_production(track, value, latency)
         for output in outputs:

@@ -11,8 +11,9 @@ image with all of them:
 - the **served** boxes are the canary's for an image its traffic fraction routes there (the
   scorer's hash of image_id, :func:`processors.core.rollouts.routes_to_canary`), else
   production's, else the baseline's;
-- **unserved** outputs: the shadow's, and production's (or the baseline's) for a canary-served
-  image, so the canary is judged against production on the same images.
+- **unserved** outputs: the shadow's, and production's for a canary-served image (role
+  ``production``; ``baseline`` while no detector serves), so the canary is judged against
+  production on the same images.
 
 Invariants: each distinct weights artifact is loaded once and kept; one that cannot be loaded
 (absent, corrupt, not a YOLO checkpoint) is logged once and remembered as unavailable; a
@@ -79,8 +80,7 @@ class LocalizerSet:
             canary = self._run(rollout.canary, "canary", plane, result)
         if canary is not None:
             result.served = canary
-            result.unserved.append(Output(production.version, "production", production.boxes,
-                                          production.latency_ms))  # fmt: skip
+            result.unserved.append(production)  # role production, or baseline before any
         else:
             result.served = production
         shadow = self._run(rollout.shadow, "shadow", plane, result)
