@@ -87,6 +87,14 @@ def _events(data: Path, env: dict[str, str]) -> list[dict[str, Any]]:
     return json.loads(done.stdout) if done.returncode == 0 else []
 
 
+def _truth_box(row: Any) -> Box:
+    """A truth box from ClickHouse (a named tuple: a dict, or a plain tuple in column order)."""
+    x1, y1, x2, y2 = (
+        (row[k] for k in ("x1", "y1", "x2", "y2")) if isinstance(row, dict) else row[1:]
+    )
+    return Box(label="source", confidence=1.0, x1=x1, y1=y1, x2=x2, y2=y2)
+
+
 def _source(box: Box) -> Box:
     return Box(**{**box, "label": "source"})
 
@@ -97,7 +105,8 @@ def _truth_set(run_dir: Path, fraction: float) -> list[tuple[str, Any, list[Box]
     try:
         rows = client.query(
             "SELECT image_id, format, pixels, width, height, bands, truth_boxes FROM images "
-            "FINAL WHERE truth_is_anomaly = 1 ORDER BY image_id"
+            "FINAL WHERE truth_is_anomaly = 1 ORDER BY image_id",
+            column_formats={"pixels": "bytes"},
         ).result_rows
     finally:
         client.close()
@@ -106,9 +115,7 @@ def _truth_set(run_dir: Path, fraction: float) -> list[tuple[str, Any, list[Box]
         if not is_held_out(image_id, fraction) or not boxes:
             continue
         record = {"format": fmt, "pixels": pixels, "width": width, "height": height, "bands": bands}
-        truth = [
-            Box(label="source", confidence=1.0, x1=b[1], y1=b[2], x2=b[3], y2=b[4]) for b in boxes
-        ]
+        truth = [_truth_box(b) for b in boxes]
         out.append((image_id, record, truth))
     return out
 
@@ -128,9 +135,7 @@ def _pseudo_label_quality(run_dir: Path) -> tuple[Any, float, int]:
     for sample_id, boxes in rows:
         sample = TrainingSample.from_bytes(store.get_bytes(sample_id))
         predictions.append([_source(b) for b in sample.boxes])
-        truths.append(
-            [Box(label="source", confidence=1.0, x1=b[1], y1=b[2], x2=b[3], y2=b[4]) for b in boxes]
-        )
+        truths.append([_truth_box(b) for b in boxes])
     labelled = [(p, t) for p, t in zip(predictions, truths, strict=True) if t]
     normal = len(truths) - len(labelled)
     if not labelled:
@@ -145,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", default=STREAM)
     parser.add_argument("--timeout", type=float, default=5400.0, help="seconds for the run")
     parser.add_argument("--keep", type=Path, help="keep the run under this folder")
+    parser.add_argument(
+        "--evaluate", type=Path, help="only evaluate the run kept in this folder (no new run)"
+    )
     args = parser.parse_args(argv)
+    if args.evaluate is not None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
+        return evaluate(args.evaluate, env, time.monotonic())
     data = args.keep or Path(tempfile.mkdtemp(prefix="skyloop-learning-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
     env.update(SETTINGS, HF_HUB_OFFLINE="1")
@@ -187,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     if run.returncode not in (0, 130):
         print(err[-3000:])
         return 1
+    return evaluate(data, env, started)
+
+
+def evaluate(data: Path, env: dict[str, str], started: float) -> int:
+    """Every registered detector on the held-out truth of the run kept in ``data``."""
     run_dir = Path((data / "latest").read_text().strip())
     events = _events(data, env)
     fraction = float(os.environ.get("SKYLOOP_HELD_OUT_FRACTION", "0.2"))
