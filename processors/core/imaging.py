@@ -80,7 +80,9 @@ def _decode_raster(data: bytes) -> NDArray[np.float32]:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             array = np.asarray(img, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, ImportError) as exc:
+        # ImportError: ultralytics (imported by the detector) patches Image.open to load a
+        # HEIF plugin for any file Pillow cannot identify, and that plugin is not installed
         raise BadImageError(f"undecodable image: {type(exc).__name__}: {exc}") from exc
     return array[:, :, None] if array.ndim == 2 else array
 
