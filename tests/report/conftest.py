@@ -390,12 +390,21 @@ def add_corrections(data: Dataset) -> Dataset:
 
 
 def load(client: Client, data: Dataset) -> None:
-    """Write every message twice, as an at-least-once redelivery would."""
+    """Write every message twice, as an at-least-once redelivery would.
+
+    Records come again at other Kafka offsets (a processor redid its work after a crash);
+    dead letters come again at the same offsets (the sink consumed the same message twice):
+    a dead letter without an origin offset is told apart by its Kafka position (migration
+    003), so one produced twice would be two failures.
+    """
     writer = ClickHouseWriter(client)
     for attempt in range(2):
         writer.insert_many(
             {
-                topic: [(record, 0, 1000 * attempt + i) for i, record in enumerate(records)]
+                topic: [
+                    (record, 0, (0 if topic == "images.dlq" else 1000 * attempt) + i)
+                    for i, record in enumerate(records)
+                ]
                 for topic, records in data.messages.items()
             }
         )
