@@ -156,6 +156,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from processors.detect.trainer import Trainer
 
         stop = StopSignal().install()
+        # Training is background work: at the lowest CPU priority (inherited by the training
+        # subprocess) it takes only cores the scoring path leaves idle.
+        os.nice(19)
         Trainer(settings, bootstrap, ProgressFile(progress_dir, "train")).run(stop.event)
         return 0
     if name == "stats":

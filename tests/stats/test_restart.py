@@ -206,10 +206,10 @@ def test_a_killed_worker_restores_its_tables_and_emits_nothing_twice(
     def described(events: list[dict[str, Any]]) -> list[str]:
         return [f"{e['type']} {e['params'].get('reason')} {e['event_id'][:8]}" for e in events]
 
-    assert ids == [e["event_id"] for e in clean_events], (
-        described(killed_events),
-        described(clean_events),
-    )
+    if ids != [e["event_id"] for e in clean_events]:
+        print("killed:", *described(killed_events), sep="\n  ")
+        print("clean:", *described(clean_events), sep="\n  ")
+    assert ids == [e["event_id"] for e in clean_events]
     kinds = [e["type"] for e in clean_events]
     assert kinds[0] == "calibration.updated" and "drift.detected" in kinds
     first = killed_events[0]  # built from the reference window the kill interrupted
