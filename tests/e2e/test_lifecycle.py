@@ -176,7 +176,8 @@ def test_a_broken_model_never_serves_and_a_degraded_canary_is_rolled_back(
     assert tried_broken > 0 and served_broken == 0  # scored in trial, never served
     assert canary_after == 0  # no canary record after the rollback was applied
     seconds = {name: (at - first_canary).total_seconds() for name, at in applied if at.year > 1970}
-    decided = (_time(rolled["at"]) - first_canary).total_seconds()  # event time: its last output
+    first = first_canary if first_canary.tzinfo else first_canary.replace(tzinfo=UTC)
+    decided = (_time(rolled["at"]) - first).total_seconds()  # event time: its last output
     print(f"rollback: {rolled['params']}; evidence {rolled['evidence']}")
     print(
         f"seconds from the first served canary output: to the output that decided the rollback "
