@@ -206,7 +206,11 @@ class Controller:
             emits += self._health(at, score["latency_ms"], error=False, control=control)
         if not self._add_to_ring(lane, score, served):
             return emits  # a re-scored image teaches nothing new
-        if lane.calibration_id is None:
+        if lane.calibration_id is None and lane.seq == 1:
+            # A lane with no history, yet the log has its calibration: its table was lost.
+            # A lane with history replays its own decisions instead (after a crash between an
+            # event and its head, the same decision comes again, with the same id, and is
+            # recognised); adopting would give it another epoch than the one it had.
             self._adopt(lane, control)
         if lane.calibration_id is None:
             if lane.seq - lane.epoch_start >= cfg.reference_size:
