@@ -24,6 +24,7 @@ from processors.core.config import Settings
 from processors.core.kafka import faust_credentials
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS
+from processors.stats.consumer import RewindingApp
 from processors.stats.service import ControlService
 from processors.stats.tables import FaustTable
 
@@ -38,7 +39,7 @@ BATCH_WAIT_S = 0.2
 def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> faust.App:
     """A Faust app wired to ``settings``; run it with ``faust.Worker(app)``."""
     partitions = TOPICS["scores"].partitions
-    app = faust.App(
+    app = RewindingApp(
         settings.group("stats"),
         broker=f"kafka://{bootstrap}",
         broker_credentials=faust_credentials(settings),
