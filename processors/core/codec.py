@@ -34,6 +34,7 @@ from processors.core.exceptions import (
 )
 
 __all__ = [
+    "HEADER_LEN",
     "MAGIC",
     "AvroCodec",
     "SchemaStore",
@@ -42,7 +43,8 @@ __all__ = [
 ]
 
 MAGIC = b"\xc3\x01"
-_HEADER_LEN = 10
+HEADER_LEN = 10
+"""Bytes before the Avro body of a single-object message: ``C3 01`` and the fingerprint."""
 
 
 def default_schemas_dir() -> Path:
@@ -155,12 +157,12 @@ class AvroCodec:
         return self._writer(data).name
 
     def _writer(self, data: bytes) -> _Schema:
-        if len(data) < _HEADER_LEN or data[:2] != MAGIC:
+        if len(data) < HEADER_LEN or data[:2] != MAGIC:
             raise CorruptMessageError("not an Avro single-object message (missing C3 01 header)")
-        writer = self.store.by_fingerprint.get(bytes(data[2:_HEADER_LEN]))
+        writer = self.store.by_fingerprint.get(bytes(data[2:HEADER_LEN]))
         if writer is None:
             raise UnknownSchemaError(
-                f"unknown writer schema fingerprint {bytes(data[2:_HEADER_LEN]).hex()}"
+                f"unknown writer schema fingerprint {bytes(data[2:HEADER_LEN]).hex()}"
             )
         return writer
 
@@ -168,16 +170,16 @@ class AvroCodec:
         """Decode ``data`` into the current ``schema_name``; raises CodecError subclasses only."""
         writer = self._writer(data)
         reader = self.store.get(schema_name)
-        body = io.BytesIO(data[_HEADER_LEN:])
+        body = io.BytesIO(data[HEADER_LEN:])
         try:
             record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
         except Exception as exc:  # truncated or garbled bodies raise many different types
             raise CorruptMessageError(
                 f"bytes do not match writer schema {writer.name}: {type(exc).__name__}: {exc}"
             ) from exc
-        if body.tell() != len(data) - _HEADER_LEN:
+        if body.tell() != len(data) - HEADER_LEN:
             raise CorruptMessageError(
-                f"{len(data) - _HEADER_LEN - body.tell()} trailing bytes after a {writer.name}"
+                f"{len(data) - HEADER_LEN - body.tell()} trailing bytes after a {writer.name}"
             )
         if not isinstance(record, dict):
             raise CorruptMessageError(f"{writer.name} did not decode to a record")

@@ -37,6 +37,7 @@ from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.report.daily import generate_report
 from processors.report.schedule import ReportSchedule, interim_report_for, report_stem
+from processors.sink.landing import LANDING_TABLE, ScoreLanding
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
 from processors.sink.rows import (
@@ -47,7 +48,7 @@ from processors.sink.rows import (
     build_row,
     table_for_topic,
 )
-from processors.sink.writer import ClickHouseWriter
+from processors.sink.writer import ClickHouseWriter, SinkError
 
 __all__ = ["SinkProcessor"]
 
@@ -83,6 +84,7 @@ class SinkProcessor:
         self.client = connect(ctx.settings.resolved_clickhouse_dsn, **client_options(ctx.settings))
         apply_migrations(self.client)
         self.writer = ClickHouseWriter(self.client)
+        self.landing = ScoreLanding(ctx.codec)
         self.reports_dir = ctx.settings.data_dir / "report"
         self.schedule = ReportSchedule(ctx.settings.report_interval_s, datetime.now(UTC))
         if self.serve_queries:
@@ -100,12 +102,10 @@ class SinkProcessor:
         seen = self._seen
         if topic == "images.raw":
             seen["images"].add(record["image_id"])
-        elif topic == "scores" and (
-            record["role"] == "production" or (record["role"] == "canary" and record["calibrated"])
-        ):  # the image's served decision
-            seen["scores"].add(record["image_id"])
-            if record["is_candidate"]:
-                seen["candidate_scores"].add(record["image_id"])
+        elif topic == "scores":
+            self._count_score(
+                record["image_id"], record["role"], record["is_candidate"], record["calibrated"]
+            )
         elif topic == "candidates":
             seen["candidates"].add(record["image_id"])
         elif topic == "control.events":
@@ -118,6 +118,12 @@ class SinkProcessor:
                 else ("dlq_images" if origin == "images.raw" else "dlq_other")
             )
             seen[key].add(f"{origin}/{record['partition']}/{record['offset']}/{record['key']!r}")
+
+    def _count_score(self, image_id: str, role: str, is_candidate: bool, calibrated: bool) -> None:
+        if role == "production" or (role == "canary" and calibrated):  # the served decision
+            self._seen["scores"].add(image_id)
+            if is_candidate:
+                self._seen["candidate_scores"].add(image_id)
 
     def _unreadable_dead_letter(self, msg: InMessage, exc: Exception) -> DeadLetter:
         self.ctx.progress.add("unreadable_dead_letters")
@@ -169,16 +175,73 @@ class SinkProcessor:
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
         """Store the batch: every row inserted, then the reports it calls for, under the lock.
 
-        Order: decode and build every row (a message that does not fit becomes an output dead
-        letter) → insert all rows, one INSERT per table → write the interim and periodic
-        reports, which therefore read every row of this batch → update the progress counts →
-        return the dead letters; the runner produces them and only then commits the offsets.
-        The SQL endpoint shares the client, so inserts and reports hold ``self.lock``.
+        Order: scores of the current schema go to ClickHouse as Avro (:mod:`.landing`); if
+        ClickHouse refuses them, the whole batch takes the record path instead → the record
+        path decodes and builds every other row (a message that does not fit becomes an output
+        dead letter) → all rows inserted, one INSERT per table → the interim and periodic
+        reports, which therefore read every row of this batch → the progress counts → the dead
+        letters returned; the runner produces them and only then commits the offsets. The SQL
+        endpoint shares the client, so inserts and reports hold ``self.lock``.
         """
+        landed, by_record = self._split(batch)
+        if landed and not self._land(landed):
+            landed, by_record = [], list(batch)
+        outputs, built, stored = self._rows(by_record)
+        with self.lock:
+            self.writer.insert_rows(built)
+            self._write_reports(stored)
+        for _, (image_id, role, is_candidate, calibrated) in landed:
+            self._count_score(image_id, role, is_candidate, calibrated)
+        for topic, record in stored:
+            self._count(topic, record)
+        for key, ids in self._seen.items():
+            self.ctx.progress.set(key, ids.count)
+        return outputs
+
+    def _split(
+        self, batch: Sequence[InMessage]
+    ) -> tuple[list[tuple[InMessage, tuple[str, str, bool, bool]]], list[InMessage]]:
+        """Scores the landing path takes (with their peeked fields), and the other messages."""
+        landed: list[tuple[InMessage, tuple[str, str, bool, bool]]] = []
+        by_record: list[InMessage] = []
+        for msg in batch:
+            if msg.topic == "scores" and self.landing.accepts(msg.value):
+                try:
+                    landed.append((msg, self.landing.peek(msg.value)))
+                    continue
+                except (IndexError, ValueError):  # garbled: the record path says why
+                    pass
+            by_record.append(msg)
+        return landed, by_record
+
+    def _land(self, landed: Sequence[tuple[InMessage, Any]]) -> bool:
+        """Insert the landed scores; False (logged, counted) when ClickHouse refused them."""
+        container = self.landing.block(
+            "scores", [(msg.partition, msg.offset, msg.value) for msg, _ in landed]
+        )
+        try:
+            with self.lock:
+                self.writer.insert_avro(LANDING_TABLE, container)
+        except SinkError as exc:
+            log.warning(
+                "sink: %d scores refused as Avro, storing them as rows: %s", len(landed), exc
+            )
+            self.ctx.progress.add("landing_fallbacks")
+            return False
+        return True
+
+    def _rows(
+        self, messages: Sequence[InMessage]
+    ) -> tuple[
+        list[OutMessage],
+        dict[str, tuple[TableSpec, list[Row]]],
+        list[tuple[str, Mapping[str, Any]]],
+    ]:
+        """Decode and build the rows of ``messages``: (dead letters, rows per table, records)."""
         outputs: list[OutMessage] = []
         built: dict[str, tuple[TableSpec, list[Row]]] = {}
         stored: list[tuple[str, Mapping[str, Any]]] = []
-        for msg in batch:
+        for msg in messages:
             spec = table_for_topic(msg.topic)
             at = KafkaCoordinates(msg.topic, msg.partition, msg.offset)
             try:
@@ -195,11 +258,4 @@ class SinkProcessor:
                 row = build_row(spec, record, at)
             built.setdefault(spec.table, (spec, []))[1].append(row)
             stored.append((msg.topic, record))
-        with self.lock:
-            self.writer.insert_rows(built)
-            self._write_reports(stored)
-        for topic, record in stored:
-            self._count(topic, record)
-        for key, ids in self._seen.items():
-            self.ctx.progress.set(key, ids.count)
-        return outputs
+        return outputs, built, stored
