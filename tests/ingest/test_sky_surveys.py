@@ -1,14 +1,17 @@
 """The synthetic sky as several surveys see it (``synthetic?kind=survey``): shapes, truth boxes
 that point at what makes each anomaly, drifts whose truth says when they start, and the older
-kinds left bit-identical."""
+kinds left unchanged."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from processors.core.exceptions import ConfigError
 from processors.core.imaging import decode_pixels
@@ -16,27 +19,37 @@ from processors.ingest.sky_surveys import ANOMALY_CLASSES, SURVEYS
 from processors.ingest.sources import source_from_spec
 from processors.ingest.synthetic import SyntheticSky
 
-# sha256 over the first 20 images (pixels and truth) of each older spec, as they were before
-# kind=survey existed: those streams must not change (benchmarks and tests depend on them).
-OLDER = {
-    "synthetic": "5822ddfec494a7c7454e9824d156cd6235ba5bd8b7608fca9e888d5cd6e9d3b7",
-    "synthetic?kind=difference&drifts=10:noisy,15:crowded&cycle=18": (
-        "8365680a5a48ca1ba2febd6a327a8d61c501d124eb59c9eb7f52ab268e17c24c"
-    ),
-    "synthetic?seed=3&drift_after=5&anomaly_rate=0.5&size=32": (
-        "e2946b1b942362c69aff35ec174d934a0d5fb4fea9516f7de7671d522d0777d4"
-    ),
-}
+# The first 20 images of each older spec, as they were before kind=survey existed: those streams
+# must not change (benchmarks and tests depend on them). Truth and provenance are compared
+# exactly (a sha256); positions and pixel statistics to 1e-6 relative, because numpy's AVX-512
+# kernels round transcendental functions differently from its AVX2 ones in the last bit (an
+# exact pixel digest made on one CPU fails on another; measured: 2e-16 relative apart), while
+# any real change to a stream (another draw order, another model) moves them by far more.
+OLDER_SPECS = Path(__file__).with_name("older_specs.json")
 
 
-def _digest(spec: str, n: int = 20) -> str:
-    h = hashlib.sha256()
+def _fingerprint(spec: str, n: int = 20) -> tuple[str, NDArray[np.float64]]:
+    exact = hashlib.sha256()
+    numbers = []
     for _, image in zip(range(n), source_from_spec(spec), strict=False):
-        h.update(image.pixels)
         # truth boxes were added later; everything that existed before must stay the same
         truth = {k: v for k, v in (image.truth or {}).items() if k != "boxes"} or image.truth
-        h.update(repr((truth, image.provenance, image.ra, image.dec)).encode())
-    return h.hexdigest()
+        exact.update(repr((truth, image.provenance)).encode())
+        data = decode_pixels(image.pixels, image.format).astype(np.float64)
+        h, w = data.shape[:2]
+        numbers.append(
+            [
+                image.ra,
+                image.dec,
+                data.mean(),
+                data.std(),
+                data.min(),
+                data.max(),
+                data[h // 3, w // 3].sum(),
+                data[h // 2, w // 2].sum(),
+            ]
+        )
+    return exact.hexdigest(), np.array(numbers, dtype=np.float64)
 
 
 def _sky(**kw: object) -> SyntheticSky:
@@ -124,6 +137,9 @@ def test_same_seed_same_stream() -> None:
     assert [a.image(n).pixels for n in range(5)] == [b.image(n).pixels for n in range(5)]
 
 
-@pytest.mark.parametrize("spec", sorted(OLDER))
-def test_older_specs_are_bit_identical(spec: str) -> None:
-    assert _digest(spec) == OLDER[spec]
+@pytest.mark.parametrize("spec", sorted(json.loads(OLDER_SPECS.read_text())))
+def test_older_specs_are_unchanged(spec: str) -> None:
+    expected = json.loads(OLDER_SPECS.read_text())[spec]
+    exact, numbers = _fingerprint(spec)
+    assert exact == expected["exact"]
+    np.testing.assert_allclose(numbers, np.array(expected["numbers"]), rtol=1e-6, atol=1e-9)
