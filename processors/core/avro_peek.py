@@ -158,25 +158,37 @@ class _Generator:
             self.read(kind, depth, target)
 
 
-def compile_peek(schema: dict[str, Any], fields: tuple[str, ...]) -> Peek:
-    """A function reading ``fields`` (top-level fields of the record ``schema``) from a body.
+def compile_peek(
+    schema: dict[str, Any], fields: tuple[str, ...], spans: tuple[str, ...] = ()
+) -> Peek:
+    """A function reading ``fields`` (top-level fields of the record ``schema``) from a body,
+    followed by the ``(start, end)`` positions of each field in ``spans`` (any type).
 
     ``schema`` is the writer schema, with its named types defined before use (as a fully
     inlined schema has them). Fields may be primitives, enums (their symbol), fixed or unions of
     those; logical types come back as their underlying value (a timestamp as its long).
     Raises ValueError for a field the schema lacks or cannot be read this way.
+
+    >>> schema = {"type": "record", "name": "R", "fields": [
+    ...     {"name": "id", "type": "string"}, {"name": "blob", "type": ["null", "bytes"]}]}
+    >>> compile_peek(schema, ("id",), spans=("blob",))(b"\x04ab\x02\x06xyz", 0)
+    ('ab', (3, 8))
     """
     names = [field["name"] for field in schema["fields"]]
-    missing = [name for name in fields if name not in names]
+    missing = [name for name in (*fields, *spans) if name not in names]
     if missing or not fields:
         raise ValueError(f"fields {missing or fields} not in {schema.get('name')}: {names}")
     gen = _Generator()
     gen.register(schema)
     gen.emit(1, "p = start")
-    last = max(names.index(name) for name in fields)
+    last = max(names.index(name) for name in (*fields, *spans))
     for index, field in enumerate(schema["fields"][: last + 1]):
+        if field["name"] in spans:
+            gen.emit(1, f"s{index} = p")
         gen.read(field["type"], 1, f"v{index}" if field["name"] in fields else None)
-    wanted = ", ".join(f"v{names.index(name)}" for name in fields)
+        if field["name"] in spans:
+            gen.emit(1, f"v{index} = (s{index}, p)")
+    wanted = ", ".join(f"v{names.index(name)}" for name in (*fields, *spans))
     gen.emit(1, f"return ({wanted},)")
     source = "def peek(buf, start):\n" + "\n".join(gen.lines)
     namespace: dict[str, Any] = {

@@ -26,7 +26,14 @@ from clickhouse_connect.driver.exceptions import ProgrammingError
 from processors.core.config import Settings
 from processors.core.exceptions import ConfigError, StackError
 
-__all__ = ["ACCEPTED_DSN_FORMS", "Client", "client_options", "connect", "redact_dsn"]
+__all__ = [
+    "ACCEPTED_DSN_FORMS",
+    "Client",
+    "client_options",
+    "connect",
+    "is_embedded",
+    "redact_dsn",
+]
 
 ACCEPTED_DSN_FORMS = "chdb:///absolute/path, http://user:password@host:8123/database or https://..."
 
@@ -72,6 +79,13 @@ def client_options(settings: Settings) -> dict[str, Any]:
     if not settings.clickhouse_verify:
         options["verify"] = False
     return options
+
+
+def is_embedded(client: Client) -> bool:
+    """Whether ``client`` runs the engine in this process (chdb) rather than talking to a server."""
+    from clickhouse_connect.driver._chdbclient import ChdbClient
+
+    return isinstance(client, ChdbClient)
 
 
 def connect(dsn: str, *, database: str | None = None, **options: Any) -> Client:

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     sink_batch_max_wait_ms: int = Field(
         1000, ge=0, le=60_000, description="the sink inserts what it has after this long"
     )
+    sink_avro_landing: bool = Field(
+        True,
+        description=(
+            "scores of the current schema go to ClickHouse as Avro, parsed by ClickHouse "
+            "(processors.sink.landing); false stores every record as a row built in Python"
+        ),
+    )
     store_retry_max_s: float = Field(
         30.0,
         gt=0,

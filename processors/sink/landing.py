@@ -11,7 +11,12 @@ stored a few thousand scores per second. Here the Avro bodies go to ClickHouse u
 3. :meth:`ScoreLanding.block` wraps the bodies in one Avro object container file whose writer
    schema is a ``ScoreLanding`` record: the Kafka coordinates, then every field of the score.
    A body is a valid encoding of that record once the coordinates are prepended, because an
-   Avro record is the concatenation of its fields' encodings; nothing is re-encoded.
+   Avro record is the concatenation of its fields' encodings; nothing is re-encoded. The
+   partition and offset travel as one 12-byte ``fixed`` (little-endian int32 and int64, which
+   the view reads back with ``reinterpretAs``): one ``struct`` call per message, where Avro's
+   varints cost a Python loop each. The embedding (2.5 KB of a 2.8 KB score, which ClickHouse
+   does not store) is cut out and replaced by its union's null branch, one byte: its position
+   comes from the peek, so ClickHouse reads a tenth of the bytes.
 4. The sink inserts the file into ``scores_landing`` (``FORMAT Avro``), a table of engine Null
    whose materialized view (migration 007) builds the ``scores`` rows exactly as
    :func:`processors.sink.rows.score_row` does; the views on ``scores`` (hourly aggregates)
@@ -26,17 +31,20 @@ path would have refused.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from processors.core.avro_peek import compile_peek
 from processors.core.codec import HEADER_LEN, MAGIC, AvroCodec
 
-__all__ = ["LANDING_TABLE", "ScoreLanding", "zigzag"]
+__all__ = ["LANDING_TABLE", "Peeked", "ScoreLanding", "zigzag"]
 
 LANDING_TABLE = "scores_landing"
 PEEKED = ("image_id", "role", "is_candidate", "calibrated")
+NULL_BRANCH = b"\x00"  # union branch 0, "null": nothing follows
 _SYNC = bytes.fromhex("736b796c6f6f702d6c616e64696e6721")  # any 16 bytes will do
+_COORDINATES = struct.Struct("<iq")  # partition, offset
 
 
 def zigzag(value: int) -> bytes:
@@ -58,6 +66,17 @@ def _avro_bytes(data: bytes) -> bytes:
     return zigzag(len(data)) + data
 
 
+class Peeked(NamedTuple):
+    """What the sink reads of a score without decoding it."""
+
+    image_id: str
+    role: str
+    is_candidate: bool
+    calibrated: bool
+    embedding: tuple[int, int]
+    """Where the embedding's encoding lies in the message: ``(start, end)`` offsets."""
+
+
 class ScoreLanding:
     """Builds ``scores_landing`` inserts from score messages; see the module docstring.
 
@@ -67,15 +86,20 @@ class ScoreLanding:
     def __init__(self, codec: AvroCodec) -> None:
         writer = codec.store.get("skyloop.ScoreRecord")
         self.fingerprint = MAGIC + writer.fingerprint
-        self.peek_body = compile_peek(writer.raw, PEEKED)
+        embedding = next(f for f in writer.raw["fields"] if f["name"] == "embedding")
+        if not (isinstance(embedding["type"], list) and embedding["type"][0] == "null"):
+            raise ValueError("the landing path blanks ScoreRecord.embedding: a union, null first")
+        self.peek_body = compile_peek(writer.raw, PEEKED, spans=("embedding",))
         wrapper: dict[str, Any] = {
             "type": "record",
             "name": "ScoreLanding",
             "namespace": "skyloop.sink",
             "fields": [
                 {"name": "kafka_topic", "type": "string"},
-                {"name": "kafka_partition", "type": "int"},
-                {"name": "kafka_offset", "type": "long"},
+                {
+                    "name": "kafka_coordinates",
+                    "type": {"type": "fixed", "name": "KafkaCoordinates", "size": 12},
+                },
                 *writer.raw["fields"],
             ],
         }
@@ -92,26 +116,34 @@ class ScoreLanding:
         """Whether ``value`` is a single-object message of the current ScoreRecord schema."""
         return value[:HEADER_LEN] == self.fingerprint
 
-    def peek(self, value: bytes) -> tuple[str, str, bool, bool]:
-        """``(image_id, role, is_candidate, calibrated)`` of an accepted message.
+    def peek(self, value: bytes) -> Peeked:
+        """The counted fields of an accepted message and where its embedding lies.
 
         May raise (IndexError, ValueError, UnicodeDecodeError) on a garbled body.
         """
-        image_id, role, is_candidate, calibrated = self.peek_body(value, HEADER_LEN)
-        return image_id, role, is_candidate, calibrated
+        peeked = Peeked(*self.peek_body(value, HEADER_LEN))
+        if peeked.embedding[1] > len(value):
+            raise ValueError("the embedding runs past the end of the message")
+        return peeked
 
-    def block(self, topic: str, messages: Sequence[tuple[int, int, bytes]]) -> bytes:
-        """One Avro container file of ``(partition, offset, value)`` accepted messages, in
-        order, each stamped with ``topic`` and its coordinates."""
+    def block(
+        self, topic: str, messages: Sequence[tuple[int, int, bytes, tuple[int, int]]]
+    ) -> list[bytes | memoryview]:
+        """One Avro container file of ``(partition, offset, value, embedding span)`` accepted
+        messages, in order, each stamped with ``topic`` and its coordinates and its embedding
+        blanked, as the pieces to write one after the other (views of the messages: joining them
+        costs a copy that writing them to their destination makes anyway)."""
         topic_bytes = _avro_bytes(topic.encode())
-        prefixes: dict[int, bytes] = {}
-        pieces: list[bytes | memoryview] = []
-        for partition, offset, value in messages:
-            prefix = prefixes.get(partition)
-            if prefix is None:
-                prefix = prefixes[partition] = topic_bytes + zigzag(partition)
-            pieces.append(prefix)
-            pieces.append(zigzag(offset))
-            pieces.append(memoryview(value)[HEADER_LEN:])
-        data = b"".join(pieces)
-        return b"".join((self._header, zigzag(len(messages)), zigzag(len(data)), data, _SYNC))
+        prefix_size = len(topic_bytes) + _COORDINATES.size + len(NULL_BRANCH) - HEADER_LEN
+        size = sum(len(value) - (end - start) for _, _, value, (start, end) in messages)
+        size += prefix_size * len(messages)
+        pieces: list[bytes | memoryview] = [self._header, zigzag(len(messages)), zigzag(size)]
+        append, coordinates = pieces.append, _COORDINATES.pack
+        for partition, offset, value, (start, end) in messages:
+            view = memoryview(value)
+            append(topic_bytes + coordinates(partition, offset))
+            append(view[HEADER_LEN:start])
+            append(NULL_BRANCH)
+            append(view[end:])
+        append(_SYNC)
+        return pieces

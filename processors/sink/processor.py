@@ -37,7 +37,7 @@ from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.report.daily import generate_report
 from processors.report.schedule import ReportSchedule, interim_report_for, report_stem
-from processors.sink.landing import LANDING_TABLE, ScoreLanding
+from processors.sink.landing import LANDING_TABLE, Peeked, ScoreLanding
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
 from processors.sink.rows import (
@@ -84,7 +84,7 @@ class SinkProcessor:
         self.client = connect(ctx.settings.resolved_clickhouse_dsn, **client_options(ctx.settings))
         apply_migrations(self.client)
         self.writer = ClickHouseWriter(self.client)
-        self.landing = ScoreLanding(ctx.codec)
+        self.landing = ScoreLanding(ctx.codec) if ctx.settings.sink_avro_landing else None
         self.reports_dir = ctx.settings.data_dir / "report"
         self.schedule = ReportSchedule(ctx.settings.report_interval_s, datetime.now(UTC))
         if self.serve_queries:
@@ -190,8 +190,8 @@ class SinkProcessor:
         with self.lock:
             self.writer.insert_rows(built)
             self._write_reports(stored)
-        for _, (image_id, role, is_candidate, calibrated) in landed:
-            self._count_score(image_id, role, is_candidate, calibrated)
+        for _, peeked in landed:
+            self._count_score(peeked.image_id, peeked.role, peeked.is_candidate, peeked.calibrated)
         for topic, record in stored:
             self._count(topic, record)
         for key, ids in self._seen.items():
@@ -200,10 +200,12 @@ class SinkProcessor:
 
     def _split(
         self, batch: Sequence[InMessage]
-    ) -> tuple[list[tuple[InMessage, tuple[str, str, bool, bool]]], list[InMessage]]:
+    ) -> tuple[list[tuple[InMessage, Peeked]], list[InMessage]]:
         """Scores the landing path takes (with their peeked fields), and the other messages."""
-        landed: list[tuple[InMessage, tuple[str, str, bool, bool]]] = []
+        landed: list[tuple[InMessage, Peeked]] = []
         by_record: list[InMessage] = []
+        if self.landing is None:
+            return landed, list(batch)
         for msg in batch:
             if msg.topic == "scores" and self.landing.accepts(msg.value):
                 try:
@@ -214,10 +216,11 @@ class SinkProcessor:
             by_record.append(msg)
         return landed, by_record
 
-    def _land(self, landed: Sequence[tuple[InMessage, Any]]) -> bool:
+    def _land(self, landed: Sequence[tuple[InMessage, Peeked]]) -> bool:
         """Insert the landed scores; False (logged, counted) when ClickHouse refused them."""
+        assert self.landing is not None  # _split lands nothing without it
         container = self.landing.block(
-            "scores", [(msg.partition, msg.offset, msg.value) for msg, _ in landed]
+            "scores", [(msg.partition, msg.offset, msg.value, p.embedding) for msg, p in landed]
         )
         try:
             with self.lock:

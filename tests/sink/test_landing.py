@@ -53,10 +53,12 @@ def _variants(n: int, seed: int = 5) -> list[dict[str, Any]]:
     return records
 
 
-def _messages(records: list[dict[str, Any]]) -> list[tuple[int, int, bytes]]:
+def _messages(records: list[dict[str, Any]]) -> list[tuple[int, int, bytes, tuple[int, int]]]:
+    """``(partition, offset, value, embedding span)``, as the sink hands them to the landing."""
+    landing = ScoreLanding(CODEC)
+    values = [CODEC.encode(record, "skyloop.ScoreRecord") for record in records]
     return [
-        (i % 4, 1000 + i, CODEC.encode(record, "skyloop.ScoreRecord"))
-        for i, record in enumerate(records)
+        (i % 4, 1000 + i, value, landing.peek(value).embedding) for i, value in enumerate(values)
     ]
 
 
@@ -85,7 +87,7 @@ def test_landed_rows_equal_the_record_paths_rows(two_databases: tuple[Client, Cl
     ClickHouseWriter(landed).insert_avro(LANDING_TABLE, landing.block("scores", messages))
     rows = [
         score_row(CODEC.decode(value, "skyloop.ScoreRecord"), KafkaCoordinates("scores", p, o))
-        for p, o, value in messages
+        for p, o, value, _ in messages
     ]
     ClickHouseWriter(recorded).insert_rows({"scores": (table_for_topic("scores"), rows)})
     assert len(_table(landed)) == 300
@@ -97,11 +99,14 @@ def test_landed_rows_equal_the_record_paths_rows(two_databases: tuple[Client, Cl
 
 def test_peek_reads_what_a_full_decode_reads() -> None:
     landing = ScoreLanding(CODEC)
-    for _, _, value in _messages(_variants(200, seed=9)):
+    for _, _, value, (start, end) in _messages(_variants(200, seed=9)):
         assert landing.accepts(value)
         record = CODEC.decode(value, "skyloop.ScoreRecord")
         expected = (record["image_id"], record["role"], record["is_candidate"])
-        assert landing.peek(value) == (*expected, record["calibrated"])
+        assert landing.peek(value)[:4] == (*expected, record["calibrated"])
+        # the span covers the embedding's encoding: blanking it to the null branch decodes
+        blanked = value[:start] + b"\x00" + value[end:]
+        assert CODEC.decode(blanked, "skyloop.ScoreRecord") == {**record, "embedding": None}
 
 
 def test_peek_reads_enums_unions_and_logical_types_past_arrays_and_maps() -> None:
@@ -119,8 +124,8 @@ def test_peek_reads_enums_unions_and_logical_types_past_arrays_and_maps() -> Non
 
 def test_a_garbled_body_makes_clickhouse_refuse_the_whole_block(client: Client) -> None:
     messages = _messages(_variants(20))
-    partition, offset, value = messages[7]
-    messages[7] = (partition, offset, value[:-40])  # truncated inside the embedding
+    partition, offset, value, span = messages[7]
+    messages[7] = (partition, offset, value[:-3], span)  # its last fields cut
     with pytest.raises(SinkError):
         ClickHouseWriter(client).insert_avro(
             LANDING_TABLE, ScoreLanding(CODEC).block("scores", messages)
@@ -128,7 +133,7 @@ def test_a_garbled_body_makes_clickhouse_refuse_the_whole_block(client: Client) 
     assert client.command("SELECT count() FROM scores") == 0
 
 
-def test_the_sink_lands_scores_and_dead_letters_a_garbled_one(
+def test_the_sink_lands_scores_and_dead_letters_garbled_ones(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     ensure_topics(settings, kafka_bootstrap)
@@ -136,11 +141,13 @@ def test_the_sink_lands_scores_and_dead_letters_a_garbled_one(
     records = _variants(120, seed=3)
     for record in records:
         record["role"] = "production"
-    records[60]["embedding"] = bytes(2560)
+        record["embedding"] = bytes(2560)
     values = [CODEC.encode(r, "skyloop.ScoreRecord") for r in records]
-    # cut inside its embedding: the header still names the current schema and the peeked fields
-    # read fine, so only ClickHouse's parse of the whole block can tell
-    values[60] = values[60][:-100]
+    # Both headers still name the current schema. Cut inside its embedding: the peek sees the
+    # embedding run past the end. Its last fields cut: only ClickHouse's parse of the whole
+    # block can tell (its last byte is gone), and the sink stores that batch by the record path.
+    bad = {30: values[30][:-100], 90: values[90][:-1]}
+    values = [bad.get(n, value) for n, value in enumerate(values)]
     for n, (record, value) in enumerate(zip(records, values, strict=True)):
         producer.produce(
             settings.topic("scores"),
@@ -151,19 +158,21 @@ def test_the_sink_lands_scores_and_dead_letters_a_garbled_one(
     assert producer.flush(10) == 0
     progress = tmp_path / "progress"
     with running_sink(settings, kafka_bootstrap, progress):
-        wait_for(lambda: read_progress(progress, "sink").get("consumed", 0) >= 121)
+        wait_for(lambda: read_progress(progress, "sink").get("consumed", 0) >= 122)
     counts = read_progress(progress, "sink")
-    assert counts["landing_fallbacks"] >= 1  # the batch with the garbled score went by records
-    assert counts["scores"] == 119  # distinct served scores, counted from peeked fields
+    assert counts["landing_fallbacks"] >= 1  # the batch with score 90 went by records
+    assert counts["scores"] == 118  # distinct served scores, counted from peeked fields
     assert counts["candidate_scores"] == sum(
-        r["is_candidate"] for n, r in enumerate(records) if n != 60
+        r["is_candidate"] for n, r in enumerate(records) if n not in bad
     )
     client = connect(settings.resolved_clickhouse_dsn)
     try:
-        assert client.command("SELECT count() FROM scores FINAL") == 119
+        assert client.command("SELECT count() FROM scores FINAL") == 118
         letters = client.query(
-            "SELECT original_topic, error_class FROM dead_letters FINAL"
+            "SELECT original_topic, original_offset, error_class FROM dead_letters FINAL"
         ).result_rows
     finally:
         client.close()
-    assert letters == [("scores", "CorruptMessageError")]
+    partitions = TOPICS["scores"].partitions
+    expected = {("scores", n // partitions, "CorruptMessageError") for n in bad}
+    assert set(letters) == expected
