@@ -125,6 +125,10 @@ def make_consumer(settings: Settings, bootstrap: str, group_id: str, **overrides
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
         "max.poll.interval.ms": 600_000,
         "fetch.message.max.bytes": 2_000_000,
+        # librdkafka stops fetching a partition whose prefetch queue is full and, by default,
+        # waits a whole second before it looks again: a processor busy with one large batch
+        # then finds nothing queued for the next (measured: the sink stalled 0.6-1 s per batch)
+        "fetch.queue.backoff.ms": 20,
     }
     conf.update(overrides)
     return Consumer(conf)

@@ -32,6 +32,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,8 +354,8 @@ class Runner:
     ) -> None:
         name, settings = self.processor.name, self.settings
         started = time.perf_counter()
-        for m in batch:
-            MESSAGES_IN.labels(name, m.topic).inc()
+        for topic, count in Counter(m.topic for m in batch).items():
+            MESSAGES_IN.labels(name, topic).inc(count)
         try:
             outputs = self._process(batch, state, consumer)
         except Exception:
