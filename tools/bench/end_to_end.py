@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from processors.core.config import load_settings
 from processors.local import run_local
 from processors.score.backbone import Backbone, BackboneSpec
 from tools.bench.backbone import measure_backbone_throughput
+from tools.bench.procstat import CpuSampler
 
 __all__ = ["main"]
 
@@ -43,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     raw = measure_backbone_throughput(backbone, args.batch, args.iters)
     del backbone  # free the cores' caches and memory for the pipeline's own scorer
 
-    with tempfile.TemporaryDirectory() as tmp:
+    own_before = sum(os.times()[:2])
+    with tempfile.TemporaryDirectory() as tmp, CpuSampler() as cpu:
         settings = load_settings(data_dir=Path(tmp), batch_size=args.batch)
         result = run_local(settings, ["synthetic", "hubble"], args.images, out=io.StringIO())
+    used = {**cpu.by_name(), "supervisor": sum(os.times()[:2]) - own_before}
     images = result.counts.get("images", 0)
     e2e = images / result.ingest_seconds
     print(f"raw backbone            {raw:8.1f} img/s  (batch {args.batch})")
@@ -54,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.ingest_seconds:.1f}s; whole run incl. start-up {result.seconds:.1f}s)"
     )
     print(f"ratio e2e / raw         {e2e / raw:8.2f}")
+    # Where the cores went over the whole run (start-up included), busiest first.
+    ours = sum(used.values())
+    print(
+        f"CPU seconds per process over the whole run ({result.seconds:.1f} s wall, 2 cores = "
+        f"{2 * result.seconds:.0f} CPU s; other work on the machine "
+        f"{max(cpu.machine_busy_s - ours, 0.0):.1f} CPU s):"
+    )
+    for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<12} {seconds:7.1f}  {seconds / result.seconds:5.2f} cores")
     return 0
 
 

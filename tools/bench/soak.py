@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,53 +38,9 @@ import numpy as np
 
 from processors.core.clickhouse import connect
 from processors.core.progress import read_progress
+from tools.bench.procstat import children, cpu_seconds, machine_busy_seconds, rss_mb
 
 __all__ = ["main"]
-
-
-def _children(pid: int) -> dict[int, str]:
-    """Direct children of ``pid``: {pid: short name}."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid != pid:
-                continue
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-            words = [c.decode(errors="replace") for c in cmd if c]
-            name = words[words.index("worker") + 1] if "worker" in words else Path(words[0]).name
-            out[int(entry.name)] = name
-        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-            continue
-    return out
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return None
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else None
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent not idle (all cores)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _trend_pct(values: list[float]) -> float:
@@ -141,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run_dir = Path(latest.read_text().strip())
             sink = read_progress(run_dir / "progress", "sink")
-            children = _children(proc.pid)
-            rss = {name: _rss_mb(pid) for pid, name in children.items()}
-            cpu.append((sum(_cpu_s(p) for p in [proc.pid, *children]), _machine_busy_s()))
-            rss["supervisor"] = _rss_mb(proc.pid)
+            kids = children(proc.pid)
+            rss = {name: rss_mb(pid) for pid, name in kids.items()}
+            cpu.append((sum(cpu_seconds(p) for p in [proc.pid, *kids]), machine_busy_seconds()))
+            rss["supervisor"] = rss_mb(proc.pid)
             clean = {k: v for k, v in rss.items() if v is not None}
             samples.append((time.monotonic() - started, clean, int(sink.get("scores", 0))))
             print(
