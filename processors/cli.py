@@ -201,6 +201,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if name == "sink":  # ClickHouse wants few large inserts
         limits = {
             "batch_size": settings.sink_batch_size,
+            "max_batch_bytes": settings.sink_batch_max_bytes,
             "max_wait_s": settings.sink_batch_max_wait_ms / 1000,
         }
     Runner(

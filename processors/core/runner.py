@@ -176,6 +176,7 @@ class Runner:
         progress_dir: Path | None = None,
         batch_size: int | None = None,
         max_wait_s: float | None = None,
+        max_batch_bytes: int | None = None,
     ) -> None:
         self.processor = processor
         self.settings = settings
@@ -185,6 +186,7 @@ class Runner:
         self.max_wait_s = (
             max_wait_s if max_wait_s is not None else settings.batch_max_wait_ms / 1000
         )
+        self.max_batch_bytes = max_batch_bytes
         self.ctx = RunContext(
             settings,
             bootstrap,
@@ -218,7 +220,7 @@ class Runner:
             while not self.stop.is_set():
                 if pausable and self._hold(consumer, follower.state):
                     continue
-                raw = consumer.consume(self.batch_size, self.max_wait_s)
+                raw = self._consume(consumer)
                 batch: list[InMessage] = []
                 for m in raw:
                     err = m.error()
@@ -248,6 +250,26 @@ class Runner:
                 producer.flush(10)
                 consumer.close()
                 follower.close()
+
+    def _consume(self, consumer: Any) -> list[Any]:
+        """Up to ``batch_size`` messages, waiting at most ``max_wait_s`` for them to come, and,
+        with ``max_batch_bytes``, no more (give or take one chunk) than that many value bytes:
+        a batch of large records (images) then holds a bounded amount of memory."""
+        if self.max_batch_bytes is None:
+            return list(consumer.consume(self.batch_size, self.max_wait_s))
+        deadline = time.monotonic() + self.max_wait_s
+        messages: list[Any] = []
+        size = 0
+        while len(messages) < self.batch_size and size < self.max_batch_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0 and messages:
+                break
+            chunk = consumer.consume(min(self.batch_size - len(messages), 1000), max(left, 0))
+            if not chunk:
+                break
+            messages.extend(chunk)
+            size += sum(len(m.value() or b"") for m in chunk)
+        return messages
 
     @staticmethod
     def _poll_paused(consumer: Any, timeout_s: float) -> None:

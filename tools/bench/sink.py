@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python tools/bench/sink.py [--rows 100000] [--batch 5000] [--rounds 3] [--path both]
+    python tools/bench/sink.py [--rows 100000] [--batch 20000] [--rounds 3] [--path both]
 
 Order: an embedded Tansu broker starts; ``--rows`` ScoreRecords (three detectors, a 1280-d
 fp16 embedding as the scorer writes it, two sources) are Avro-encoded and produced to
@@ -105,6 +105,7 @@ def _measure(rows: int, batch: int, landing: bool, rounds_dir: Path) -> tuple[fl
             progress_dir=progress,
             batch_size=batch,
             max_wait_s=settings.sink_batch_max_wait_ms / 1000,
+            max_batch_bytes=settings.sink_batch_max_bytes,
         )
         first: list[float] = []
         inside: list[float] = []
@@ -146,7 +147,7 @@ def _measure(rows: int, batch: int, landing: bool, rounds_dir: Path) -> tuple[fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each path, alternated")
     parser.add_argument(
         "--path", choices=("both", "landing", "record"), default="both", help="which sink path"
