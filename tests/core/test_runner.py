@@ -135,3 +135,49 @@ def test_a_failed_batch_is_not_committed_and_is_redelivered(
     assert not run_until(runner, lambda: len(healthy.seen) >= 10)
     assert sorted(healthy.seen) == sorted(produced)  # nothing lost
     assert committed(settings, kafka_bootstrap) == 10
+
+
+class Sizes:
+    """Records the size of every batch it is handed; outputs nothing."""
+
+    name = "sizes"
+    inputs = ("images.raw",)
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []  # (messages, value bytes)
+
+    def setup(self, ctx: RunContext) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
+        self.batches.append((len(batch), sum(len(m.value) for m in batch)))
+        return []
+
+
+def test_a_batch_holds_at_most_max_batch_bytes_give_or_take_one_chunk(
+    settings: Settings, kafka_bootstrap: str
+) -> None:
+    ensure_topics(settings, kafka_bootstrap)
+    producer = make_producer(settings, kafka_bootstrap)
+    value = bytes(10_000)
+    for i in range(3000):  # 30 MB
+        producer.produce(settings.topic("images.raw"), key=b"%d" % i, value=value, partition=i % 4)
+    assert producer.flush(30) == 0
+    sizes = Sizes()
+    runner = Runner(
+        sizes,
+        settings,
+        kafka_bootstrap,
+        stop=StopSignal(),
+        batch_size=3000,
+        max_wait_s=2.0,
+        max_batch_bytes=5_000_000,
+    )
+    assert not run_until(runner, lambda: sum(n for n, _ in sizes.batches) >= 3000, 60)
+    assert sum(n for n, _ in sizes.batches) == 3000
+    # the count bound alone would take all 30 MB at once; a chunk is at most 1000 messages
+    assert len(sizes.batches) >= 2
+    assert max(size for _, size in sizes.batches) < 5_000_000 + 1000 * len(value)
