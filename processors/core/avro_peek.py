@@ -66,11 +66,20 @@ class _Generator:
         self.lines.append("    " * depth + line)
 
     def long(self, depth: int, target: str) -> None:
-        """One-byte varints (the common case: short strings, small counts) stay inline."""
-        byte = self.temp()
+        """Varints of one or two bytes (short strings, small counts, a 2.5 KB embedding's
+        length) are decoded inline; longer ones by :func:`_long`."""
+        byte, two = self.temp(), self.temp()
         self.emit(depth, f"{byte} = buf[p]")
         self.emit(depth, f"if {byte} < 128: {target} = ({byte} >> 1) ^ -({byte} & 1); p += 1")
+        self.emit(depth, "elif buf[p + 1] < 128:")
+        self.emit(depth + 1, f"{two} = ({byte} & 127) | (buf[p + 1] << 7)")
+        self.emit(depth + 1, f"{target} = ({two} >> 1) ^ -({two} & 1); p += 2")
         self.emit(depth, f"else: {target}, p = _long(buf, p)")
+
+    def skip_long(self, depth: int) -> None:
+        """A varint whose value is not needed: step over its bytes."""
+        self.emit(depth, "while buf[p] > 127: p += 1")
+        self.emit(depth, "p += 1")
 
     def register(self, node: dict[str, Any]) -> None:
         name = node["name"]
@@ -96,7 +105,10 @@ class _Generator:
                 self.emit(depth, f"{target} = {value}")
             self.emit(depth, f"p += {size}")
         elif node in ("int", "long"):
-            self.long(depth, target or self.temp())
+            if target:
+                self.long(depth, target)
+            else:
+                self.skip_long(depth)
         elif node in _PRIMITIVE_SIZES:
             if target:
                 value = {
@@ -130,10 +142,12 @@ class _Generator:
                 self.read(child["type"], depth, None)
         elif kind == "enum":
             self.register(node)
-            index = self.temp()
-            self.long(depth, index)
             if target:
+                index = self.temp()
+                self.long(depth, index)
                 self.emit(depth, f"{target} = {tuple(node['symbols'])!r}[{index}]")
+            else:
+                self.skip_long(depth)
         elif kind == "fixed":
             self.register(node)
             if target:

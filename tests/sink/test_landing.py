@@ -9,6 +9,7 @@ message becomes a dead letter).
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ def _variants(n: int, seed: int = 5) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     records = []
     for i in range(n):
-        record = score(f"img-{i:05d}", source=rng.choice(["synth", "ztf", "hubble"]))
+        # ids of 9 and 64 characters: varint lengths of one and two bytes
+        image_id = f"img-{i:05d}" if i % 2 else hashlib.sha256(b"%d" % i).hexdigest()
+        record = score(image_id, source=rng.choice(["synth", "ztf", "hubble"]))
         record["role"] = rng.choice(["production", "shadow", "canary"])
         record["is_candidate"] = rng.random() < 0.3
         record["calibrated"] = rng.random() < 0.8
@@ -48,7 +51,8 @@ def _variants(n: int, seed: int = 5) -> list[dict[str, Any]]:
         for detector in record["detectors"]:
             detector["threshold"] = None if rng.random() < 0.3 else rng.random()
             detector["raw"] = rng.uniform(-50, 50)
-        record["embedding"] = None if i % 7 == 0 else rng.randbytes(rng.choice([0, 16, 2560]))
+        size = rng.choice([0, 16, 2560, 20_000])  # lengths of one, two and three varint bytes
+        record["embedding"] = None if i % 7 == 0 else rng.randbytes(size)
         records.append(record)
     return records
 

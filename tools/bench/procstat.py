@@ -119,7 +119,9 @@ class CpuSampler:
         for pid, name in children(self.root, recursive=True).items():
             used = cpu_seconds(pid)
             if used:
-                self._last[pid] = (name, used)
+                # an exiting process has no command line left: keep the name it had
+                known = self._last.get(pid, (name, 0.0))[0]
+                self._last[pid] = (known if name == "?" else name, used)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
