@@ -89,6 +89,11 @@ class TrainingTimeoutError(TrainingError):
     """A detector training run ran past its time limit and was killed."""
 
 
+class TrainingCancelledError(TrainingError):
+    """A detector training run was stopped because its worker is stopping; it answers nothing
+    (its request stays open in the control log, for the next start to train again)."""
+
+
 class DatasetError(SkyloopError):
     """A training sample cannot be written: a bad image id, label or box (the message names it)."""
 

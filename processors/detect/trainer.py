@@ -46,7 +46,7 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
 from processors.core.control import ControlState, decision_id, new_event
 from processors.core.datasets import DatasetManifest
-from processors.core.exceptions import SkyloopError
+from processors.core.exceptions import SkyloopError, TrainingCancelledError
 from processors.core.kafka import ControlFollower, make_producer, produce_control_event
 from processors.core.progress import ProgressFile
 from processors.core.records import Box, ControlEventRecord
@@ -142,8 +142,12 @@ def answer_request(
     store: ArtifactStore,
     settings: Settings,
     workdir: Path,
+    cancel: threading.Event | None = None,
 ) -> list[ControlEventRecord]:
-    """Train, evaluate, register and gate for ``request``; the events to emit, in order."""
+    """Train, evaluate, register and gate for ``request``; the events to emit, in order.
+
+    Raises :class:`TrainingCancelledError` when ``cancel`` is set during training: the request
+    is then left unanswered."""
     manifest_id = (request["params"].get("extra") or {}).get("manifest", "")
     manifest = DatasetManifest.from_bytes(store.get_bytes(manifest_id))
     train = [TrainingSample.from_bytes(store.get_bytes(i)) for i in manifest.train]
@@ -171,7 +175,10 @@ def answer_request(
             threads=settings.train_threads,
             memory_mb=settings.train_memory_mb,
             config_dir=settings.data_dir / "ultralytics",
+            cancel=cancel,
         )
+    except TrainingCancelledError:
+        raise
     except SkyloopError as exc:
         params = {"reason": f"training failed: {exc}"[:500], "extra": {"manifest": manifest_id}}
         return [
@@ -270,7 +277,7 @@ class Trainer:
                 if request is None:
                     stop.wait(1.0)
                     continue
-                self._answer(request, follower, producer, store)
+                self._answer(request, follower, producer, store, stop)
         finally:
             follower.close()
             producer.flush(10)
@@ -281,12 +288,16 @@ class Trainer:
         follower: ControlFollower,
         producer: Any,
         store: ArtifactStore,
+        stop: threading.Event,
     ) -> None:
         log.info("trainer: answering %s", request["event_id"])
         workdir = Path(tempfile.mkdtemp(prefix="train-", dir=self.settings.data_dir))
         started = time.monotonic()
         try:
-            events = answer_request(request, follower.state, store, self.settings, workdir)
+            events = answer_request(request, follower.state, store, self.settings, workdir, stop)
+        except TrainingCancelledError:
+            log.info("trainer: stopping; request %s stays open", request["event_id"])
+            return
         except SkyloopError as exc:
             log.error("trainer: request %s failed: %s", request["event_id"], exc)
             params = {"reason": f"training failed: {exc}"[:500]}

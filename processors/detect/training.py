@@ -7,7 +7,8 @@
    the labels, and the caller's dataset folder is content-addressed: it is never modified);
 2. bounds the worker: ``threads`` for torch and ultralytics' own pools, the address space to
    ``memory_mb`` (``RLIMIT_AS``, set by the worker before it imports torch), ``timeout_s`` of
-   wall time, after which the whole process group is killed;
+   wall time, after which the whole process group is killed, as it is within half a second of
+   ``cancel`` being set (the caller is stopping: :class:`TrainingCancelledError`);
 3. captures the worker's stdout and stderr in ``out_dir/train.log``;
 4. on success copies the best checkpoint (by ultralytics' validation on the dataset's ``val``
    split) to ``out_dir/weights.pt`` and returns :class:`TrainResult`.
@@ -30,13 +31,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import processors
-from processors.core.exceptions import TrainingError, TrainingTimeoutError
+from processors.core.exceptions import (
+    TrainingCancelledError,
+    TrainingError,
+    TrainingTimeoutError,
+)
 from processors.detect.train_worker import TrainSpec
 from processors.detect.ultralytics_env import default_config_dir
 
@@ -78,6 +84,21 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
+def _wait(
+    proc: subprocess.Popen[bytes], deadline: float, cancel: threading.Event | None
+) -> int | None:
+    """The training's exit status; None once it was killed (past ``deadline``, a monotonic
+    time, or when ``cancel`` is set), with its whole process group."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return None
+
+
 def train_detector(
     dataset_dir: Path,
     out_dir: Path,
@@ -92,6 +113,7 @@ def train_detector(
     seed: int = 0,
     config_dir: Path | None = None,
     options: Mapping[str, float | int | str | bool] | None = None,
+    cancel: threading.Event | None = None,
 ) -> TrainResult:
     """Train on the YOLO dataset at ``dataset_dir`` (see :mod:`processors.detect.dataset`).
 
@@ -145,15 +167,14 @@ def train_detector(
             cwd=out_dir,
             start_new_session=True,
         )
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        rc = _wait(proc, started + timeout_s, cancel)
+        if rc is None:
             log = log_path.read_text(encoding="utf-8", errors="replace")
+            if cancel is not None and cancel.is_set():
+                raise TrainingCancelledError("training stopped: its worker is stopping")
             raise TrainingTimeoutError(
                 f"training ran past {timeout_s:g} s and was killed; log tail:\n{_tail(log)}"
-            ) from None
+            )
     seconds = time.monotonic() - started
     log = log_path.read_text(encoding="utf-8", errors="replace")
     result_path = out_dir / "result.json"

@@ -6,11 +6,17 @@ minute of one core (marked ``training``; deselect with ``-m "not training"``).
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from processors.core.exceptions import TrainingError, TrainingTimeoutError
+from processors.core.exceptions import (
+    TrainingCancelledError,
+    TrainingError,
+    TrainingTimeoutError,
+)
 from processors.detect.dataset import DetectionSample, write_yolo_dataset
 from processors.detect.evaluation import box_quality, map50
 from processors.detect.localize import extract_boxes
@@ -41,6 +47,24 @@ def test_timeout_kills_the_worker_and_keeps_the_log(tmp_path: Path) -> None:
         )
     assert "log tail" in str(caught.value)
     assert (tmp_path / "out" / "train.log").is_file()
+    assert not (tmp_path / "out" / "weights.pt").exists()
+
+
+def test_cancel_kills_the_worker_within_a_second(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(TrainingCancelledError, match="worker is stopping"):
+        train_detector(
+            dataset(tmp_path / "ds", 4, 1),
+            tmp_path / "out",
+            epochs=50,
+            imgsz=SIZE,
+            timeout_s=600,
+            config_dir=tmp_path / "cfg",
+            cancel=cancel,
+        )
+    assert time.monotonic() - started < 5  # set after 1 s, the group killed within 0.5 s more
     assert not (tmp_path / "out" / "weights.pt").exists()
 
 
