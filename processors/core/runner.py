@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tenacity import (
@@ -70,9 +70,12 @@ __all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "Stop
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class InMessage:
-    """A consumed message; ``topic`` is the base name (without the configured prefix)."""
+class InMessage(NamedTuple):
+    """A consumed message; ``topic`` is the base name (without the configured prefix).
+
+    Immutable. A named tuple rather than a frozen dataclass: the sink makes one per message,
+    tens of thousands a second, and a frozen dataclass costs three times as much to build.
+    """
 
     topic: str
     partition: int
@@ -214,6 +217,7 @@ class Runner:
             self.processor.setup(self.ctx)
             consumer.subscribe([settings.topic(t) for t in self.processor.inputs])
             prefix_len = len(settings.topic_prefix)
+            bases: dict[str, str] = {}  # topic name -> base name, computed once per topic
             self.ctx.progress.set("ready", True)
             self.ctx.progress.write(force=True)
             pausable = bool(getattr(self.processor, "pausable", False))
@@ -228,14 +232,18 @@ class Runner:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("%s: consume error: %s", name, err)
                         continue
+                    topic = m.topic() or ""
+                    base = bases.get(topic)
+                    if base is None:
+                        base = bases[topic] = topic[prefix_len:]
                     batch.append(
                         InMessage(
-                            (m.topic() or "")[prefix_len:],
-                            int(m.partition() or 0),
-                            int(m.offset() or 0),
+                            base,
+                            m.partition() or 0,
+                            m.offset() or 0,
                             m.key(),
                             m.value() or b"",
-                            int(m.timestamp()[1]),
+                            m.timestamp()[1],
                         )
                     )
                 if not batch:
