@@ -196,8 +196,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         processor = DetectProcessor()
     elif name == "sink":
-        from processors.sink.processor import SinkProcessor
+        from processors.sink.processor import SinkProcessor, relax_gc
 
+        relax_gc()
         processor = SinkProcessor()
     else:  # argparse restricts the choices; kept for direct callers
         raise ConfigError(f"unknown worker {name!r}; accepted: {', '.join(WORKER_NAMES)}")

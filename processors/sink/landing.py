@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from processors.core.avro_peek import compile_peek
 from processors.core.codec import HEADER_LEN, MAGIC, AvroCodec
@@ -66,15 +66,10 @@ def _avro_bytes(data: bytes) -> bytes:
     return zigzag(len(data)) + data
 
 
-class Peeked(NamedTuple):
-    """What the sink reads of a score without decoding it."""
-
-    image_id: str
-    role: str
-    is_candidate: bool
-    calibrated: bool
-    embedding: tuple[int, int]
-    """Where the embedding's encoding lies in the message: ``(start, end)`` offsets."""
+Peeked = tuple[str, str, bool, bool, tuple[int, int]]
+"""What the sink reads of a score without decoding it: ``(image_id, role, is_candidate,
+calibrated, embedding)``, the last the ``(start, end)`` offsets of the embedding's encoding in
+the message. A plain tuple: one is made per score."""
 
 
 class ScoreLanding:
@@ -121,8 +116,8 @@ class ScoreLanding:
 
         May raise (IndexError, ValueError, UnicodeDecodeError) on a garbled body.
         """
-        peeked = Peeked(*self.peek_body(value, HEADER_LEN))
-        if peeked.embedding[1] > len(value):
+        peeked: Peeked = self.peek_body(value, HEADER_LEN)
+        if peeked[4][1] > len(value):
             raise ValueError("the embedding runs past the end of the message")
         return peeked
 

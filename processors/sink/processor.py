@@ -22,6 +22,7 @@ inserted, and a failing report is logged and counted (``report_errors``), never 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -50,9 +51,22 @@ from processors.sink.rows import (
 )
 from processors.sink.writer import ClickHouseWriter, SinkError
 
-__all__ = ["SinkProcessor"]
+__all__ = ["SinkProcessor", "relax_gc"]
 
 log = logging.getLogger(__name__)
+
+
+def relax_gc() -> None:
+    """Collect garbage far less often in a sink process (call once, at its start).
+
+    A batch makes ~100,000 short-lived objects (messages, peeked fields, container pieces),
+    none of them in a reference cycle; at CPython's default threshold (a young collection every
+    700 allocations, and the older generations scanned every 10) the collector ran hundreds of
+    times a batch and cost about 2.7 µs of the ~12 µs a score spends in the sink's own work.
+    Memory is still freed at once by reference counting; only cycles wait longer.
+    """
+    gc.freeze()  # what was loaded so far (modules, the engine) is never scanned again
+    gc.set_threshold(100_000, 50, 100)
 
 
 class SinkProcessor:
@@ -190,8 +204,8 @@ class SinkProcessor:
         with self.lock:
             self.writer.insert_rows(built)
             self._write_reports(stored)
-        for _, peeked in landed:
-            self._count_score(peeked.image_id, peeked.role, peeked.is_candidate, peeked.calibrated)
+        for _, (image_id, role, is_candidate, calibrated, _) in landed:
+            self._count_score(image_id, role, is_candidate, calibrated)
         for topic, record in stored:
             self._count(topic, record)
         for key, ids in self._seen.items():
@@ -220,7 +234,7 @@ class SinkProcessor:
         """Insert the landed scores; False (logged, counted) when ClickHouse refused them."""
         assert self.landing is not None  # _split lands nothing without it
         container = self.landing.block(
-            "scores", [(msg.partition, msg.offset, msg.value, p.embedding) for msg, p in landed]
+            "scores", [(msg.partition, msg.offset, msg.value, peeked[4]) for msg, peeked in landed]
         )
         try:
             with self.lock:

@@ -61,9 +61,7 @@ def _messages(records: list[dict[str, Any]]) -> list[tuple[int, int, bytes, tupl
     """``(partition, offset, value, embedding span)``, as the sink hands them to the landing."""
     landing = ScoreLanding(CODEC)
     values = [CODEC.encode(record, "skyloop.ScoreRecord") for record in records]
-    return [
-        (i % 4, 1000 + i, value, landing.peek(value).embedding) for i, value in enumerate(values)
-    ]
+    return [(i % 4, 1000 + i, value, landing.peek(value)[4]) for i, value in enumerate(values)]
 
 
 def _table(client: Client) -> list[tuple[Any, ...]]:

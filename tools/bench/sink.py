@@ -39,7 +39,7 @@ from processors.core.progress import read_progress
 from processors.core.records import TOPICS
 from processors.core.runner import Runner, StopSignal
 from processors.core.stack import EmbeddedBroker
-from processors.sink.processor import SinkProcessor
+from processors.sink.processor import SinkProcessor, relax_gc
 
 __all__ = ["main"]
 
@@ -95,6 +95,7 @@ def _measure(rows: int, batch: int, landing: bool, rounds_dir: Path) -> tuple[fl
         assert producer.flush(60) == 0
 
         progress = workdir / "progress"
+        relax_gc()  # as `skyloop worker sink` does
         sink = SinkProcessor(serve_queries=False)
         stop = StopSignal()
         runner = Runner(
