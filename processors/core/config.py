@@ -220,6 +220,21 @@ class Settings(BaseSettings):
             "cross-match does not matter"
         ),
     )
+    normal_sample_fraction: float = Field(
+        0.0625,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "share of served, unflagged images (by hash of id) whose pixels travel with their "
+            "score, so the detect processor learns which boxes a source's normal images have"
+        ),
+    )
+    label_novelty_alpha: float = Field(
+        0.02, gt=0.0, lt=1.0, description="share of normal boxes a pseudo-label box may resemble"
+    )
+    label_novelty_min_reference: int = Field(
+        64, ge=8, description="normal boxes of a source before its pseudo-labels are judged"
+    )
     held_out_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="share of images (by hash of id) that never train"
     )

@@ -26,13 +26,23 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["DatasetManifest", "is_held_out"]
+__all__ = ["DatasetManifest", "is_held_out", "is_normal_sample"]
+
+
+def _in_share(space: str, image_id: str, fraction: float) -> bool:
+    digest = hashlib.sha256(f"{space}|{image_id}".encode()).hexdigest()
+    return int(digest[:8], 16) / 2**32 < fraction
 
 
 def is_held_out(image_id: str, fraction: float) -> bool:
     """Whether ``image_id`` belongs to the held-out set at ``fraction`` (stable, by hash)."""
-    digest = hashlib.sha256(f"held-out|{image_id}".encode()).hexdigest()
-    return int(digest[:8], 16) / 2**32 < fraction
+    return _in_share("held-out", image_id, fraction)
+
+
+def is_normal_sample(image_id: str, fraction: float) -> bool:
+    """Whether an unflagged image's pixels go with its score, for the detect processor's
+    reference of normal boxes (stable, by hash; a hash space of its own)."""
+    return _in_share("normal-sample", image_id, fraction)
 
 
 @dataclass(frozen=True)

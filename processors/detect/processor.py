@@ -12,9 +12,13 @@ keyed by image_id on the source's partition, with:
 - **cross-matches** (:class:`~processors.detect.crossmatch_stage.CrossMatchStage`: offline
   catalogs at the image's position, a ZTF alert's own context, TAP when configured);
 - a **label status** from :class:`~processors.detect.labels.PseudoLabelPolicy`, judged on the
-  baseline's boxes: a pseudo-label's boxes come from its pixels, never from a model's own
-  predictions (which would teach a detector its own mistakes); a pseudo-label's training sample
-  is stored as a content-addressed artifact (``sample_id``) before its record is produced.
+  baseline's boxes that are unlike the source's normal images (:mod:`.novelty`: what source
+  extraction finds on the sample of served, unflagged images whose scores carry their pixels;
+  nothing is judged until a source has ``label_novelty_min_reference`` such boxes): a
+  pseudo-label's boxes come from its pixels, never from a model's own predictions (which would
+  teach a detector its own mistakes), and box what is unusual, not every source; a
+  pseudo-label's training sample is stored as a content-addressed artifact (``sample_id``)
+  before its record is produced.
 
 Localization runs only on candidates (a few per cent of images), never on every image.
 
@@ -38,6 +42,7 @@ from processors.core.exceptions import CodecError, SkyloopError
 from processors.core.kafka import partition_for
 from processors.core.records import (
     TOPICS,
+    Box,
     CandidateRecord,
     CrossMatch,
     DetectorOutput,
@@ -46,8 +51,10 @@ from processors.core.records import (
 )
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.detect.crossmatch_stage import CrossMatchStage
-from processors.detect.labels import PseudoLabelPolicy
+from processors.detect.labels import LabelStatus, PseudoLabelPolicy
+from processors.detect.localize import extract_boxes
 from processors.detect.localizers import Localization, LocalizerSet
+from processors.detect.novelty import NormalBoxes, NoveltyParams
 from processors.detect.raster import record_plane
 from processors.detect.samples import TrainingSample
 
@@ -110,6 +117,9 @@ class DetectProcessor:
             min_box_confidence=s.pseudo_label_min_box_confidence,
             crossmatch=s.pseudo_label_crossmatch,
         )
+        self.normal = NormalBoxes(
+            NoveltyParams(alpha=s.label_novelty_alpha, min_reference=s.label_novelty_min_reference)
+        )
 
     def close(self) -> None:
         pass
@@ -124,8 +134,12 @@ class DetectProcessor:
                 outputs.append(self.ctx.dead_letter(msg, exc))
                 continue
             # Served decisions only: production, or a calibrated canary (never the shadow).
-            if score["is_candidate"] and score["role"] != "shadow":
+            if score["role"] == "shadow":
+                continue
+            if score["is_candidate"]:
                 scores.append(score)
+            elif score.get("image") is not None:
+                self._learn_normal(score)
         with_image = [s for s in scores if s.get("image") is not None]
         images: list[ImageRecord] = [s["image"] for s in with_image]  # type: ignore[misc]
         matches = dict(
@@ -146,6 +160,18 @@ class DetectProcessor:
             self.ctx.progress.add(f"labels.{candidate['label_status']}")
         return outputs
 
+    def _learn_normal(self, score: ScoreRecord) -> None:
+        """Source extraction on an unflagged image: its boxes are what the source's normal
+        images contain. An image that cannot be read teaches nothing (counted)."""
+        try:
+            plane = record_plane(score["image"])  # type: ignore[arg-type]
+            boxes = extract_boxes(plane)
+        except SkyloopError:
+            self.ctx.progress.add("unreadable_normal_samples")
+            return
+        self.normal.add(score["source"], boxes, plane.shape[:2])
+        self.ctx.progress.add("normal_samples")
+
     def _crossmatch(self, images: list[ImageRecord]) -> list[list[CrossMatch]]:
         if not images:
             return []
@@ -155,6 +181,30 @@ class DetectProcessor:
             log.error("detect: cross-match of %d images failed: %s", len(images), exc)
             self.ctx.progress.add("crossmatch_failures")
             return [[] for _ in images]
+
+    def _label(
+        self,
+        score: ScoreRecord,
+        baseline: Sequence[Box],
+        shape: tuple[int, int],
+        matches: list[CrossMatch],
+    ) -> tuple[LabelStatus, str, list[Box]]:
+        """The label status, its reason and the boxes a pseudo-label would train on: the
+        baseline's boxes unlike the source's normal ones."""
+        novel = self.normal.novel(score["source"], baseline, shape)
+        if novel is None:
+            have, need = self.normal.size(score["source"]), self.normal.params.min_reference
+            return "rejected", f"normal boxes of its source: {have} of {need} needed", []
+        boxes = [box for box, unusual in zip(baseline, novel, strict=True) if unusual]
+        if not boxes:
+            return "rejected", "no box unlike its source's normal images", []
+        status, reason = self.labels.judge(
+            score["votes_for"],
+            {d["detector"]: float(d["score"]) for d in score["detectors"]},
+            boxes,
+            matches,
+        )
+        return status, reason, boxes
 
     def _candidate(
         self, score: ScoreRecord, matches: list[CrossMatch], state: ControlState
@@ -174,16 +224,10 @@ class DetectProcessor:
         localization = self.localizers.localize(score["image_id"], plane, state.detector)
         for failure in localization.failures:
             self.ctx.progress.add(f"detector_failures.{failure}")
-        baseline = localization.baseline
-        status, reason = self.labels.judge(
-            score["votes_for"],
-            {d["detector"]: float(d["score"]) for d in score["detectors"]},
-            baseline,
-            matches,
-        )
+        status, reason, boxes = self._label(score, localization.baseline, plane.shape[:2], matches)
         sample_id = None
         if status == "pseudo_label":
-            sample = TrainingSample(score["image_id"], score["source"], plane, list(baseline))
+            sample = TrainingSample(score["image_id"], score["source"], plane, boxes)
             sample_id = self.store.put_bytes(sample.to_bytes())
         self.ctx.progress.add("localize_ms", round((time.perf_counter() - started) * 1000))
         return candidate_from_score(

@@ -10,6 +10,10 @@ the production / shadow / canary model slots. The production model is ``state.pr
 when set (a promoted slot; if its weights cannot be loaded it is logged and the configured
 backbone goes on serving under its own version), else the configured backbone.
 
+A served record carries its image when it is a candidate (the detect processor localizes it)
+and, for a share ``normal_sample_fraction`` of the calibrated unflagged ones (by hash of image
+id), so that the detect processor learns which boxes the source's normal images contain.
+
 Bootstrap: while a source has no calibration under the production model, its images are
 scored ``calibrated=false`` (never candidates) and their embeddings form the controller's
 reference window for that source; after ``reference_size`` such images of a source the scorer
@@ -44,6 +48,7 @@ from numpy.typing import NDArray
 
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState
+from processors.core.datasets import is_normal_sample
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import partition_for
 from processors.core.metrics import IMAGES_SCORED, SCORE_LATENCY, serving_models
@@ -250,6 +255,7 @@ class ScoreProcessor:
         now = datetime.now(UTC)
         partitions = TOPICS["scores"].partitions
         codec = self.ctx.codec
+        normal_share = self.ctx.settings.normal_sample_fraction
         messages: dict[int, list[OutMessage]] = {}
         for assignment, bb, out, verdicts, latency_ms in results:
             embeddings = out.features[np.asarray(assignment.rows)].astype("<f2")
@@ -274,8 +280,13 @@ class ScoreProcessor:
                     embedding=embeddings[j].tobytes(),
                     calibration_id=verdict.calibration_id,
                 )
-                if verdict.is_candidate and assignment.served:
-                    score["image"] = rec  # the detect processor localizes the served candidates
+                if assignment.served and (
+                    verdict.is_candidate
+                    or (verdict.calibrated and is_normal_sample(rec["image_id"], normal_share))
+                ):
+                    # the detect processor localizes the served candidates, and learns from a
+                    # sample of the others which boxes the source's normal images have
+                    score["image"] = rec
                 messages.setdefault(i, []).append(
                     OutMessage(
                         "scores",

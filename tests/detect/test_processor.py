@@ -4,9 +4,10 @@ Score records are made as the scorer makes them (a served candidate carries its 
 images are synthetic difference cutouts with known anomalies, and one candidate sits next to a
 real bright star of the bundled Gaia catalog. What must hold: boxes come from the image's own
 pixels (source extraction: no detector serves yet), a confident candidate away from stars is a
-pseudo-label whose training sample is stored and readable, the one on a bright star is rejected
-with that reason, shadows and non-candidates make nothing, and an undecodable score is a dead
-letter.
+pseudo-label whose training sample is stored and readable and boxes the anomaly, not the
+sources every normal image of its source has (learnt from the unflagged scores that carry their
+image), the one on a bright star is rejected with that reason, shadows and non-candidates make
+nothing, and an undecodable score is a dead letter.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from processors.ingest.synthetic import SyntheticSky
 CODEC = default_codec()
 
 
-def score_of(image: ImageRecord, *, candidate: bool, role: str = "production") -> ScoreRecord:
+def score_of(
+    image: ImageRecord, *, candidate: bool, role: str = "production", sample: bool = False
+) -> ScoreRecord:
+    """A score as the scorer makes it; ``sample``: an unflagged one that carries its image."""
     scores = {"mahalanobis": 0.999, "energy": 0.2, "knn": 0.995}
     record = ScoreRecord(
         image_id=image["image_id"],
@@ -59,7 +63,7 @@ def score_of(image: ImageRecord, *, candidate: bool, role: str = "production") -
         embedding=None,
         calibration_id="cal-1",
     )
-    if candidate and role != "shadow":
+    if (candidate or sample) and role != "shadow":
         record["image"] = image
     return record
 
@@ -136,6 +140,18 @@ def anomalies(n: int) -> list[ImageRecord]:
     return [r for r in images if r["truth"] and r["truth"]["kind"] in ("streak", "blob")][:n]
 
 
+def normal_samples(n: int) -> list[ScoreRecord]:
+    """Unflagged scores of the same source carrying their (anomaly-free) images."""
+    sky = SyntheticSky(name="sky", seed=9, kind="difference", anomaly_rate=0.0)
+    return [score_of(to_record(sky.image(i)), candidate=False, sample=True) for i in range(n)]
+
+
+def _overlaps(box: Any, truth: Any) -> bool:
+    overlap_x = min(box["x2"], truth["x2"]) - max(box["x1"], truth["x1"])
+    overlap_y = min(box["y2"], truth["y2"]) - max(box["y1"], truth["y1"])
+    return overlap_x > 0 and overlap_y > 0
+
+
 def test_candidates_are_localized_from_their_pixels_cross_matched_and_labelled(
     detector: Detector, settings: Settings
 ) -> None:
@@ -149,6 +165,7 @@ def test_candidates_are_localized_from_their_pixels_cross_matched_and_labelled(
     no_image.pop("image")
     detector.produce(
         [
+            *normal_samples(150),
             score_of(away, candidate=True),
             score_of(on_star, candidate=True),  # type: ignore[arg-type]
             score_of(shadowed, candidate=True, role="shadow"),
@@ -157,7 +174,7 @@ def test_candidates_are_localized_from_their_pixels_cross_matched_and_labelled(
         ],
         raw=[b"\xc3\x01 not avro"],
     )
-    outputs = detector.read(4)
+    outputs = detector.read(4)  # the normal samples make no output
     candidates = {r["image_id"]: r for topic, r in outputs if topic == "candidates"}
     letters = [r for topic, r in outputs if topic == "images.dlq"]
     assert set(candidates) == {away["image_id"], on_star["image_id"], plain["image_id"]}
@@ -166,16 +183,17 @@ def test_candidates_are_localized_from_their_pixels_cross_matched_and_labelled(
     good = candidates[away["image_id"]]
     assert good["detector_role"] == "baseline" and good["boxes"]
     truth = away["truth"]["boxes"][0]  # type: ignore[index]
-    top = good["boxes"][0]
-    overlap_x = min(top["x2"], truth["x2"]) - max(top["x1"], truth["x1"])
-    overlap_y = min(top["y2"], truth["y2"]) - max(top["y1"], truth["y1"])
-    assert overlap_x > 0 and overlap_y > 0, (top, truth)  # the box is on the anomaly
+    assert _overlaps(good["boxes"][0], truth), (good["boxes"][0], truth)  # on the anomaly
     assert good["label_status"] == "pseudo_label", good["label_reason"]
     sample = TrainingSample.from_bytes(
         ArtifactStore(settings.artifacts_dir).get_bytes(good["sample_id"])
     )
-    assert sample.image_id == away["image_id"] and sample.boxes == good["boxes"]
+    assert sample.image_id == away["image_id"]
     assert sample.plane.shape == (away["height"], away["width"])
+    # the pseudo-label boxes the anomaly and leaves out what normal images of the source have
+    assert sample.boxes and all(b in good["boxes"] for b in sample.boxes)
+    assert all(_overlaps(b, truth) for b in sample.boxes), (sample.boxes, truth)
+    assert len(sample.boxes) < len(good["boxes"])
 
     starred = candidates[on_star["image_id"]]
     kinds = {(m["catalog"], m.get("kind")) for m in starred["crossmatches"]}
@@ -185,3 +203,13 @@ def test_candidates_are_localized_from_their_pixels_cross_matched_and_labelled(
 
     bare = candidates[plain["image_id"]]
     assert bare["boxes"] == [] and bare["label_status"] == "pending"  # nothing invented
+
+
+def test_no_pseudo_label_before_the_source_has_normal_boxes(detector: Detector) -> None:
+    (away,) = anomalies(1)
+    away = {**away, "ra": 10.0, "dec": -89.0}
+    detector.produce([score_of(away, candidate=True)])  # type: ignore[arg-type]
+    ((_, candidate),) = detector.read(1)
+    assert candidate["boxes"]  # localized all the same
+    assert candidate["label_status"] == "rejected" and candidate["sample_id"] is None
+    assert "normal boxes of its source: 0 of 64" in candidate["label_reason"]
