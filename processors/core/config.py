@@ -235,6 +235,11 @@ class Settings(BaseSettings):
     label_novelty_min_reference: int = Field(
         64, ge=8, description="normal boxes of a source before its pseudo-labels are judged"
     )
+    label_merge_gap_px: float = Field(
+        2.0,
+        ge=0.0,
+        description="a pseudo-label's boxes this close are one (an extended source split in parts)",
+    )
     held_out_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="share of images (by hash of id) that never train"
     )

@@ -52,7 +52,7 @@ from processors.core.records import (
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.detect.crossmatch_stage import CrossMatchStage
 from processors.detect.labels import LabelStatus, PseudoLabelPolicy
-from processors.detect.localize import extract_boxes
+from processors.detect.localize import extract_boxes, merge_adjacent
 from processors.detect.localizers import Localization, LocalizerSet
 from processors.detect.novelty import NormalBoxes, NoveltyParams
 from processors.detect.raster import record_plane
@@ -190,12 +190,14 @@ class DetectProcessor:
         matches: list[CrossMatch],
     ) -> tuple[LabelStatus, str, list[Box]]:
         """The label status, its reason and the boxes a pseudo-label would train on: the
-        baseline's boxes unlike the source's normal ones."""
+        baseline's boxes unlike the source's normal ones, adjacent ones merged (an extended
+        anomaly that extraction split is one box)."""
         novel = self.normal.novel(score["source"], baseline, shape)
         if novel is None:
             have, need = self.normal.size(score["source"]), self.normal.params.min_reference
             return "rejected", f"normal boxes of its source: {have} of {need} needed", []
-        boxes = [box for box, unusual in zip(baseline, novel, strict=True) if unusual]
+        unusual = [box for box, flag in zip(baseline, novel, strict=True) if flag]
+        boxes = merge_adjacent(unusual, self.ctx.settings.label_merge_gap_px)
         if not boxes:
             return "rejected", "no box unlike its source's normal images", []
         status, reason = self.labels.judge(
