@@ -1,7 +1,10 @@
 """The trainer: answers ``retrain.requested`` with a trained, registered and gated detector.
 
-Follows ``control.events`` (``skyloop worker train``). For each ``retrain.requested`` that the log
-has not answered yet (no event caused by it), in log order, it:
+Follows ``control.events`` (``skyloop worker train``). It answers the newest
+``retrain.requested`` that the log has not answered yet (no event caused by it); older
+unanswered requests are answered with it (the events it emits name them among their causes):
+a dataset only grows, so the newest contains theirs, and training on it is what they asked for,
+with more data. For that request it:
 
 1. reads the request's dataset manifest (:class:`~processors.core.datasets.DatasetManifest`) and
    its training samples from the artifact store; a dataset too small to train (fewer than
@@ -34,7 +37,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,7 @@ def _event(
     caused_by: str,
     *,
     evidence: dict[str, float] | None = None,
+    superseded: Sequence[str] = (),
 ) -> ControlEventRecord:
     return new_event(
         kind,
@@ -131,7 +135,7 @@ def _event(
         ISSUER,
         params,  # type: ignore[arg-type]
         evidence=evidence,
-        caused_by=[caused_by],
+        caused_by=[caused_by, *superseded],
         event_id=decision_id(ISSUER, request["event_id"], kind),
     )
 
@@ -143,8 +147,10 @@ def answer_request(
     settings: Settings,
     workdir: Path,
     cancel: threading.Event | None = None,
+    superseded: Sequence[str] = (),
 ) -> list[ControlEventRecord]:
-    """Train, evaluate, register and gate for ``request``; the events to emit, in order.
+    """Train, evaluate, register and gate for ``request``; the events to emit, in order. The
+    first of them is also caused by the ``superseded`` (older, unanswered) requests.
 
     Raises :class:`TrainingCancelledError` when ``cancel`` is set during training: the request
     is then left unanswered."""
@@ -155,7 +161,11 @@ def answer_request(
     if len(train) < MIN_TRAIN or not held:
         reason = f"dataset too small to train: {len(train)} training, {len(held)} held-out"
         params = {"reason": reason, "extra": {"manifest": manifest_id}}
-        return [_event("budget.deferred", "detector", params, request, request["event_id"])]
+        deferred = _event(
+            "budget.deferred", "detector", params, request, request["event_id"],
+            superseded=superseded,
+        )  # fmt: skip
+        return [deferred]
     production = state.detector.production
     parent = _weights_file(store, production, workdir) if production else None
     val = [s for s in train if _in_val(s.image_id)] or train[:1]
@@ -182,7 +192,14 @@ def answer_request(
     except SkyloopError as exc:
         params = {"reason": f"training failed: {exc}"[:500], "extra": {"manifest": manifest_id}}
         return [
-            _event("model.gate_failed", request["event_id"], params, request, request["event_id"])
+            _event(
+                "model.gate_failed",
+                request["event_id"],
+                params,
+                request,
+                request["event_id"],
+                superseded=superseded,
+            )
         ]
     from processors.detect.yolo import YoloLocalizer
 
@@ -217,7 +234,7 @@ def answer_request(
         store,
         card,
         ISSUER,
-        caused_by=[request["event_id"]],
+        caused_by=[request["event_id"], *superseded],
         event_id=decision_id(ISSUER, request["event_id"], "model.registered"),
     )
     gate = ModelGate(
@@ -273,11 +290,12 @@ class Trainer:
             self.progress.write(force=True)
             while not stop.is_set():
                 with self._lock:
-                    request = next(iter(self._pending.values()), None)
-                if request is None:
+                    pending = list(self._pending.values())  # in log order
+                if not pending:
                     stop.wait(1.0)
                     continue
-                self._answer(request, follower, producer, store, stop)
+                newest, older = pending[-1], [r["event_id"] for r in pending[:-1]]
+                self._answer(newest, older, follower, producer, store, stop)
         finally:
             follower.close()
             producer.flush(10)
@@ -285,24 +303,35 @@ class Trainer:
     def _answer(
         self,
         request: ControlEventRecord,
+        superseded: list[str],
         follower: ControlFollower,
         producer: Any,
         store: ArtifactStore,
         stop: threading.Event,
     ) -> None:
-        log.info("trainer: answering %s", request["event_id"])
+        log.info("trainer: answering %s (and %d older)", request["event_id"], len(superseded))
         workdir = Path(tempfile.mkdtemp(prefix="train-", dir=self.settings.data_dir))
         started = time.monotonic()
         try:
-            events = answer_request(request, follower.state, store, self.settings, workdir, stop)
+            events = answer_request(
+                request, follower.state, store, self.settings, workdir, stop, superseded
+            )
         except TrainingCancelledError:
             log.info("trainer: stopping; request %s stays open", request["event_id"])
             return
         except SkyloopError as exc:
             log.error("trainer: request %s failed: %s", request["event_id"], exc)
             params = {"reason": f"training failed: {exc}"[:500]}
-            events = [_event("model.gate_failed", request["event_id"], params, request,
-                             request["event_id"])]  # fmt: skip
+            events = [
+                _event(
+                    "model.gate_failed",
+                    request["event_id"],
+                    params,
+                    request,
+                    request["event_id"],
+                    superseded=superseded,
+                )
+            ]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         for event in events:
@@ -311,7 +340,8 @@ class Trainer:
             self.progress.add(f"events.{event['type']}")
         follower.wait_until(lambda _s: follower.has_event(events[-1]["event_id"]), timeout_s=30)
         with self._lock:
-            self._pending.pop(request["event_id"], None)
+            for answered in (request["event_id"], *superseded):
+                self._pending.pop(answered, None)
         self.progress.add("trainings")
         self.progress.add("train_seconds", round(time.monotonic() - started))
         self.progress.write(force=True)

@@ -1,0 +1,94 @@
+"""The trainer worker on the embedded broker: it answers the newest request, and the older ones
+with it; an answered request is never answered again after a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from processors.core.artifacts import ArtifactStore
+from processors.core.config import Settings
+from processors.core.control import new_event
+from processors.core.datasets import DatasetManifest
+from processors.core.kafka import ControlFollower, ensure_topics, make_producer
+from processors.core.kafka import produce_control_event as produce
+from processors.core.progress import ProgressFile, read_progress
+from processors.core.records import Box, ControlEventRecord
+from processors.detect.samples import TrainingSample
+from processors.detect.trainer import Trainer
+
+
+def _request(store: ArtifactStore, n: int) -> ControlEventRecord:
+    """A request whose dataset (``n`` samples) is too small to train: the trainer answers it
+    at once, with ``budget.deferred``, without training."""
+    plane = np.zeros((16, 16), np.float32)
+    box = Box(label="source", confidence=0.9, x1=2.0, y1=2.0, x2=6.0, y2=6.0)
+    samples = [
+        (f"img-{i}", store.put_bytes(TrainingSample(f"img-{i}", "sky", plane, [box]).to_bytes()))
+        for i in range(n)
+    ]
+    manifest = DatasetManifest.build(samples, 0.2)
+    manifest_id = store.put_bytes(manifest.to_bytes())
+    params = {"reason": f"{n} samples", "extra": {"manifest": manifest_id}}
+    return new_event("retrain.requested", "detector", "controller", params)  # type: ignore[arg-type]
+
+
+def _run_trainer(settings: Settings, bootstrap: str, progress: Path) -> threading.Event:
+    stop = threading.Event()
+    trainer = Trainer(settings, bootstrap, ProgressFile(progress, "train"))
+    threading.Thread(target=trainer.run, args=(stop,), daemon=True).start()
+    return stop
+
+
+def _answers(settings: Settings, bootstrap: str) -> list[ControlEventRecord]:
+    seen: list[ControlEventRecord] = []
+    follower = ControlFollower(settings, bootstrap, on_event=lambda _s, e: seen.append(e))
+    follower.start()
+    try:
+        assert follower.wait_caught_up(timeout_s=30)
+        return [e for e in seen if e["issued_by"] == "trainer"]
+    finally:
+        follower.close()
+
+
+def test_the_newest_request_is_answered_with_the_older_ones(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ensure_topics(settings, kafka_bootstrap)
+    store = ArtifactStore(settings.artifacts_dir)
+    producer = make_producer(settings, kafka_bootstrap)
+    requests = [_request(store, n) for n in (3, 4, 5)]
+    for request in requests:
+        produce(producer, settings, request)
+    progress = tmp_path / "progress"
+    stop = _run_trainer(settings, kafka_bootstrap, progress)
+    try:
+        deadline = time.monotonic() + 60
+        while not read_progress(progress, "train").get("trainings"):
+            assert time.monotonic() < deadline, "no answer"
+            time.sleep(0.2)
+        time.sleep(1.0)  # a second answer, if there were one, would come now
+    finally:
+        stop.set()
+    (answer,) = _answers(settings, kafka_bootstrap)
+    assert answer["type"] == "budget.deferred"
+    assert "dataset too small" in answer["params"]["reason"]
+    assert answer["caused_by"][0] == requests[-1]["event_id"]  # the newest, then the others
+    assert set(answer["caused_by"]) == {r["event_id"] for r in requests}
+    assert read_progress(progress, "train")["trainings"] == 1
+
+    # a restarted trainer finds every request answered and answers nothing
+    stop = _run_trainer(settings, kafka_bootstrap, tmp_path / "progress-2")
+    try:
+        deadline = time.monotonic() + 30
+        while not read_progress(tmp_path / "progress-2", "train").get("ready"):
+            assert time.monotonic() < deadline, "trainer not ready"
+            time.sleep(0.2)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+    assert len(_answers(settings, kafka_bootstrap)) == 1
+    assert not read_progress(tmp_path / "progress-2", "train").get("trainings")
