@@ -1,8 +1,9 @@
 -- skyloop warehouse, version 7: scores land through ClickHouse's own Avro parser.
 --
 -- The sink inserts batches of ScoreRecord bodies as an Avro container file (FORMAT Avro) into
--- scores_landing, whose writer schema is the Kafka coordinates followed by every ScoreRecord
--- field (processors.sink.landing). The table keeps nothing (engine Null); its view builds each
+-- scores_landing, whose writer schema is the Kafka topic and coordinates (partition and offset
+-- as one 12-byte fixed: little-endian Int32 then Int64) followed by every ScoreRecord field
+-- (processors.sink.landing). The table keeps nothing (engine Null); its view builds each
 -- scores row exactly as processors.sink.rows.score_row does: per-detector maps keyed by the
 -- detector name in record order, thresholds only where set, the embedding and the optional
 -- image left out (ClickHouse skips Avro fields without a column). Views on scores (the hourly
@@ -11,9 +12,8 @@
 
 CREATE TABLE IF NOT EXISTS scores_landing
 (
-    kafka_topic     String,
-    kafka_partition Int32,
-    kafka_offset    Int64,
+    kafka_topic       String,
+    kafka_coordinates FixedString(12),
     image_id        String,
     source          String,
     model_version   String,
@@ -57,6 +57,6 @@ SELECT
     control_offset,
     scored_at,
     kafka_topic,
-    kafka_partition,
-    kafka_offset
+    reinterpretAsInt32(substring(kafka_coordinates, 1, 4)) AS kafka_partition,
+    reinterpretAsInt64(substring(kafka_coordinates, 5, 8)) AS kafka_offset
 FROM scores_landing;
