@@ -4,7 +4,9 @@ Follows ``control.events`` (``skyloop worker train``). It answers the newest
 ``retrain.requested`` that the log has not answered yet (no event caused by it); older
 unanswered requests are answered with it (the events it emits name them among their causes):
 a dataset only grows, so the newest contains theirs, and training on it is what they asked for,
-with more data. For that request it:
+with more data. While a detector is in shadow or canary, requests wait: the next detector
+fine-tunes from production, and the one in rollout may be about to become it (training from
+the production it replaces would waste the cycle). For that request it:
 
 1. reads the request's dataset manifest (:class:`~processors.core.datasets.DatasetManifest`) and
    its training samples from the artifact store; a dataset too small to train (fewer than
@@ -263,6 +265,12 @@ def _weights_file(store: ArtifactStore, slot: ModelSlot, workdir: Path) -> Path 
     return path
 
 
+def _rollout_in_progress(state: ControlState) -> str | None:
+    """The detector version in canary (else shadow), if one is being rolled out."""
+    slot = state.detector.canary or state.detector.shadow
+    return slot.version if slot else None
+
+
 @dataclass
 class Trainer:
     """The worker loop around :func:`answer_request` (see the module docstring)."""
@@ -291,7 +299,10 @@ class Trainer:
             while not stop.is_set():
                 with self._lock:
                     pending = list(self._pending.values())  # in log order
-                if not pending:
+                rollout = _rollout_in_progress(follower.state)
+                self.progress.set("waiting_for_rollout", rollout or "")
+                if not pending or rollout:
+                    self.progress.write()
                     stop.wait(1.0)
                     continue
                 newest, older = pending[-1], [r["event_id"] for r in pending[:-1]]

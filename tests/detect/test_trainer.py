@@ -92,3 +92,49 @@ def test_the_newest_request_is_answered_with_the_older_ones(
         stop.set()
     assert len(_answers(settings, kafka_bootstrap)) == 1
     assert not read_progress(tmp_path / "progress-2", "train").get("trainings")
+
+
+def _lifecycle(version: str, *kinds: str) -> list[ControlEventRecord]:
+    registered = {"model_version": version, "artifact_id": "0" * 64, "extra": {"kind": "detector"}}
+    events = [new_event("model.registered", version, "operator", registered)]  # type: ignore[arg-type]
+    for kind in kinds:
+        params = {"model_version": version, "fraction": 0.5}
+        events.append(new_event(kind, version, "controller", params))  # type: ignore[arg-type]
+    return events
+
+
+def test_requests_wait_while_a_detector_is_rolled_out(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A detector in canary may become production, the parent the next one fine-tunes from:
+    the trainer answers nothing until the rollout ends (here: by promotion)."""
+    ensure_topics(settings, kafka_bootstrap)
+    store = ArtifactStore(settings.artifacts_dir)
+    producer = make_producer(settings, kafka_bootstrap)
+    for event in _lifecycle("yolo@a", "model.gate_passed", "model.canary_started"):
+        produce(producer, settings, event)
+    request = _request(store, 3)
+    produce(producer, settings, request)
+    producer.flush(10)
+    progress = tmp_path / "progress"
+    stop = _run_trainer(settings, kafka_bootstrap, progress)
+    try:
+        deadline = time.monotonic() + 30
+        while read_progress(progress, "train").get("waiting_for_rollout") != "yolo@a":
+            assert time.monotonic() < deadline, "the trainer never saw the canary"
+            time.sleep(0.2)
+        time.sleep(2.0)  # an answer, if one came while the canary runs, would come now
+        assert _answers(settings, kafka_bootstrap) == []
+
+        promoted = {"model_version": "yolo@a", "reason": "healthy in canary"}
+        produce(producer, settings, new_event("model.promoted", "yolo@a", "controller", promoted))  # type: ignore[arg-type]
+        producer.flush(10)
+        deadline = time.monotonic() + 60
+        while not read_progress(progress, "train").get("trainings"):
+            assert time.monotonic() < deadline, "no answer after the promotion"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+    (answer,) = _answers(settings, kafka_bootstrap)
+    assert answer["caused_by"] == [request["event_id"]]
+    assert read_progress(progress, "train")["waiting_for_rollout"] == ""
