@@ -248,6 +248,9 @@ class Settings(BaseSettings):
     retrain_cooldown_s: float = Field(3600.0, ge=0.0, description="between retrain requests")
     retrain_max_per_day: int = Field(6, ge=1, description="retrain budget per trailing 24 h")
     train_epochs: int = Field(40, ge=1, description="YOLO epochs per retrain")
+    train_min_steps: int = Field(
+        1500, ge=0, description="optimizer steps at least (more epochs on a small dataset)"
+    )
     train_imgsz: int = Field(
         64, ge=32, le=1280, description="YOLO training image size (cutouts are ~64 px)"
     )

@@ -16,7 +16,9 @@ the production it replaces would waste the cycle). For that request it:
    best epoch is a hash-chosen slice of them; held-out samples never train or select);
 3. trains in a separate, bounded process (:func:`processors.detect.training.train_detector`:
    ``train_timeout_s``, ``train_threads``, ``train_memory_mb``), from the production detector's
-   weights when there is one, else from scratch;
+   weights when there is one, else from scratch, for ``train_epochs`` or, on a small dataset,
+   enough epochs for ``train_min_steps`` optimizer steps (:func:`~processors.detect.training.
+   epochs_for`);
 4. evaluates the new model and production (when there is one) on the held-out samples: mAP50
    against their pseudo-label boxes, p99 latency per image, non-finite outputs;
 5. stores the weights and a model card (dataset, parent, metrics, code version) and emits
@@ -60,7 +62,7 @@ from processors.core.rollouts import ModelSlot
 from processors.detect.dataset import DetectionSample, write_yolo_dataset
 from processors.detect.evaluation import map50
 from processors.detect.samples import TrainingSample
-from processors.detect.training import train_detector
+from processors.detect.training import epochs_for, train_detector
 
 __all__ = ["MIN_TRAIN", "Evaluation", "Trainer", "answer_request", "evaluate_detector"]
 
@@ -70,6 +72,7 @@ ISSUER = "trainer"
 MIN_TRAIN = 8
 EVAL_CONF = 0.01  # boxes kept for mAP (the curve needs the low-confidence ones too)
 VAL_FRACTION = 0.15
+TRAIN_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -171,16 +174,19 @@ def answer_request(
     production = state.detector.production
     parent = _weights_file(store, production, workdir) if production else None
     val = [s for s in train if _in_val(s.image_id)] or train[:1]
+    fit = [s for s in train if s not in val]
     dataset = write_yolo_dataset(
         workdir / "dataset",
-        [DetectionSample(_file_id(s), s.plane, s.boxes) for s in train if s not in val],
+        [DetectionSample(_file_id(s), s.plane, s.boxes) for s in fit],
         [DetectionSample(_file_id(s), s.plane, s.boxes) for s in val],
     )
+    epochs = epochs_for(len(fit), TRAIN_BATCH, settings.train_epochs, settings.train_min_steps)
     try:
         result = train_detector(
             dataset.root,
             workdir / "run",
-            epochs=settings.train_epochs,
+            epochs=epochs,
+            batch=TRAIN_BATCH,
             imgsz=settings.train_imgsz,
             parent_weights=parent,
             timeout_s=settings.train_timeout_s,
@@ -221,7 +227,7 @@ def answer_request(
         **candidate.metrics(),
         "train_seconds": result.seconds,
         "train_samples": float(len(train)),
-        "epochs": float(settings.train_epochs),
+        "epochs": float(epochs),
     }
     card = ModelCard(
         version=version,

@@ -46,9 +46,28 @@ from processors.core.exceptions import (
 from processors.detect.train_worker import TrainSpec
 from processors.detect.ultralytics_env import default_config_dir
 
-__all__ = ["FROM_SCRATCH", "TrainResult", "train_detector"]
+__all__ = ["FROM_SCRATCH", "MAX_EPOCHS", "TrainResult", "epochs_for", "train_detector"]
 
 FROM_SCRATCH = "yolov8n.yaml"
+MAX_EPOCHS = 400  # however small the dataset: per-epoch overhead, and it would only memorise
+
+
+def epochs_for(samples: int, batch: int, epochs: int, min_steps: int) -> int:
+    """``epochs``, or more when that many epochs over ``samples`` (``batch`` per optimizer
+    step) would take fewer than ``min_steps`` steps; at most :data:`MAX_EPOCHS`.
+
+    A detector trained from scratch on a small dataset needs a number of steps more than a
+    number of passes: on the learning bench's 118 pseudo-labels, 50 epochs (~650 steps) gave
+    mAP50 0.21 on held-out truth and 120 epochs (~1,560 steps) 0.37.
+
+    Example:
+        >>> epochs_for(100, 8, 40, 1500), epochs_for(1000, 8, 40, 1500), epochs_for(8, 8, 40, 0)
+        (116, 40, 40)
+    """
+    steps_per_epoch = max(1, -(-samples // batch))
+    return max(epochs, min(MAX_EPOCHS, -(-min_steps // steps_per_epoch)))
+
+
 _LOG_TAIL_CHARS = 4000
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 

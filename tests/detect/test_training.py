@@ -6,6 +6,7 @@ minute of one core (marked ``training``; deselect with ``-m "not training"``).
 
 from __future__ import annotations
 
+import doctest
 import threading
 import time
 from pathlib import Path
@@ -17,10 +18,11 @@ from processors.core.exceptions import (
     TrainingError,
     TrainingTimeoutError,
 )
+from processors.detect import training
 from processors.detect.dataset import DetectionSample, write_yolo_dataset
 from processors.detect.evaluation import box_quality, map50
 from processors.detect.localize import extract_boxes
-from processors.detect.training import train_detector
+from processors.detect.training import MAX_EPOCHS, epochs_for, train_detector
 from processors.detect.yolo import YoloLocalizer
 from tests.detect.blobs import blob_set
 
@@ -156,3 +158,11 @@ def test_yolo_learns_blobs_from_scratch(tmp_path: Path) -> None:
     child_score = map50(child_localizer.predict([image for image, _ in held_out]), truths)
     print(f"fine-tuned from the parent: held-out mAP50 {child_score:.3f}")
     assert child_score > 0.5  # it starts from the parent: two epochs from scratch learn nothing
+
+
+def test_small_datasets_train_for_the_minimum_steps_and_no_more_than_the_cap() -> None:
+    assert doctest.testmod(training).failed == 0
+    assert epochs_for(200, 8, 40, 1500) * 25 >= 1500 > (epochs_for(200, 8, 40, 1500) - 1) * 25
+    assert epochs_for(2000, 8, 40, 1500) == 40  # enough steps already
+    assert epochs_for(1, 8, 40, 10**6) == MAX_EPOCHS
+    assert epochs_for(64, 8, 40, 0) == 40
