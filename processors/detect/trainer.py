@@ -4,9 +4,10 @@ Follows ``control.events`` (``skyloop worker train``). It answers the newest
 ``retrain.requested`` that the log has not answered yet (no event caused by it); older
 unanswered requests are answered with it (the events it emits name them among their causes):
 a dataset only grows, so the newest contains theirs, and training on it is what they asked for,
-with more data. While a detector is in shadow or canary, requests wait: the next detector
-fine-tunes from production, and the one in rollout may be about to become it (training from
-the production it replaces would waste the cycle). For that request it:
+with more data. While a detector is being rolled out (gate passed, not yet promoted or rolled
+back), requests wait: the next detector fine-tunes from production, and the one in rollout may
+be about to become it (training from the production it replaces would waste the cycle). For
+that request it:
 
 1. reads the request's dataset manifest (:class:`~processors.core.datasets.DatasetManifest`) and
    its training samples from the artifact store; a dataset too small to train (fewer than
@@ -272,9 +273,17 @@ def _weights_file(store: ArtifactStore, slot: ModelSlot, workdir: Path) -> Path 
 
 
 def _rollout_in_progress(state: ControlState) -> str | None:
-    """The detector version in canary (else shadow), if one is being rolled out."""
+    """The detector version being rolled out, if any: in canary or shadow, or registered after
+    production, gate passed and not rolled back (its shadow is the controller's next step)."""
     slot = state.detector.canary or state.detector.shadow
-    return slot.version if slot else None
+    if slot is not None:
+        return slot.version
+    detectors = [v for v, s in state.registered.items() if s.kind == "detector"]
+    production = state.detector.production
+    if production is not None and production.version in detectors:
+        detectors = detectors[detectors.index(production.version) + 1 :]
+    gated = [v for v in detectors if state.gates.get(v) and v not in state.rolled_back]
+    return gated[-1] if gated else None
 
 
 @dataclass

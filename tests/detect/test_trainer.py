@@ -106,12 +106,13 @@ def _lifecycle(version: str, *kinds: str) -> list[ControlEventRecord]:
 def test_requests_wait_while_a_detector_is_rolled_out(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    """A detector in canary may become production, the parent the next one fine-tunes from:
-    the trainer answers nothing until the rollout ends (here: by promotion)."""
+    """A detector past its gate may become production, the parent the next one fine-tunes
+    from: the trainer answers nothing from the gate (before the controller starts its shadow)
+    through the canary until the rollout ends (here: by promotion)."""
     ensure_topics(settings, kafka_bootstrap)
     store = ArtifactStore(settings.artifacts_dir)
     producer = make_producer(settings, kafka_bootstrap)
-    for event in _lifecycle("yolo@a", "model.gate_passed", "model.canary_started"):
+    for event in _lifecycle("yolo@a", "model.gate_passed"):
         produce(producer, settings, event)
     request = _request(store, 3)
     produce(producer, settings, request)
@@ -123,7 +124,13 @@ def test_requests_wait_while_a_detector_is_rolled_out(
         while read_progress(progress, "train").get("waiting_for_rollout") != "yolo@a":
             assert time.monotonic() < deadline, "the trainer never saw the canary"
             time.sleep(0.2)
-        time.sleep(2.0)  # an answer, if one came while the canary runs, would come now
+        time.sleep(2.0)  # an answer, if one came before the shadow starts, would come now
+        assert _answers(settings, kafka_bootstrap) == []
+        canary = _lifecycle("yolo@a", "model.shadow_started", "model.canary_started")[1:]
+        for event in canary:
+            produce(producer, settings, event)
+        producer.flush(10)
+        time.sleep(2.0)
         assert _answers(settings, kafka_bootstrap) == []
 
         promoted = {"model_version": "yolo@a", "reason": "healthy in canary"}
