@@ -22,7 +22,7 @@ from processors.core.exceptions import ConfigError, SkyloopError
 if TYPE_CHECKING:
     from processors.core.records import ControlEventRecord
 
-__all__ = ["main"]
+__all__ = ["duration_seconds", "main"]
 
 DEFAULT_SOURCES = ["synthetic", "hubble"]
 WORKER_NAMES = ("ingest", "score", "stats", "detect", "train", "sink")
@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sources = args.source or DEFAULT_SOURCES
     # fail fast on bad specs, before anything starts
     endless = [spec for spec in sources if is_endless(source_from_spec(spec))]
-    duration_s = _seconds(args.duration) if args.duration else None
+    duration_s = duration_seconds(args.duration) if args.duration else None
     images = _run_images(args.images, endless, duration_s)
     timeout_s = args.timeout if args.timeout is not None else 3600.0 + (duration_s or 0.0)
     result = run_local(settings, sources, images, duration_s=duration_s, timeout_s=timeout_s)
@@ -144,7 +144,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             bootstrap,
             source,
             limit=args.images or None,
-            duration_s=_seconds(args.duration) if args.duration else None,
+            duration_s=duration_seconds(args.duration) if args.duration else None,
             stop=stop,
             progress_dir=progress_dir,
         )
@@ -494,7 +494,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         detector=getattr(args, "detector", None),
         model=getattr(args, "model", None),
         reason=args.reason,
-        duration_s=_seconds(args.duration) if getattr(args, "duration", None) else None,
+        duration_s=duration_seconds(args.duration) if getattr(args, "duration", None) else None,
         weights=tuple(getattr(args, "pairs", None) or ()),
         force=args.force,
     )
@@ -594,10 +594,10 @@ def _as_time(value: Any) -> Any:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _seconds(text: str) -> float:
+def duration_seconds(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``2h``, ``1h30m`` → seconds; ConfigError otherwise.
 
-    >>> _seconds("1h30m"), _seconds("45"), _seconds("2.5m")
+    >>> duration_seconds("1h30m"), duration_seconds("45"), duration_seconds("2.5m")
     (5400.0, 45.0, 150.0)
     """
     import re

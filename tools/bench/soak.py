@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -36,6 +37,7 @@ import itertools
 
 import numpy as np
 
+from processors.cli import duration_seconds
 from processors.core.clickhouse import connect
 from processors.core.progress import read_progress
 from tools.bench.procstat import children, cpu_seconds, machine_busy_seconds, rss_mb
@@ -118,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait()
         log.close()
     run_dir = Path((data / "latest").read_text().strip())
-    kept = samples[int(len(samples) * args.warmup) :]
+    # Warm-up left out, and any sample after the run's duration: ingest has stopped by then, so
+    # the interval that spans the shutdown is not a throughput the pipeline had.
+    run_s = duration_seconds(args.duration)
+    warm = int(len(samples) * args.warmup)
+    in_run = [i for i, (t, _, _) in enumerate(samples) if t <= run_s]
+    kept = samples[warm : (in_run[-1] + 1 if in_run else 0)]
     print(
         f"\nsoak finished in {time.monotonic() - started:.0f}s, exit {proc.returncode}; "
         f"{len(samples)} samples, {len(kept)} after warm-up; run {run_dir}"
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             f"second half {np.mean(rates[half:]):.1f}, trend {_trend_pct(rates):+.1f}%"
         )
     # Per CPU second of the pipeline's own processes: what the machine's other load cannot move.
-    kept_cpu = cpu[int(len(samples) * args.warmup) :]
+    kept_cpu = cpu[warm : warm + len(kept)]
     pairs = list(zip(kept, kept_cpu, strict=False))
     per_cpu, foreign = [], []
     for (a, ca), (b, cb) in itertools.pairwise(pairs):
@@ -162,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
             "lagInFrame(truth_segment) OVER (ORDER BY toUInt64(provenance['n'])) AS prev "
             "FROM images FINAL) WHERE prev != '' AND seg != prev ORDER BY n"
         ).result_rows
-        times = dict(
-            client.query(
+        scored_at: dict[int, Any] = {
+            n: at
+            for n, at in client.query(
                 "SELECT toUInt64(provenance['n']), max(s.scored_at) FROM images AS i FINAL "
                 "JOIN scores AS s FINAL ON s.image_id = i.image_id GROUP BY 1"
             ).result_rows
-        )
+        }
         events = client.query(
             "SELECT at, type, event_id, caused_by FROM control_events FINAL "
             "WHERE type IN ('drift.detected', 'calibration.updated') ORDER BY kafka_offset"
@@ -178,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"drift onsets {len(onsets)}, drift.detected {len(drifts)}")
     corrected = 0
     for k, (n, seg) in enumerate(onsets):
-        start = times.get(n)
-        end = times.get(onsets[k + 1][0]) if k + 1 < len(onsets) else None
+        start = scored_at.get(n)
+        end = scored_at.get(onsets[k + 1][0]) if k + 1 < len(onsets) else None
         if start is None:
             continue
         found = [(at, eid) for at, eid in drifts if at >= start and (end is None or at < end)]
