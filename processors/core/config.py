@@ -251,6 +251,9 @@ class Settings(BaseSettings):
     train_min_steps: int = Field(
         1500, ge=0, description="optimizer steps at least (more epochs on a small dataset)"
     )
+    train_max_steps: int = Field(
+        6000, ge=1, description="optimizer steps at most (fewer epochs on a large dataset)"
+    )
     train_imgsz: int = Field(
         64, ge=32, le=1280, description="YOLO training image size (cutouts are ~64 px)"
     )

@@ -17,9 +17,9 @@ that request it:
    best epoch is a hash-chosen slice of them; held-out samples never train or select);
 3. trains in a separate, bounded process (:func:`processors.detect.training.train_detector`:
    ``train_timeout_s``, ``train_threads``, ``train_memory_mb``), from the production detector's
-   weights when there is one, else from scratch, for ``train_epochs`` or, on a small dataset,
-   enough epochs for ``train_min_steps`` optimizer steps (:func:`~processors.detect.training.
-   epochs_for`);
+   weights when there is one, else from scratch, for ``train_epochs``, or as many epochs as
+   ``train_min_steps`` optimizer steps take on a small dataset, and no more than
+   ``train_max_steps`` take on a large one (:func:`~processors.detect.training.epochs_for`);
 4. evaluates the new model and production (when there is one) on the held-out samples: mAP50
    against their pseudo-label boxes, p99 latency per image, non-finite outputs;
 5. stores the weights and a model card (dataset, parent, metrics, code version) and emits
@@ -181,7 +181,13 @@ def answer_request(
         [DetectionSample(_file_id(s), s.plane, s.boxes) for s in fit],
         [DetectionSample(_file_id(s), s.plane, s.boxes) for s in val],
     )
-    epochs = epochs_for(len(fit), TRAIN_BATCH, settings.train_epochs, settings.train_min_steps)
+    epochs = epochs_for(
+        len(fit),
+        TRAIN_BATCH,
+        settings.train_epochs,
+        settings.train_min_steps,
+        settings.train_max_steps,
+    )
     try:
         result = train_detector(
             dataset.root,

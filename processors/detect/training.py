@@ -52,20 +52,29 @@ FROM_SCRATCH = "yolov8n.yaml"
 MAX_EPOCHS = 400  # however small the dataset: per-epoch overhead, and it would only memorise
 
 
-def epochs_for(samples: int, batch: int, epochs: int, min_steps: int) -> int:
+def epochs_for(
+    samples: int, batch: int, epochs: int, min_steps: int, max_steps: int | None = None
+) -> int:
     """``epochs``, or more when that many epochs over ``samples`` (``batch`` per optimizer
-    step) would take fewer than ``min_steps`` steps; at most :data:`MAX_EPOCHS`.
+    step) would take fewer than ``min_steps`` steps (at most :data:`MAX_EPOCHS`), or fewer
+    when they would take more than ``max_steps`` (at least one epoch; ``max_steps`` wins).
 
     A detector trained from scratch on a small dataset needs a number of steps more than a
     number of passes: on the learning bench's 118 pseudo-labels, 50 epochs (~650 steps) gave
-    mAP50 0.21 on held-out truth and 120 epochs (~1,560 steps) 0.37.
+    mAP50 0.21 on held-out truth and 120 epochs (~1,560 steps) 0.37. On a large dataset the
+    cap keeps a retrain within its timeout (a step costs ~0.1-0.3 s on one CPU thread).
 
     Example:
         >>> epochs_for(100, 8, 40, 1500), epochs_for(1000, 8, 40, 1500), epochs_for(8, 8, 40, 0)
         (116, 40, 40)
+        >>> epochs_for(4000, 8, 40, 1500, max_steps=6000), epochs_for(10**5, 8, 40, 0, 6000)
+        (12, 1)
     """
     steps_per_epoch = max(1, -(-samples // batch))
-    return max(epochs, min(MAX_EPOCHS, -(-min_steps // steps_per_epoch)))
+    wanted = max(epochs, min(MAX_EPOCHS, -(-min_steps // steps_per_epoch)))
+    if max_steps is not None:
+        wanted = min(wanted, max(1, max_steps // steps_per_epoch))
+    return wanted
 
 
 _LOG_TAIL_CHARS = 4000

@@ -160,9 +160,11 @@ def test_yolo_learns_blobs_from_scratch(tmp_path: Path) -> None:
     assert child_score > 0.5  # it starts from the parent: two epochs from scratch learn nothing
 
 
-def test_small_datasets_train_for_the_minimum_steps_and_no_more_than_the_cap() -> None:
+def test_epochs_give_the_minimum_steps_on_small_datasets_and_no_more_than_the_maximum() -> None:
     assert doctest.testmod(training).failed == 0
     assert epochs_for(200, 8, 40, 1500) * 25 >= 1500 > (epochs_for(200, 8, 40, 1500) - 1) * 25
     assert epochs_for(2000, 8, 40, 1500) == 40  # enough steps already
     assert epochs_for(1, 8, 40, 10**6) == MAX_EPOCHS
     assert epochs_for(64, 8, 40, 0) == 40
+    assert epochs_for(4096, 8, 40, 1500, max_steps=6000) * 512 <= 6000  # within the cap
+    assert epochs_for(10**6, 8, 40, 1500, max_steps=6000) == 1  # one epoch at least
