@@ -122,7 +122,7 @@ def test_requests_wait_while_a_detector_is_rolled_out(
     try:
         deadline = time.monotonic() + 30
         while read_progress(progress, "train").get("waiting_for_rollout") != "yolo@a":
-            assert time.monotonic() < deadline, "the trainer never saw the canary"
+            assert time.monotonic() < deadline, "the trainer never saw the gated detector"
             time.sleep(0.2)
         time.sleep(2.0)  # an answer, if one came before the shadow starts, would come now
         assert _answers(settings, kafka_bootstrap) == []
