@@ -321,9 +321,10 @@ class Trainer:
                 with self._lock:
                     pending = list(self._pending.values())  # in log order
                 rollout = _rollout_in_progress(follower.state)
-                self.progress.set("waiting_for_rollout", rollout or "")
+                if self.progress.counts.get("waiting_for_rollout") != (rollout or ""):
+                    self.progress.set("waiting_for_rollout", rollout or "")
+                    self.progress.write(force=True)  # a training may start now, for minutes
                 if not pending or rollout:
-                    self.progress.write()
                     stop.wait(1.0)
                     continue
                 newest, older = pending[-1], [r["event_id"] for r in pending[:-1]]
