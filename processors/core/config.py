@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     canary_max_latency_ratio: float = Field(3.0, gt=1.0, description="p99 vs production's")
     canary_ks_p: float = Field(0.001, gt=0.0, lt=1.0, description="KS p bound vs production")
     canary_min_agreement: float = Field(
-        0.3, ge=-1.0, le=1.0, description="Spearman rho with production on the same images"
+        0.3, ge=-1.0, le=1.0, description="scorers: Spearman rho with production, same images"
     )
     gate_map50_tolerance: float = Field(0.02, ge=0.0, le=1.0)
     gate_min_map50: float = Field(

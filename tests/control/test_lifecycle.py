@@ -222,3 +222,19 @@ def test_lifecycle_tracks_survive_serialisation() -> None:
     again.load(p.lifecycle.to_bytes())
     assert again.tracks == p.lifecycle.tracks
     assert lifecycle.score_output(score(1, "v", "shadow", float("nan"))) != 0.0
+
+
+@pytest.mark.parametrize(("kind", "step"), [("scorer", "rollback"), ("detector", None)])
+def test_rank_disagreement_rolls_back_a_scorer_but_not_a_detector(kind: str, step: str) -> None:
+    """Outputs that rank images in the opposite order to production's, otherwise healthy (same
+    distribution, same latency): meaningless for a scoring model; for a detector, whose gate
+    compared it with production on held-out data, a different ranking is what better means."""
+    policy = RolloutPolicy(health_window=16, canary_outputs=64)
+    track = rollout.RolloutTrack(version="v2", kind=kind, phase="canary")  # type: ignore[arg-type]
+    values = np.random.default_rng(3).uniform(size=16)
+    for value in values:
+        policy.observe(track, float(value), 10.0, paired=1.0 - float(value))
+        policy.observe_production(track, 1.0 - float(value), 10.0)
+    decision = policy.decide(track)
+    assert (decision.step if decision else None) == step
+    assert policy._evidence(track)["agreement"] < -0.9  # recorded either way
