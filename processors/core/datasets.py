@@ -26,23 +26,25 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["DatasetManifest", "is_held_out", "is_normal_sample"]
+__all__ = ["DatasetManifest", "in_hash_share", "is_held_out", "is_normal_sample"]
 
 
-def _in_share(space: str, image_id: str, fraction: float) -> bool:
+def in_hash_share(space: str, image_id: str, fraction: float) -> bool:
+    """Whether ``image_id`` falls in the first ``fraction`` of hash ``space`` (stable: the first
+    32 bits of sha256(space|image_id) / 2**32; each space an independent split)."""
     digest = hashlib.sha256(f"{space}|{image_id}".encode()).hexdigest()
     return int(digest[:8], 16) / 2**32 < fraction
 
 
 def is_held_out(image_id: str, fraction: float) -> bool:
     """Whether ``image_id`` belongs to the held-out set at ``fraction`` (stable, by hash)."""
-    return _in_share("held-out", image_id, fraction)
+    return in_hash_share("held-out", image_id, fraction)
 
 
 def is_normal_sample(image_id: str, fraction: float) -> bool:
     """Whether an unflagged image's pixels go with its score, for the detect processor's
     reference of normal boxes (stable, by hash; a hash space of its own)."""
-    return _in_share("normal-sample", image_id, fraction)
+    return in_hash_share("normal-sample", image_id, fraction)
 
 
 @dataclass(frozen=True)

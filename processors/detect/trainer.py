@@ -53,7 +53,7 @@ from processors.control.gate import ModelGate
 from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
 from processors.core.control import ControlState, decision_id, new_event
-from processors.core.datasets import DatasetManifest
+from processors.core.datasets import DatasetManifest, in_hash_share
 from processors.core.exceptions import SkyloopError, TrainingCancelledError
 from processors.core.kafka import ControlFollower, make_producer, produce_control_event
 from processors.core.progress import ProgressFile
@@ -121,8 +121,7 @@ def evaluate_detector(localizer: object, samples: list[TrainingSample]) -> Evalu
 
 
 def _in_val(image_id: str) -> bool:
-    digest = hashlib.sha256(f"val|{image_id}".encode()).hexdigest()
-    return int(digest[:8], 16) / 2**32 < VAL_FRACTION
+    return in_hash_share("val", image_id, VAL_FRACTION)
 
 
 def _event(
@@ -143,6 +142,26 @@ def _event(
         evidence=evidence,
         caused_by=[caused_by, *superseded],
         event_id=decision_id(ISSUER, request["event_id"], kind),
+    )
+
+
+def _training_failed(
+    request: ControlEventRecord,
+    exc: Exception,
+    superseded: Sequence[str],
+    extra: Mapping[str, str] | None = None,
+) -> ControlEventRecord:
+    """``model.gate_failed`` answering ``request`` (subject: the request, no model was made)."""
+    params: dict[str, Any] = {"reason": f"training failed: {exc}"[:500]}
+    if extra is not None:
+        params["extra"] = dict(extra)
+    return _event(
+        "model.gate_failed",
+        request["event_id"],
+        params,
+        request,
+        request["event_id"],
+        superseded=superseded,
     )
 
 
@@ -205,17 +224,7 @@ def answer_request(
     except TrainingCancelledError:
         raise
     except SkyloopError as exc:
-        params = {"reason": f"training failed: {exc}"[:500], "extra": {"manifest": manifest_id}}
-        return [
-            _event(
-                "model.gate_failed",
-                request["event_id"],
-                params,
-                request,
-                request["event_id"],
-                superseded=superseded,
-            )
-        ]
+        return [_training_failed(request, exc, superseded, {"manifest": manifest_id})]
     from processors.detect.yolo import YoloLocalizer
 
     # one ultralytics state folder per process (it is fixed at first use), outside workdir
@@ -354,17 +363,7 @@ class Trainer:
             return
         except SkyloopError as exc:
             log.error("trainer: request %s failed: %s", request["event_id"], exc)
-            params = {"reason": f"training failed: {exc}"[:500]}
-            events = [
-                _event(
-                    "model.gate_failed",
-                    request["event_id"],
-                    params,
-                    request,
-                    request["event_id"],
-                    superseded=superseded,
-                )
-            ]
+            events = [_training_failed(request, exc, superseded)]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         for event in events:

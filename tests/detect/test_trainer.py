@@ -11,14 +11,14 @@ import numpy as np
 
 from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
-from processors.core.control import new_event
+from processors.core.control import ControlState, new_event
 from processors.core.datasets import DatasetManifest
 from processors.core.kafka import ControlFollower, ensure_topics, make_producer
 from processors.core.kafka import produce_control_event as produce
 from processors.core.progress import ProgressFile, read_progress
 from processors.core.records import Box, ControlEventRecord
 from processors.detect.samples import TrainingSample
-from processors.detect.trainer import Trainer
+from processors.detect.trainer import Trainer, answer_request
 
 
 def _request(store: ArtifactStore, n: int) -> ControlEventRecord:
@@ -145,3 +145,22 @@ def test_requests_wait_while_a_detector_is_rolled_out(
     (answer,) = _answers(settings, kafka_bootstrap)
     assert answer["caused_by"] == [request["event_id"]]
     assert read_progress(progress, "train")["waiting_for_rollout"] == ""
+
+
+def test_a_training_that_fails_is_answered_with_the_reason(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A training past its timeout: the request (and the older ones it answers) gets
+    ``model.gate_failed`` saying why, naming the dataset; nothing is registered."""
+    store = ArtifactStore(settings.artifacts_dir)
+    request = _request(store, 40)
+    bounded = settings.model_copy(update={"train_timeout_s": 0.5})
+    events = answer_request(
+        request, ControlState(), store, bounded, tmp_path / "work", superseded=["older"]
+    )
+    (failed,) = events
+    assert failed["type"] == "model.gate_failed"
+    assert failed["subject"] == request["event_id"]
+    assert failed["params"]["reason"].startswith("training failed: training ran past 0.5 s")
+    assert failed["params"]["extra"] == {"manifest": request["params"]["extra"]["manifest"]}
+    assert failed["caused_by"] == [request["event_id"], "older"]
