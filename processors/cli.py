@@ -153,7 +153,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 0
     if name == "train":
         from processors.core.progress import ProgressFile
-        from processors.detect.trainer import Trainer
+        from processors.train.trainer import Trainer
 
         stop = StopSignal().install()
         # Training is background work: it takes only cores the scoring path leaves idle. Linux's
@@ -169,8 +169,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import faust
         from threadpoolctl import threadpool_limits
 
+        from processors.controller.app import build_app
         from processors.core.progress import ProgressFile
-        from processors.stats.app import build_app
 
         # The controller's maths (calibrations, drift tests) is small and occasional: one BLAS
         # thread, so it never spins cores away from the scorer's model (ood_threads' reason).

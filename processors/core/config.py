@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         86400.0, gt=0.0, description="seconds between periodic reports during a run"
     )
 
-    # model lifecycle (processors/control/lifecycle.py, rollout.py, gate.py; DESIGN §5)
+    # model lifecycle (processors/controller/lifecycle.py, rollout.py, gate.py; DESIGN §5)
     rollout_trial_outputs: int = Field(
         64, ge=1, description="a new scoring model's shadow outputs judged by its gate"
     )
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     )
     gate_max_latency_p99_ms: float = Field(2000.0, gt=0.0)
 
-    # the learning loop (processors/detect, processors/control/learning.py, retrain.py)
+    # the learning loop (processors/detect, processors/controller/learning.py, retrain.py)
     pseudo_label_min_votes: int = Field(2, ge=1, le=3, description="detectors that must agree")
     pseudo_label_min_score: float = Field(
         0.98, ge=0.0, le=1.0, description="least calibrated score of the min_votes-th detector"

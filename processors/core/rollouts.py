@@ -9,7 +9,7 @@ version.
 Rules the fold enforces, so that no processor has to re-check them:
 
 - ``model.shadow_started`` needs no gate: a shadow never serves (a scoring model's gate is
-  judged on its shadow records, see :mod:`processors.control.rollout`). A version whose gate
+  judged on its shadow records, see :mod:`processors.policies.rollout`). A version whose gate
   failed, or that was rolled back, is not put back in shadow.
 - ``model.canary_started`` and ``model.promoted`` take effect only for a version whose latest
   gate verdict is ``passed``: a model that failed its gate, or was never gated, never serves.

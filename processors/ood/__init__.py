@@ -2,5 +2,5 @@
 
 ``ensemble``: the Mahalanobis / energy / kNN detectors, their calibration and the k-of-3 vote.
 ``reference``: reference sets (what a ``calibration.updated`` event names by artifact id).
-Both ``processors.score`` and ``processors.control`` import from here; neither imports the other.
+Both ``processors.score`` and ``processors.policies`` import from here; neither imports the other.
 """

@@ -9,7 +9,7 @@ Usage (from the repository root)::
 Each policy is a full ``skyloop run`` on the embedded stack (broker, sink, stats/controller,
 detect, score and ingest as separate processes) with ``control_policy`` set: ``skyloop`` (drift
 detection, recalibration, decay), ``static`` (calibrated once) and ``astrolens`` (AstroLens
-v1.1's threshold rules; see processors/control/baselines.py for how its scale maps onto ours).
+v1.1's threshold rules; see processors/policies/baselines.py for how its scale maps onto ours).
 The default stream is synthetic difference cutouts (2 % anomalies: streaks, blobs, bad
 columns) whose conditions change twice: at image 4,000 the noise doubles (faint structure
 drowns: the detector goes *blind*, its flags collapse) and at 8,000 the fields get crowded

@@ -2,7 +2,7 @@
 
 No Kafka, no processes: features and raw energies of a stream (computed once by the real
 backbone) go through :func:`processors.score.decisions.decide` in batches, the resulting score
-records through :class:`processors.control.controller.Controller`, and the events it emits are
+records through :class:`processors.controller.controller.Controller`, and the events it emits are
 folded into the ``ControlState`` the next batches are scored with, ``lag`` batches later (the
 time a real event takes to reach the scorer). It exists to study policies quickly; the figures
 in BENCHMARKS.md come from ``tools/bench/drift.py``, which runs the real processes.
@@ -33,13 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from numpy.typing import NDArray
 
-from processors.control.controller import Controller, ControllerConfig, Emit
-from processors.control.profile import load_profile
-from processors.control.state import MemoryRing, SourceState
+from processors.controller.controller import Controller, ControllerConfig, Emit
+from processors.controller.state import MemoryRing, SourceState
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState
 from processors.core.records import ControlEventRecord, ScoreRecord
 from processors.ood.ensemble import energy_score
+from processors.policies.profile import load_profile
 from processors.score.decisions import EnsembleCache, decide
 
 __all__ = ["Replay", "StreamFeatures", "embed_stream", "replay"]
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     stream = embed_stream(args.stream, args.images, args.cache)
-    from processors.control.decay import ThresholdDecay
+    from processors.policies.decay import ThresholdDecay
 
     config = ControllerConfig(
         policy=args.policy,

@@ -28,7 +28,7 @@ def _name(pid: int) -> str:
     ]
     if "worker" in words:
         return words[words.index("worker") + 1]
-    if "processors.detect.train_worker" in words or any("train_worker" in w for w in words):
+    if "processors.train.train_worker" in words or any("train_worker" in w for w in words):
         return "training"
     return Path(words[0]).name if words else "?"
 

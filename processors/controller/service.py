@@ -5,7 +5,7 @@ it guarantees, in this order:
 
 1. a record at or below the source's last applied offset for its topic partition is skipped
    (redelivered after a restart: its effects are in the table already);
-2. the pure :class:`~processors.control.controller.Controller` decides (ring entries go to
+2. the pure :class:`~processors.controller.controller.Controller` decides (ring entries go to
    the ring's write-back blocks as it goes);
 3. for each event decided: its artifacts are written (content-addressed, idempotent), then
    the event is produced and flushed, unless an event with the same id is already in the log
@@ -31,12 +31,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from processors.control.controller import Controller, ControllerConfig, Emit
-from processors.control.learning import LearningLoop, LearningState
-from processors.control.lifecycle import Lifecycle, policy_from_settings
-from processors.control.profile import load_profile
-from processors.control.retrain import RetrainTrigger
-from processors.control.state import SourceState, StatsWindow
+from processors.controller.controller import Controller, ControllerConfig, Emit
+from processors.controller.learning import LearningLoop, LearningState
+from processors.controller.lifecycle import Lifecycle, policy_from_settings
+from processors.controller.state import SourceState, StatsWindow
+from processors.controller.tables import ChangelogTable, TableRing, head_key, load_head
 from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
 from processors.core.config import Settings
@@ -61,15 +60,18 @@ from processors.core.metrics import (
 )
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, CandidateRecord, DeadLetter, ScoreRecord
-from processors.stats.tables import ChangelogTable, TableRing, head_key, load_head
+from processors.policies.profile import load_profile
+from processors.policies.retrain import RetrainTrigger
 
 __all__ = ["ControlService", "dead_letter_source"]
 
 log = logging.getLogger(__name__)
 
 WINDOWS_KEPT = 60
-ROLLOUTS_KEY = "rollouts"  # the lifecycle's tracks (processors.control.lifecycle), partition 0
-LEARNING_KEY = "learning"  # the learning loop's dataset (processors.control.learning), partition 0
+ROLLOUTS_KEY = "rollouts"  # the lifecycle's tracks (processors.controller.lifecycle), partition 0
+LEARNING_KEY = (
+    "learning"  # the learning loop's dataset (processors.controller.learning), partition 0
+)
 
 
 def dead_letter_source(letter: DeadLetter) -> str | None:

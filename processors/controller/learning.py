@@ -6,7 +6,7 @@ controller in the stats app. For every candidate the detect processor published:
 - a ``pseudo_label`` with a training sample (``sample_id``, an artifact the detect processor
   stored) joins the dataset, once per image id (a redelivered or re-scored candidate is not
   counted twice); the dataset keeps the most recent ``max_samples`` (default 4096);
-- :class:`~processors.control.retrain.RetrainTrigger` is asked: on ``request`` a new
+- :class:`~processors.policies.retrain.RetrainTrigger` is asked: on ``request`` a new
   :class:`~processors.core.datasets.DatasetManifest` (train and held-out sample ids, split by
   hash of image id, so a held-out image never trains; the previous manifest as parent) is
   stored as an artifact and ``retrain.requested`` names it; on ``defer`` one
@@ -31,12 +31,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from processors.control.controller import Emit
-from processors.control.retrain import RetrainTrigger
+from processors.controller.controller import Emit
 from processors.core.artifacts import artifact_id_of
 from processors.core.control import decision_id, new_event
 from processors.core.datasets import DatasetManifest
 from processors.core.records import CandidateRecord
+from processors.policies.retrain import RetrainTrigger
 
 __all__ = ["LearningLoop", "LearningState"]
 

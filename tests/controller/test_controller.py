@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processors.control.controller import ISSUER, Controller, ControllerConfig
-from processors.control.health import HealthPolicy
-from processors.control.profile import load_profile
-from processors.control.sources import ErrorBackoff
-from processors.control.state import MemoryRing, SourceState
+from processors.controller.controller import ISSUER, Controller, ControllerConfig
+from processors.controller.state import MemoryRing, SourceState
+from processors.controller.tables import DictTable, TableRing
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState, new_event, replay
 from processors.core.records import ControlEventRecord, DeadLetter, ScoreRecord
-from processors.stats.tables import DictTable, TableRing
+from processors.policies.health import HealthPolicy
+from processors.policies.profile import load_profile
+from processors.policies.sources import ErrorBackoff
 from tools.bench.policy_sim import StreamFeatures
 from tools.bench.policy_sim import replay as simulate
 

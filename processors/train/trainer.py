@@ -15,16 +15,16 @@ that request it:
    samples wait for the next request);
 2. writes a YOLO dataset from the *training* samples only (the validation split that picks the
    best epoch is a hash-chosen slice of them; held-out samples never train or select);
-3. trains in a separate, bounded process (:func:`processors.detect.training.train_detector`:
+3. trains in a separate, bounded process (:func:`processors.train.training.train_detector`:
    ``train_timeout_s``, ``train_threads``, ``train_memory_mb``), from the production detector's
    weights when there is one, else from scratch, for ``train_epochs``, or as many epochs as
    ``train_min_steps`` optimizer steps take on a small dataset, and no more than
-   ``train_max_steps`` take on a large one (:func:`~processors.detect.training.epochs_for`);
+   ``train_max_steps`` take on a large one (:func:`~processors.train.training.epochs_for`);
 4. evaluates the new model and production (when there is one) on the held-out samples: mAP50
    against their pseudo-label boxes, p99 latency per image, non-finite outputs;
 5. stores the weights and a model card (dataset, parent, metrics, code version) and emits
    ``model.registered``, then the gate's verdict ``model.gate_passed`` / ``model.gate_failed``
-   (:class:`~processors.control.gate.ModelGate`), each caused by the one before.
+   (:class:`~processors.policies.gate.ModelGate`), each caused by the one before.
 
 From there the controller's lifecycle runs the detector through shadow and canary to promotion
 or rollback. Event ids are derived from the request's, so a trainer restarted mid-way makes the
@@ -49,7 +49,6 @@ from typing import Any
 
 import numpy as np
 
-from processors.control.gate import ModelGate
 from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
 from processors.core.control import ControlState, decision_id, new_event
@@ -63,7 +62,8 @@ from processors.core.rollouts import ModelSlot
 from processors.detect.dataset import DetectionSample, write_yolo_dataset
 from processors.detect.evaluation import map50
 from processors.detect.samples import TrainingSample
-from processors.detect.training import epochs_for, train_detector
+from processors.policies.gate import ModelGate
+from processors.train.training import epochs_for, train_detector
 
 __all__ = ["MIN_TRAIN", "Evaluation", "Trainer", "answer_request", "evaluate_detector"]
 

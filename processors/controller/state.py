@@ -2,7 +2,7 @@
 
 Plain data with canonical serialisation, so the Faust app can keep it in a changelog-backed
 table (one value per key) and a restarted controller resumes exactly where the last one left
-off. Nothing here decides anything; :mod:`processors.control.controller` does.
+off. Nothing here decides anything; :mod:`processors.controller.controller` does.
 
 - :class:`RingEntry`: one scored image of a lane (its features as float16, raw energy, ensemble
   score, whether it was flagged, the calibration that scored it). A lane keeps its last
@@ -177,7 +177,7 @@ class SourceState:
 
 
 class MemoryRing:
-    """A :class:`~processors.control.controller.Ring` in a dict (tests, offline replays).
+    """A :class:`~processors.controller.controller.Ring` in a dict (tests, offline replays).
 
     Keeps the same slots a table-backed ring does, so both hold exactly the last ``capacity``
     entries of each lane.

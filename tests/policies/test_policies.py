@@ -8,7 +8,9 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from processors.control import (
+from processors.controller import state
+from processors.ood.ensemble import OODEnsemble
+from processors.policies import (
     baselines,
     calibration,
     decay,
@@ -16,13 +18,11 @@ from processors.control import (
     health,
     profile,
     sources,
-    state,
 )
-from processors.control.calibration import far_out_rows, plan_calibration
-from processors.control.decay import ThresholdDecay
-from processors.control.drift import DriftMonitor, Hysteresis, change_point
-from processors.control.sources import ErrorBackoff, Rebalance
-from processors.ood.ensemble import OODEnsemble
+from processors.policies.calibration import far_out_rows, plan_calibration
+from processors.policies.decay import ThresholdDecay
+from processors.policies.drift import DriftMonitor, Hysteresis, change_point
+from processors.policies.sources import ErrorBackoff, Rebalance
 
 
 @pytest.mark.parametrize(

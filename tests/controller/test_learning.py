@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from processors.control import learning
-from processors.control.learning import LearningLoop, LearningState
-from processors.control.retrain import RetrainTrigger
+from processors.controller import learning
+from processors.controller.learning import LearningLoop, LearningState
 from processors.core import datasets
 from processors.core.artifacts import artifact_id_of
 from processors.core.datasets import DatasetManifest, is_held_out
 from processors.detect import labels, samples
+from processors.policies.retrain import RetrainTrigger
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -22,7 +22,7 @@ import struct
 from collections.abc import MutableMapping
 from typing import Any, Protocol
 
-from processors.control.state import RingEntry, SourceState
+from processors.controller.state import RingEntry, SourceState
 
 __all__ = [
     "BLOCK",
@@ -113,7 +113,7 @@ def _unpack(data: bytes) -> list[bytes | None]:
 
 
 class TableRing:
-    """A :class:`~processors.control.controller.Ring` over a :class:`ChangelogTable`.
+    """A :class:`~processors.controller.controller.Ring` over a :class:`ChangelogTable`.
 
     Writes go to an in-memory copy of the touched blocks until :meth:`flush`; reads see them at
     once. An index of the image ids in each lane's ring (built from the table on first use

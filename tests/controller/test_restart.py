@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from processors.control.controller import ControllerConfig
-from processors.control.state import SourceState
+from processors.controller.controller import ControllerConfig
+from processors.controller.state import SourceState
 from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
 from processors.core.config import Settings, load_settings

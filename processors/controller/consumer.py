@@ -13,7 +13,7 @@ because its committed offsets never reached the sink's.
 :class:`RewindingConsumer` completes the seek: every stream partition that has no committed
 offset goes back to its earliest offset (``consumer_auto_offset_reset="earliest"`` is what such
 a partition means). Records handled before are handled again; the service recognises them by
-the per-source offsets in its table (:mod:`processors.stats.service`). Changelog partitions are
+the per-source offsets in its table (:mod:`processors.controller.service`). Changelog partitions are
 left alone: table recovery positions them itself.
 """
 

@@ -1,9 +1,9 @@
 """Model lifecycle driven by outputs: a registered model's trial, shadow, canary and promotion.
 
 Pure decision logic over explicit state (no Kafka, no clock: event times are the records'),
-like :mod:`processors.control.controller`, which it sits beside in the stats app. It turns
+like :mod:`processors.controller.controller`, which it sits beside in the stats app. It turns
 ``model.*`` state in the folded ``ControlState`` plus the models' own outputs into the next
-lifecycle events (:class:`~processors.control.rollout.RolloutPolicy` decides):
+lifecycle events (:class:`~processors.policies.rollout.RolloutPolicy` decides):
 
 - a scoring model registered and never gated → ``model.shadow_started`` (its gate trial: a
   shadow never serves); its first ``trial_outputs`` shadow records → ``model.gate_passed`` or
@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processors.control.gate import ModelGate
-from processors.control.rollout import RolloutDecision, RolloutPolicy, RolloutTrack
 from processors.core.control import ControlState, decision_id, new_event
 from processors.core.records import Box, CandidateRecord, ControlEventRecord, ScoreRecord
+from processors.policies.gate import ModelGate
+from processors.policies.rollout import RolloutDecision, RolloutPolicy, RolloutTrack
 
 __all__ = [
     "Lifecycle",

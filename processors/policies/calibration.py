@@ -2,7 +2,7 @@
 
 Pure (no I/O): the controller hands it the features and raw energies of a reference window,
 stores the resulting :class:`~processors.ood.reference.ReferenceSet` and
-:class:`~processors.control.profile.DriftProfile` as content-addressed artifacts and emits
+:class:`~processors.policies.profile.DriftProfile` as content-addressed artifacts and emits
 ``calibration.updated`` with the thresholds it returns. Because
 :class:`~processors.ood.ensemble.OODEnsemble` is deterministic, every scorer that refits from
 the same artifact reproduces exactly these thresholds' meaning.
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from processors.control.profile import DriftProfile, build_profile
 from processors.core.records import ScoreRecord
 from processors.ood.ensemble import (
     KnnDetector,
@@ -46,6 +45,7 @@ from processors.ood.ensemble import (
     split_reference,
 )
 from processors.ood.reference import ReferenceSet
+from processors.policies.profile import DriftProfile, build_profile
 
 __all__ = ["CalibrationPlan", "far_out_rows", "plan_calibration", "score_row"]
 

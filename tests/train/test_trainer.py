@@ -18,7 +18,7 @@ from processors.core.kafka import produce_control_event as produce
 from processors.core.progress import ProgressFile, read_progress
 from processors.core.records import Box, ControlEventRecord
 from processors.detect.samples import TrainingSample
-from processors.detect.trainer import Trainer, answer_request
+from processors.train.trainer import Trainer, answer_request
 
 
 def _request(store: ArtifactStore, n: int) -> ControlEventRecord:

@@ -1,7 +1,7 @@
 """Drift policy: compare each window of a (model, source)'s served scores with its calibration.
 
 Pure (no I/O, no clock). :func:`judge_window` tests one finished window against a
-:class:`~processors.control.profile.DriftProfile` (the calibration's held-out images);
+:class:`~processors.policies.profile.DriftProfile` (the calibration's held-out images);
 :class:`Hysteresis` turns a sequence of window results into a drift decision;
 :class:`DriftMonitor` combines both for a stream of scores (what the doctest and tests drive).
 

@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from processors.control import gate, lifecycle, retrain, rollout
-from processors.control.lifecycle import Lifecycle
-from processors.control.rollout import RolloutPolicy
+from processors.controller import lifecycle
+from processors.controller.lifecycle import Lifecycle
 from processors.core import registry, rollouts
 from processors.core.control import ControlState, new_event
 from processors.core.records import ControlEventRecord, ScoreRecord
+from processors.policies import gate, retrain, rollout
+from processors.policies.rollout import RolloutPolicy
 from processors.score.routing import plan_roles
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)

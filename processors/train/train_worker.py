@@ -1,6 +1,6 @@
-"""The training process: ``python -m processors.detect.train_worker SPEC.json``.
+"""The training process: ``python -m processors.train.train_worker SPEC.json``.
 
-Run by :func:`processors.detect.training.train_detector`, never imported by a processor. It
+Run by :func:`processors.train.training.train_detector`, never imported by a processor. It
 reads a :class:`TrainSpec` (JSON), limits itself before importing torch (address space, then
 threads), trains YOLOv8 with ultralytics offline, and writes ``result.json`` next to the spec
 with the path of the best weights and ultralytics' own validation metrics.
@@ -122,7 +122,7 @@ def _peak_memory() -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m processors.detect.train_worker SPEC.json", file=sys.stderr)
+        print("usage: python -m processors.train.train_worker SPEC.json", file=sys.stderr)
         return 2
     spec_path = Path(args[0])
     spec = TrainSpec.read(spec_path)

@@ -2,14 +2,14 @@
 
 Consumes ``scores`` and ``images.dlq`` (4 partitions each, both keyed by source, so a source's
 scores and dead letters meet in one partition and one agent actor). Keeps its state in
-changelog-backed tables (:mod:`processors.stats.tables`): ``controller`` (per-source heads
+changelog-backed tables (:mod:`processors.controller.tables`): ``controller`` (per-source heads
 with their per-(model, source) lanes, and the lanes' rings of recent images, the calibration
 reference windows among them) and ``lane_windows`` (closed tumbling windows of lane
 statistics). Tables restore from their changelogs on restart; the embedded broker restores them
 correctly only with ``producer_max_batch_size=1`` (DESIGN §6).
 
-What it emits and in which order is :mod:`processors.stats.service`'s contract; what it decides
-is :mod:`processors.control.controller`'s. A timer (every second) lifts the controller's expired
+What it emits and in which order is :mod:`processors.controller.service`'s contract; what it decides
+is :mod:`processors.controller.controller`'s. A timer (every second) lifts the controller's expired
 pauses and refreshes the metrics.
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 
 import faust
 
+from processors.controller.consumer import RewindingApp
+from processors.controller.service import ControlService
+from processors.controller.tables import FaustTable
 from processors.core.config import Settings
 from processors.core.kafka import faust_credentials
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS
-from processors.stats.consumer import RewindingApp
-from processors.stats.service import ControlService
-from processors.stats.tables import FaustTable
 
 __all__ = ["build_app"]
 
@@ -81,7 +81,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
         return [(e.message.partition, e.message.offset, e.value) for e in events]
 
     # Batches (at most BATCH events, or what came within BATCH_WAIT_S): each source's state
-    # is written once per batch (see processors.stats.service).
+    # is written once per batch (see processors.controller.service).
     @app.agent(scores_topic)
     async def on_scores(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=BATCH_WAIT_S):

@@ -6,7 +6,7 @@ the policy has seen of it; :class:`RolloutPolicy` turns it into the next lifecyc
 Phases, in order (``phase`` in the track):
 
 - ``trial`` (scoring models only): a registered scorer runs as a shadow, never served, and its
-  gate is judged by :class:`~processors.control.gate.ModelGate` on its first ``trial_outputs``
+  gate is judged by :class:`~processors.policies.gate.ModelGate` on its first ``trial_outputs``
   (default 64) outputs: NaN outputs, p99 latency against production's. A detector's gate is
   judged by the trainer on the held-out set instead, so detectors start in ``shadow``.
 - ``shadow``: ``shadow_outputs`` (default 64) more outputs without a NaN → ``canary`` at
@@ -53,7 +53,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from processors.control.gate import ModelGate
+from processors.policies.gate import ModelGate
 
 __all__ = ["RolloutDecision", "RolloutPolicy", "RolloutTrack"]
 

@@ -1,8 +1,8 @@
 """The controller: turns scores and dead letters into control events, one policy at a time.
 
-Pure decision logic over explicit state, no Kafka and no Faust: the stats app
-(:mod:`processors.stats.app`) loads a :class:`~processors.control.state.SourceState` from its
-table, calls :meth:`Controller.on_score` / :meth:`Controller.on_dead_letter` /
+Pure decision logic over explicit state, no Kafka and no Faust: the controller's Faust app
+(:mod:`processors.controller.app`) loads a :class:`~processors.controller.state.SourceState`
+from its table, calls :meth:`Controller.on_score` / :meth:`Controller.on_dead_letter` /
 :meth:`Controller.on_tick`, stores the artifacts and emits the events the call returned, then
 writes the state back. What each input drives (DESIGN §5):
 
@@ -11,9 +11,9 @@ writes the state back. What each input drives (DESIGN §5):
   ``calibration.updated`` (reference from those images, trimmed, with a drift profile);
 - a served score of the lane's current calibration → the drift window; every ``drift_step``
   scores the last ``drift_window`` are judged against the profile
-  (:func:`~processors.control.drift.judge_window`) and ``consecutive`` disjoint disagreeing
+  (:func:`~processors.policies.drift.judge_window`) and ``consecutive`` disjoint disagreeing
   windows → ``drift.detected`` → ``calibration.updated`` caused by it, from the images since
-  the change began (:func:`~processors.control.drift.change_point` over the epoch's feature
+  the change began (:func:`~processors.policies.drift.change_point` over the epoch's feature
   projections and scores: the windows that raised the alarm, without the pre-drift images
   before them, which would otherwise stay in every reference of the new epoch), as soon as
   ``drift_min_reference`` of them exist (recovery does not wait for a full window);
@@ -47,18 +47,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from processors.control.baselines import AstroLensV11
-from processors.control.calibration import plan_calibration, score_row
-from processors.control.decay import ThresholdDecay
-from processors.control.drift import DriftTests, Hysteresis, change_point, judge_window
-from processors.control.health import HealthPolicy, HealthState
-from processors.control.profile import DriftProfile
-from processors.control.sources import ErrorBackoff, Rebalance
-from processors.control.state import LaneState, RingEntry, SourceState
+from processors.controller.state import LaneState, RingEntry, SourceState
 from processors.core.artifacts import artifact_id_of
 from processors.core.control import ControlState, decision_id, new_event
 from processors.core.records import ControlEventRecord, ControlParams, DeadLetter, ScoreRecord
 from processors.ood.ensemble import OODEnsemble
+from processors.policies.baselines import AstroLensV11
+from processors.policies.calibration import plan_calibration, score_row
+from processors.policies.decay import ThresholdDecay
+from processors.policies.drift import DriftTests, Hysteresis, change_point, judge_window
+from processors.policies.health import HealthPolicy, HealthState
+from processors.policies.profile import DriftProfile
+from processors.policies.sources import ErrorBackoff, Rebalance
 
 __all__ = ["Controller", "ControllerConfig", "Emit", "Ring"]
 

@@ -1,7 +1,7 @@
 """Train a YOLOv8 detector in a separate, bounded process.
 
 :func:`train_detector` never trains in the calling process: it starts
-``python -m processors.detect.train_worker`` in its own session with a spec file, and
+``python -m processors.train.train_worker`` in its own session with a spec file, and
 
 1. copies the dataset into ``out_dir/dataset`` first (ultralytics writes label caches next to
    the labels, and the caller's dataset folder is content-addressed: it is never modified);
@@ -43,8 +43,8 @@ from processors.core.exceptions import (
     TrainingError,
     TrainingTimeoutError,
 )
-from processors.detect.train_worker import TrainSpec
 from processors.detect.ultralytics_env import default_config_dir
+from processors.train.train_worker import TrainSpec
 
 __all__ = ["FROM_SCRATCH", "MAX_EPOCHS", "TrainResult", "epochs_for", "train_detector"]
 
@@ -186,7 +186,7 @@ def train_detector(
             # through the guard: a trainer that dies (even by SIGKILL) takes its training along
             [
                 *(sys.executable, "-m", "processors.core.guard", str(os.getpid())),
-                *(sys.executable, "-m", "processors.detect.train_worker", str(spec_path)),
+                *(sys.executable, "-m", "processors.train.train_worker", str(spec_path)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log_file,

@@ -1,0 +1,1 @@
+"""Pure self-correction policies: evidence in, decisions out; no I/O, no clock."""

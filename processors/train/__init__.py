@@ -1,0 +1,1 @@
+"""The trainer worker: answers retrain requests with trained, gated detectors."""
