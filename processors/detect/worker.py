@@ -1,0 +1,38 @@
+"""``skyloop worker detect``: served candidates' scores → candidates (boxes, cross-matches,
+labels).
+
+The worker's entry point (:data:`SPEC`, :func:`run`); the processor is
+:class:`processors.detect.processor.DetectProcessor`. Importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from processors.core.worker import WHOLE_LOG, WorkerSpec, run_batch_loop
+
+__all__ = ["SPEC", "run"]
+
+SPEC = WorkerSpec(
+    name="detect",
+    summary="localizes and cross-matches served candidates, judges pseudo-labels",
+    mode="batch loop",
+    consumes=("scores",),
+    produces=("candidates", "images.dlq"),
+    # artifacts: detector weights read, pseudo-label samples written; novelty references in memory
+    state=("artifact store", "novelty references"),
+    folds=WHOLE_LOG,
+    emits=(),
+    settings_section="detect",
+    group="detect",
+    run="processors.detect.worker:run",
+    processor="processors.detect.processor:DetectProcessor",
+)
+
+
+def run(settings: Any, args: argparse.Namespace) -> int:
+    """Detect until SIGTERM/SIGINT (the runner's loop; see :mod:`processors.core.runner`)."""
+    from processors.detect.processor import DetectProcessor
+
+    return run_batch_loop(DetectProcessor(), settings)

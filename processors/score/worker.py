@@ -1,0 +1,36 @@
+"""``skyloop worker score``: image records → scores (unreadable images as dead letters).
+
+The worker's entry point (:data:`SPEC`, :func:`run`); the processor is
+:class:`processors.score.processor.ScoreProcessor`. Importing this module is cheap (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from processors.core.worker import WHOLE_LOG, WorkerSpec, run_batch_loop
+
+__all__ = ["SPEC", "run"]
+
+SPEC = WorkerSpec(
+    name="score",
+    summary="scores every image with the served models' OOD ensembles (pausable; scales out)",
+    mode="batch loop",
+    consumes=("images.raw",),
+    produces=("scores", "images.dlq"),
+    state=("artifact store", "model cache"),  # weights and calibration references, read
+    folds=WHOLE_LOG,
+    emits=(),
+    settings_section="score",
+    group="score",
+    run="processors.score.worker:run",
+    processor="processors.score.processor:ScoreProcessor",
+)
+
+
+def run(settings: Any, args: argparse.Namespace) -> int:
+    """Score until SIGTERM/SIGINT (the runner's loop; see :mod:`processors.core.runner`)."""
+    from processors.score.processor import ScoreProcessor
+
+    return run_batch_loop(ScoreProcessor(), settings)
