@@ -1,6 +1,7 @@
 """``skyloop run``: the whole pipeline on the embedded local stack, until N images are through.
 
-Order: start the broker → create topics → start sink, stats, detect, score (child processes)
+Order: start the broker → create topics → start sink, controller, detect, train, score (child
+processes, ``skyloop worker NAME``; :mod:`processors.topology`)
 → wait until each is ready → ingest N items (or, with N = None, until the sources end: a
 finite source such as a ZTF packet folder; or until ``duration_s`` has passed) → wait until
 every stage has handled every item (read from the processors' progress files) → stop the
@@ -14,7 +15,7 @@ A processor that dies (a crash, ``kill -9``) is restarted with back-off, up to a
 group's committed offsets, and what it redoes is absorbed by idempotent keys. A restarted
 processor's progress file starts from zero, so the stop condition then reads the truth instead:
 a restarted sink's counts from its ClickHouse tables (through its query endpoint), a restarted
-stats worker's position from its group's committed offsets against the sink's. Ingest is not
+controller's position from its group's committed offsets against the sink's. Ingest is not
 restarted (a new ingest would not know where the old one stopped): its death ends the run.
 ``RunResult.restarts`` counts the restarts per processor.
 
@@ -31,8 +32,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,14 +41,22 @@ from pydantic import SecretStr
 
 from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
-from processors.core.kafka import ensure_topics, kafka_security
+from processors.core.kafka import ensure_topics
 from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
+from processors.local_restarts import RestartedTruth
+from processors.topology import resolve
 
 __all__ = ["RunResult", "latest_run_dir", "run_local"]
 
-WORKERS = ("sink", "stats", "detect", "train", "score")
+WORKERS = ("sink", "controller", "detect", "train", "score")
+"""The workers started before ingest, in this order (names of :mod:`processors.topology`)."""
+
+
+def _progress(progress: Path, worker: str) -> dict[str, Any]:
+    """A worker's progress file, which is named by its group (the controller's is ``stats``)."""
+    return read_progress(progress, resolve(worker).group)
 
 
 @dataclass(frozen=True)
@@ -77,12 +84,12 @@ def latest_run_dir(data_dir: Path) -> Path | None:
 def _done(
     ingest: dict[str, Any],
     sink: dict[str, Any],
-    stats: dict[str, Any],
+    controller: dict[str, Any],
     train: dict[str, Any] | None = None,
 ) -> bool:
     if not ingest.get("done"):
         return False
-    emitters = (stats, train or {})  # the controller's and the trainer's events
+    emitters = (controller, train or {})  # the controller's and the trainer's events
     events = sum(v for p in emitters for k, v in p.items() if k.startswith("events."))
     # The sink counts distinct ids, so compare with ingest's distinct counts: a source may
     # deliver the same cutout twice (a ZTF alert re-serialized in another schema version).
@@ -93,7 +100,7 @@ def _done(
         and sink.get("scores", 0) + sink.get("dlq_images", 0) >= sink.get("images", 0)
         and sink.get("candidates", 0) >= sink.get("candidate_scores", 0)
         and sink.get("control_events", 0) >= events
-        and stats.get("consumed", 0) >= sink.get("scores", 0)
+        and controller.get("consumed", 0) >= sink.get("scores", 0)
     )
 
 
@@ -179,7 +186,7 @@ def run_local(
                 truth.broker = broker
                 out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
                 _wait(
-                    lambda: all(read_progress(progress, w).get("ready") for w in WORKERS),
+                    lambda: all(_progress(progress, w).get("ready") for w in WORKERS),
                     sup,
                     timeout_s=300,
                     what="processors to start",
@@ -222,7 +229,7 @@ def run_local(
         time.monotonic() - started,
         ingest_seconds,
         counts,
-        read_progress(progress, "ingest"),
+        _progress(progress, "ingest"),
         interrupted,
         restarts,
     )
@@ -243,7 +250,9 @@ def _follow(
     ingest_started = time.monotonic()
     last_line = 0.0
     while True:
-        ingest, sink, stats = (read_progress(progress, n) for n in ("ingest", "sink", "stats"))
+        ingest, sink, controller = (
+            _progress(progress, n) for n in ("ingest", "sink", "controller")
+        )
         sink = truth.sink(sink)
         now = time.monotonic()
         remaining = None if duration_s is None else duration_s - (now - ingest_started)
@@ -254,7 +263,7 @@ def _follow(
         elif now - last_line >= 5:
             out.write(line.strip("\r ") + "\n")
             last_line = now
-        if _done(ingest, sink, truth.stats(stats, sink), read_progress(progress, "train")):
+        if _done(ingest, sink, truth.controller(controller, sink), _progress(progress, "train")):
             return
         _check(sup)
         _heal_broker(truth.broker)
@@ -294,112 +303,6 @@ def _check(sup: Supervisor) -> None:
         sys.stderr.write(
             f"\nskyloop: restarted {child.name} (restart {child.restarts}); log {child.log_path}\n"
         )
-
-
-_SINK_COUNTS_SQL = """
-SELECT
-  (SELECT uniqExact(image_id) FROM images) AS images,
-  (SELECT uniqExact(image_id) FROM scores
-    WHERE role = 'production' OR (role = 'canary' AND calibrated)) AS scores,
-  (SELECT uniqExact(image_id) FROM scores
-    WHERE (role = 'production' OR (role = 'canary' AND calibrated)) AND is_candidate)
-    AS candidate_scores,
-  (SELECT uniqExact(image_id) FROM candidates) AS candidates,
-  (SELECT uniqExact(event_id) FROM control_events) AS control_events,
-  (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))
-    FROM dead_letters WHERE startsWith(original_topic, 'source:')) AS dlq_source,
-  (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))
-    FROM dead_letters WHERE original_topic = 'images.raw') AS dlq_images
-"""
-
-
-class RestartedTruth:
-    """The stop condition's inputs for processors that were restarted during the run.
-
-    A restarted sink counts distinct ids from zero: its counts then come from its ClickHouse
-    tables (what it wrote is what it consumed: it writes before it commits). A restarted stats
-    worker counts consumed scores from zero: it is then caught up when its group's committed
-    offsets on ``scores`` and ``images.dlq`` reach the sink's (both monotone; no end offset,
-    which the embedded broker gets wrong for batches, DESIGN §6).
-    """
-
-    def __init__(self, settings: Settings, bootstrap: str, run_dir: Path, sup: Supervisor):
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.run_dir = run_dir
-        self.sup = sup
-        self._probe: Any = None
-        self.broker: EmbeddedBroker | None = None
-        self._sink_cache: tuple[float, dict[str, Any]] = (0.0, {})
-
-    def _restarted(self, name: str) -> bool:
-        child = self.sup.children.get(name)
-        return child is not None and child.restarts > 0
-
-    def sink(self, progress: dict[str, Any]) -> dict[str, Any]:
-        if not self._restarted("sink"):
-            return progress
-        at, cached = self._sink_cache
-        if time.monotonic() - at < 2.0:
-            return cached
-        try:
-            port = json.loads((self.run_dir / "sink.json").read_text())["port"]
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/sql", data=_SINK_COUNTS_SQL.encode(), method="POST"
-            )
-            with urllib.request.urlopen(request, timeout=10) as response:
-                body = json.loads(response.read())
-        except (OSError, ValueError, KeyError, urllib.error.URLError):
-            return cached  # the new sink is not serving yet
-        counts = {**progress, **dict(zip(body["columns"], body["rows"][0], strict=True))}
-        self._sink_cache = (time.monotonic(), counts)
-        return counts
-
-    def stats(self, progress: dict[str, Any], sink: dict[str, Any]) -> dict[str, Any]:
-        if not self._restarted("stats"):
-            return progress
-        from confluent_kafka import Consumer, TopicPartition
-
-        from processors.core.records import TOPICS
-
-        if self._probe is None:
-            self._probe = Consumer(
-                {
-                    **kafka_security(self.settings),
-                    "bootstrap.servers": self.bootstrap,
-                    "group.id": self.settings.group("stats"),
-                    "enable.auto.commit": False,
-                }
-            )
-        parts = [
-            TopicPartition(self.settings.topic(t), p)
-            for t in ("scores", "images.dlq")
-            for p in range(TOPICS[t].partitions)
-        ]
-        try:
-            stats_at = self._probe.committed(parts, timeout=5)
-            sink_probe = Consumer(
-                {
-                    **kafka_security(self.settings),
-                    "bootstrap.servers": self.bootstrap,
-                    "group.id": self.settings.group("sink"),
-                    "enable.auto.commit": False,
-                }
-            )
-            try:
-                sink_at = sink_probe.committed(parts, timeout=5)
-            finally:
-                sink_probe.close()
-        except Exception:
-            return {**progress, "consumed": -1}
-        caught_up = all(
-            max(a.offset, 0) >= max(b.offset, 0) for a, b in zip(stats_at, sink_at, strict=True)
-        )
-        return {**progress, "consumed": sink.get("scores", 0) if caught_up else -1}
-
-    def close(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
 
 
 def _wait(predicate: Any, sup: Supervisor, timeout_s: float, what: str) -> None:

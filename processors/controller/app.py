@@ -1,4 +1,5 @@
-"""The stats/controller Faust app: scores and dead letters → control events.
+"""The controller's Faust app (``skyloop worker controller``): scores, dead letters and
+candidates → control events.
 
 Consumes ``scores`` and ``images.dlq`` (4 partitions each, both keyed by source, so a source's
 scores and dead letters meet in one partition and one agent actor). Keeps its state in
@@ -6,7 +7,7 @@ changelog-backed tables (:mod:`processors.controller.tables`): ``controller`` (p
 with their per-(model, source) lanes, and the lanes' rings of recent images, the calibration
 reference windows among them) and ``lane_windows`` (closed tumbling windows of lane
 statistics). Tables restore from their changelogs on restart; the embedded broker restores them
-correctly only with ``producer_max_batch_size=1`` (DESIGN §6).
+correctly only with ``producer_max_batch_size=1`` (ARCHITECTURE.md, "The local stack").
 
 What it emits and in which order is :mod:`processors.controller.service`'s contract; what it decides
 is :mod:`processors.controller.controller`'s. A timer (every second) lifts the controller's expired
@@ -40,6 +41,8 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     """A Faust app wired to ``settings``; run it with ``faust.Worker(app)``."""
     partitions = TOPICS["scores"].partitions
     app = RewindingApp(
+        # the app id, kept from when the worker was called stats: it names the consumer group
+        # and the tables' changelog topics, so offsets and restored tables stay valid
         settings.group("stats"),
         broker=f"kafka://{bootstrap}",
         broker_credentials=faust_credentials(settings),

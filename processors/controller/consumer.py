@@ -1,4 +1,4 @@
-"""The stats app's Faust consumer: stream partitions without a committed offset are rewound.
+"""The controller app's Faust consumer: stream partitions without a committed offset are rewound.
 
 Why: when Faust (faust-streaming 0.15) seeks its stream partitions back to their committed
 offsets (after table recovery, and whenever it finds its flow stopped), it relies on aiokafka's
@@ -6,7 +6,7 @@ offsets (after table recovery, and whenever it finds its flow stopped), it relie
 that Faust fetched but did not hand to an agent (it drops a batch's rest when the flow stops or
 the generation changes, and records of partitions that are not active) have already advanced
 aiokafka's position; a partition with a committed offset gets them again from the seek, a
-partition without one never does. Measured here: a stats worker restarted by ``kill -9`` lost
+partition without one never does. Measured here: a controller worker restarted by ``kill -9`` lost
 the first 32 scores of one partition and every score of another, and the run never ended
 because its committed offsets never reached the sink's.
 

@@ -159,7 +159,7 @@ class ControlService:
             try:
                 score: ScoreRecord = self.codec.decode(value, "skyloop.ScoreRecord")  # type: ignore[assignment]
             except CodecError as exc:
-                log.error("stats: undecodable score at %d/%d skipped: %s", partition, offset, exc)
+                log.error("controller: undecodable score at %d/%d skipped: %s", partition, offset, exc)
                 self.progress.add("undecodable")
                 continue
             src = self.head(score["source"])
@@ -185,7 +185,7 @@ class ControlService:
             try:
                 letter: DeadLetter = self.codec.decode(value, "skyloop.DeadLetter")  # type: ignore[assignment]
             except CodecError as exc:
-                log.error("stats: undecodable dead letter at %d/%d: %s", partition, offset, exc)
+                log.error("controller: undecodable dead letter at %d/%d: %s", partition, offset, exc)
                 continue
             self.progress.add("dead_letters")
             source = dead_letter_source(letter)
@@ -212,7 +212,7 @@ class ControlService:
             try:
                 candidate: CandidateRecord = self.codec.decode(value, "skyloop.CandidateRecord")  # type: ignore[assignment]
             except CodecError as exc:
-                log.error("stats: undecodable candidate at %d/%d: %s", partition, offset, exc)
+                log.error("controller: undecodable candidate at %d/%d: %s", partition, offset, exc)
                 continue
             src = self.head(candidate["source"])
             if src.seen("candidates", partition, offset):
