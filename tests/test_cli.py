@@ -8,22 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from processors import cli
+from processors.core import durations, tabular
 from processors.core.clickhouse import connect
 from processors.core.exceptions import ConfigError
+from processors.sink import query
 from processors.sink.migrations import apply_migrations
 
 
-def test_doctests() -> None:
-    result = doctest.testmod(cli)
+@pytest.mark.parametrize("module", [query, durations, tabular], ids=lambda m: m.__name__)
+def test_doctests(module: object) -> None:
+    result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0
 
 
 def test_bad_filters_are_refused_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"--type drift\.found: unknown"):
-        cli.events_query(["drift.found"])
+        query.events_query(["drift.found"])
     with pytest.raises(ConfigError, match="--since 'yesterday'"):
-        cli.events_query(since="yesterday")
+        query.events_query(since="yesterday")
 
 
 def test_filters_select_the_right_rows_in_chdb(tmp_path: Path) -> None:
@@ -41,10 +43,10 @@ def test_filters_select_the_right_rows_in_chdb(tmp_path: Path) -> None:
         def offsets(sql: str) -> list[int]:
             return [int(r[0]) for r in client.query(sql).result_rows]
 
-        assert offsets(cli.events_query()) == [0, 1, 2]
-        assert offsets(cli.events_query(["drift.detected"])) == [1, 2]
-        assert offsets(cli.events_query(subject="o'hare")) == [2]
-        assert offsets(cli.events_query(since="2026-12-01T10:00:00+00:00")) == [1, 2]
-        assert offsets(cli.events_query(["drift.detected"], "sky", "2026-12-01T10:00")) == [1]
+        assert offsets(query.events_query()) == [0, 1, 2]
+        assert offsets(query.events_query(["drift.detected"])) == [1, 2]
+        assert offsets(query.events_query(subject="o'hare")) == [2]
+        assert offsets(query.events_query(since="2026-12-01T10:00:00+00:00")) == [1, 2]
+        assert offsets(query.events_query(["drift.detected"], "sky", "2026-12-01T10:00")) == [1]
     finally:
         client.close()
