@@ -159,7 +159,9 @@ class ControlService:
             try:
                 score: ScoreRecord = self.codec.decode(value, "skyloop.ScoreRecord")  # type: ignore[assignment]
             except CodecError as exc:
-                log.error("controller: undecodable score at %d/%d skipped: %s", partition, offset, exc)
+                log.error(
+                    "controller: undecodable score at %d/%d skipped: %s", partition, offset, exc
+                )
                 self.progress.add("undecodable")
                 continue
             src = self.head(score["source"])
@@ -185,7 +187,9 @@ class ControlService:
             try:
                 letter: DeadLetter = self.codec.decode(value, "skyloop.DeadLetter")  # type: ignore[assignment]
             except CodecError as exc:
-                log.error("controller: undecodable dead letter at %d/%d: %s", partition, offset, exc)
+                log.error(
+                    "controller: undecodable dead letter at %d/%d: %s", partition, offset, exc
+                )
                 continue
             self.progress.add("dead_letters")
             source = dead_letter_source(letter)
