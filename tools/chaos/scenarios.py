@@ -14,7 +14,8 @@ and then counts, from the run's ClickHouse tables:
 - seconds to recover: from the fault until the restarted processor is ready again (kills), or
   until the surviving scorer scores again (rebalance).
 
-Faults: ``kill-score``, ``kill-detect``, ``kill-sink``, ``kill-stats`` (SIGKILL), ``poison``
+Faults: ``kill-score``, ``kill-detect``, ``kill-sink``, ``kill-stats`` (SIGKILL; ``stats`` is the
+controller worker's former name, kept for the fault table), ``poison``
 (undecodable bytes on every topic: each must end as a dead letter or a logged skip, the run
 unharmed), ``rebalance`` (a second scorer joins the group mid-run, then is killed),
 ``kill-broker`` (SIGKILL of the durable embedded broker, ``broker_durable``: the run starts it
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processors.core.progress import read_progress
+from processors.topology import resolve
 
 __all__ = ["FAULTS", "Outcome", "run_scenario", "worker_pid"]
 
@@ -136,6 +138,7 @@ def _wait(predicate: object, timeout_s: float, proc: subprocess.Popen[bytes]) ->
 def _recovered(
     marker: str,
     name: str,
+    progress_name: str,
     old_pid: int,
     progress: Path,
     since_wall: float,
@@ -144,12 +147,12 @@ def _recovered(
     pid = worker_pid(marker, name)
     if pid is None or pid == old_pid:
         return False
-    path = progress / f"{name}.json"
+    path = progress / f"{progress_name}.json"
     try:
         fresh = path.stat().st_mtime > since_wall
     except FileNotFoundError:
         return False
-    return fresh and bool(read_progress(progress, name).get("ready"))
+    return fresh and bool(read_progress(progress, progress_name).get("ready"))
 
 
 def _poison(run_dir: Path) -> int:
@@ -243,12 +246,14 @@ def run_scenario(fault: str, images: int, work: Path, timeout_s: float = 900.0) 
                 recover_s = time.monotonic() - t0
             notes = "durable broker"
         elif fault.startswith("kill-"):
-            name = fault.removeprefix("kill-")
+            spec = resolve(fault.removeprefix("kill-"))
+            name = spec.name
             pid = worker_pid(marker, name)
             if pid is None:
                 raise RuntimeError(f"no live {name} worker to kill")
             os.kill(pid, signal.SIGKILL)
-            if _wait(lambda: _recovered(marker, name, pid, progress, wall0, proc), 300, proc):
+            mark = spec.group  # its progress file (the controller's keeps its former name)
+            if _wait(lambda: _recovered(marker, name, mark, pid, progress, wall0, proc), 300, proc):
                 recover_s = time.monotonic() - t0
         elif fault == "poison":
             notes = f"{_poison(run_dir)} poison messages"
