@@ -4,7 +4,8 @@
 ``SPEC`` (:class:`~processors.core.worker.WorkerSpec`) and a ``run(settings, args) -> int``.
 ``skyloop worker NAME`` resolves NAME here (:func:`resolve`); ``skyloop topology`` prints
 :func:`describe` (like Kafka Streams' ``Topology.describe()``). Loading the registry imports
-only the worker modules, which import nothing heavy.
+only the worker modules, which import nothing heavy. The picture these rows make is
+ARCHITECTURE.md, "Topology".
 
 Invariants (checked by ``tests/test_topology.py``): names and aliases are unique; every topic
 a spec names is in :data:`processors.core.records.TOPICS`; every catalogue topic is produced by
