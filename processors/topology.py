@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import textwrap
 from functools import cache
 
 from processors.core.exceptions import ConfigError
-from processors.core.tabular import format_table
 from processors.core.worker import WorkerSpec
 
 __all__ = ["WORKER_MODULES", "describe", "render", "resolve", "worker_names", "workers"]
@@ -71,23 +71,38 @@ def describe() -> list[dict[str, object]]:
 
 
 def render(fmt: str = "table") -> str:
-    """The topology as text: ``json`` (:func:`describe`), or a table, one row per worker."""
+    """The topology as text: ``json`` (:func:`describe`), or one block per worker.
+
+    The text form reads like Kafka Streams' ``Topology.describe()``: each worker, then what it
+    consumes, produces, keeps, folds and emits, one line each, wrapped at 100 columns.
+    """
     if fmt == "json":
         return json.dumps(describe(), indent=1) + "\n"
-    columns = ["worker", "mode", "consumes", "produces", "state", "folds", "emits"]
-    rows = []
+    blocks = []
     for spec in workers():
-        name = spec.name + "".join(f" ({a})" for a in spec.aliases)
-        folds = spec.describe()["folds"]
-        rows.append(
-            [
-                name,
-                spec.mode,
-                ", ".join(spec.consumes) or "-",
-                ", ".join(spec.produces) or "-",
-                "; ".join(spec.state) or "-",
-                folds if isinstance(folds, str) else ", ".join(folds) or "-",
-                ", ".join(spec.emits) or "-",
-            ]
-        )
-    return format_table(columns, rows, "table")
+        data = spec.describe()
+        folds = data["folds"]
+        title = spec.name + "".join(f" (also {a})" for a in spec.aliases)
+        lines = [
+            f"worker {title}: {spec.mode}, group {spec.group}, settings {spec.settings_section}"
+        ]
+        lines.append(f"  {spec.summary}")
+        for label, items in (
+            ("consumes", spec.consumes),
+            ("produces", spec.produces),
+            ("keeps", spec.state),
+            ("folds", (folds,) if isinstance(folds, str) else tuple(folds)),
+            ("emits", spec.emits),
+        ):
+            text = ", ".join(items) or "-"
+            lines.extend(
+                textwrap.wrap(
+                    text,
+                    width=100,
+                    initial_indent=f"  {label:<9}",
+                    subsequent_indent=" " * 11,
+                    break_on_hyphens=False,
+                )
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"

@@ -92,9 +92,11 @@ def test_importing_the_registry_imports_no_heavy_library() -> None:
 
 def test_skyloop_topology_lists_every_worker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["topology"]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["worker", "mode", "consumes"]
-    assert [line.split()[0] for line in table[2:]] == list(NAMES)
+    text = capsys.readouterr().out
+    headers = [line.split()[1] for line in text.splitlines() if line.startswith("worker ")]
+    assert headers == [f"{name}:" if name != "controller" else name for name in NAMES]
+    block = text.split("\n\n")[NAMES.index("score")]
+    assert "  consumes images.raw\n" in block and "  produces scores, images.dlq\n" in block
     assert main(["topology", "--format", "json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert [w["name"] for w in described] == list(NAMES)
