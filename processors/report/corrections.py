@@ -6,8 +6,8 @@ and writes the threshold history figure ``<stem>-thresholds.png`` beside the rep
 :func:`control_events_section` renders the full *Control events* table. Invariants:
 
 - Reads only, through the caller's query function, with the windowed queries of
-  :mod:`processors.report.queries` (``FINAL``: each event counts once however often it was
-  delivered). Rows come back in a deterministic order, so reruns write the same Markdown.
+  :mod:`processors.report.correction_queries` (``FINAL``: each event counts once however often
+  it was delivered). Rows come back in a deterministic order, so reruns write the same Markdown.
 - The threshold history is the :class:`~processors.core.control.ControlState` fold itself,
   replayed over every threshold-setting event from the start of the log in log order: the
   plotted value is the one the scorer applied (overrides, operator precedence and a new
@@ -25,7 +25,13 @@ from typing import Any, cast
 
 from processors.core.control import ControlState
 from processors.core.records import ControlEventRecord, ControlParams
-from processors.report import queries
+from processors.report.correction_queries import (
+    CALIBRATIONS,
+    CONTROL_EVENT_COUNTS,
+    DRIFT_DETECTIONS,
+    PAUSES,
+    THRESHOLD_EVENTS,
+)
 from processors.report.markdown import clip, formatted, number, percent, table, utc, when
 from processors.report.plots import plot_threshold_history
 
@@ -122,7 +128,7 @@ def threshold_history(
 ) -> dict[Lane, list[tuple[datetime, float]]]:
     """Per lane, the threshold in force from the first change at or after ``start`` on.
 
-    ``events``: rows of :data:`~processors.report.queries.THRESHOLD_EVENTS` (``at``, ``type``,
+    ``events``: rows of :data:`~processors.report.THRESHOLD_EVENTS` (``at``, ``type``,
     ``subject``, ``issued_by``, ``params`` as JSON, ``caused_by``, ``event_id``) in log order,
     all of them up to the window's end. Each lane's points are ``(time, value)``: its value when
     an event changed it, the value being the highest detector threshold in force (see the module
@@ -277,7 +283,7 @@ def _pause_lines(rows: Sequence[Mapping[str, Any]], total: int) -> list[str]:
 def _threshold_lines(
     query: Query, window: Mapping[str, datetime], path: Path
 ) -> tuple[list[str], Path | None]:
-    history = threshold_history(query(queries.THRESHOLD_EVENTS, window), window["start"])
+    history = threshold_history(query(THRESHOLD_EVENTS, window), window["start"])
     path.unlink(missing_ok=True)  # a rerun without changes must not keep an earlier figure
     written = plot_threshold_history(
         {_label(lane): points for lane, points in history.items()}, path
@@ -306,7 +312,7 @@ def self_correction_section(
     one line saying so.
     """
     lines = ["## Self-correction", ""]
-    counts = query(queries.CONTROL_EVENT_COUNTS, window)
+    counts = query(CONTROL_EVENT_COUNTS, window)
     if not counts:
         figure.unlink(missing_ok=True)
         return [*lines, "No control events this day, so no self-correction."], None
@@ -326,14 +332,12 @@ def self_correction_section(
         "",
     ]
     limited = {**window, "limit": MAX_ROWS}
-    lines += _drift_lines(
-        query(queries.DRIFT_DETECTIONS, limited), per_type.get("drift.detected", 0)
-    )
+    lines += _drift_lines(query(DRIFT_DETECTIONS, limited), per_type.get("drift.detected", 0))
     pauses = sum(per_type.get(kind, 0) for kind in _PAUSE_TYPES)
     threshold_lines, written = _threshold_lines(query, window, figure)
     for part in (
-        _calibration_lines(query(queries.CALIBRATIONS, window)),
-        _pause_lines(query(queries.PAUSES, limited), pauses),
+        _calibration_lines(query(CALIBRATIONS, window)),
+        _pause_lines(query(PAUSES, limited), pauses),
         threshold_lines,
     ):
         if part:
