@@ -1,6 +1,7 @@
 """The one loop every processor runs: consume a batch → process → produce → flush → commit.
 
-A processor is mostly pure logic (a :class:`Processor`); this module owns the Kafka plumbing,
+A processor is mostly pure logic (a :class:`Processor`; the contract types are in
+:mod:`processors.core.processor` and re-exported here); this module owns the Kafka plumbing,
 the control-state following, dead letters, metrics and shutdown.
 
 Guarantees, in order, for each batch:
@@ -28,15 +29,11 @@ resumes them on ``pipeline.resumed``. Nothing past the last finished batch is co
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tenacity import (
@@ -47,123 +44,33 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from processors.core.codec import AvroCodec, default_codec
+from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
 from processors.core.exceptions import StoreUnavailableError
-from processors.core.kafka import ControlFollower, make_consumer, make_producer, partition_for
+from processors.core.kafka import ControlFollower, make_consumer, make_producer
 from processors.core.metrics import (
     BATCH_SECONDS,
     CONSUMER_LAG,
     CONTROL_OFFSET,
-    DEAD_LETTERS,
     MESSAGES_IN,
     MESSAGES_OUT,
     PIPELINE_PAUSED,
     STORE_RETRIES,
 )
+from processors.core.processor import (
+    DeliveryError,
+    InMessage,
+    OutMessage,
+    Processor,
+    RunContext,
+    StopSignal,
+)
 from processors.core.progress import ProgressFile
-from processors.core.records import TOPICS, dead_letter
 
 __all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "StopSignal"]
 
 log = logging.getLogger(__name__)
-
-
-class InMessage(NamedTuple):
-    """A consumed message; ``topic`` is the base name (without the configured prefix).
-
-    Immutable. A named tuple rather than a frozen dataclass: the sink makes one per message,
-    tens of thousands a second, and a frozen dataclass costs three times as much to build.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int = -1
-    """The broker's record timestamp (ms since the epoch), -1 when it has none."""
-
-
-@dataclass(frozen=True)
-class OutMessage:
-    topic: str
-    key: bytes
-    value: bytes
-    partition: int | None = None
-
-
-@dataclass
-class RunContext:
-    """What a processor may use: settings, codec, a progress file, and dead-letter building."""
-
-    settings: Settings
-    bootstrap: str
-    processor: str
-    codec: AvroCodec
-    progress: ProgressFile
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def dead_letter(
-        self, msg: InMessage, exc: BaseException, source: str | None = None
-    ) -> OutMessage:
-        """Wrap a message that cannot be processed, whole, with the reason.
-
-        With ``source`` (the image source, when the message was readable enough to tell) the
-        dead letter goes to that source's partition, beside its scores.
-        """
-        error_class = type(exc).__name__
-        DEAD_LETTERS.labels(self.processor, error_class).inc()
-        self.progress.add("dead_letters")
-        record = dead_letter(
-            original_topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            key=msg.key,
-            raw=msg.value,
-            error_class=error_class,
-            message=str(exc),
-            processor=self.processor,
-            source=source,
-        )
-        partition = (
-            None if source is None else partition_for(source, TOPICS["images.dlq"].partitions)
-        )
-        return OutMessage(
-            "images.dlq", msg.key or b"", self.codec.encode(record, "skyloop.DeadLetter"), partition
-        )
-
-
-class Processor(Protocol):
-    name: str
-    inputs: tuple[str, ...]
-
-    def setup(self, ctx: RunContext) -> None: ...
-
-    def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]: ...
-
-    def close(self) -> None: ...
-
-
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between batches."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def install(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.event.set())
-        return self
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-
-class DeliveryError(RuntimeError):
-    """A produced message was not delivered; offsets are not committed."""
 
 
 class Runner:

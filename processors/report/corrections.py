@@ -6,8 +6,8 @@ and writes the threshold history figure ``<stem>-thresholds.png`` beside the rep
 :func:`control_events_section` renders the full *Control events* table. Invariants:
 
 - Reads only, through the caller's query function, with the windowed queries of
-  :mod:`processors.report.queries` (``FINAL``: each event counts once however often it was
-  delivered). Rows come back in a deterministic order, so reruns write the same Markdown.
+  :mod:`processors.report.correction_queries` (``FINAL``: each event counts once however often
+  it was delivered). Rows come back in a deterministic order, so reruns write the same Markdown.
 - The threshold history is the :class:`~processors.core.control.ControlState` fold itself,
   replayed over every threshold-setting event from the start of the log in log order: the
   plotted value is the one the scorer applied (overrides, operator precedence and a new
@@ -19,13 +19,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
 from processors.core.control import ControlState
 from processors.core.records import ControlEventRecord, ControlParams
-from processors.report import queries
+from processors.report.correction_queries import (
+    CALIBRATIONS,
+    CONTROL_EVENT_COUNTS,
+    DRIFT_DETECTIONS,
+    PAUSES,
+    THRESHOLD_EVENTS,
+)
+from processors.report.markdown import clip, formatted, number, percent, table, utc, when
 from processors.report.plots import plot_threshold_history
 
 __all__ = [
@@ -49,42 +56,7 @@ Lane = tuple[str, str]
 _PAUSE_TYPES = ("source.paused", "source.resumed", "pipeline.paused", "pipeline.resumed")
 
 
-# -- formatting (the report's Markdown conventions: "—" for no value, UTC times) --------------
-
-
-def _cell(value: Any) -> str:
-    text = "—" if value is None or value == "" else str(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-
-
-def _utc(value: datetime) -> datetime:
-    # clickhouse-connect returns naive datetimes for columns in the server's zone (UTC here)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _when(value: datetime | None) -> str | None:
-    return None if value is None else _utc(value).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _num(value: float | None, spec: str) -> str | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return format(value, spec)
-
-
-def _pct(value: float | None) -> str | None:
-    text = _num(None if value is None else 100.0 * value, ".1f")
-    return None if text is None else f"{text}%"
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+# -- formatting (values as :mod:`processors.report.markdown` renders them) ------------------
 
 
 def _short(value: Any) -> str:
@@ -95,7 +67,7 @@ def _key_params(params_json: str) -> str | None:
     try:
         params = json.loads(params_json) if params_json else {}
     except json.JSONDecodeError:
-        return _clip(params_json, 120)
+        return clip(params_json, 120)
     parts = []
     for key, value in params.items():
         if isinstance(value, dict):
@@ -104,7 +76,7 @@ def _key_params(params_json: str) -> str | None:
             parts.append(f"{key}={{{inner}{more}}}")
         else:
             parts.append(f"{key}={_short(value)}")
-    return _clip("; ".join(parts), 200) or None
+    return clip("; ".join(parts), 200) or None
 
 
 # -- the threshold history -------------------------------------------------------------------
@@ -116,7 +88,7 @@ def _as_event(row: Mapping[str, Any]) -> ControlEventRecord:
         event_id=row["event_id"],
         type=row["type"],
         subject=row["subject"],
-        at=_utc(row["at"]),
+        at=utc(row["at"]),
         issued_by=row["issued_by"],
         params=cast(ControlParams, params or {}),
         evidence={},
@@ -156,13 +128,14 @@ def threshold_history(
 ) -> dict[Lane, list[tuple[datetime, float]]]:
     """Per lane, the threshold in force from the first change at or after ``start`` on.
 
-    ``events``: rows of :data:`~processors.report.queries.THRESHOLD_EVENTS` (``at``, ``type``,
+    ``events``: rows of :data:`~processors.report.THRESHOLD_EVENTS` (``at``, ``type``,
     ``subject``, ``issued_by``, ``params`` as JSON, ``caused_by``, ``event_id``) in log order,
     all of them up to the window's end. Each lane's points are ``(time, value)``: its value when
     an event changed it, the value being the highest detector threshold in force (see the module
     docstring). A lane already set before ``start`` opens with that value at ``start``. Empty
     when nothing changed from ``start`` on: a window without changes has no history to draw.
 
+    >>> from datetime import UTC
     >>> t = datetime(2026, 12, 1, 8, tzinfo=UTC)
     >>> rows = [
     ...     {"at": t, "type": "calibration.updated", "subject": "sky", "issued_by": "controller",
@@ -217,19 +190,19 @@ def _drift_lines(rows: Sequence[Mapping[str, Any]], total: int) -> list[str]:
     lines = ["### Drift detections", ""]
     if not rows:
         return [*lines, "No drift detected this day."]
-    lines += _table(
+    lines += table(
         ["Time (UTC)", "Subject", "Model", "Reason", "KS p", "PSI", "Flag rate vs expected"],
         [
             (
-                _when(r["at"]),
+                when(r["at"]),
                 r["subject"],
                 r["model_version"],
                 r["reason"],
-                _num(r["ks_p"], ".3g"),
-                _num(r["psi"], ".3f"),
+                formatted(r["ks_p"], ".3g"),
+                number(r["psi"], 3),
                 None
                 if r["flag_rate"] is None
-                else f"{_pct(r['flag_rate'])} vs {_pct(r['expected_flag_rate']) or '—'}",
+                else f"{percent(r['flag_rate'])} vs {percent(r['expected_flag_rate']) or '—'}",
             )
             for r in rows
         ],
@@ -252,7 +225,7 @@ def _calibration_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [
         "### Calibrations",
         "",
-        *_table(
+        *table(
             [
                 "Subject",
                 "Model",
@@ -268,9 +241,9 @@ def _calibration_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                     r["model_version"],
                     r["calibrations"],
                     r["reasons"],
-                    _when(r["first_at"]),
-                    _when(r["last_at"]),
-                    _num(r["last_max_threshold"], ".3f"),
+                    when(r["first_at"]),
+                    when(r["last_at"]),
+                    number(r["last_max_threshold"], 3),
                 )
                 for r in rows
             ],
@@ -287,16 +260,16 @@ def _pause_lines(rows: Sequence[Mapping[str, Any]], total: int) -> list[str]:
     return [
         "### Pauses and resumes",
         "",
-        *_table(
+        *table(
             ["Time (UTC)", "Event", "Subject", "Issued by", "Reason", "Until (UTC)"],
             [
                 (
-                    _when(r["at"]),
+                    when(r["at"]),
                     r["type"],
                     r["subject"],
                     r["issued_by"],
                     r["reason"],
-                    _when(r["until"])
+                    when(r["until"])
                     if r["until"] is not None
                     else ("until resumed" if r["type"].endswith(".paused") else None),
                 )
@@ -310,7 +283,7 @@ def _pause_lines(rows: Sequence[Mapping[str, Any]], total: int) -> list[str]:
 def _threshold_lines(
     query: Query, window: Mapping[str, datetime], path: Path
 ) -> tuple[list[str], Path | None]:
-    history = threshold_history(query(queries.THRESHOLD_EVENTS, window), window["start"])
+    history = threshold_history(query(THRESHOLD_EVENTS, window), window["start"])
     path.unlink(missing_ok=True)  # a rerun without changes must not keep an earlier figure
     written = plot_threshold_history(
         {_label(lane): points for lane, points in history.items()}, path
@@ -339,7 +312,7 @@ def self_correction_section(
     one line saying so.
     """
     lines = ["## Self-correction", ""]
-    counts = query(queries.CONTROL_EVENT_COUNTS, window)
+    counts = query(CONTROL_EVENT_COUNTS, window)
     if not counts:
         figure.unlink(missing_ok=True)
         return [*lines, "No control events this day, so no self-correction."], None
@@ -349,24 +322,22 @@ def self_correction_section(
     lines += [
         f"{sum(per_type.values())} control events this day, by type and issuer:",
         "",
-        *_table(
+        *table(
             ["Type", "Issued by", "Events", "First (UTC)", "Last (UTC)"],
             [
-                (r["type"], r["issued_by"], r["n"], _when(r["first_at"]), _when(r["last_at"]))
+                (r["type"], r["issued_by"], r["n"], when(r["first_at"]), when(r["last_at"]))
                 for r in counts
             ],
         ),
         "",
     ]
     limited = {**window, "limit": MAX_ROWS}
-    lines += _drift_lines(
-        query(queries.DRIFT_DETECTIONS, limited), per_type.get("drift.detected", 0)
-    )
+    lines += _drift_lines(query(DRIFT_DETECTIONS, limited), per_type.get("drift.detected", 0))
     pauses = sum(per_type.get(kind, 0) for kind in _PAUSE_TYPES)
     threshold_lines, written = _threshold_lines(query, window, figure)
     for part in (
-        _calibration_lines(query(queries.CALIBRATIONS, window)),
-        _pause_lines(query(queries.PAUSES, limited), pauses),
+        _calibration_lines(query(CALIBRATIONS, window)),
+        _pause_lines(query(PAUSES, limited), pauses),
         threshold_lines,
     ):
         if part:
@@ -380,16 +351,16 @@ def control_events_section(rows: Sequence[Mapping[str, Any]], total: int) -> lis
     lines = ["## Control events", ""]
     if not rows:
         return [*lines, "No control events this day."]
-    lines += _table(
+    lines += table(
         ["Time (UTC)", "Type", "Subject", "Issued by", "Key params", "Evidence", "Caused by"],
         [
             (
-                _when(r["at"]),
+                when(r["at"]),
                 r["type"],
                 r["subject"],
                 r["issued_by"],
                 _key_params(r["params"]),
-                _clip(", ".join(f"{k}={_short(v)}" for k, v in r["evidence"].items()), 120),
+                clip(", ".join(f"{k}={_short(v)}" for k, v in r["evidence"].items()), 120),
                 ", ".join(e[:8] for e in r["caused_by"]),
             )
             for r in rows

@@ -14,6 +14,8 @@ and are never bright.
 
 from __future__ import annotations
 
+from processors.report.sql import in_window
+
 __all__ = [
     "BRIGHT_STAR_BASE",
     "BRIGHT_STAR_COUNTS",
@@ -52,10 +54,6 @@ LIFECYCLE_TYPES: tuple[str, ...] = (
 )
 
 
-def _window(column: str) -> str:
-    return f"{column} >= {{start:DateTime64(3, 'UTC')}} AND {column} < {{end:DateTime64(3, 'UTC')}}"
-
-
 def bright_star_radius_sql(magnitude: str) -> str:
     """SQL for the radius (arcsec) within which a star of ``magnitude`` spoils a candidate."""
     return (
@@ -79,7 +77,7 @@ _MATCHES = f"""
                   AND magnitude <= {BRIGHT_STAR_MAGNITUDE}
                   AND separation_arcsec <= bright_radius_arcsec, 0) AS near_bright
     FROM candidates FINAL
-    WHERE length(crossmatches) > 0 AND {_window("detected_at")}
+    WHERE length(crossmatches) > 0 AND {in_window("detected_at")}
 """
 
 CANDIDATE_CROSSMATCHES = f"""
@@ -88,7 +86,7 @@ SELECT image_id, source, model_version, ensemble_score, label_status, catalog, o
 FROM ({_MATCHES})
 WHERE (image_id, model_version) IN (
     SELECT image_id, model_version FROM candidates FINAL
-    WHERE length(crossmatches) > 0 AND {_window("detected_at")}
+    WHERE length(crossmatches) > 0 AND {in_window("detected_at")}
     ORDER BY ensemble_score DESC, image_id, model_version
     LIMIT {{limit:UInt32}})
 ORDER BY ensemble_score DESC, image_id, model_version, separation_arcsec, catalog, object_id
@@ -127,9 +125,9 @@ ZTF objectId of the image when it came from an alert ('' otherwise)."""
 
 BRIGHT_STAR_COUNTS = f"""
 SELECT
-    (SELECT count() FROM candidates FINAL WHERE {_window("detected_at")}) AS candidates,
+    (SELECT count() FROM candidates FINAL WHERE {in_window("detected_at")}) AS candidates,
     (SELECT count() FROM candidates FINAL
-     WHERE length(crossmatches) > 0 AND {_window("detected_at")}) AS matched,
+     WHERE length(crossmatches) > 0 AND {in_window("detected_at")}) AS matched,
     (SELECT uniqExact(image_id, model_version) FROM ({_MATCHES}) WHERE near_bright = 1)
         AS near_bright
 """
@@ -148,7 +146,7 @@ LIFECYCLE_EVENTS = f"""
 SELECT at, type, subject, issued_by, ifNull(model_version, '') AS model_version,
        ifNull(reason, '') AS reason, evidence, caused_by, event_id
 FROM control_events FINAL
-WHERE type IN {LIFECYCLE_TYPES!r} AND {_window("at")}
+WHERE type IN {LIFECYCLE_TYPES!r} AND {in_window("at")}
 ORDER BY kafka_offset, at, event_id
 LIMIT {{limit:UInt32}}
 """
@@ -162,7 +160,7 @@ SELECT source, count() AS candidates,
        countIf(label_status = 'pseudo_label' AND ifNull(sample_id, '') != '') AS samples,
        countIf(length(boxes) > 0) AS with_boxes
 FROM candidates FINAL
-WHERE {_window("detected_at")}
+WHERE {in_window("detected_at")}
 GROUP BY source
 ORDER BY source
 """
@@ -174,7 +172,7 @@ SELECT label_status,
        replaceRegexpAll(ifNull(label_reason, ''), '\\\\b[0-9]+([.][0-9]+)?\\\\b', '#') AS reason,
        count() AS n, min(ifNull(label_reason, '')) AS example
 FROM candidates FINAL
-WHERE {_window("detected_at")}
+WHERE {in_window("detected_at")}
 GROUP BY label_status, reason
 ORDER BY n DESC, label_status, reason
 """

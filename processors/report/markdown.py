@@ -1,5 +1,8 @@
 """The report's Markdown conventions, for its section modules.
 
+The one place that renders report values as Markdown: every section module (daily, overview,
+candidates, corrections, learning, crossmatches) uses these helpers, none keeps its own copy.
+
 A missing value shows as "—", a pipe inside a cell is escaped, times are UTC
 (``YYYY-MM-DD HH:MM:SS``) and floats have a fixed number of digits, so the same rows always
 render to the same text.
@@ -8,6 +11,8 @@ render to the same text.
 ['| a | b |', '|---|---|', '| 1 | — |', '| x\\\\|y | 0.5 |']
 >>> number(float("nan")), number(0.12345), number(3, 1)
 (None, '0.123', '3.0')
+>>> formatted(0.000123456, ".3g"), percent(0.1234), percent(None)
+('0.000123', '12.3%', None)
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["cell", "clip", "number", "short", "table", "utc", "when"]
+__all__ = ["cell", "clip", "formatted", "number", "percent", "short", "table", "utc", "when"]
 
 
 def cell(value: Any) -> str:
@@ -33,11 +38,23 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def number(value: float | None, digits: int = 3) -> str | None:
-    """``value`` with ``digits`` decimals; None for None and non-finite values."""
+def formatted(value: float | None, spec: str) -> str | None:
+    """``value`` formatted with the format ``spec``; None for None and non-finite values."""
     if value is None or not math.isfinite(float(value)):
         return None
-    return f"{float(value):.{digits}f}"
+    return format(float(value), spec)
+
+
+def number(value: float | None, digits: int = 3) -> str | None:
+    """``value`` with ``digits`` decimals; None for None and non-finite values."""
+    return formatted(value, f".{digits}f")
+
+
+def percent(value: float | None) -> str | None:
+    """A fraction as a percentage with one decimal (``0.1234`` -> ``12.3%``); None as for
+    :func:`number`."""
+    text = number(None if value is None else 100.0 * value, 1)
+    return None if text is None else f"{text}%"
 
 
 def utc(value: datetime) -> datetime:

@@ -12,9 +12,22 @@ Conventions every query keeps:
   canary scores appear in :data:`MODELS` alone.
 - Tables are unqualified: they are read from the client's database.
 - Results are ordered deterministically (ties broken by an id), so reports are reproducible.
+
+The self-correction section's queries live in :mod:`processors.report.correction_queries` and the
+learning loop's in :mod:`processors.report.learning_queries`; this module re-exports the former,
+so :data:`QUERIES` still names every windowed query of the daily report.
 """
 
 from __future__ import annotations
+
+from processors.report.correction_queries import (
+    CALIBRATIONS,
+    CONTROL_EVENT_COUNTS,
+    DRIFT_DETECTIONS,
+    PAUSES,
+    THRESHOLD_EVENTS,
+)
+from processors.report.sql import in_window
 
 __all__ = [
     "CALIBRATIONS",
@@ -49,21 +62,17 @@ ORDER BY name
 """
 
 
-def _window(column: str) -> str:
-    return f"{column} >= {{start:DateTime64(3, 'UTC')}} AND {column} < {{end:DateTime64(3, 'UTC')}}"
-
-
 SUMMARY = f"""
 SELECT
-    (SELECT count() FROM images FINAL WHERE {_window("fetched_at")}) AS images,
-    (SELECT count() FROM scores FINAL WHERE {_window("scored_at")}) AS scores,
+    (SELECT count() FROM images FINAL WHERE {in_window("fetched_at")}) AS images,
+    (SELECT count() FROM scores FINAL WHERE {in_window("scored_at")}) AS scores,
     (SELECT countIf(role = 'production') FROM scores FINAL
-        WHERE {_window("scored_at")}) AS production_scores,
+        WHERE {in_window("scored_at")}) AS production_scores,
     (SELECT countIf(role = 'production' AND is_candidate = 1) FROM scores FINAL
-        WHERE {_window("scored_at")}) AS flagged,
-    (SELECT count() FROM candidates FINAL WHERE {_window("detected_at")}) AS candidates,
-    (SELECT count() FROM control_events FINAL WHERE {_window("at")}) AS control_events,
-    (SELECT count() FROM dead_letters FINAL WHERE {_window("at")}) AS dead_letters,
+        WHERE {in_window("scored_at")}) AS flagged,
+    (SELECT count() FROM candidates FINAL WHERE {in_window("detected_at")}) AS candidates,
+    (SELECT count() FROM control_events FINAL WHERE {in_window("at")}) AS control_events,
+    (SELECT count() FROM dead_letters FINAL WHERE {in_window("at")}) AS dead_letters,
     (SELECT count() FROM images FINAL) AS images_total,
     (SELECT count() FROM scores FINAL) AS scores_total,
     (SELECT countIf(role = 'production') FROM scores FINAL) AS production_scores_total,
@@ -78,16 +87,16 @@ PER_SOURCE = f"""
 WITH
     img AS (
         SELECT source, count() AS images FROM images FINAL
-        WHERE {_window("fetched_at")} GROUP BY source),
+        WHERE {in_window("fetched_at")} GROUP BY source),
     sc AS (
         SELECT source, count() AS scored, countIf(is_candidate = 1) AS flagged,
                avg(latency_ms) AS mean_latency_ms,
                quantileExact(0.95)(latency_ms) AS p95_latency_ms
         FROM scores FINAL
-        WHERE role = 'production' AND {_window("scored_at")} GROUP BY source),
+        WHERE role = 'production' AND {in_window("scored_at")} GROUP BY source),
     cand AS (
         SELECT source, count() AS candidates FROM candidates FINAL
-        WHERE {_window("detected_at")} GROUP BY source),
+        WHERE {in_window("detected_at")} GROUP BY source),
     dl AS (
         SELECT multiIf(d.named != '', d.named,
                        startsWith(d.original_topic, 'source:'), substring(d.original_topic, 8),
@@ -96,7 +105,7 @@ WITH
         FROM (
             SELECT original_topic, ifNull(key, '') AS key, ifNull(source, '') AS named
             FROM dead_letters FINAL
-            WHERE {_window("at")}
+            WHERE {in_window("at")}
         ) AS d
         LEFT JOIN (SELECT image_id, source FROM images FINAL) AS i ON d.key = i.image_id
         GROUP BY source),
@@ -133,7 +142,7 @@ SELECT model_version, role, any(backbone) AS backbone, count() AS scored,
        countIf(is_candidate = 1) AS flagged, countIf(calibrated = 1) AS calibrated,
        avg(latency_ms) AS mean_latency_ms
 FROM scores FINAL
-WHERE {_window("scored_at")}
+WHERE {in_window("scored_at")}
 GROUP BY model_version, role
 ORDER BY role = 'production' DESC, role, model_version
 """
@@ -145,7 +154,7 @@ SELECT source, is_candidate,
                       {{bins:UInt32}} - 1.0)) AS bin,
        count() AS n
 FROM scores FINAL
-WHERE role = 'production' AND {_window("scored_at")}
+WHERE role = 'production' AND {in_window("scored_at")}
 GROUP BY source, is_candidate, bin
 ORDER BY source, is_candidate, bin
 """
@@ -158,7 +167,7 @@ SELECT source,
        argMax(arrayAvg(mapValues(thresholds)), scored_at) AS last_threshold
 FROM scores FINAL
 WHERE role = 'production' AND calibrated = 1 AND length(thresholds) > 0
-  AND {_window("scored_at")}
+  AND {in_window("scored_at")}
 GROUP BY source
 ORDER BY source
 """
@@ -168,7 +177,7 @@ the score level a detector must pass to vote, on the same [0, 1] scale as the en
 THROUGHPUT = f"""
 SELECT source, toStartOfHour(fetched_at) AS hour, count() AS images
 FROM images FINAL
-WHERE {_window("fetched_at")}
+WHERE {in_window("fetched_at")}
 GROUP BY source, hour
 ORDER BY source, hour
 """
@@ -188,7 +197,7 @@ SELECT s.image_id AS image_id, s.source AS source, s.model_version AS model_vers
 FROM (
     SELECT image_id, source, model_version, ensemble_score, votes_for, votes_needed, scored_at
     FROM scores FINAL
-    WHERE role = 'production' AND is_candidate = 1 AND {_window("scored_at")}
+    WHERE role = 'production' AND is_candidate = 1 AND {in_window("scored_at")}
     ORDER BY ensemble_score DESC, image_id
     LIMIT {{limit:UInt32}}
 ) AS s
@@ -197,7 +206,7 @@ LEFT JOIN (
     FROM images FINAL
     WHERE image_id IN (
         SELECT image_id FROM scores FINAL
-        WHERE role = 'production' AND is_candidate = 1 AND {_window("scored_at")})
+        WHERE role = 'production' AND is_candidate = 1 AND {in_window("scored_at")})
 ) AS i ON i.image_id = s.image_id
 LEFT JOIN (
     SELECT image_id, model_version, label_status, boxes, crossmatches
@@ -222,7 +231,7 @@ FROM (
            countIf(i.truth = 0 AND s.flagged = 0) AS tn
     FROM (
         SELECT image_id, source, is_candidate AS flagged FROM scores FINAL
-        WHERE role = 'production' AND {_window("scored_at")}
+        WHERE role = 'production' AND {in_window("scored_at")}
     ) AS s
     INNER JOIN (
         SELECT image_id, assumeNotNull(truth_is_anomaly) AS truth FROM images FINAL
@@ -240,7 +249,7 @@ SELECT s.source AS source, ifNull(i.kind, '') AS kind, count() AS anomalies,
        countIf(s.flagged = 1) AS detected, detected / anomalies AS recall
 FROM (
     SELECT image_id, source, is_candidate AS flagged FROM scores FINAL
-    WHERE role = 'production' AND {_window("scored_at")}
+    WHERE role = 'production' AND {in_window("scored_at")}
 ) AS s
 INNER JOIN (
     SELECT image_id, truth_kind AS kind FROM images FINAL WHERE truth_is_anomaly = 1
@@ -269,7 +278,7 @@ FROM (
            toFloat64OrNull(provenance['rb']) AS rb
     FROM images FINAL
     WHERE (mapContains(provenance, 'objectId') OR mapContains(provenance, 'object_id'))
-      AND {_window("fetched_at")}
+      AND {in_window("fetched_at")}
 ) AS i
 LEFT JOIN (
     SELECT image_id, ensemble_score, is_candidate, calibrated
@@ -289,93 +298,17 @@ how many of those were calibrated, and the best ensemble score among the calibra
 CONTROL_EVENTS = f"""
 SELECT at, type, subject, issued_by, params, evidence, caused_by, event_id, kafka_offset
 FROM control_events FINAL
-WHERE {_window("at")}
+WHERE {in_window("at")}
 ORDER BY at, kafka_offset, event_id
 LIMIT {{limit:UInt32}}
 """
 """The control-event audit trail of the window, in time order."""
 
-CONTROL_EVENT_COUNTS = f"""
-SELECT type, issued_by, count() AS n, min(at) AS first_at, max(at) AS last_at
-FROM control_events FINAL
-WHERE {_window("at")}
-GROUP BY type, issued_by
-ORDER BY type, issued_by
-"""
-"""Control events of the window per type and issuer."""
-
-DRIFT_DETECTIONS = f"""
-SELECT at, subject, ifNull(model_version, '') AS model_version, ifNull(reason, '') AS reason,
-       if(mapContains(evidence, 'ks_p'), evidence['ks_p'], NULL) AS ks_p,
-       if(mapContains(evidence, 'psi'), evidence['psi'], NULL) AS psi,
-       if(mapContains(evidence, 'flag_rate'), evidence['flag_rate'], NULL) AS flag_rate,
-       if(mapContains(evidence, 'expected_flag_rate'), evidence['expected_flag_rate'], NULL)
-           AS expected_flag_rate,
-       event_id
-FROM control_events FINAL
-WHERE type = 'drift.detected' AND {_window("at")}
-ORDER BY at, kafka_offset, event_id
-LIMIT {{limit:UInt32}}
-"""
-"""``drift.detected`` events of the window with the evidence that raised them; a statistic
-the drift test did not compute is NULL (a missing map key would read as 0)."""
-
-CALIBRATIONS = f"""
-SELECT subject, model_version, sum(n) AS calibrations,
-       arrayStringConcat(arrayMap(r -> concat(r.1, ' ', toString(r.2)),
-                                  arraySort(groupArray((reason, n)))), ', ') AS reasons,
-       min(first_at) AS first_at, max(last_at) AS last_at,
-       argMax(last_max_threshold, last_key) AS last_max_threshold
-FROM (
-    SELECT subject, ifNull(model_version, '') AS model_version,
-           if(ifNull(reason, '') = '', '(none)', reason) AS reason, count() AS n,
-           min(at) AS first_at, max(at) AS last_at, max((at, kafka_offset)) AS last_key,
-           argMax(if(length(t) > 0, arrayMax(mapValues(t)), nan), (at, kafka_offset))
-               AS last_max_threshold
-    FROM (
-        SELECT subject, model_version, reason, at, kafka_offset,
-               JSONExtract(params, 'thresholds', 'Map(String, Float64)') AS t
-        FROM control_events FINAL
-        WHERE type = 'calibration.updated' AND {_window("at")}
-    )
-    GROUP BY subject, model_version, reason
-)
-GROUP BY subject, model_version
-ORDER BY subject, model_version
-"""
-"""``calibration.updated`` events of the window per subject (source) and model: how many, by
-reason (``initial``, ``refine``, ``drift``, ``operator``), and the highest detector threshold
-of the latest one (NaN when it carried none)."""
-
-PAUSES = f"""
-SELECT at, type, subject, issued_by, ifNull(reason, '') AS reason,
-       parseDateTime64BestEffortOrNull(JSONExtractString(params, 'until'), 3, 'UTC') AS until,
-       event_id
-FROM control_events FINAL
-WHERE type IN ('source.paused', 'source.resumed', 'pipeline.paused', 'pipeline.resumed')
-  AND {_window("at")}
-ORDER BY at, kafka_offset, event_id
-LIMIT {{limit:UInt32}}
-"""
-"""Source and pipeline pauses and resumes of the window, with their reason and ``until``
-(NULL: paused until resumed)."""
-
-THRESHOLD_EVENTS = """
-SELECT at, type, subject, issued_by, params, caused_by, event_id, kafka_offset
-FROM control_events FINAL
-WHERE type IN ('calibration.updated', 'threshold.decayed', 'threshold.set')
-  AND at < {end:DateTime64(3, 'UTC')}
-ORDER BY kafka_offset, at, event_id
-"""
-"""Every event that sets a threshold, from the start of the log to the window's end, in log
-order (``kafka_offset`` of the one-partition ``control.events``): folding them gives the
-threshold in force at the window's start and each change within it."""
-
 DEAD_LETTERS_BY_CLASS = f"""
 SELECT error_class, processor, original_topic, count() AS n,
        argMin(message, at) AS example, min(at) AS first_at, max(at) AS last_at
 FROM dead_letters FINAL
-WHERE {_window("at")}
+WHERE {in_window("at")}
 GROUP BY error_class, processor, original_topic
 ORDER BY n DESC, error_class, processor, original_topic
 """

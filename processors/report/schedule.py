@@ -7,9 +7,9 @@ answers. Invariants:
   (k+1)·interval)`` and is due at most once per slot: after :meth:`ReportSchedule.written` the
   next report is due at the first slot boundary after the write. Slots do not drift with the
   time a report takes, and a long stall owes one report, not one per missed slot.
-- :func:`interim_report_for` calls for a report on ``pipeline.paused`` only (DESIGN §5: a health
-  pause is followed by an interim report). Its stem is named by the event's own time, so a
-  redelivered event rewrites the same file instead of adding one.
+- :func:`interim_report_for` calls for a report on ``pipeline.paused`` only (ARCHITECTURE.md,
+  "Self-correction": a health pause is followed by an interim report). Its stem is named by the
+  event's own time, so a redelivered event rewrites the same file instead of adding one.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+from processors.report.markdown import utc
 
 __all__ = [
     "InterimReport",
@@ -31,10 +33,11 @@ __all__ = [
 def report_stem(at: datetime, kind: str) -> str:
     """``report-<YYYYMMDDTHHMMSSZ of at, UTC>-<kind>``: the file stem of a run-time report.
 
+    >>> from datetime import UTC
     >>> report_stem(datetime(2026, 12, 2, 10, 31, 5, 900000, tzinfo=UTC), "paused")
     'report-20261202T103105Z-paused'
     """
-    return f"report-{_utc(at):%Y%m%dT%H%M%SZ}-{kind}"
+    return f"report-{utc(at):%Y%m%dT%H%M%SZ}-{kind}"
 
 
 class ReportSchedule:
@@ -42,6 +45,7 @@ class ReportSchedule:
 
     Times are aware datetimes. Example (hourly):
 
+    >>> from datetime import UTC
     >>> t0 = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
     >>> schedule = ReportSchedule(3600.0, started=t0)
     >>> schedule.due(t0 + timedelta(minutes=59)), schedule.due(t0 + timedelta(minutes=61))
@@ -88,6 +92,7 @@ def interim_report_for(event: Mapping[str, Any]) -> InterimReport | None:
     ``event`` has ``type``, ``at``, ``event_id`` and ``params``: a mapping as decoded from the
     topic, or the JSON string stored in ClickHouse. Only ``pipeline.paused`` calls for one.
 
+    >>> from datetime import UTC
     >>> at = datetime(2026, 12, 2, 10, 31, tzinfo=UTC)
     >>> until = '{"reason": "latency p99", "until": "2026-12-02T10:41:00.000Z"}'
     >>> report = interim_report_for(
@@ -100,7 +105,7 @@ def interim_report_for(event: Mapping[str, Any]) -> InterimReport | None:
     """
     if event["type"] != "pipeline.paused":
         return None
-    at = _utc(event["at"])
+    at = utc(event["at"])
     params = event.get("params") or {}
     if isinstance(params, str):
         params = json.loads(params) if params else {}
@@ -109,14 +114,9 @@ def interim_report_for(event: Mapping[str, Any]) -> InterimReport | None:
     note += f" at {at:%Y-%m-%d %H:%M} UTC"
     until = params.get("until")
     if until is not None:
-        end = _utc(until if isinstance(until, datetime) else datetime.fromisoformat(until))
+        end = utc(until if isinstance(until, datetime) else datetime.fromisoformat(until))
         shown = f"{end:%H:%M}" if end.date() == at.date() else f"{end:%Y-%m-%d %H:%M}"
         note += f", until {shown} UTC"
     return InterimReport(
         event_id=str(event["event_id"]), at=at, stem=report_stem(at, "paused"), note=note
     )
-
-
-def _utc(value: datetime) -> datetime:
-    # the Avro codec and clickhouse-connect may hand out naive datetimes that mean UTC
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

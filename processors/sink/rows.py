@@ -5,7 +5,8 @@ One :class:`TableSpec` per base topic (``images.raw``, ``scores``, ``candidates`
 that builds a row in that column order. The functions do no I/O and are deterministic: the same
 record at the same coordinates always gives the same row, which is what makes re-inserting a
 re-delivered batch harmless (the tables are ReplacingMergeTree on the record's identity).
-Columns filled by ClickHouse (``ingested_at``) are not part of the rows.
+Columns filled by ClickHouse (``ingested_at``) are not part of the rows. The column lists are
+in :mod:`processors.sink.columns` (re-exported here).
 
 Timestamps are written as aware UTC datetimes; a naive datetime is taken as UTC, as the Avro
 codec does for timestamp-millis.
@@ -27,6 +28,13 @@ from processors.core.records import (
     DeadLetter,
     ImageRecord,
     ScoreRecord,
+)
+from processors.sink.columns import (
+    CANDIDATE_COLUMNS,
+    CONTROL_EVENT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    IMAGE_COLUMNS,
+    SCORE_COLUMNS,
 )
 
 __all__ = [
@@ -54,102 +62,6 @@ __all__ = [
 ]
 
 Row = tuple[Any, ...]
-
-_KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
-
-IMAGE_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "source",
-    "survey",
-    "ra",
-    "dec",
-    "observed_at",
-    "fetched_at",
-    "format",
-    "width",
-    "height",
-    "bands",
-    "pixels",
-    "uri",
-    "provenance",
-    "truth_is_anomaly",
-    "truth_kind",
-    "truth_segment",
-    "truth_boxes",
-    *_KAFKA_COLUMNS,
-)
-SCORE_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "source",
-    "model_version",
-    "backbone",
-    "role",
-    "scores",
-    "raw_scores",
-    "thresholds",
-    "votes",
-    "ensemble_score",
-    "votes_for",
-    "votes_needed",
-    "is_candidate",
-    "calibrated",
-    "batch_size",
-    "latency_ms",
-    "control_offset",
-    "scored_at",
-    *_KAFKA_COLUMNS,
-)
-CANDIDATE_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "source",
-    "model_version",
-    "ensemble_score",
-    "detector_scores",
-    "ra",
-    "dec",
-    "boxes",
-    "crossmatches",
-    "label_status",
-    "detector_model_version",
-    "detected_at",
-    "control_offset",
-    "detector_role",
-    "detector_latency_ms",
-    "label_reason",
-    "sample_id",
-    "crossmatch_magnitudes",
-    "crossmatch_kinds",
-    *_KAFKA_COLUMNS,
-)
-CONTROL_EVENT_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "type",
-    "subject",
-    "at",
-    "issued_by",
-    "params",
-    "model_version",
-    "artifact_id",
-    "value",
-    "detector",
-    "reason",
-    "evidence",
-    "caused_by",
-    *_KAFKA_COLUMNS,
-)
-DEAD_LETTER_COLUMNS: tuple[str, ...] = (
-    "original_topic",
-    "original_partition",
-    "original_offset",
-    "key",
-    "raw",
-    "error_class",
-    "message",
-    "processor",
-    "at",
-    "source",
-    *_KAFKA_COLUMNS,
-)
 
 
 class KafkaCoordinates(NamedTuple):

@@ -10,6 +10,7 @@ from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 
 from processors.core.exceptions import ConfigError
+from processors.ood import detectors
 from processors.ood import ensemble as ood
 from processors.ood.ensemble import (
     KnnDetector,
@@ -63,6 +64,11 @@ def fitted(world: FeatureWorld) -> tuple[ReferenceSet, OODEnsemble]:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(ood, raise_on_error=False)
     assert result.attempted >= 10 and result.failed == 0
+
+
+def test_detector_docstring_examples_run() -> None:
+    result = doctest.testmod(detectors, raise_on_error=False)
+    assert result.attempted >= 4 and result.failed == 0
 
 
 def test_energy_score_matches_definition_and_is_stable() -> None:

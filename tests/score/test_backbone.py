@@ -15,7 +15,6 @@ from skimage import data
 from processors.core.exceptions import BadImageError, ConfigError
 from processors.ood.ensemble import OODEnsemble, energy_score
 from processors.ood.reference import ReferenceSet
-from processors.score import backbone as backbone_module
 from processors.score.backbone import (
     Backbone,
     BackboneOutput,
@@ -26,6 +25,7 @@ from processors.score.backbone import (
     preprocess_batch,
     preprocess_image,
 )
+from processors.score.backbone import model as backbone_module
 
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger, Persian, Siamese, Egyptian cat
 IMAGENET_COFFEE = {504, 967, 968}  # coffee mug, espresso, cup
