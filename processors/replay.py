@@ -22,7 +22,7 @@ rows. Offsets are committed after outputs are delivered (the runner's order). Th
 covers what the topics held when it started: a record with a broker timestamp at or after the
 start is not replayed and ends its partition; a replay is done when every partition has ended
 or no record from before the start arrived for ``idle_s``. It never reads the end offset (the
-embedded broker's is wrong for batched records, DESIGN §6).
+embedded broker's is wrong for batched records, ARCHITECTURE.md, "The local stack").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Accepted DSNs (the same client API either way):
 - ``chdb:///absolute/path`` — the embedded engine, data in that directory (created if missing).
   chdb hosts one engine per OS process, so a process may have clients on one path at a time;
   it can switch paths once all its clients are closed. Another process cannot open a path that
-  is open (DESIGN §6: the sink process owns it locally).
+  is open (ARCHITECTURE.md, "The local stack": the sink process owns it locally).
 - ``http://user:password@host:8123/database`` or ``https://...`` — a ClickHouse server.
 
 Tables are unqualified in every query skyloop runs, so they live in the client's database: the

@@ -3,7 +3,8 @@
 Consumers never auto-commit: processors commit offsets explicitly, only after their outputs are
 delivered (producer flushed) or written (ClickHouse insert returned). Producers deliver each
 message at least once (acks=all, retries); idempotent producers are off because the embedded
-broker does not support them (DESIGN §6); duplicates are absorbed by content-addressed keys.
+broker does not support them (ARCHITECTURE.md, "The local stack"); duplicates are absorbed by
+content-addressed keys.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def dead_letter(
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """A topic of DESIGN §2: its value schema and partition count.
+    """A topic of ARCHITECTURE.md, "Topology": its value schema and partition count.
 
     ``control.events`` has exactly one partition: the log is one total order. ``images.dlq``
     has as many as ``scores`` and is keyed the same way (by source), so the controller's

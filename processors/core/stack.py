@@ -6,8 +6,8 @@ port with in-memory storage; :meth:`EmbeddedBroker.stop` terminates it and waits
 process outlives the stack (also on Ctrl-C, via the context manager).
 
 Durable option (``storage_dir``): the broker keeps its log, topics and committed offsets in S3
-storage served by a ``localbucket`` child process from that folder (DESIGN §6: Tansu's only
-durable engine in this build), so a broker started again on the same folder, even after a
+storage served by a ``localbucket`` child process from that folder (Tansu's only durable
+engine in this build: ARCHITECTURE.md, "The local stack"), so a broker started again on the same folder, even after a
 ``kill -9`` of everything, has every acknowledged record and committed offset.
 """
 

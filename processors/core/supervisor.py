@@ -10,9 +10,10 @@ it is interrupted: use it as a context manager).
 Self-healing: :meth:`Supervisor.heal` restarts a child that exited non-zero (a crash, an
 uncaught error, ``kill -9``) with the same arguments, after a back-off that doubles with each
 restart of that child (:class:`RestartPolicy`). A restarted processor resumes from its consumer
-group's committed offsets and rebuilds its state from ``control.events`` (DESIGN §3), so
-nothing is lost; what it redoes is absorbed by idempotent keys (DESIGN §4). A child that exits
-0 finished its job and is left alone, as is one stopped through :meth:`stop`. Past the bound
+group's committed offsets and rebuilds its state from ``control.events`` (ARCHITECTURE.md,
+"Event model"), so nothing is lost; what it redoes is absorbed by idempotent keys
+(ARCHITECTURE.md, "Guarantees"). A child that exits 0 finished its job and is left alone, as is
+one stopped through :meth:`stop`. Past the bound
 on restarts in a window, :meth:`heal` raises :class:`ProcessorFailed` and the run ends.
 """
 

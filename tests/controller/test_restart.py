@@ -130,7 +130,8 @@ class Run:
         """Every (key, value) of a topic, all partitions, each in offset order.
 
         Reads until the topic has been quiet for 2 s, not up to the high watermark: the
-        embedded broker reports it too low after batched writes (DESIGN §6).
+        embedded broker reports it too low after batched writes (ARCHITECTURE.md, "The local
+        stack").
         """
         consumer = Consumer(
             {"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}"}

@@ -19,8 +19,8 @@ Nothing is tuned to the generator: reference size, target FPR and ``vote_k`` are
 Systems compared on the same images (all calibrated from the first reference window, whose
 images are left out of every figure):
 
-- ``skyloop``: the calibrated k-of-3 ensemble, recalibrated after drift the way DESIGN §5
-  describes it: per window of ``--window`` images, a two-sample KS test of the window's ensemble
+- ``skyloop``: the calibrated k-of-3 ensemble, recalibrated after drift the way
+  ARCHITECTURE.md, "Self-correction" describes it: per window of ``--window`` images, a two-sample KS test of the window's ensemble
   scores against the calibration part's (p < 0.01) on 2 consecutive windows raises drift; the
   next ``reference_size`` images form the new reference (scored with the old calibration
   meanwhile), then the ensemble is refit and thresholds recomputed. (The bench carries this
