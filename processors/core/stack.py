@@ -7,8 +7,9 @@ process outlives the stack (also on Ctrl-C, via the context manager).
 
 Durable option (``storage_dir``): the broker keeps its log, topics and committed offsets in S3
 storage served by a ``localbucket`` child process from that folder (Tansu's only durable
-engine in this build: ARCHITECTURE.md, "The local stack"), so a broker started again on the same folder, even after a
-``kill -9`` of everything, has every acknowledged record and committed offset.
+engine in this build: ARCHITECTURE.md, "The local stack"), so a broker started again on the
+same folder, even after a ``kill -9`` of everything, has every acknowledged record and committed
+offset.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ Systems compared on the same images (all calibrated from the first reference win
 images are left out of every figure):
 
 - ``skyloop``: the calibrated k-of-3 ensemble, recalibrated after drift the way
-  ARCHITECTURE.md, "Self-correction" describes it: per window of ``--window`` images, a two-sample KS test of the window's ensemble
-  scores against the calibration part's (p < 0.01) on 2 consecutive windows raises drift; the
+  ARCHITECTURE.md, "Self-correction" describes it: per window of ``--window`` images, a
+  two-sample KS test of the window's ensemble scores against the calibration part's (p < 0.01) on 2 consecutive windows raises drift; the
   next ``reference_size`` images form the new reference (scored with the old calibration
   meanwhile), then the ensemble is refit and thresholds recomputed. (The bench carries this
   small trigger itself until ``processors/control`` ships the drift policy.)
