@@ -21,10 +21,11 @@ images are left out of every figure):
 
 - ``skyloop``: the calibrated k-of-3 ensemble, recalibrated after drift the way
   ARCHITECTURE.md, "Self-correction" describes it: per window of ``--window`` images, a
-  two-sample KS test of the window's ensemble scores against the calibration part's (p < 0.01) on 2 consecutive windows raises drift; the
-  next ``reference_size`` images form the new reference (scored with the old calibration
-  meanwhile), then the ensemble is refit and thresholds recomputed. (The bench carries this
-  small trigger itself until ``processors/control`` ships the drift policy.)
+  two-sample KS test of the window's ensemble scores against the calibration part's
+  (p < 0.01) on 2 consecutive windows raises drift; the next ``reference_size`` images form the
+  new reference (scored with the old calibration meanwhile), then the ensemble is refit and
+  thresholds recomputed. (The bench carries this small trigger itself, older than the drift
+  policy in ``processors/policies/drift.py``.)
 - ``static ensemble``: the same ensemble and thresholds, never recalibrated;
 - ``static energy``: raw energy above its (1 - FPR) quantile on the first reference window,
   never recalibrated (a global quantile of one raw score);
