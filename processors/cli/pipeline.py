@@ -39,9 +39,9 @@ def _run_images(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from processors.ingest.base import is_endless
     from processors.ingest.processor import describe_source
     from processors.ingest.sources import source_from_spec
+    from processors.ingest.sources.base import is_endless
     from processors.local import run_local
 
     resolved = settings(args)

@@ -1,7 +1,7 @@
 """Cross-matches a ZTF alert already carries, read from its image's provenance.
 
 The ZTF pipeline cross-matches every candidate before it is sent; ingest keeps those fields as
-text in ``ImageRecord.provenance`` (see ``processors.ingest.ztf_packets.EXTRA_FIELDS``). This
+text in ``ImageRecord.provenance`` (see ``processors.ingest.ztf.packets.EXTRA_FIELDS``). This
 turns them into :class:`CrossMatch` records:
 
 - ``ztf:ps1``: id ``objectidps1``, separation ``distpsnr1``, magnitude ``srmag1``, kind star or

@@ -50,14 +50,13 @@ from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import DeliveryError, StopSignal
 from processors.ingest.backpressure import ScoreLag
-from processors.ingest.base import (
-    ImageSource,
+from processors.ingest.interleaved import Interleaved
+from processors.ingest.sources.base import BaseSource, ImageSource, source_counters, source_parts
+from processors.ingest.sources.items import (
     RawImage,
     SourceFailure,
     SourceItem,
     image_id_for,
-    source_counters,
-    source_parts,
     to_record,
 )
 
@@ -191,8 +190,10 @@ def run_ingest(
     backpressure = ScoreLag(settings, bootstrap)
     partitions = TOPICS["images.raw"].partitions
     errors: list[str] = []
-    committers: list[Any] = [
-        p for p in source_parts(source) if callable(getattr(p, "commit", None))
+    committers = [
+        p
+        for p in source_parts(source)
+        if isinstance(p, BaseSource) and p.capabilities.commits_after_delivery
     ]
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -209,8 +210,7 @@ def run_ingest(
             part.commit()
 
     for part in committers:
-        if hasattr(part, "deliver"):
-            part.deliver = deliver
+        part.deliver = deliver
 
     def shares(names: Sequence[str]) -> dict[str, float]:
         floor = settings.source_weight_floor
@@ -218,9 +218,9 @@ def run_ingest(
         progress.set("shares", allocation)
         return allocation
 
-    if hasattr(source, "shares"):
+    if isinstance(source, Interleaved):
         source.shares = shares
-    single = None if hasattr(source, "shares") else source.name
+    single = None if isinstance(source, Interleaved) else source.name
 
     tally = _Tally()
     taken = 0

@@ -108,8 +108,8 @@ def test_localize_record_on_one_band_of_a_triplet() -> None:
 def test_real_ztf_difference_cutouts_show_the_alert_at_the_centre() -> None:
     if not ZTF_STREAM.is_dir():
         pytest.skip(f"needs the real ZTF night at {ZTF_STREAM}")
-    from processors.ingest.ztf_cutouts import alert_pixels
-    from processors.ingest.ztf_packets import read_alerts
+    from processors.ingest.ztf.cutouts import alert_pixels
+    from processors.ingest.ztf.packets import read_alerts
 
     centred = total = 0
     for path in sorted(ZTF_STREAM.glob("*.avro"))[:30]:

@@ -9,8 +9,8 @@ from processors.core.records import Box
 from processors.detect.localize import extract_boxes
 from processors.detect.novelty import NormalBoxes, NoveltyParams, box_features
 from processors.detect.raster import record_plane
-from processors.ingest.base import to_record
-from processors.ingest.synthetic import SyntheticSky
+from processors.ingest.sources.items import to_record
+from processors.ingest.synthetic.sky import SyntheticSky
 
 
 def _planes(seed: int, n: int, anomaly_rate: float) -> list[tuple[np.ndarray, dict | None]]:

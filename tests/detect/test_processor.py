@@ -30,8 +30,8 @@ from processors.core.runner import Runner
 from processors.detect.catalogs import gaia_bright_stars
 from processors.detect.processor import DetectProcessor
 from processors.detect.samples import TrainingSample
-from processors.ingest.base import to_record
-from processors.ingest.synthetic import SyntheticSky
+from processors.ingest.sources.items import to_record
+from processors.ingest.synthetic.sky import SyntheticSky
 
 CODEC = default_codec()
 

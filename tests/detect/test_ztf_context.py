@@ -18,8 +18,8 @@ from processors.detect import ztf_context
 from processors.detect.catalogs import gaia_bright_stars
 from processors.detect.crossmatch import CatalogMatcher, MatchRadius, near_bright_star
 from processors.detect.ztf_context import ztf_crossmatches
-from processors.ingest.ztf_cutouts import alert_provenance
-from processors.ingest.ztf_packets import read_alerts
+from processors.ingest.ztf.cutouts import alert_provenance
+from processors.ingest.ztf.packets import read_alerts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV = "SKYLOOP_ZTF_STREAM_DIR"

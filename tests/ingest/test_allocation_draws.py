@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 from processors.core.allocation import allocate
 from processors.core.control import ControlState, new_event
-from processors.ingest.base import RawImage, SourceItem
 from processors.ingest.processor import draw_shares
 from processors.ingest.sources import Interleaved
+from processors.ingest.sources.items import RawImage, SourceItem
 
 DRAWS = 10_000
 FLOOR = 0.05

@@ -15,9 +15,9 @@ from PIL import Image
 
 from processors.core.exceptions import ConfigError
 from processors.core.imaging import decode_pixels
-from processors.ingest.base import RawImage, SourceFailure, SourceItem, image_id_for
-from processors.ingest.folder import FolderSource
+from processors.ingest.files.folder import FolderSource
 from processors.ingest.sources import source_from_spec
+from processors.ingest.sources.items import RawImage, SourceFailure, SourceItem, image_id_for
 
 
 def _wcs_fits(path: Path, ra: float, dec: float, size: int = 24) -> None:

@@ -15,9 +15,9 @@ from numpy.typing import NDArray
 
 from processors.core.exceptions import ConfigError
 from processors.core.imaging import decode_pixels
-from processors.ingest.sky_surveys import ANOMALY_CLASSES, SURVEYS
 from processors.ingest.sources import source_from_spec
-from processors.ingest.synthetic import SyntheticSky
+from processors.ingest.synthetic.sky import SyntheticSky
+from processors.ingest.synthetic.survey_sky import ANOMALY_CLASSES, SURVEYS
 
 # The first 20 images of each older spec, as they were before kind=survey existed: those streams
 # must not change (benchmarks and tests depend on them). Truth and provenance are compared

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from processors.ingest.base import RawImage, SourceItem, is_endless, source_counters, source_parts
-from processors.ingest.bundled import HubbleDeepField
 from processors.ingest.sources import Interleaved, source_from_spec
+from processors.ingest.sources.base import is_endless, source_counters, source_parts
+from processors.ingest.sources.items import RawImage, SourceItem
+from processors.ingest.synthetic.hubble import HubbleDeepField
 from processors.ingest.ztf import ZtfFileSource, ZtfTopicSource
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from processors.core.exceptions import ConfigError
 from processors.core.imaging import decode_pixels
-from processors.ingest.base import RawImage, SourceFailure, SourceItem
 from processors.ingest.sources import source_from_spec
-from processors.ingest.survey_source import SurveySource
+from processors.ingest.sources.items import RawImage, SourceFailure, SourceItem
+from processors.ingest.surveys.source import SurveySource
 from tests.ingest.fake_survey import FakeSurvey, fake_survey
 
 FAST = (

@@ -13,8 +13,8 @@ from astropy.io import fits
 
 from processors.core.exceptions import PermanentFetchError, TransientFetchError
 from processors.ingest.counters import SourceCounters
-from processors.ingest.payloads import Expected, check_payload
-from processors.ingest.survey_http import CircuitBreaker, HttpPolicy, RateLimit, SurveyHttp
+from processors.ingest.surveys.http import CircuitBreaker, HttpPolicy, RateLimit, SurveyHttp
+from processors.ingest.surveys.payloads import Expected, check_payload
 from tests.ingest.fake_survey import fake_survey, galaxy
 
 

@@ -1,4 +1,4 @@
-"""Cutouts -> the image to score, in the three modes (processors/ingest/ztf_cutouts)."""
+"""Cutouts -> the image to score, in the three modes (processors/ingest/ztf/cutouts)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from astropy.io import fits
 
 from processors.core.codec import default_codec
 from processors.core.imaging import decode_image, decode_pixels, encode_fits
-from processors.ingest.base import image_id_for, to_record
-from processors.ingest.ztf_cutouts import CutoutError, alert_to_image
-from processors.ingest.ztf_packets import ZtfAlert, read_alerts
+from processors.ingest.sources.items import image_id_for, to_record
+from processors.ingest.ztf.cutouts import CutoutError, alert_to_image
+from processors.ingest.ztf.packets import ZtfAlert, read_alerts
 
 RewriteFn = Callable[..., bytes]
 EDGE = "ZTF18abdqake_v3.0_472263571115115014.avro"  # 63 rows x 53 columns at a CCD edge

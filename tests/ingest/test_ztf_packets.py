@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from astropy.time import Time
 
-from processors.ingest.ztf_packets import (
+from processors.ingest.ztf.packets import (
     KNOWN_SCHEMA_VERSIONS,
     AlertPacketError,
     AlertReader,
@@ -134,7 +134,7 @@ def test_an_unknown_version_is_read_by_name_with_one_warning(
         _as_future,
         schema=_future_schema,
     )
-    with caplog.at_level(logging.WARNING, logger="processors.ingest.ztf_packets"):
+    with caplog.at_level(logging.WARNING, logger="processors.ingest.ztf.packets"):
         alerts = list(AlertReader().read(data))
     assert len(alerts) == 2 and all(isinstance(a, ZtfAlert) for a in alerts)
     alert = alerts[0]

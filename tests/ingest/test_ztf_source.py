@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from processors.core.exceptions import ConfigError
-from processors.ingest.base import ImageSource, RawImage, SourceFailure, SourceItem
+from processors.ingest.sources.base import ImageSource
+from processors.ingest.sources.items import RawImage, SourceFailure, SourceItem
 from processors.ingest.ztf import (
     QualityCuts,
     ZtfFileSource,

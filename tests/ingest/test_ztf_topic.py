@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.ingest.base import RawImage, SourceFailure, SourceItem
+from processors.ingest.sources.items import RawImage, SourceFailure, SourceItem
 from processors.ingest.ztf import QualityCuts, ZtfTopicSource
 from tests.ingest.conftest import MakeTopic, committed_offset
 

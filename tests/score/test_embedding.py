@@ -8,8 +8,8 @@ import pytest
 from processors.core.codec import default_codec
 from processors.core.imaging import decode_image, encode_fits
 from processors.core.runner import InMessage
-from processors.ingest.base import to_record
-from processors.ingest.synthetic import SyntheticSky
+from processors.ingest.sources.items import to_record
+from processors.ingest.synthetic.sky import SyntheticSky
 from processors.score.backbone import Backbone
 from processors.score.embedding import BatchEmbedder, StageTimes
 

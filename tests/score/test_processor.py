@@ -35,8 +35,8 @@ from processors.core.kafka import (
 from processors.core.metrics import REGISTRY
 from processors.core.records import TOPICS, ImageRecord
 from processors.core.runner import Runner
-from processors.ingest.base import RawImage, to_record
-from processors.ingest.synthetic import SyntheticSky
+from processors.ingest.sources.items import RawImage, to_record
+from processors.ingest.synthetic.sky import SyntheticSky
 from processors.ood.ensemble import OODEnsemble, energy_score
 from processors.ood.reference import ReferenceSet, save_reference
 from processors.score.backbone import Backbone

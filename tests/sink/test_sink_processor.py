@@ -22,8 +22,8 @@ from processors.core.control import new_event
 from processors.core.kafka import ensure_topics, make_producer
 from processors.core.progress import read_progress
 from processors.core.runner import Runner, StopSignal
-from processors.ingest.base import to_record
-from processors.ingest.synthetic import SyntheticSky
+from processors.ingest.sources.items import to_record
+from processors.ingest.synthetic.sky import SyntheticSky
 from processors.sink.processor import SinkProcessor
 
 

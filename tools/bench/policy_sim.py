@@ -61,8 +61,8 @@ class StreamFeatures:
 def embed_stream(spec: str, images: int, cache_dir: Path | None = None) -> StreamFeatures:
     """Embed the first ``images`` of a source spec with the default backbone (cached on disk)."""
     from processors.core.imaging import decode_image
-    from processors.ingest.base import RawImage, to_record
     from processors.ingest.sources import source_from_spec
+    from processors.ingest.sources.items import RawImage, to_record
     from processors.score.backbone import Backbone, BackboneSpec
 
     key = hashlib.sha256(f"{spec}|{images}".encode()).hexdigest()[:16]

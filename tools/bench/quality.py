@@ -62,8 +62,8 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.config import load_settings
 from processors.core.control import ControlState, new_event
 from processors.core.imaging import decode_image
-from processors.ingest.base import to_record
-from processors.ingest.synthetic import SyntheticSky
+from processors.ingest.sources.items import to_record
+from processors.ingest.synthetic.sky import SyntheticSky
 from processors.ood.ensemble import OODEnsemble, energy_score, split_reference
 from processors.ood.reference import ReferenceSet, save_reference
 from processors.score.backbone import Backbone, BackboneSpec

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processors.core.exceptions import BadImageError, PermanentFetchError, TransientFetchError
+from processors.core.exceptions import (
+    BadImageError,
+    ConfigError,
+    PermanentFetchError,
+    TransientFetchError,
+)
 from processors.core.imaging import decode_pixels
 from processors.core.records import ImageFormat
-from processors.ingest.image_files import DecodedFile, read_image_bytes
+from processors.ingest.files.decode import DecodedFile, read_image_bytes
 
-__all__ = ["Expected", "check_payload"]
+__all__ = ["Expected", "check_payload", "cutout_format"]
 
 _FITS_BLOCK = 2880
 
@@ -35,6 +40,14 @@ class Expected:
     width: int | None = None
     height: int | None = None
     bands: int | None = None
+
+
+def cutout_format(key: str, raw: str) -> str:
+    """The ``format`` option of a survey that serves FITS or JPEG (``jpg`` is ``jpeg``)."""
+    value = {"jpg": "jpeg"}.get(raw.lower(), raw.lower())
+    if value not in ("fits", "jpeg"):
+        raise ConfigError(f"{key}={raw!r}: accepted values are fits, jpeg")
+    return value
 
 
 def _looks_like(body: bytes, content_type: str) -> str | None:

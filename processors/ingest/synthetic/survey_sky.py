@@ -1,6 +1,6 @@
 """The synthetic sky as several surveys see it: science/template/difference triplets with truth.
 
-``synthetic?kind=survey&surveys=wide,deep`` (see :class:`~processors.ingest.synthetic.
+``synthetic?kind=survey&surveys=wide,deep`` (see :class:`~processors.ingest.synthetic.sky.
 SyntheticSky`). Each image is taken by one of the active surveys (:data:`SURVEYS`: its own
 pixel scale, PSF, sky background, read noise and gain) and is a 3-band FITS cube like a ZTF
 alert triplet: a science exposure, a template (a deeper reference of the same field under the

@@ -24,14 +24,14 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from processors.core.exceptions import ConfigError, PermanentFetchError, TransientFetchError
-from processors.ingest.payloads import Expected, check_payload
-from processors.ingest.spec_options import integer
-from processors.ingest.survey_http import SurveyHttp
-from processors.ingest.survey_source import Cutout
-from processors.ingest.targets import Target
+from processors.core.exceptions import PermanentFetchError, TransientFetchError
+from processors.ingest.sources.options import choice, integer
+from processors.ingest.surveys.http import SurveyHttp
+from processors.ingest.surveys.payloads import Expected, check_payload
+from processors.ingest.surveys.source import Cutout
+from processors.ingest.surveys.targets import Target
 
 __all__ = ["DEFAULT_BASE_URL", "OPTIONS", "ZtfIrsaCutouts", "image_path", "parse_search"]
 
@@ -39,13 +39,7 @@ DEFAULT_BASE_URL = "https://irsa.ipac.caltech.edu"
 _COLUMNS = ("field", "ccdid", "qid", "filtercode", "imgtypecode", "filefracday")
 
 
-def _filter(key: str, raw: str) -> str:
-    if raw not in ("zg", "zr", "zi"):
-        raise ConfigError(f"{key}={raw!r}: accepted values are zg, zr, zi")
-    return raw
-
-
-OPTIONS: dict[str, Any] = {"filter": _filter, "size": integer(8, 3000)}
+OPTIONS: dict[str, Any] = {"filter": choice("zg", "zr", "zi"), "size": integer(8, 3000)}
 
 
 def parse_search(body: bytes, content_type: str) -> list[dict[str, str]]:
@@ -74,6 +68,12 @@ class ZtfIrsaCutouts:
     filter: str | None = None
     size: int = 64
     survey: str = "ztf-irsa"
+    options: ClassVar[dict[str, Any]] = OPTIONS
+
+    @property
+    def default_base_url(self) -> str:
+        """The service root when the spec gives no ``base_url``."""
+        return DEFAULT_BASE_URL
 
     def fetch(self, http: SurveyHttp, target: Target) -> Cutout:
         params: dict[str, Any] = {"POS": f"{target.ra:.7f},{target.dec:.7f}", "ct": "csv"}

@@ -10,48 +10,51 @@ file's path relative to the folder given (for a glob, to the folder above its fi
 or a :class:`SourceFailure` keyed by that same path, carrying the file's bytes (the first
 ``MAX_PIXEL_BYTES`` of them) and the reason. Counters: ``files`` (taken), ``yielded`` (images
 yielded), ``failed`` and ``failed.<error_class>``, so ``files == yielded + failed``.
+
+Spec: ``dir:PATH_OR_GLOB[?watch=BOOL&poll_interval_s=SECONDS&name=TEXT&survey=TEXT]``.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from processors.core.exceptions import BadImageError, ConfigError
 from processors.core.imaging import MAX_PIXEL_BYTES
-from processors.ingest.base import RawImage, SourceFailure, SourceItem
 from processors.ingest.counters import SourceCounters
-from processors.ingest.image_files import FILE_SUFFIXES, read_image_bytes
+from processors.ingest.files.decode import FILE_SUFFIXES, read_image_bytes
+from processors.ingest.sources.base import BaseSource, Capabilities
+from processors.ingest.sources.items import RawImage, SourceFailure, SourceItem
+from processors.ingest.sources.options import flag, positive, split_options, text, typed_options
+from processors.ingest.sources.watch import FolderWatch, glob_root, is_glob, watched_pattern
 
-__all__ = ["FolderSource"]
+__all__ = ["FolderSource", "folder_source_from_spec"]
 
 log = logging.getLogger(__name__)
 
-_GLOB_CHARS = frozenset("*?[")
+OPTIONS = {"watch": flag, "poll_interval_s": positive, "name": text, "survey": text}
 
 
-def _glob_root(pattern: str) -> Path:
-    """The folder above a glob's first wildcard: ``a/b/*/c*.fits`` -> ``a/b``."""
-    fixed: list[str] = []
-    for part in Path(pattern).parts[:-1]:
-        if _GLOB_CHARS & set(part):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
+def folder_source_from_spec(spec: str, *, stop: threading.Event | None = None) -> FolderSource:
+    """The source of ``dir:PATH_OR_GLOB[?OPTIONS]``; ConfigError names a bad key or value."""
+    target, options = split_options(spec[len("dir:") :])
+    if not target:
+        raise ConfigError("source dir: path empty; give dir:FOLDER, dir:FILE or dir:GLOB")
+    return FolderSource(target, stop=stop, **typed_options("dir", options, OPTIONS))
 
 
-class FolderSource:
-    """An :class:`~processors.ingest.base.ImageSource` over FITS, PNG, JPEG and TIFF files.
+class FolderSource(BaseSource):
+    """An image source over FITS, PNG, JPEG and TIFF files.
 
     With ``watch=True`` the stream is endless: it stops when ``stop`` is set (checked between
     files and while waiting) or when the caller stops iterating.
     """
+
+    capabilities = Capabilities(positions=True, watches_folder=True)
 
     def __init__(
         self,
@@ -63,27 +66,37 @@ class FolderSource:
         survey: str = "local",
         stop: threading.Event | None = None,
     ) -> None:
-        pattern = os.path.expanduser(os.fspath(path_or_glob))
-        if not pattern:
-            raise ConfigError("path: empty; give dir:FOLDER, dir:FILE or dir:GLOB")
-        is_glob = bool(_GLOB_CHARS & set(pattern))
-        if not is_glob and not os.path.exists(pattern) and not watch:
-            raise ConfigError(f"path={pattern!r} does not exist; give a folder, file or glob")
-        if not poll_interval_s > 0:
-            raise ConfigError(f"poll_interval_s={poll_interval_s!r}: accepted values are > 0")
+        pattern = watched_pattern(
+            path_or_glob,
+            watch=watch,
+            poll_interval_s=poll_interval_s,
+            empty="path: empty; give dir:FOLDER, dir:FILE or dir:GLOB",
+            missing="path={pattern!r} does not exist; give a folder, file or glob",
+        )
         self.name = name
         self.survey = survey
         self.pattern = pattern
         self.watch = watch
         self.poll_interval_s = float(poll_interval_s)
         self.stop = stop
-        if is_glob:
-            self.root = _glob_root(pattern)
+        if is_glob(pattern):
+            self.root = glob_root(pattern)
         elif os.path.isfile(pattern):
             self.root = Path(pattern).parent
         else:
             self.root = Path(pattern)
-        self.stats = SourceCounters("files", "yielded", "failed")
+        self.stats: SourceCounters = SourceCounters("files", "yielded", "failed")
+        self._watch = FolderWatch(
+            pattern,
+            in_folder=lambda folder: (
+                p for p in folder.rglob("*") if p.name.lower().endswith(FILE_SUFFIXES)
+            ),
+            skip=self._hidden,
+            recursive=True,
+            watch=watch,
+            poll_interval_s=self.poll_interval_s,
+            stop=stop,
+        )
 
     @property
     def endless(self) -> bool:
@@ -93,62 +106,17 @@ class FolderSource:
     def __repr__(self) -> str:
         return f"FolderSource({self.pattern!r}, watch={self.watch}, name={self.name!r})"
 
-    def _scan(self) -> list[Path]:
-        if os.path.isdir(self.pattern):
-            found: Iterator[Path] = (
-                p for p in Path(self.pattern).rglob("*") if p.name.lower().endswith(FILE_SUFFIXES)
-            )
-        elif _GLOB_CHARS & set(self.pattern):
-            found = (Path(p) for p in glob.glob(self.pattern, recursive=True))
-        else:
-            found = iter([Path(self.pattern)] if os.path.isfile(self.pattern) else [])
-        return sorted(p for p in found if p.is_file() and not self._hidden(p))
-
     def _hidden(self, path: Path) -> bool:
         """Dot files and files in dot folders under the root are skipped (editors, partial
         downloads, ``.DS_Store``)."""
         return any(part.startswith(".") for part in Path(self._relative(path)).parts)
 
-    def _stopped(self) -> bool:
-        return self.stop is not None and self.stop.is_set()
-
     def __iter__(self) -> Iterator[SourceItem]:
-        done: set[Path] = set()
-        pending: dict[Path, tuple[int, int]] = {}
-        ready = self._scan()
-        if not ready and not self.watch:
+        def nothing() -> None:
             log.warning("dir source %r: no image files match %r", self.name, self.pattern)
-        while True:
-            for path in ready:
-                if self._stopped():
-                    return
-                done.add(path)
-                pending.pop(path, None)
-                yield self._read(path)
-            if not self.watch or self._stopped():
-                return
-            if self.stop is not None:
-                self.stop.wait(self.poll_interval_s)
-            else:
-                time.sleep(self.poll_interval_s)
-            ready = self._settled(done, pending)
 
-    def _settled(self, done: set[Path], pending: dict[Path, tuple[int, int]]) -> list[Path]:
-        """New files whose (size, mtime) did not change since the previous scan."""
-        ready = []
-        for path in self._scan():
-            if path in done:
-                continue
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            signature = (st.st_size, st.st_mtime_ns)
-            if pending.get(path) == signature:
-                ready.append(path)
-            else:
-                pending[path] = signature
-        return ready
+        for path in self._watch.files(on_nothing=nothing):
+            yield self._read(path)
 
     def _relative(self, path: Path) -> str:
         try:

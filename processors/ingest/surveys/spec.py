@@ -8,9 +8,9 @@ survey takes:
   local server in tests;
 - ``name``: the source name (default: the survey's name);
 - ``limit``, ``catalog_url``: for ``SURVEY:cone:RA,DEC,RADIUS_ARCMIN`` targets, the number
-  of galaxies and the SkyServer SQL search root (processors/ingest/cone);
+  of galaxies and the SkyServer SQL search root (processors/ingest/surveys/cone);
 - ``rounds``: how many times a failing target is tried before it is a dead letter (default 3);
-- the :class:`~processors.ingest.survey_http.HttpPolicy` fields: ``connect_timeout_s``,
+- the :class:`~processors.ingest.surveys.http.HttpPolicy` fields: ``connect_timeout_s``,
   ``read_timeout_s``, ``total_timeout_s``, ``rate_per_s``, ``burst``, ``attempts``,
   ``backoff_s``, ``max_backoff_s``, ``breaker_failures``, ``breaker_reset_s``.
 
@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import fields
-from importlib import import_module
 from typing import Any
 
 from processors.core.exceptions import ConfigError
-from processors.ingest.cone import DEFAULT_CATALOG_URL, ConeQuery, parse_cone
 from processors.ingest.counters import SourceCounters
-from processors.ingest.spec_options import (
+from processors.ingest.sources.options import (
     integer,
     number,
     positive,
@@ -38,36 +35,27 @@ from processors.ingest.spec_options import (
     text,
     typed_options,
 )
-from processors.ingest.survey_http import HttpPolicy, SurveyHttp
-from processors.ingest.survey_source import SurveySource
+from processors.ingest.surveys.cone import DEFAULT_CATALOG_URL, ConeQuery, parse_cone
+from processors.ingest.surveys.decals import DecalsCutouts
+from processors.ingest.surveys.galaxy_zoo import GalaxyZooCutouts
+from processors.ingest.surveys.hst import HstCutouts
+from processors.ingest.surveys.http import HttpPolicy, SurveyHttp
+from processors.ingest.surveys.panstarrs import PanStarrsCutouts
+from processors.ingest.surveys.sdss import SdssCutouts
+from processors.ingest.surveys.source import SurveyApi, SurveySource
+from processors.ingest.surveys.ztf_irsa import ZtfIrsaCutouts
 
-__all__ = ["SURVEYS", "survey_source_from_spec"]
+__all__ = ["SURVEY_APIS", "survey_source_from_spec"]
 
-# spec name -> (module, api class, default base URL or a function of the api's options)
-SURVEYS: dict[str, tuple[str, str, Callable[[dict[str, Any]], str]]] = {
-    "sdss": (
-        "processors.ingest.sdss",
-        "SdssCutouts",
-        lambda o: import_module("processors.ingest.sdss").default_base_url(
-            o.get("release", "dr18")
-        ),
-    ),
-    "decals": ("processors.ingest.decals", "DecalsCutouts", lambda o: _const("decals")),
-    "panstarrs": ("processors.ingest.panstarrs", "PanStarrsCutouts", lambda o: _const("panstarrs")),
-    "ztf-irsa": ("processors.ingest.ztf_irsa", "ZtfIrsaCutouts", lambda o: _const("ztf-irsa")),
-    "hst": ("processors.ingest.hst", "HstCutouts", lambda o: _const("hst")),
-    "galaxyzoo": (
-        "processors.ingest.galaxy_zoo",
-        "GalaxyZooCutouts",
-        lambda o: _const("decals") if o.get("cutout") == "decals" else _const("sdss"),
-    ),
+# spec name -> the survey's cutout interface (its options and default service root)
+SURVEY_APIS: dict[str, type[SurveyApi]] = {
+    "sdss": SdssCutouts,
+    "decals": DecalsCutouts,
+    "panstarrs": PanStarrsCutouts,
+    "ztf-irsa": ZtfIrsaCutouts,
+    "hst": HstCutouts,
+    "galaxyzoo": GalaxyZooCutouts,
 }
-
-
-def _const(kind: str) -> str:
-    if kind == "sdss":
-        return str(import_module("processors.ingest.sdss").default_base_url())
-    return str(import_module(SURVEYS[kind][0]).DEFAULT_BASE_URL)
 
 
 def _policy_parsers() -> dict[str, Any]:
@@ -94,23 +82,22 @@ _COMMON = {
 }
 
 
-def survey_source_from_spec(spec: str, *, stop: threading.Event | None = None) -> SurveySource:
-    """The survey source a spec names; :class:`ConfigError` names a bad key or value."""
+def survey_source_from_spec(
+    spec: str, *, api: type[SurveyApi], stop: threading.Event | None = None
+) -> SurveySource:
+    """The source of ``SURVEY:TARGETS[?OPTIONS]`` fetching through ``api`` (the survey the
+    registry found for the spec's name); :class:`ConfigError` names a bad key or value."""
     kind, _, rest = spec.partition(":")
-    if kind not in SURVEYS:
-        raise ConfigError(f"unknown survey {kind!r}; accepted: {', '.join(SURVEYS)}")
-    module_name, class_name, base_url_for = SURVEYS[kind]
-    module = import_module(module_name)
     target, raw = split_options(rest)
     if not target:
         raise ConfigError(f"source {kind}: no targets file; give {kind}:TARGETS.csv[?OPTIONS]")
-    options = typed_options(kind, raw, {**_COMMON, **module.OPTIONS})
+    options = typed_options(kind, raw, {**_COMMON, **api.options})
     common = {k: options.pop(k) for k in list(options) if k in _COMMON}
-    api = getattr(module, class_name)(**options)
+    client = api(**options)
     policy = HttpPolicy(**{k: v for k, v in common.items() if k in _policy_parsers()})
     # back-off waits end early on stop, so Ctrl-C never waits out a long Retry-After
     sleep = stop.wait if stop is not None else time.sleep
-    base_url = common.get("base_url") or base_url_for(options)
+    base_url = common.get("base_url") or client.default_base_url
     http = SurveyHttp(base_url, policy, SourceCounters(), sleep=sleep)
     targets: str | ConeQuery = target
     catalog = None
@@ -121,7 +108,7 @@ def survey_source_from_spec(spec: str, *, stop: threading.Event | None = None) -
     elif "limit" in common or "catalog_url" in common:
         raise ConfigError(f"source {kind}: limit and catalog_url apply to {kind}:cone:... only")
     return SurveySource(
-        api,
+        client,
         targets,
         http,
         name=common.get("name", kind),

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from processors.core.exceptions import ConfigError
-from processors.ingest.base import SourceFailure, SourceItem
-from processors.ingest.ztf_cutouts import CUTOUT_MODES, CutoutError, CutoutMode, alert_to_image
-from processors.ingest.ztf_packets import AlertPacketError, AlertReader, ZtfAlert
+from processors.ingest.sources.items import SourceFailure, SourceItem
+from processors.ingest.ztf.cutouts import CUTOUT_MODES, CutoutError, CutoutMode, alert_to_image
+from processors.ingest.ztf.packets import AlertPacketError, AlertReader, ZtfAlert
 
 __all__ = ["AlertItems", "QualityCuts", "ZtfStats"]
 

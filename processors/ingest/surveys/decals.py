@@ -15,29 +15,21 @@ Options: ``format`` (``fits`` or ``jpeg``, default fits), ``layer`` (default ``l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from processors.core.exceptions import ConfigError
-from processors.ingest.payloads import Expected, check_payload
-from processors.ingest.spec_options import integer, positive, text
-from processors.ingest.survey_http import SurveyHttp
-from processors.ingest.survey_source import Cutout
-from processors.ingest.targets import Target
+from processors.ingest.sources.options import integer, positive, text
+from processors.ingest.surveys.http import SurveyHttp
+from processors.ingest.surveys.payloads import Expected, check_payload, cutout_format
+from processors.ingest.surveys.source import Cutout
+from processors.ingest.surveys.targets import Target
 
 __all__ = ["DEFAULT_BASE_URL", "OPTIONS", "DecalsCutouts"]
 
 DEFAULT_BASE_URL = "https://www.legacysurvey.org/viewer"
 
 
-def _format(key: str, raw: str) -> str:
-    value = {"jpg": "jpeg"}.get(raw.lower(), raw.lower())
-    if value not in ("fits", "jpeg"):
-        raise ConfigError(f"{key}={raw!r}: accepted values are fits, jpeg")
-    return value
-
-
 OPTIONS: dict[str, Any] = {
-    "format": _format,
+    "format": cutout_format,
     "layer": text,
     "pixscale": positive,
     "size": integer(8, 3000),
@@ -53,6 +45,12 @@ class DecalsCutouts:
     size: int = 64
     bands: str = "grz"
     survey: str = "decals"
+    options: ClassVar[dict[str, Any]] = OPTIONS
+
+    @property
+    def default_base_url(self) -> str:
+        """The service root when the spec gives no ``base_url``."""
+        return DEFAULT_BASE_URL
 
     def fetch(self, http: SurveyHttp, target: Target) -> Cutout:
         params: dict[str, Any] = {

@@ -17,33 +17,24 @@ Options: ``filter`` (one of grizy, default r), ``size`` (pixels, default 64), ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from processors.core.exceptions import ConfigError, PermanentFetchError, TransientFetchError
-from processors.ingest.payloads import Expected, check_payload
-from processors.ingest.spec_options import integer
-from processors.ingest.survey_http import SurveyHttp
-from processors.ingest.survey_source import Cutout
-from processors.ingest.targets import Target
+from processors.core.exceptions import PermanentFetchError, TransientFetchError
+from processors.ingest.sources.options import choice, integer
+from processors.ingest.surveys.http import SurveyHttp
+from processors.ingest.surveys.payloads import Expected, check_payload
+from processors.ingest.surveys.source import Cutout
+from processors.ingest.surveys.targets import Target
 
 __all__ = ["DEFAULT_BASE_URL", "OPTIONS", "PanStarrsCutouts", "parse_filenames"]
 
 DEFAULT_BASE_URL = "https://ps1images.stsci.edu/cgi-bin"
 
 
-def _choice(*accepted: str) -> Any:
-    def parse(key: str, raw: str) -> str:
-        if raw not in accepted:
-            raise ConfigError(f"{key}={raw!r}: accepted values are {', '.join(accepted)}")
-        return raw
-
-    return parse
-
-
 OPTIONS: dict[str, Any] = {
-    "filter": _choice(*"grizy"),
+    "filter": choice(*"grizy"),
     "size": integer(8, 6000),
-    "type": _choice("stack", "warp"),
+    "type": choice("stack", "warp"),
 }
 
 
@@ -63,6 +54,12 @@ class PanStarrsCutouts:
     size: int = 64
     type: str = "stack"
     survey: str = "panstarrs"
+    options: ClassVar[dict[str, Any]] = OPTIONS
+
+    @property
+    def default_base_url(self) -> str:
+        """The service root when the spec gives no ``base_url``."""
+        return DEFAULT_BASE_URL
 
     def fetch(self, http: SurveyHttp, target: Target) -> Cutout:
         position = {"ra": f"{target.ra:.7f}", "dec": f"{target.dec:.7f}"}

@@ -5,10 +5,10 @@ Galaxy Zoo publishes its classifications as catalogs (https://data.galaxyzoo.org
 ``gz2_hart16`` with ``ra, dec, dr7objid`` and vote fractions; Galaxy Zoo DECaLS ``gz_decals``
 with ``ra, dec, iauname``). Its volunteers classified SDSS (GZ1, GZ2) and Legacy Survey
 (GZ DECaLS, DESI) colour cutouts; this source fetches the same kind of image through
-``cutout=sdss`` (SkyServer ImgCutout, processors/ingest/sdss; the default) or ``cutout=decals``
-(Legacy Survey, processors/ingest/decals, JPEG). The catalog's other columns (vote fractions,
-morphology labels) travel in ``provenance['catalog.<column>']``, so they can
-be queried in ClickHouse next to the scores.
+``cutout=sdss`` (SkyServer ImgCutout, processors/ingest/surveys/sdss; the default) or
+``cutout=decals`` (Legacy Survey, processors/ingest/surveys/decals, JPEG). The catalog's other
+columns (vote fractions, morphology labels) travel in ``provenance['catalog.<column>']``, so
+they can be queried in ClickHouse next to the scores.
 
 Options: ``cutout`` (sdss or decals), ``size`` (pixels, default 64), ``scale`` (arcsec/pixel,
 for sdss; ``pixscale`` for decals).
@@ -17,27 +17,20 @@ for sdss; ``pixscale`` for decals).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from processors.core.exceptions import ConfigError
-from processors.ingest.decals import DecalsCutouts
-from processors.ingest.sdss import SdssCutouts
-from processors.ingest.spec_options import integer, positive
-from processors.ingest.survey_http import SurveyHttp
-from processors.ingest.survey_source import Cutout
-from processors.ingest.targets import Target
+from processors.ingest.sources.options import choice, integer, positive
+from processors.ingest.surveys.decals import DecalsCutouts
+from processors.ingest.surveys.http import SurveyHttp
+from processors.ingest.surveys.sdss import SdssCutouts
+from processors.ingest.surveys.source import Cutout
+from processors.ingest.surveys.targets import Target
 
 __all__ = ["OPTIONS", "GalaxyZooCutouts"]
 
 
-def _cutout(key: str, raw: str) -> str:
-    if raw not in ("sdss", "decals"):
-        raise ConfigError(f"{key}={raw!r}: accepted values are sdss, decals")
-    return raw
-
-
 OPTIONS: dict[str, Any] = {
-    "cutout": _cutout,
+    "cutout": choice("sdss", "decals"),
     "size": integer(8, 2048),
     "scale": positive,
     "pixscale": positive,
@@ -51,6 +44,7 @@ class GalaxyZooCutouts:
     scale: float = 0.396
     pixscale: float = 0.262
     survey: str = "galaxyzoo"
+    options: ClassVar[dict[str, Any]] = OPTIONS
     _api: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +54,11 @@ class GalaxyZooCutouts:
             else DecalsCutouts(format="jpeg", pixscale=self.pixscale, size=self.size)
         )
         object.__setattr__(self, "_api", api)
+
+    @property
+    def default_base_url(self) -> str:
+        """The root of the cutout service chosen (``cutout``) when the spec gives none."""
+        return str(self._api.default_base_url)
 
     def fetch(self, http: SurveyHttp, target: Target) -> Cutout:
         cutout: Cutout = self._api.fetch(http, target)

@@ -20,8 +20,8 @@ from numpy.typing import NDArray
 from processors.core.exceptions import BadImageError
 from processors.core.imaging import decode_pixels, encode_fits
 from processors.core.records import ImageFormat
-from processors.ingest.base import RawImage
-from processors.ingest.ztf_packets import ZtfAlert
+from processors.ingest.sources.items import RawImage
+from processors.ingest.ztf.packets import ZtfAlert
 
 __all__ = [
     "CUTOUT_MODES",

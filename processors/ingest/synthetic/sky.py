@@ -25,7 +25,7 @@ stream with a drift every few thousand images). ``drift_after=N`` is short for
 ``drifts="N:seeing"``.
 
 ``kind=survey`` (with ``surveys=wide,deep,...``) is the sky as several surveys see it,
-with six anomaly classes and survey drifts: see processors/ingest/sky_surveys.
+with six anomaly classes and survey drifts: see processors/ingest/synthetic/survey_sky.
 
 Example:
     >>> sky = SyntheticSky(seed=1, drifts="2:noisy,4:baseline", cycle=6)
@@ -47,8 +47,9 @@ from numpy.typing import NDArray
 from processors.core.exceptions import ConfigError
 from processors.core.imaging import encode_fits
 from processors.core.records import Box, GroundTruth
-from processors.ingest.base import RawImage, SourceItem
-from processors.ingest.sky_surveys import SURVEYS, SurveySky
+from processors.ingest.sources.base import BaseSource, Capabilities
+from processors.ingest.sources.items import RawImage, SourceItem
+from processors.ingest.synthetic.survey_sky import SURVEYS, SurveySky
 
 __all__ = ["ANOMALY_KINDS", "CONDITIONS", "KINDS", "SkyCondition", "SyntheticSky"]
 
@@ -96,7 +97,11 @@ def _schedule(drifts: str) -> list[tuple[int, str]]:
 
 
 @dataclass
-class SyntheticSky:
+class SyntheticSky(BaseSource):
+    """The synthetic sky (see the module docstring); image ``n`` depends only on the seed, the
+    settings and ``n``."""
+
+    capabilities = Capabilities(positions=True, truth=True)
     name: str = "synthetic"
     seed: int = 0
     size: int = 64
@@ -181,7 +186,7 @@ class SyntheticSky:
         )
 
     def _survey_image(self, n: int) -> RawImage:
-        """Image n of ``kind=survey`` (processors/ingest/sky_surveys): a science, template,
+        """Image n of ``kind=survey`` (processors/ingest/synthetic/survey_sky): a science, template,
         difference cube from one of the active surveys."""
         assert self._surveys is not None
         cube, survey, anomaly, segment, where = self._surveys.render(n)

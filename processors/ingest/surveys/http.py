@@ -8,7 +8,7 @@ One :class:`SurveyHttp` per source (its limit and breaker are that source's). Ea
 3. is sent with connect and read timeouts and a whole-response deadline (``total_timeout_s``,
    which a slow drip of bytes cannot escape) and a size cap;
 4. is classified: 2xx bodies go through the caller's check (e.g.
-   :func:`~processors.ingest.payloads.check_payload`); 429, 5xx, 408, timeouts, resets and
+   :func:`~processors.ingest.surveys.payloads.check_payload`); 429, 5xx, 408, timeouts, resets and
    transient payload failures raise :class:`TransientFetchError` (``Retry-After`` kept); other
    4xx raise :class:`PermanentFetchError`;
 5. is retried by tenacity up to ``attempts`` times on transient failures: exponential back-off

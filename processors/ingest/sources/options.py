@@ -1,8 +1,14 @@
-"""The ``?key=value&...`` options of a source spec: splitting and typed values.
+"""The one parser of a source spec's ``?key=value&...`` options: splitting and typed values.
 
-A ``?`` starts the options only when everything after the last ``?`` is ``key=value`` pairs, so
-a path or glob may itself use ``?`` as a wildcard. Every error is a :class:`ConfigError` naming
-the key and the accepted values.
+Every family reads its options here: :func:`split_options` splits them off, then
+:func:`typed_options` parses each with the family's table of parsers (``{key: parser}``, a
+parser being ``(key, raw) -> value`` built from :func:`number`, :func:`integer`,
+:func:`positive`, :func:`flag`, :func:`text`, :func:`choice` or :func:`verbatim`).
+
+Invariants: a ``?`` starts the options only when everything after the last ``?`` is
+``key=value`` pairs (keys of letters and ``_``), so a path or glob may itself use ``?`` as a
+wildcard; values are percent-decoded and a ``+`` stays a ``+``; a key given twice is an error;
+every error is a :class:`ConfigError` naming the key and the accepted values (or keys).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from processors.core.exceptions import ConfigError
 
 __all__ = [
     "OptionParser",
+    "choice",
     "flag",
     "integer",
     "number",
@@ -23,6 +30,7 @@ __all__ = [
     "split_options",
     "text",
     "typed_options",
+    "verbatim",
 ]
 
 OptionParser = Callable[[str, str], Any]
@@ -34,6 +42,8 @@ def split_options(spec: str) -> tuple[str, dict[str, str]]:
 
     >>> split_options("dir:cut?s/*.png?watch=1")
     ('dir:cut?s/*.png', {'watch': '1'})
+    >>> split_options("synthetic?drifts=60:+space")
+    ('synthetic', {'drifts': '60:+space'})
     """
     target, sep, query = spec.rpartition("?")
     if not sep or not _OPTIONS.match(query):
@@ -48,12 +58,25 @@ def split_options(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def typed_options(
-    kind: str, options: Mapping[str, str], parsers: Mapping[str, OptionParser]
+    kind: str,
+    options: Mapping[str, str],
+    parsers: Mapping[str, OptionParser],
+    *,
+    unknown_for: str | None = None,
 ) -> dict[str, Any]:
-    """Each option parsed by its parser; an unknown key names the accepted ones."""
+    """Each option parsed by its parser; an unknown key names the accepted ones.
+
+    The accepted keys are listed sorted, or, with ``unknown_for`` (e.g. ``'a ZTF file
+    source'``, for a family whose keys depend on the target), in the table's order.
+    """
     out: dict[str, Any] = {}
     for key, raw in options.items():
         if key not in parsers:
+            if unknown_for is not None:
+                raise ConfigError(
+                    f"source option {key!r} is unknown for {unknown_for}; "
+                    f"accepted keys are {', '.join(parsers)}"
+                )
             raise ConfigError(
                 f"source {kind!r}: unknown option {key!r}; accepted keys are "
                 f"{', '.join(sorted(parsers))}"
@@ -63,6 +86,12 @@ def typed_options(
 
 
 def number(low: float | None = None, high: float | None = None, *, kind: type = float) -> Any:
+    """A parser of ``kind`` (float or int) values within ``[low, high]`` (None: unbounded).
+
+    >>> number(0.0, 1.0)("min_rb", "0.5")
+    0.5
+    """
+
     def parse(key: str, raw: str) -> Any:
         try:
             value = kind(raw)
@@ -80,10 +109,12 @@ def number(low: float | None = None, high: float | None = None, *, kind: type = 
 
 
 def integer(low: int | None = None, high: int | None = None) -> OptionParser:
+    """A parser of integers within ``[low, high]`` (None: unbounded)."""
     return number(low, high, kind=int)
 
 
 def positive(key: str, raw: str) -> float:
+    """A number > 0."""
     value = number(0.0)(key, raw)
     if value == 0:
         raise ConfigError(f"{key}={raw!r}: accepted values are numbers > 0")
@@ -91,6 +122,7 @@ def positive(key: str, raw: str) -> float:
 
 
 def flag(key: str, raw: str) -> bool:
+    """``true``/``1``/``yes`` or ``false``/``0``/``no``, in any case."""
     value = raw.lower()
     if value not in ("true", "false", "1", "0", "yes", "no"):
         raise ConfigError(f"{key}={raw!r}: accepted values are true, false")
@@ -98,6 +130,27 @@ def flag(key: str, raw: str) -> bool:
 
 
 def text(key: str, raw: str) -> str:
+    """Non-empty text."""
     if not raw:
         raise ConfigError(f"{key}: empty; accepted values are non-empty text")
     return raw
+
+
+def verbatim(key: str, raw: str) -> str:
+    """Any text, the empty one included (the source checks it)."""
+    return raw
+
+
+def choice(*accepted: str) -> OptionParser:
+    """A parser accepting exactly one of ``accepted``.
+
+    >>> choice("on_next", "manual")("commit", "manual")
+    'manual'
+    """
+
+    def parse(key: str, raw: str) -> str:
+        if raw not in accepted:
+            raise ConfigError(f"{key}={raw!r}: accepted values are {', '.join(accepted)}")
+        return raw
+
+    return parse

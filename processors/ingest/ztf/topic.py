@@ -7,7 +7,7 @@ At-least-once: a message's offset is committed only once every item made from it
 taken by the consumer of this iterator. With ``commit="on_next"`` (default) "taken" means the
 consumer asked for the item after the message's last one (so an item being processed when the
 process dies is read again after a restart); with ``commit="manual"`` the caller calls
-:meth:`ZtfTopicSource.commit` after its own outputs are delivered (DESIGN §4: commit after
+:meth:`ZtfTopicSource.commit` after its own outputs are delivered (commit after
 delivery), which commits every message whose items have all been handed out. A message whose
 alerts were all cut still counts as taken. In manual mode the caller may also set ``deliver``
 (a callable that returns only once the outputs of every item handed out so far are delivered,
@@ -36,9 +36,10 @@ from typing import Any, Literal, get_args
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.core.exceptions import ConfigError, SourceError
-from processors.ingest.base import SourceItem
-from processors.ingest.ztf_cutouts import CutoutMode
-from processors.ingest.ztf_stream import AlertItems, QualityCuts, ZtfStats
+from processors.ingest.sources.base import BaseSource, Capabilities
+from processors.ingest.sources.items import SourceItem
+from processors.ingest.ztf.alert_items import AlertItems, QualityCuts, ZtfStats
+from processors.ingest.ztf.cutouts import CutoutMode
 
 __all__ = ["COMMIT_MODES", "CommitMode", "ZtfTopicSource"]
 
@@ -48,13 +49,15 @@ CommitMode = Literal["on_next", "manual"]
 COMMIT_MODES: tuple[str, ...] = get_args(CommitMode)
 
 
-class ZtfTopicSource:
-    """An :class:`~processors.ingest.base.ImageSource` over a Kafka topic of ZTF packets.
+class ZtfTopicSource(BaseSource):
+    """An image source over a Kafka topic of ZTF packets.
 
     Order: per partition, offset order (one partition keeps the publish order). A message that
     is not a readable packet becomes a SourceFailure keyed ``topic/partition/offset`` with the
     message value as ``raw``. Counters are in ``stats`` (see :class:`ZtfStats`).
     """
+
+    capabilities = Capabilities(positions=True, commits_after_delivery=True)
 
     def __init__(
         self,
@@ -94,7 +97,7 @@ class ZtfTopicSource:
         self.poll_timeout_s = poll_timeout_s
         self.stop = stop
         self.deliver = deliver
-        self.stats = ZtfStats()
+        self.stats: ZtfStats = ZtfStats()
         self._items = AlertItems(name, cutout, quality or QualityCuts(), self.stats)
         self._config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from processors.core.imaging import encode_png
-from processors.ingest.base import RawImage, SourceItem
+from processors.ingest.sources.base import BaseSource
+from processors.ingest.sources.items import RawImage, SourceItem
 
 __all__ = ["HubbleDeepField"]
 
@@ -21,7 +22,9 @@ _EPOCH = datetime(1995, 12, 18, tzinfo=UTC)
 
 
 @dataclass
-class HubbleDeepField:
+class HubbleDeepField(BaseSource):
+    """Cutouts of the Hubble Deep Field; cutout ``n`` depends only on the seed and ``n``."""
+
     name: str = "hubble"
     seed: int = 0
     size: int = 64

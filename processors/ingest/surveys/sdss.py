@@ -13,16 +13,17 @@ Options: ``scale`` (arcsec/pixel, default 0.396, SDSS's native scale), ``size`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from processors.ingest.payloads import Expected, check_payload
-from processors.ingest.spec_options import integer, positive, text
-from processors.ingest.survey_http import SurveyHttp
-from processors.ingest.survey_source import Cutout
-from processors.ingest.targets import Target
+from processors.ingest.sources.options import OptionParser, integer, positive, text
+from processors.ingest.surveys.http import SurveyHttp
+from processors.ingest.surveys.payloads import Expected, check_payload
+from processors.ingest.surveys.source import Cutout
+from processors.ingest.surveys.targets import Target
 
 __all__ = ["OPTIONS", "SdssCutouts", "default_base_url"]
 
-OPTIONS = {"scale": positive, "size": integer(8, 2048), "release": text}
+OPTIONS: dict[str, OptionParser] = {"scale": positive, "size": integer(8, 2048), "release": text}
 
 
 def default_base_url(release: str = "dr18") -> str:
@@ -35,6 +36,12 @@ class SdssCutouts:
     size: int = 64
     release: str = "dr18"
     survey: str = "sdss"
+    options: ClassVar[dict[str, OptionParser]] = OPTIONS
+
+    @property
+    def default_base_url(self) -> str:
+        """The service root when the spec gives no ``base_url`` (it names the release)."""
+        return default_base_url(self.release)
 
     def fetch(self, http: SurveyHttp, target: Target) -> Cutout:
         params = {

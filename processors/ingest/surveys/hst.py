@@ -14,28 +14,21 @@ Options: ``dataset``, ``size`` (pixels, default 64), ``format`` (fits or jpeg, d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from processors.core.exceptions import ConfigError, PermanentFetchError
-from processors.ingest.payloads import Expected, check_payload
-from processors.ingest.spec_options import integer, text
-from processors.ingest.survey_http import SurveyHttp
-from processors.ingest.survey_source import Cutout
-from processors.ingest.targets import Target
+from processors.core.exceptions import PermanentFetchError
+from processors.ingest.sources.options import integer, text
+from processors.ingest.surveys.http import SurveyHttp
+from processors.ingest.surveys.payloads import Expected, check_payload, cutout_format
+from processors.ingest.surveys.source import Cutout
+from processors.ingest.surveys.targets import Target
 
 __all__ = ["DEFAULT_BASE_URL", "OPTIONS", "HstCutouts"]
 
 DEFAULT_BASE_URL = "https://hla.stsci.edu/cgi-bin"
 
 
-def _format(key: str, raw: str) -> str:
-    value = {"jpg": "jpeg"}.get(raw.lower(), raw.lower())
-    if value not in ("fits", "jpeg"):
-        raise ConfigError(f"{key}={raw!r}: accepted values are fits, jpeg")
-    return value
-
-
-OPTIONS: dict[str, Any] = {"dataset": text, "size": integer(8, 4096), "format": _format}
+OPTIONS: dict[str, Any] = {"dataset": text, "size": integer(8, 4096), "format": cutout_format}
 
 
 @dataclass(frozen=True)
@@ -44,6 +37,12 @@ class HstCutouts:
     size: int = 64
     format: str = "fits"
     survey: str = "hst"
+    options: ClassVar[dict[str, Any]] = OPTIONS
+
+    @property
+    def default_base_url(self) -> str:
+        """The service root when the spec gives no ``base_url``."""
+        return DEFAULT_BASE_URL
 
     def fetch(self, http: SurveyHttp, target: Target) -> Cutout:
         dataset = target.extra.get("dataset") or self.dataset

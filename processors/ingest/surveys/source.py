@@ -2,7 +2,7 @@
 
 A :class:`SurveyApi` knows one service's documented interface (which requests make a cutout);
 :class:`SurveySource` runs it over a target list with the resilience of
-:class:`~processors.ingest.survey_http.SurveyHttp` and owns what happens to each target:
+:class:`~processors.ingest.surveys.http.SurveyHttp` and owns what happens to each target:
 
 - fetched and valid: one :class:`RawImage`, in target order except for the retried ones;
 - a transient failure after the request's ``attempts``: the target is deferred and tried
@@ -38,15 +38,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from processors.core.exceptions import PermanentFetchError, TransientFetchError
-from processors.ingest.base import RawImage, SourceFailure, SourceItem
-from processors.ingest.cone import ConeQuery
 from processors.ingest.counters import SourceCounters
-from processors.ingest.image_files import DecodedFile
-from processors.ingest.survey_http import CircuitOpen, SurveyHttp
-from processors.ingest.targets import BadTarget, Target, read_targets
+from processors.ingest.files.decode import DecodedFile
+from processors.ingest.sources.base import BaseSource, Capabilities
+from processors.ingest.sources.items import RawImage, SourceFailure, SourceItem
+from processors.ingest.surveys.cone import ConeQuery
+from processors.ingest.surveys.http import CircuitOpen, SurveyHttp
+from processors.ingest.surveys.targets import BadTarget, Target, read_targets
 
 __all__ = ["Cutout", "SurveyApi", "SurveySource"]
 
@@ -60,9 +61,17 @@ class Cutout:
 
 
 class SurveyApi(Protocol):
-    """One survey's cutout interface. ``fetch`` raises Transient/PermanentFetchError."""
+    """One survey's cutout interface. ``fetch`` raises Transient/PermanentFetchError.
+
+    ``options`` are the survey's own spec options (their parsers); ``default_base_url`` is the
+    service root used when the spec gives no ``base_url``.
+    """
 
     survey: str
+    options: ClassVar[dict[str, Any]]
+
+    @property
+    def default_base_url(self) -> str: ...
 
     def fetch(self, http: SurveyHttp, target: Target) -> Cutout: ...
 
@@ -83,8 +92,11 @@ class _Pending:
     due: float = 0.0
 
 
-class SurveySource:
-    """Cutouts of every target in ``targets`` (a CSV, see :mod:`processors.ingest.targets`)."""
+class SurveySource(BaseSource):
+    """Cutouts of every target in ``targets`` (a CSV, see :mod:`processors.ingest.surveys.targets`,
+    or a cone); finite: every target ends as an image or a dead letter."""
+
+    capabilities = Capabilities(positions=True, rate_limited_http=True, rests=True)
 
     def __init__(
         self,
@@ -111,10 +123,14 @@ class SurveySource:
         self.counters = http.counters
         for key in ("targets", "yielded", "failed", "requests", "retries", "deferred", "errors"):
             self.counters.add(key, 0)
-        self.stats = _Stats(self.counters, http)
-        self.endless = False
+        self.stats: _Stats = _Stats(self.counters, http)
         self._later: deque[_Pending] = deque()
         self._exhausted = False
+
+    @property
+    def endless(self) -> bool:
+        """A target list ends."""
+        return False
 
     def __repr__(self) -> str:
         return f"SurveySource({self.api.survey!r}, {str(self.targets)!r}, name={self.name!r})"

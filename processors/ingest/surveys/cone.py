@@ -8,7 +8,7 @@ web service (https://skyserver.sdss.org/dr18/SkyServerWS/SearchTools/SqlSearch, 
 documented table-valued function ``dbo.fGetNearbyObjEq(ra, dec, radius_arcmin)``, which
 returns ``objid`` and ``distance`` (arcmin) of every object in the cone.
 
-The query runs through the source's resilient HTTP (:mod:`processors.ingest.survey_http`) at
+The query runs through the source's resilient HTTP (:mod:`processors.ingest.surveys.http`) at
 ``catalog_url``; a query that fails for good is one dead letter naming the cone.
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from processors.core.exceptions import ConfigError, TransientFetchError
-from processors.ingest.survey_http import SurveyHttp
-from processors.ingest.targets import BadTarget, Target
+from processors.ingest.surveys.http import SurveyHttp
+from processors.ingest.surveys.targets import BadTarget, Target
 
 __all__ = ["DEFAULT_CATALOG_URL", "ConeQuery", "parse_cone"]
 
