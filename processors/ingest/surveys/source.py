@@ -67,8 +67,10 @@ class SurveyApi(Protocol):
     service root used when the spec gives no ``base_url``.
     """
 
-    survey: str
     options: ClassVar[dict[str, Any]]
+
+    @property
+    def survey(self) -> str: ...
 
     @property
     def default_base_url(self) -> str: ...
