@@ -1,4 +1,4 @@
-"""Reading real ZTF packets of every schema version into one view (ingest/ztf_packets)."""
+"""Reading real ZTF packets of every schema version into one view (ingest/ztf/packets)."""
 
 from __future__ import annotations
 
