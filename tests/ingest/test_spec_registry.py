@@ -86,5 +86,5 @@ def test_synthetic_options_go_through_the_same_parser() -> None:
         source_from_spec("synthetic?seed=1&seed=2")
     with pytest.raises(ConfigError, match="are not key=value pairs"):
         source_from_spec("synthetic?seed")
-    with pytest.raises(ConfigError, match="seed='x': accepted values are ints"):
+    with pytest.raises(ConfigError, match="source 'hubble': seed='x': accepted values are ints"):
         source_from_spec("hubble?seed=x")

@@ -50,7 +50,13 @@ def _options(kind: str, spec: str, parsers: Mapping[str, OptionParser]) -> dict[
             f"source {kind!r}: options {query!r} are not key=value pairs joined by '&'; "
             f"accepted keys are {', '.join(sorted(parsers))}"
         )
-    return typed_options(kind, options, parsers)
+    try:
+        return typed_options(kind, options, parsers)
+    except ConfigError as exc:  # name the source, as the unknown-key error does
+        message = str(exc)
+        raise ConfigError(
+            message if message.startswith("source ") else f"source {kind!r}: {message}"
+        ) from None
 
 
 def synthetic_from_spec(spec: str, *, stop: threading.Event | None = None) -> SyntheticSky:
