@@ -5,6 +5,12 @@ the same log always yields the same state (the replay-determinism invariant), so
 that restarts rebuilds exactly the decisions it had. Unknown event types are kept in the count
 but change nothing, so old processors survive new event types.
 
+The fold is a table, :data:`FOLD`: one handler per :class:`~processors.core.events.EventType`,
+each reading its event's typed params (:mod:`processors.core.event_params`). The model lifecycle
+(``model.*``) is folded here too, by the rules stated at :func:`_fold_model`. This module
+imports the vocabulary (:mod:`processors.core.events`), the typed params and the rollout data
+(:mod:`processors.core.rollouts`); none of them imports it back.
+
 Example:
     >>> from datetime import UTC, datetime
     >>> ev = new_event("threshold.set", "sky", "operator", {"thresholds": {"knn": 0.97}})
@@ -22,20 +28,29 @@ Example:
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from processors.core.records import ControlEventRecord, ControlParams
-from processors.core.rollouts import ModelKind, ModelSlot, Rollout, apply_model_event
+from processors.core.event_params import (
+    CalibrationParams,
+    ModelParams,
+    PauseParams,
+    ThresholdParams,
+    WeightsParams,
+)
+from processors.core.events import EVENT_TYPES, EventType, decision_id, new_event
+from processors.core.records import ControlEventRecord
+from processors.core.rollouts import ModelKind, ModelSlot, Rollout
 
 __all__ = [
     "EVENT_TYPES",
+    "FOLD",
     "Calibration",
     "ControlState",
+    "EventType",
     "ModelSlot",
     "Pause",
     "Rollout",
@@ -44,30 +59,7 @@ __all__ = [
     "replay",
 ]
 
-EVENT_TYPES = frozenset(
-    {
-        "threshold.set",
-        "threshold.decayed",
-        "calibration.updated",
-        "calibration.requested",
-        "drift.detected",
-        "source.weights_set",
-        "source.paused",
-        "source.resumed",
-        "retrain.requested",
-        "model.registered",
-        "model.gate_passed",
-        "model.gate_failed",
-        "model.shadow_started",
-        "model.canary_started",
-        "model.promoted",
-        "model.rolled_back",
-        "pipeline.paused",
-        "pipeline.resumed",
-        "budget.deferred",
-    }
-)
-
+V = TypeVar("V")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -185,71 +177,13 @@ class ControlState:
 
     # -- the fold ----------------------------------------------------------------------------
     def apply(self, event: ControlEventRecord, offset: int) -> ControlState:
-        """Fold one event. Pure: depends only on ``self``, ``event`` and ``offset``."""
-        p: ControlParams = event["params"]
-        kind, subject = event["type"], event["subject"]
+        """Fold one event. Pure: depends only on ``self``, ``event`` and ``offset``.
+
+        Every event counts (``events_applied``, ``offset``); an unknown type changes nothing else.
+        """
         base = replace(self, offset=offset, events_applied=self.events_applied + 1)
-        if kind in ("threshold.set", "threshold.decayed"):
-            key = f"{p.get('model_version') or '*'}|{subject}"
-            current = dict(self.source_thresholds.get(key, _EMPTY))
-            if p.get("thresholds"):
-                current.update(p["thresholds"] or {})
-            if p.get("detector") and p.get("value") is not None:
-                current[str(p["detector"])] = float(p["value"])  # type: ignore[arg-type]
-            kept = self.source_thresholds
-            if key.startswith("*|"):
-                # A model-less override is the latest word for the source: it replaces the
-                # per-model ones set before it (a decay must not outrank an operator).
-                kept = {k: v for k, v in kept.items() if not k.endswith(f"|{subject}")}
-            return replace(base, source_thresholds=_frozen({**kept, key: _frozen(current)}))
-        if kind == "calibration.updated":
-            version = p.get("model_version") or ""
-            cal = Calibration(
-                model_version=version,
-                source=subject,
-                artifact_id=p.get("artifact_id") or "",
-                target_fpr=float(p.get("target_fpr") or 0.0),
-                vote_k=int(p.get("vote_k") or 1),
-                thresholds=_frozen(p.get("thresholds") or {}),
-                event_id=event["event_id"],
-                profile_id=(p.get("extra") or {}).get("drift_profile"),
-            )
-            # A new calibration supersedes this (model, source)'s overrides made against the old
-            # reference; other models' overrides (and model-less operator ones) stay.
-            stale = f"{version}|{subject}"
-            remaining = {k: v for k, v in self.source_thresholds.items() if k != stale}
-            # A calibration caused by an operator's request answers it.
-            answered = set(event["caused_by"])
-            requests = {k: v for k, v in self.calibration_requests.items() if v not in answered}
-            return replace(
-                base,
-                calibrations=_frozen({**self.calibrations, f"{version}|{subject}": cal}),
-                source_thresholds=_frozen(remaining),
-                calibration_requests=_frozen(requests),
-            )
-        if kind == "calibration.requested":
-            requests = {**self.calibration_requests, subject: event["event_id"]}
-            return replace(base, calibration_requests=_frozen(requests))
-        if kind == "drift.detected":
-            return replace(base, drift_events=self.drift_events + 1)
-        if kind == "source.weights_set":
-            # subject "pipeline": the weights replace all; a source: its own weight changes.
-            weights = dict(p.get("weights") or {})
-            merged = weights if subject == "pipeline" else {**self.source_weights, **weights}
-            return replace(base, source_weights=_frozen(merged))
-        if kind == "source.paused":
-            pause = _pause(event, "paused")
-            return replace(base, paused_sources=_frozen({**self.paused_sources, subject: pause}))
-        if kind == "source.resumed":
-            still_paused = {k: v for k, v in self.paused_sources.items() if k != subject}
-            return replace(base, paused_sources=_frozen(still_paused))
-        if kind == "pipeline.paused":
-            return replace(base, pipeline_paused=_pause(event, "paused"))
-        if kind == "pipeline.resumed":
-            return replace(base, pipeline_paused=None)
-        if kind.startswith("model."):
-            return apply_model_event(base, kind, subject, p)
-        return base
+        handler = FOLD.get(event["type"])  # type: ignore[call-overload]
+        return base if handler is None else handler(base, event)
 
     def fingerprint(self) -> str:
         """A stable digest of the decision-relevant state (equal states, equal digests)."""
@@ -268,14 +202,193 @@ class ControlState:
         return hashlib.sha256(json.dumps(plain(self), sort_keys=True).encode()).hexdigest()
 
 
-def _pause(event: ControlEventRecord, default_reason: str) -> Pause:
-    p = event["params"]
+# -- the fold: one handler per event type ------------------------------------------------------
+#: ``handler(base, event)``: ``base`` is the state with the event already counted
+Handler = Callable[[ControlState, ControlEventRecord], ControlState]
+
+
+def _fold_threshold(base: ControlState, event: ControlEventRecord) -> ControlState:
+    """``threshold.set`` / ``threshold.decayed``: an override keyed ``"<model or *>|<source>"``."""
+    p, subject = ThresholdParams.from_params(event["params"]), event["subject"]
+    key = f"{p.model_version or '*'}|{subject}"
+    current = dict(base.source_thresholds.get(key, _EMPTY))
+    if p.thresholds:
+        current.update(p.thresholds)
+    if p.detector and p.value is not None:
+        current[str(p.detector)] = float(p.value)
+    kept = base.source_thresholds
+    if key.startswith("*|"):
+        # A model-less override is the latest word for the source: it replaces the
+        # per-model ones set before it (a decay must not outrank an operator).
+        kept = {k: v for k, v in kept.items() if not k.endswith(f"|{subject}")}
+    return replace(base, source_thresholds=_frozen({**kept, key: _frozen(current)}))
+
+
+def _fold_calibration(base: ControlState, event: ControlEventRecord) -> ControlState:
+    """``calibration.updated``: the (model, source) calibration, superseding its overrides."""
+    p, subject = CalibrationParams.from_params(event["params"]), event["subject"]
+    cal = Calibration(
+        model_version=p.model_version,
+        source=subject,
+        artifact_id=p.artifact_id,
+        target_fpr=p.target_fpr,
+        vote_k=p.vote_k,
+        thresholds=_frozen(p.thresholds),
+        event_id=event["event_id"],
+        profile_id=p.profile_id,
+    )
+    # A new calibration supersedes this (model, source)'s overrides made against the old
+    # reference; other models' overrides (and model-less operator ones) stay.
+    stale = f"{p.model_version}|{subject}"
+    remaining = {k: v for k, v in base.source_thresholds.items() if k != stale}
+    # A calibration caused by an operator's request answers it.
+    answered = set(event["caused_by"])
+    requests = {k: v for k, v in base.calibration_requests.items() if v not in answered}
+    return replace(
+        base,
+        calibrations=_frozen({**base.calibrations, stale: cal}),
+        source_thresholds=_frozen(remaining),
+        calibration_requests=_frozen(requests),
+    )
+
+
+def _fold_calibration_request(base: ControlState, event: ControlEventRecord) -> ControlState:
+    requests = {**base.calibration_requests, event["subject"]: event["event_id"]}
+    return replace(base, calibration_requests=_frozen(requests))
+
+
+def _fold_drift(base: ControlState, event: ControlEventRecord) -> ControlState:
+    return replace(base, drift_events=base.drift_events + 1)
+
+
+def _fold_weights(base: ControlState, event: ControlEventRecord) -> ControlState:
+    """Subject ``pipeline``: the weights replace all; a source: its own weight changes."""
+    weights = dict(WeightsParams.from_params(event["params"]).weights)
+    merged = weights if event["subject"] == "pipeline" else {**base.source_weights, **weights}
+    return replace(base, source_weights=_frozen(merged))
+
+
+def _pause(event: ControlEventRecord) -> Pause:
+    p = PauseParams.from_params(event["params"])
     return Pause(
-        reason=p.get("reason") or default_reason,
-        until=p.get("until"),
+        reason=p.reason or "paused",
+        until=p.until,
         event_id=event["event_id"],
         issued_by=event["issued_by"],
     )
+
+
+def _fold_source_paused(base: ControlState, event: ControlEventRecord) -> ControlState:
+    paused = {**base.paused_sources, event["subject"]: _pause(event)}
+    return replace(base, paused_sources=_frozen(paused))
+
+
+def _fold_source_resumed(base: ControlState, event: ControlEventRecord) -> ControlState:
+    still_paused = {k: v for k, v in base.paused_sources.items() if k != event["subject"]}
+    return replace(base, paused_sources=_frozen(still_paused))
+
+
+def _fold_pipeline_paused(base: ControlState, event: ControlEventRecord) -> ControlState:
+    return replace(base, pipeline_paused=_pause(event))
+
+
+def _fold_pipeline_resumed(base: ControlState, event: ControlEventRecord) -> ControlState:
+    return replace(base, pipeline_paused=None)
+
+
+def _fold_model(base: ControlState, event: ControlEventRecord) -> ControlState:
+    """Fold one ``model.*`` event: registration, gate, shadow, canary, promotion, rollback.
+
+    Rules the fold enforces, so that no processor has to re-check them:
+
+    - ``model.shadow_started`` needs no gate: a shadow never serves (a scoring model's gate is
+      judged on its shadow records, see :mod:`processors.policies.rollout`). A version whose
+      gate failed, or that was rolled back, is not put back in shadow.
+    - ``model.canary_started`` and ``model.promoted`` take effect only for a version whose
+      latest gate verdict is ``passed``: a model that failed its gate, or was never gated,
+      never serves.
+    - ``model.gate_failed`` and ``model.rolled_back`` take the version out of shadow and canary
+      at once; a rolled-back *production* version hands production back to the version it
+      replaced.
+    - ``model.promoted`` makes the version production and ends its shadow and canary.
+
+    Example:
+        >>> reg = {"model_version": "yolo@1", "extra": {"kind": "detector"}}
+        >>> s = ControlState.initial().apply(new_event("model.registered", "yolo@1", "t", reg), 0)
+        >>> canary = {"model_version": "yolo@1", "fraction": 0.2}
+        >>> s = s.apply(new_event("model.canary_started", "yolo@1", "c", canary), 1)
+        >>> s.detector.canary is None  # never gated: never serves
+        True
+        >>> passed = new_event("model.gate_passed", "yolo@1", "t", {"model_version": "yolo@1"})
+        >>> s = s.apply(passed, 2)
+        >>> s = s.apply(new_event("model.canary_started", "yolo@1", "c", canary), 3)
+        >>> s.detector.canary.version, s.detector.canary.fraction, s.canary
+        ('yolo@1', 0.2, None)
+    """
+    kind, p = event["type"], ModelParams.from_params(event["params"])
+    version = p.model_version or event["subject"]
+    known = base.registered.get(version)
+    model_kind: ModelKind = known.kind if known else _kind_of(p.kind)
+    slot = known or ModelSlot(version, p.backbone, p.artifact_id, kind=model_kind)
+    rollout = base.rollout(model_kind)
+    gate = base.gates.get(version)
+    retired = version in base.rolled_back
+    if kind == EventType.MODEL_REGISTERED:
+        return replace(base, registered=_put(base.registered, version, slot))
+    if kind == EventType.MODEL_GATE_PASSED:
+        return replace(base, gates=_put(base.gates, version, True))
+    if kind == EventType.MODEL_GATE_FAILED:
+        base = replace(base, gates=_put(base.gates, version, False))
+        return base.with_rollout(model_kind, rollout.without(version))
+    if kind == EventType.MODEL_SHADOW_STARTED:
+        if gate is False or retired:
+            return base
+        return base.with_rollout(model_kind, replace(rollout, shadow=slot))
+    if kind == EventType.MODEL_CANARY_STARTED:
+        if gate is not True or retired:
+            return base
+        canary = replace(slot, fraction=float(p.fraction or 0.1))
+        return base.with_rollout(model_kind, replace(rollout, canary=canary))
+    if kind == EventType.MODEL_PROMOTED:
+        if gate is not True:
+            return base
+        promoted = replace(slot, fraction=1.0)
+        return base.with_rollout(
+            model_kind, Rollout(production=promoted, replaced=rollout.production)
+        )
+    # EventType.MODEL_ROLLED_BACK
+    base = replace(base, rolled_back=_put(base.rolled_back, version, True))
+    after = rollout.without(version)
+    if rollout.production is not None and rollout.production.version == version:
+        after = replace(after, production=rollout.replaced, replaced=None)
+    return base.with_rollout(model_kind, after)
+
+
+def _kind_of(value: str | None) -> ModelKind:
+    return "detector" if value == "detector" else "scorer"
+
+
+def _put(mapping: Mapping[str, V], key: str, value: V) -> Mapping[str, V]:
+    return MappingProxyType({**mapping, key: value})
+
+
+#: event type -> handler; a type absent here (``retrain.requested``, ``budget.deferred``, a type
+#: from a newer version) is counted and changes nothing else
+FOLD: Mapping[EventType, Handler] = MappingProxyType(
+    {
+        EventType.THRESHOLD_SET: _fold_threshold,
+        EventType.THRESHOLD_DECAYED: _fold_threshold,
+        EventType.CALIBRATION_UPDATED: _fold_calibration,
+        EventType.CALIBRATION_REQUESTED: _fold_calibration_request,
+        EventType.DRIFT_DETECTED: _fold_drift,
+        EventType.SOURCE_WEIGHTS_SET: _fold_weights,
+        EventType.SOURCE_PAUSED: _fold_source_paused,
+        EventType.SOURCE_RESUMED: _fold_source_resumed,
+        EventType.PIPELINE_PAUSED: _fold_pipeline_paused,
+        EventType.PIPELINE_RESUMED: _fold_pipeline_resumed,
+        **{t: _fold_model for t in EventType if t.is_model_event},
+    }
+)
 
 
 def replay(events: Iterable[tuple[int, ControlEventRecord]]) -> ControlState:
@@ -284,48 +397,3 @@ def replay(events: Iterable[tuple[int, ControlEventRecord]]) -> ControlState:
     for offset, event in events:
         state = state.apply(event, offset)
     return state
-
-
-_DECISIONS = uuid.UUID("5b1c7e0e-3f0a-4a8e-9d2b-6f4c2d9a7e11")
-
-
-def decision_id(*parts: object) -> str:
-    """A deterministic event id (uuid5) for a decision identified by ``parts``.
-
-    The controller names each decision by what it is about (policy, model, source, the
-    calibration it judged, the stream position), so a restarted controller that makes the same
-    decision again produces the same id and can see it is already in the log.
-
-    >>> decision_id("drift", "m", "sky", 7) == decision_id("drift", "m", "sky", 7)
-    True
-    """
-    return str(uuid.uuid5(_DECISIONS, "|".join(str(p) for p in parts)))
-
-
-def new_event(
-    event_type: str,
-    subject: str,
-    issued_by: str,
-    params: ControlParams | None = None,
-    *,
-    evidence: Mapping[str, float] | None = None,
-    caused_by: Iterable[str] = (),
-    at: datetime | None = None,
-    event_id: str | None = None,
-) -> ControlEventRecord:
-    """Build a well-formed event (``event_id`` or a uuid4; ``at`` or now, UTC).
-
-    Types outside EVENT_TYPES are refused.
-    """
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown control event type {event_type!r}; known: {sorted(EVENT_TYPES)}")
-    return ControlEventRecord(
-        event_id=event_id or str(uuid.uuid4()),
-        type=event_type,
-        subject=subject,
-        at=at or datetime.now(UTC),
-        issued_by=issued_by,
-        params=ControlParams(**(params or {})),
-        evidence=dict(evidence or {}),
-        caused_by=list(caused_by),
-    )

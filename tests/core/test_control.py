@@ -148,3 +148,47 @@ def test_an_event_is_applied_before_anything_produced_after_it(
         assert time.monotonic() - started < 10
     finally:
         follower.close()
+
+
+def test_every_event_type_has_a_params_model_and_its_strings_are_unchanged() -> None:
+    from processors.core.event_params import PARAMS_MODELS, params_of
+    from processors.core.events import EVENT_TYPES, EventType
+
+    assert set(PARAMS_MODELS) == set(EventType)
+    assert EVENT_TYPES == {t.value for t in EventType}
+    assert EventType.MODEL_ROLLED_BACK == "model.rolled_back"
+    for event in history(3):
+        assert params_of(event) is not None
+
+
+def test_params_validity_finite_and_in_range() -> None:
+    from processors.core.event_params import params_problems, params_valid
+
+    def ev(kind: str, params: dict[str, object]) -> ControlEventRecord:
+        return new_event(kind, "sky", "operator", params)  # type: ignore[arg-type]
+
+    assert all(params_valid(e) for e in history(4))
+    assert params_valid(ev("threshold.set", {"detector": "knn", "value": 0.9}))
+    assert not params_valid(ev("threshold.set", {"detector": "knn", "value": float("inf")}))
+    assert not params_valid(ev("threshold.decayed", {"thresholds": {"knn": 1.5}}))
+    assert not params_valid(ev("source.weights_set", {"weights": {"sky": -0.1}}))
+    assert not params_valid(ev("source.weights_set", {"weights": {"sky": float("nan")}}))
+    assert params_valid(ev("model.canary_started", {"fraction": 0.2}))
+    assert not params_valid(ev("model.canary_started", {"fraction": 0.0}))
+    assert not params_valid(ev("model.registered", {"extra": {"kind": "tree"}}))
+    assert not params_valid(ev("retrain.requested", {"reason": "x"}))
+    bad_cal = {"artifact_id": "a", "target_fpr": 0.0, "vote_k": -1, "thresholds": {"knn": 0.9}}
+    assert params_problems(ev("calibration.updated", bad_cal)) == [
+        "target_fpr 0.0 is not in (0, 1]",
+        "vote_k -1 < 1",
+    ]
+    unknown = dict(ev("drift.detected", {}), type="source.exploded")
+    assert params_problems(unknown) == ["unknown event type 'source.exploded'"]  # type: ignore[arg-type]
+
+
+def test_the_fold_is_a_table_over_the_event_types() -> None:
+    from processors.core.control import FOLD
+    from processors.core.events import EventType
+
+    folded = {t for t in EventType if t in FOLD}
+    assert folded == set(EventType) - {EventType.RETRAIN_REQUESTED, EventType.BUDGET_DEFERRED}
