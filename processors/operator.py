@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from processors.core.control import ControlState, new_event
+from processors.core.events import EventType
 from processors.core.exceptions import ConfigError
 from processors.core.records import ControlEventRecord, ControlParams
 
@@ -146,18 +147,18 @@ def operator_event(
                 raise ConfigError(f"--for {request.duration_s}: must be > 0 seconds")
             params["until"] = now + timedelta(seconds=request.duration_s)
         if source is None:
-            return new_event("pipeline.paused", "pipeline", issuer, params, at=now)
+            return new_event(EventType.PIPELINE_PAUSED, "pipeline", issuer, params, at=now)
         source = _check_source(source, state, request.force, "--source")
-        return new_event("source.paused", source, issuer, params, at=now)
+        return new_event(EventType.SOURCE_PAUSED, source, issuer, params, at=now)
     if action == "resume":
         if source is None:
             if state.pipeline_paused is None:
                 raise ConfigError("resume: the pipeline is not paused")
-            return new_event("pipeline.resumed", "pipeline", issuer, params, at=now)
+            return new_event(EventType.PIPELINE_RESUMED, "pipeline", issuer, params, at=now)
         if source not in state.paused_sources:
             paused = ", ".join(sorted(state.paused_sources)) or "none"
             raise ConfigError(f"--source {source!r} is not paused (paused: {paused})")
-        return new_event("source.resumed", source, issuer, params, at=now)
+        return new_event(EventType.SOURCE_RESUMED, source, issuer, params, at=now)
     if action == "threshold":
         source = _check_source(source, state, request.force, "threshold SOURCE")
         value = request.value
@@ -171,13 +172,13 @@ def operator_event(
         params["thresholds"] = dict.fromkeys(detectors, value)
         if request.model:
             params["model_version"] = request.model
-        return new_event("threshold.set", source, issuer, params, at=now)
+        return new_event(EventType.THRESHOLD_SET, source, issuer, params, at=now)
     if action == "recalibrate":
         source = _check_source(source, state, request.force, "recalibrate SOURCE")
-        return new_event("calibration.requested", source, issuer, params, at=now)
+        return new_event(EventType.CALIBRATION_REQUESTED, source, issuer, params, at=now)
     if action == "weights":
         params["weights"] = _weights(request.weights, state, request.force)
-        return new_event("source.weights_set", "pipeline", issuer, params, at=now)
+        return new_event(EventType.SOURCE_WEIGHTS_SET, "pipeline", issuer, params, at=now)
     if action in ("promote", "rollback"):
         return _model_event(action, request.model, state, params, issuer, now)
     raise ConfigError(f"unknown action {action!r}; accepted: {', '.join(ACTIONS)}")
@@ -215,7 +216,7 @@ def _model_event(
             )
         if rollout.role_of(version) == "production":
             raise ConfigError(f"promote {version!r}: already production")
-        return new_event("model.promoted", version, issuer, params, at=now)
+        return new_event(EventType.MODEL_PROMOTED, version, issuer, params, at=now)
     role = rollout.role_of(version)
     if role is None:
         raise ConfigError(f"rollback {version!r}: not serving or in trial (no role to leave)")
@@ -223,4 +224,4 @@ def _model_event(
         raise ConfigError(
             f"rollback {version!r}: production, with no earlier version to go back to"
         )
-    return new_event("model.rolled_back", version, issuer, params, at=now)
+    return new_event(EventType.MODEL_ROLLED_BACK, version, issuer, params, at=now)

@@ -50,6 +50,7 @@ import numpy as np
 from processors.controller.state import LaneState, RingEntry, SourceState
 from processors.core.artifacts import artifact_id_of
 from processors.core.control import ControlState, decision_id, new_event
+from processors.core.events import EventType
 from processors.core.records import ControlEventRecord, ControlParams, DeadLetter, ScoreRecord
 from processors.ood.ensemble import OODEnsemble
 from processors.policies.baselines import AstroLensV11
@@ -268,7 +269,7 @@ class Controller:
                 emits.append(
                     Emit(
                         _event(
-                            "source.resumed",
+                            EventType.SOURCE_RESUMED,
                             source,
                             {"reason": "back-off ended"},
                             at=now,
@@ -283,7 +284,7 @@ class Controller:
             emits.append(
                 Emit(
                     _event(
-                        "pipeline.resumed",
+                        EventType.PIPELINE_RESUMED,
                         "pipeline",
                         {"reason": "probation after health pause"},
                         at=now,
@@ -358,7 +359,7 @@ class Controller:
         reference, profile = plan.reference.to_bytes(), plan.profile.to_bytes()
         profile_id = artifact_id_of(profile)
         event = _event(
-            "calibration.updated",
+            EventType.CALIBRATION_UPDATED,
             lane.source,
             {
                 "model_version": lane.model,
@@ -436,7 +437,7 @@ class Controller:
             return []
         lane.drifts += 1
         drift_event = _event(
-            "drift.detected",
+            EventType.DRIFT_DETECTED,
             lane.source,
             {
                 "model_version": lane.model,
@@ -503,7 +504,7 @@ class Controller:
         return [
             Emit(
                 _event(
-                    "threshold.decayed",
+                    EventType.THRESHOLD_DECAYED,
                     lane.source,
                     {"model_version": lane.model, "thresholds": dict.fromkeys(DETECTORS, value)},
                     at=at,
@@ -528,7 +529,7 @@ class Controller:
         return [
             Emit(
                 _event(
-                    "threshold.set",
+                    EventType.THRESHOLD_SET,
                     lane.source,
                     {
                         "model_version": lane.model,
@@ -556,7 +557,7 @@ class Controller:
                 emits.append(
                     Emit(
                         _event(
-                            "source.weights_set",
+                            EventType.SOURCE_WEIGHTS_SET,
                             src.source,
                             {"weights": {src.source: weight}},
                             at=at,
@@ -583,7 +584,7 @@ class Controller:
                 emits.append(
                     Emit(
                         _event(
-                            "source.paused",
+                            EventType.SOURCE_PAUSED,
                             src.source,
                             {
                                 "reason": f"dead-letter rate {errors / items:.2f}",
@@ -614,7 +615,7 @@ class Controller:
         return [
             Emit(
                 _event(
-                    "pipeline.paused",
+                    EventType.PIPELINE_PAUSED,
                     "pipeline",
                     {"reason": verdict.reason, "until": at + timedelta(seconds=verdict.pause_s)},
                     at=at,

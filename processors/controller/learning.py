@@ -35,6 +35,7 @@ from processors.controller.controller import Emit
 from processors.core.artifacts import artifact_id_of
 from processors.core.control import decision_id, new_event
 from processors.core.datasets import DatasetManifest
+from processors.core.events import EventType
 from processors.core.records import CandidateRecord
 from processors.policies.retrain import RetrainTrigger
 
@@ -104,7 +105,7 @@ class LearningLoop:
             "requests_last_day": float(len(requests)),
         }
         event = new_event(
-            "retrain.requested",
+            EventType.RETRAIN_REQUESTED,
             "detector",
             ISSUER,
             {
@@ -123,7 +124,7 @@ class LearningLoop:
     def _deferred(self, at: datetime, requests: int) -> Emit:
         return Emit(
             new_event(
-                "budget.deferred",
+                EventType.BUDGET_DEFERRED,
                 "detector",
                 ISSUER,
                 {"reason": f"retrain budget: {requests} requests in the last 24 h"},

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from processors.core.control import ControlState, decision_id, new_event
+from processors.core.events import EventType
 from processors.core.records import Box, CandidateRecord, ControlEventRecord, ScoreRecord
 from processors.policies.gate import ModelGate
 from processors.policies.rollout import RolloutDecision, RolloutPolicy, RolloutTrack
@@ -117,10 +118,14 @@ class Lifecycle:
             gate = control.gates.get(version)
             if slot.kind == "scorer" and gate is None and version not in self.tracks:
                 self.tracks[version] = RolloutTrack(version, "scorer", "trial")
-                events.append(self._event("model.shadow_started", version, "gate trial", at))
+                events.append(
+                    self._event(EventType.MODEL_SHADOW_STARTED, version, "gate trial", at)
+                )
             elif gate is True and version not in self.tracks and rollout.canary is None:
                 self.tracks[version] = RolloutTrack(version, slot.kind, "shadow")
-                events.append(self._event("model.shadow_started", version, "gate passed", at))
+                events.append(
+                    self._event(EventType.MODEL_SHADOW_STARTED, version, "gate passed", at)
+                )
         # forget tracks once the log has folded their outcome (promoted, rolled back, failed)
         for version in list(self.tracks):
             known = control.registered.get(version)
@@ -219,11 +224,11 @@ class Lifecycle:
         self, track: RolloutTrack, decision: RolloutDecision, at: datetime
     ) -> ControlEventRecord:
         kinds = {
-            "gate_passed": "model.gate_passed",
-            "gate_failed": "model.gate_failed",
-            "canary": "model.canary_started",
-            "promote": "model.promoted",
-            "rollback": "model.rolled_back",
+            "gate_passed": EventType.MODEL_GATE_PASSED,
+            "gate_failed": EventType.MODEL_GATE_FAILED,
+            "canary": EventType.MODEL_CANARY_STARTED,
+            "promote": EventType.MODEL_PROMOTED,
+            "rollback": EventType.MODEL_ROLLED_BACK,
         }
         event = self._event(
             kinds[decision.step],

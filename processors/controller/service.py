@@ -40,6 +40,7 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
+from processors.core.events import EventType
 from processors.core.exceptions import CodecError
 from processors.core.kafka import (
     ControlFollower,
@@ -289,12 +290,12 @@ class ControlService:
             self.progress.add(f"events.{event['type']}")
             CONTROL_EVENTS.labels(event["type"], event["issued_by"]).inc()
             model = event["params"].get("model_version") or ""
-            if event["type"] == "drift.detected":
+            if event["type"] == EventType.DRIFT_DETECTED:
                 DRIFTS.labels(event["subject"], model).inc()
                 for statistic, value in (event["evidence"] or {}).items():
                     DRIFT_STATISTIC.labels(event["subject"], model, statistic).set(value)
             thresholds = event["params"].get("thresholds") or {}
-            if thresholds and event["type"] != "source.weights_set":
+            if thresholds and event["type"] != EventType.SOURCE_WEIGHTS_SET:
                 THRESHOLD.labels(event["subject"], model).set(max(thresholds.values()))
             log.info("controller: %s %s %s", event["type"], event["subject"], event["evidence"])
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import new_event
+from processors.core.events import EventType
 from processors.core.records import ControlEventRecord
 from processors.core.rollouts import ModelKind
 
@@ -102,7 +103,7 @@ def register(
     if card.dataset:
         extra["dataset"] = card.dataset
     return new_event(
-        "model.registered",
+        EventType.MODEL_REGISTERED,
         card.version,
         issued_by,
         {
@@ -137,11 +138,11 @@ class RegistryRow:
 
 
 _ROLE_AFTER = {
-    "model.shadow_started": "shadow",
-    "model.canary_started": "canary",
-    "model.promoted": "production",
-    "model.rolled_back": "rolled back",
-    "model.gate_failed": "rejected",
+    EventType.MODEL_SHADOW_STARTED: "shadow",
+    EventType.MODEL_CANARY_STARTED: "canary",
+    EventType.MODEL_PROMOTED: "production",
+    EventType.MODEL_ROLLED_BACK: "rolled back",
+    EventType.MODEL_GATE_FAILED: "rejected",
 }
 
 
@@ -159,7 +160,7 @@ def registry_view(events: Iterable[ControlEventRecord]) -> list[RegistryRow]:
         p = event["params"]
         version = p.get("model_version") or event["subject"]
         extra: Mapping[str, str] = p.get("extra") or {}
-        if kind == "model.registered":
+        if kind == EventType.MODEL_REGISTERED:
             rows[version] = RegistryRow(
                 version,
                 extra.get("kind", "scorer"),
@@ -173,14 +174,14 @@ def registry_view(events: Iterable[ControlEventRecord]) -> list[RegistryRow]:
         if row is None:
             continue
         row.history.append(kind.removeprefix("model."))
-        if kind in ("model.gate_passed", "model.gate_failed"):
-            row.gate = "passed" if kind == "model.gate_passed" else "failed"
+        if kind in (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED):
+            row.gate = "passed" if kind == EventType.MODEL_GATE_PASSED else "failed"
             row.metrics.update(event["evidence"])
-        if kind == "model.promoted":
+        if kind == EventType.MODEL_PROMOTED:
             for other in rows.values():
                 if other.kind == row.kind and other.role == "production":
                     other.role = "retired"
-        if kind == "model.rolled_back" and row.role == "production":
+        if kind == EventType.MODEL_ROLLED_BACK and row.role == "production":
             # production goes back to the version this one replaced (the last one retired)
             retired = [r for r in rows.values() if r.kind == row.kind and r.role == "retired"]
             if retired:

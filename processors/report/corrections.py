@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from processors.core.control import ControlState
+from processors.core.events import EventType
 from processors.core.records import ControlEventRecord, ControlParams
 from processors.report.correction_queries import (
     CALIBRATIONS,
@@ -53,7 +54,12 @@ Query = Callable[[str, Mapping[str, Any]], list[dict[str, Any]]]
 Lane = tuple[str, str]
 """(subject, model version) of a threshold series; model ``*``: an operator's model-less one."""
 
-_PAUSE_TYPES = ("source.paused", "source.resumed", "pipeline.paused", "pipeline.resumed")
+_PAUSE_TYPES = (
+    EventType.SOURCE_PAUSED,
+    EventType.SOURCE_RESUMED,
+    EventType.PIPELINE_PAUSED,
+    EventType.PIPELINE_RESUMED,
+)
 
 
 # -- formatting (values as :mod:`processors.report.markdown` renders them) ------------------
@@ -332,7 +338,9 @@ def self_correction_section(
         "",
     ]
     limited = {**window, "limit": MAX_ROWS}
-    lines += _drift_lines(query(DRIFT_DETECTIONS, limited), per_type.get("drift.detected", 0))
+    lines += _drift_lines(
+        query(DRIFT_DETECTIONS, limited), per_type.get(EventType.DRIFT_DETECTED, 0)
+    )
     pauses = sum(per_type.get(kind, 0) for kind in _PAUSE_TYPES)
     threshold_lines, written = _threshold_lines(query, window, figure)
     for part in (

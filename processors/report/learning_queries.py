@@ -14,6 +14,7 @@ and are never bright.
 
 from __future__ import annotations
 
+from processors.core.events import EventType
 from processors.report.sql import in_window
 
 __all__ = [
@@ -41,16 +42,19 @@ BRIGHT_STAR_MAX_ARCSEC = 600.0
 BRIGHT_STAR_MIN_ARCSEC = 1.5
 """The detect processor's point-source radius: a bright star matches at least this far out."""
 
-LIFECYCLE_TYPES: tuple[str, ...] = (
-    "retrain.requested",
-    "budget.deferred",
-    "model.registered",
-    "model.gate_passed",
-    "model.gate_failed",
-    "model.shadow_started",
-    "model.canary_started",
-    "model.promoted",
-    "model.rolled_back",
+LIFECYCLE_TYPES: tuple[str, ...] = tuple(
+    t.value
+    for t in (
+        EventType.RETRAIN_REQUESTED,
+        EventType.BUDGET_DEFERRED,
+        EventType.MODEL_REGISTERED,
+        EventType.MODEL_GATE_PASSED,
+        EventType.MODEL_GATE_FAILED,
+        EventType.MODEL_SHADOW_STARTED,
+        EventType.MODEL_CANARY_STARTED,
+        EventType.MODEL_PROMOTED,
+        EventType.MODEL_ROLLED_BACK,
+    )
 )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from processors.core.events import EventType
 from processors.report.markdown import utc
 
 __all__ = [
@@ -103,7 +104,7 @@ def interim_report_for(event: Mapping[str, Any]) -> InterimReport | None:
     'Interim report: pipeline paused (latency p99) at 2026-12-02 10:31 UTC, until 10:41 UTC'
     >>> interim_report_for({"type": "pipeline.resumed", "at": at, "event_id": "e2", "params": {}})
     """
-    if event["type"] != "pipeline.paused":
+    if event["type"] != EventType.PIPELINE_PAUSED:
         return None
     at = utc(event["at"])
     params = event.get("params") or {}

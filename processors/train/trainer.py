@@ -53,6 +53,7 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
 from processors.core.control import ControlState, decision_id, new_event
 from processors.core.datasets import DatasetManifest, in_hash_share
+from processors.core.events import EventType
 from processors.core.exceptions import SkyloopError, TrainingCancelledError
 from processors.core.kafka import ControlFollower, make_producer, produce_control_event
 from processors.core.progress import ProgressFile
@@ -156,7 +157,7 @@ def _training_failed(
     if extra is not None:
         params["extra"] = dict(extra)
     return _event(
-        "model.gate_failed",
+        EventType.MODEL_GATE_FAILED,
         request["event_id"],
         params,
         request,
@@ -187,7 +188,7 @@ def answer_request(
         reason = f"dataset too small to train: {len(train)} training, {len(held)} held-out"
         params = {"reason": reason, "extra": {"manifest": manifest_id}}
         deferred = _event(
-            "budget.deferred", "detector", params, request, request["event_id"],
+            EventType.BUDGET_DEFERRED, "detector", params, request, request["event_id"],
             superseded=superseded,
         )  # fmt: skip
         return [deferred]
@@ -259,7 +260,7 @@ def answer_request(
         card,
         ISSUER,
         caused_by=[request["event_id"], *superseded],
-        event_id=decision_id(ISSUER, request["event_id"], "model.registered"),
+        event_id=decision_id(ISSUER, request["event_id"], EventType.MODEL_REGISTERED),
     )
     gate = ModelGate(
         map50_tolerance=settings.gate_map50_tolerance,
@@ -267,7 +268,7 @@ def answer_request(
         max_latency_p99_ms=settings.gate_max_latency_p99_ms,
     )
     verdict = gate.judge("detector", candidate.metrics(), baseline.metrics() if baseline else None)
-    kind = "model.gate_passed" if verdict.passed else "model.gate_failed"
+    kind = EventType.MODEL_GATE_PASSED if verdict.passed else EventType.MODEL_GATE_FAILED
     params = {"model_version": version, "reason": verdict.reason}
     judged = _event(
         kind, version, params, request, registered["event_id"], evidence=verdict.evidence
@@ -313,7 +314,7 @@ class Trainer:
 
     def _on_event(self, _state: ControlState, event: ControlEventRecord) -> None:
         with self._lock:
-            if event["type"] == "retrain.requested":
+            if event["type"] == EventType.RETRAIN_REQUESTED:
                 self._pending[event["event_id"]] = event
             for cause in event["caused_by"]:
                 self._pending.pop(cause, None)

@@ -155,7 +155,7 @@ def test_every_event_type_has_a_params_model_and_its_strings_are_unchanged() -> 
     from processors.core.events import EVENT_TYPES, EventType
 
     assert set(PARAMS_MODELS) == set(EventType)
-    assert EVENT_TYPES == {t.value for t in EventType}
+    assert {t.value for t in EventType} == EVENT_TYPES
     assert EventType.MODEL_ROLLED_BACK == "model.rolled_back"
     for event in history(3):
         assert params_of(event) is not None

@@ -42,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from processors.core.artifacts import ArtifactStore
 from processors.core.clickhouse import connect
 from processors.core.datasets import is_held_out
+from processors.core.events import EventType
 from processors.core.records import Box
 from processors.detect.evaluation import box_quality, map50
 from processors.detect.localize import extract_boxes
@@ -188,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while time.monotonic() - started < args.timeout and run.poll() is None:
             events = _events(data, env)
-            judged = [e for e in events if e["type"] in ("model.gate_passed", "model.gate_failed")]
+            judged = [
+                e
+                for e in events
+                if e["type"] in (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED)
+            ]
             if len(judged) >= args.cycles:
                 break
             time.sleep(10)
@@ -221,9 +226,11 @@ def evaluate(data: Path, env: dict[str, str], started: float) -> int:
     from processors.detect.yolo import YoloLocalizer
 
     store = ArtifactStore(run_dir / "artifacts")
-    registered = {e["subject"]: e for e in events if e["type"] == "model.registered"}
+    registered = {e["subject"]: e for e in events if e["type"] == EventType.MODEL_REGISTERED}
     gates = {
-        e["subject"]: e for e in events if e["type"] in ("model.gate_passed", "model.gate_failed")
+        e["subject"]: e
+        for e in events
+        if e["type"] in (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED)
     }
     print("\ncycle  version            train samples  gate    mAP50 pseudo-labels  mAP50 truth")
     for cycle, (version, event) in enumerate(registered.items(), start=1):

@@ -37,6 +37,7 @@ from processors.controller.controller import Controller, ControllerConfig, Emit
 from processors.controller.state import MemoryRing, SourceState
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState
+from processors.core.events import EventType
 from processors.core.records import ControlEventRecord, ScoreRecord
 from processors.ood.ensemble import energy_score
 from processors.policies.profile import load_profile
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     first = int(np.flatnonzero(result.calibrated)[0])
     print(f"{args.stream}: {args.images} images, policy {args.policy}, lag {args.lag}")
     for e, at in zip(result.events, result.event_at, strict=True):
-        if not args.quiet or e["type"] == "drift.detected":
+        if not args.quiet or e["type"] == EventType.DRIFT_DETECTED:
             extra = e["params"].get("reason") or ""
             print(f"  {at:6d} {e['type']:<20} {extra}")
     inside = total = 0

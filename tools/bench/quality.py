@@ -61,6 +61,7 @@ from sklearn.metrics import roc_auc_score
 from processors.core.artifacts import ArtifactStore
 from processors.core.config import load_settings
 from processors.core.control import ControlState, new_event
+from processors.core.events import EventType
 from processors.core.imaging import decode_image
 from processors.ingest.sources.items import to_record
 from processors.ingest.synthetic.sky import SyntheticSky
@@ -109,7 +110,7 @@ def calibrate(
     reference = ReferenceSet(features, energy, "quality")
     ensemble = OODEnsemble.fit(reference)
     event = new_event(
-        "calibration.updated",
+        EventType.CALIBRATION_UPDATED,
         SOURCE,
         "quality-bench",
         {

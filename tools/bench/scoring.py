@@ -53,6 +53,7 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
 from processors.core.config import Settings, load_settings
 from processors.core.control import ControlState, new_event
+from processors.core.events import EventType
 from processors.core.imaging import decode_image
 from processors.core.kafka import (
     ensure_topics,
@@ -127,7 +128,7 @@ def calibrate_source(
     thresholds = OODEnsemble.fit(reference).thresholds_for_fpr(settings.target_fpr, settings.vote_k)
     producer = make_producer(settings, bootstrap)
     event = new_event(
-        "calibration.updated",
+        EventType.CALIBRATION_UPDATED,
         SOURCE,
         "bench",
         {

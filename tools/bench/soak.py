@@ -39,6 +39,7 @@ import numpy as np
 
 from processors.cli import duration_seconds
 from processors.core.clickhouse import connect
+from processors.core.events import EventType
 from processors.core.progress import read_progress
 from tools.bench.procstat import children, cpu_seconds, machine_busy_seconds, rss_mb
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         ).result_rows
     finally:
         client.close()
-    drifts = [(at, eid) for at, kind, eid, _ in events if kind == "drift.detected"]
+    drifts = [(at, eid) for at, kind, eid, _ in events if kind == EventType.DRIFT_DETECTED]
     print(f"drift onsets {len(onsets)}, drift.detected {len(drifts)}")
     corrected = 0
     for k, (n, seg) in enumerate(onsets):
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     at
                     for at, kind, _, caused in events
-                    if kind == "calibration.updated" and found[0][1] in caused
+                    if kind == EventType.CALIBRATION_UPDATED and found[0][1] in caused
                 ),
                 None,
             )
