@@ -12,7 +12,7 @@ controller in the stats app. For every candidate the detect processor published:
   stored as an artifact and ``retrain.requested`` names it; on ``defer`` one
   ``budget.deferred`` per trailing day says why training waits.
 
-Event ids are :func:`~processors.core.control.decision_id` of the dataset's content (the
+Event ids are :func:`~processors.core.events.decision_id` of the dataset's content (the
 manifest id), so a restarted controller recognises a request it already made.
 
 Example:
@@ -31,17 +31,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from processors.controller.controller import Emit
+from processors.controller.emit import ISSUER, Emit
 from processors.core.artifacts import artifact_id_of
-from processors.core.control import decision_id, new_event
 from processors.core.datasets import DatasetManifest
-from processors.core.events import EventType
+from processors.core.events import EventType, decision_id, new_event
 from processors.core.records import CandidateRecord
-from processors.policies.retrain import RetrainTrigger
+from processors.policies.retrain import RetrainObservation, RetrainTrigger
 
 __all__ = ["LearningLoop", "LearningState"]
-
-ISSUER = "controller"
 
 
 @dataclass
@@ -86,14 +83,14 @@ class LearningLoop:
         self.state.new_samples += 1
         requests = [datetime.fromisoformat(t) for t in self.state.requests]
         requests = [t for t in requests if at - t < timedelta(days=1)]
-        decision = self.trigger.decide(self.state.new_samples, requests, at)
-        if decision == "defer":
+        decisions = self.trigger.update(RetrainObservation(self.state.new_samples, requests, at))
+        if decisions == ["defer"]:
             last = self.state.deferred_at
             if last is not None and at - datetime.fromisoformat(last) < timedelta(days=1):
                 return []
             self.state.deferred_at = at.isoformat()
             return [self._deferred(at, len(requests))]
-        if decision != "request":
+        if decisions != ["request"]:
             return []
         data = DatasetManifest.build(
             self.state.samples, self.held_out_fraction, self.state.manifest

@@ -16,7 +16,7 @@ lifecycle events (:class:`~processors.policies.rollout.RolloutPolicy` decides):
 
 Outputs: a scorer's record gives its ensemble score (NaN when any detector's raw score is
 NaN) and latency; a detector's candidate record gives its top box confidence (0 without box)
-and latency. Event ids are :func:`~processors.core.control.decision_id` of (step, version,
+and latency. Event ids are :func:`~processors.core.events.decision_id` of (step, version,
 phase start), so a restarted controller recognises what it already emitted. Tracks are kept in
 the stats table after each batch; a restart replays the records after the last saved head, so
 a few outputs may be counted twice in a track (the policy's decisions are bounded by windows,
@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processors.core.control import ControlState, decision_id, new_event
-from processors.core.events import EventType
+from processors.controller.emit import ISSUER
+from processors.core.control import ControlState
+from processors.core.events import EventType, decision_id, new_event
 from processors.core.records import Box, CandidateRecord, ControlEventRecord, ScoreRecord
 from processors.policies.gate import ModelGate
 from processors.policies.rollout import RolloutDecision, RolloutPolicy, RolloutTrack
@@ -47,7 +48,6 @@ __all__ = [
     "score_output",
 ]
 
-ISSUER = "controller"
 PAIR_WAIT = 512  # canary outputs waiting for production's record of the same image
 
 
@@ -214,11 +214,7 @@ class Lifecycle:
                 self.policy.observe(track, waiting[0], waiting[1], paired=value)
 
     def _step(self, track: RolloutTrack, at: datetime) -> list[ControlEventRecord]:
-        decision = self.policy.decide(track)
-        if decision is None:
-            self.policy.window_judged(track)
-            return []
-        return [self._apply(track, decision, at)]
+        return [self._apply(track, decision, at) for decision in self.policy.update(track)]
 
     def _apply(
         self, track: RolloutTrack, decision: RolloutDecision, at: datetime

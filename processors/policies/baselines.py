@@ -1,7 +1,10 @@
 """Comparison policies for benchmarks: a static calibration, and AstroLens v1.1's thresholds.
 
 Selected with the setting ``control_policy`` (``skyloop``, the default; ``static``;
-``astrolens``) so that ``tools/bench/drift.py`` runs each through the same real processes.
+``astrolens``) so that ``tools/bench/drift.py`` runs each through the same real processes. Both
+are plug-ins: they register themselves in :mod:`processors.policies.plugins` when this module is
+imported, which the registry does the first time a name it does not know is asked for; the
+production path never imports this module.
 
 - ``static``: calibrate each (model, source) once from its first reference window; never
   correct anything afterwards.
@@ -27,6 +30,10 @@ Example:
     >>> changes = [policy.step(state, flagged=True) for _ in range(128)]
     >>> [round(c, 4) for c in changes if c is not None]  # a day at 100 %: z 1.5 * 1.4
     [0.9821]
+    >>> memory = policy.start(0.9821)
+    >>> changes = [policy.update(LaneObservation(memory, flagged=False)) for _ in range(32)]
+    >>> [(round(c.value, 4), c.reason, round(c.evidence["z"], 3)) for c in sum(changes, [])]
+    [(0.9791, 'astrolens v1.1', 2.036)]
 """
 
 from __future__ import annotations
@@ -35,13 +42,33 @@ from dataclasses import dataclass
 
 from scipy.stats import norm
 
-__all__ = ["POLICIES", "AstroLensV11"]
+from processors.policies.plugins import LaneObservation, ThresholdChange, register
 
-POLICIES = ("skyloop", "static", "astrolens")
+__all__ = ["AstroLensV11", "Static"]
 
 
+@register("static")
+@dataclass(frozen=True)
+class Static:
+    """Calibrated once (the controller's first calibration); never corrected afterwards."""
+
+    name: str = "static"
+    self_correcting: bool = False
+
+    def start(self, threshold: float) -> dict[str, float]:
+        return {}
+
+    def update(self, observation: LaneObservation) -> list[ThresholdChange]:
+        return []
+
+
+@register("astrolens")
 @dataclass(frozen=True)
 class AstroLensV11:
+    """AstroLens v1.1's threshold rules, as a lane policy (see the module docstring)."""
+
+    name: str = "astrolens"
+    self_correcting: bool = False
     cycle: int = 32
     day: int = 128
     quiet_factor: float = 0.97
@@ -57,6 +84,20 @@ class AstroLensV11:
         """State for a fresh calibration whose (calibrated) threshold is ``threshold``."""
         z = float(norm.ppf(min(max(threshold, 1e-9), 1 - 1e-9)))
         return {"z": z, "cycle_n": 0, "cycle_flags": 0, "day_n": 0, "day_flags": 0}
+
+    def update(self, observation: LaneObservation) -> list[ThresholdChange]:
+        """The new threshold when one served image changed it (see :meth:`step`), else none.
+
+        A lane without memory (its calibration was adopted from the log, not made by this
+        controller since it started) is left alone.
+        """
+        state = observation.state
+        if not state:
+            return []
+        value = self.step(state, observation.flagged)
+        if value is None:
+            return []
+        return [ThresholdChange(value, "astrolens v1.1", {"z": float(state["z"])})]
 
     def step(self, state: dict[str, float], flagged: bool) -> float | None:
         """Account one served image; the new calibrated threshold when it changed, else None."""

@@ -24,6 +24,8 @@ Example:
     >>> rate = lambda t: max(0.0, 1.0 - t)  # flag rate of held-out images at threshold t
     >>> policy.bounded(0.8, base=0.95, rate=rate)  # 0.8 would flag 0.2 > 1.5 * 0.05
     0.925
+    >>> policy.update(DecayObservation(served=256, base=0.95, current=0.95, rate=rate))  # bounded
+    [0.925]
 """
 
 from __future__ import annotations
@@ -32,7 +34,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ThresholdDecay"]
+__all__ = ["DecayObservation", "ThresholdDecay"]
+
+
+@dataclass(frozen=True)
+class DecayObservation:
+    """A served image of a calibrated lane.
+
+    ``served``: images served since the calibration; ``base``: its threshold; ``current``: the
+    threshold in force; ``rate``: the calibration's held-out flag rate at a threshold
+    (non-increasing; called only when a decay is due).
+    """
+
+    served: int
+    base: float
+    current: float
+    rate: Callable[[float], float]
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,19 @@ class ThresholdDecay:
             return None
         value = self.threshold(base, n)
         return value if abs(value - current) >= self.min_step else None
+
+    def update(self, observation: DecayObservation) -> list[float]:
+        """The decayed threshold when a decay is due (bounded, to 4 places), else nothing.
+
+        :meth:`due`, then :meth:`bounded`; nothing when the bounded value moved less than
+        ``min_step`` from the one in force.
+        """
+        o = observation
+        value = self.due(o.served, o.base, o.current)
+        if value is None:
+            return []
+        value = round(self.bounded(value, o.base, o.rate), 4)
+        return [] if abs(value - o.current) < self.min_step else [value]
 
     def bounded(self, value: float, base: float, rate: Callable[[float], float]) -> float:
         """``value`` raised, if needed, to keep ``rate(value) <= max_rate_ratio * rate(base)``.

@@ -3,7 +3,9 @@
 Pure (no I/O, no clock). :func:`judge_window` tests one finished window against a
 :class:`~processors.policies.profile.DriftProfile` (the calibration's held-out images);
 :class:`Hysteresis` turns a sequence of window results into a drift decision;
-:class:`DriftMonitor` combines both for a stream of scores (what the doctest and tests drive).
+:class:`DriftPolicy` is the two behind the policies' one interface (``update``), as the controller
+uses them; :class:`DriftMonitor` combines both for a stream of scores (what the doctest and
+tests drive).
 
 A window *disagrees* with the calibration when any test fires:
 
@@ -55,7 +57,9 @@ from scipy.stats import binomtest, ks_2samp
 
 __all__ = [
     "DriftMonitor",
+    "DriftPolicy",
     "DriftTests",
+    "DriftWindow",
     "Hysteresis",
     "WindowVerdict",
     "change_point",
@@ -297,6 +301,44 @@ class Hysteresis:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hysteresis:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """One finished window of a lane's served scores against its calibration's profile.
+
+    ``hysteresis`` is the lane's (mutated by :meth:`DriftPolicy.update`, stored by the caller).
+    """
+
+    scores: NDArray[np.floating]
+    flags: NDArray[np.bool_]
+    reference_scores: NDArray[np.floating]
+    expected_flag_rate: float
+    projections: NDArray[np.floating] | None
+    reference_projections: NDArray[np.floating] | None
+    hysteresis: Hysteresis
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """:func:`judge_window`, then the window's :class:`Hysteresis`: a drift or nothing."""
+
+    tests: DriftTests = field(default_factory=DriftTests)
+
+    def update(self, window: DriftWindow) -> list[WindowVerdict]:
+        """The window's verdict (``drift`` True) when it completes the hysteresis, else none."""
+        verdict = judge_window(
+            window.scores,
+            window.flags,
+            window.reference_scores,
+            window.expected_flag_rate,
+            self.tests,
+            window.projections,
+            window.reference_projections,
+        )
+        if not window.hysteresis.step(verdict.disagrees):
+            return []
+        return [WindowVerdict(**{**asdict(verdict), "drift": True})]
 
 
 @dataclass

@@ -25,6 +25,8 @@ Example:
     ...                  {"map50": 0.6})
     >>> bad.passed, bad.reasons
     (False, ['3 NaN outputs', 'map50 0.200 < production 0.600 - 0.02'])
+    >>> [v.passed for v in gate.update(GateObservation("scorer", {"latency_p99_ms": 9.0}))]
+    [False]
 """
 
 from __future__ import annotations
@@ -33,7 +35,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["GateVerdict", "ModelGate"]
+__all__ = ["GateObservation", "GateVerdict", "ModelGate"]
+
+
+@dataclass(frozen=True)
+class GateObservation:
+    """A candidate's measurements (``kind`` scorer or detector) and production's, if known."""
+
+    kind: str
+    candidate: Mapping[str, float]
+    production: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,11 @@ class ModelGate:
     max_latency_p99_ms: float = 2000.0
     max_latency_ratio: float = 3.0
     max_error_rate: float = 0.01
+
+    def update(self, observation: GateObservation) -> list[GateVerdict]:
+        """Exactly one verdict, passed or not (see :meth:`judge`)."""
+        o = observation
+        return [self.judge(o.kind, o.candidate, o.production)]
 
     def judge(
         self,

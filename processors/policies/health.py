@@ -18,6 +18,8 @@ Example:
     >>> verdict = policy.observe(state, 10.0, False)  # nothing until the next window ends
     >>> verdict is None, state.streak
     (True, 0)
+    >>> policy.update(HealthObservation(state, latency_ms=10.0, error=False))
+    []
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["HealthPolicy", "HealthState", "HealthVerdict"]
+__all__ = ["HealthObservation", "HealthPolicy", "HealthState", "HealthVerdict"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,15 @@ class HealthState:
 
 
 @dataclass(frozen=True)
+class HealthObservation:
+    """One item of the pipeline: a served score (with its latency) or a dead letter."""
+
+    state: HealthState
+    latency_ms: float | None
+    error: bool
+
+
+@dataclass(frozen=True)
 class HealthPolicy:
     window: int = 256
     max_error_rate: float = 0.5
@@ -74,6 +85,12 @@ class HealthPolicy:
             raise ValueError("window and consecutive must be >= 1")
         if not 0.0 < self.max_error_rate <= 1.0 or self.max_latency_p99_ms <= 0:
             raise ValueError("max_error_rate must be in (0, 1] and max_latency_p99_ms > 0")
+
+    def update(self, observation: HealthObservation) -> list[HealthVerdict]:
+        """The pause verdict the item completes (see :meth:`observe`), else nothing."""
+        o = observation
+        verdict = self.observe(o.state, o.latency_ms, o.error)
+        return [] if verdict is None else [verdict]
 
     def observe(
         self, state: HealthState, latency_ms: float | None, error: bool

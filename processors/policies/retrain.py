@@ -20,6 +20,8 @@ Example:
     'defer'
     >>> trigger.decide(10, [t0], t0 + timedelta(hours=25))
     'request'
+    >>> trigger.update(RetrainObservation(10, [t0], t0 + timedelta(hours=25)))
+    ['request']
 """
 
 from __future__ import annotations
@@ -29,9 +31,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-__all__ = ["RetrainTrigger"]
+__all__ = ["RetrainObservation", "RetrainTrigger"]
 
 DAY = timedelta(days=1)
+Decision = Literal["request", "defer"]
+
+
+@dataclass(frozen=True)
+class RetrainObservation:
+    """New samples since the last request, the past request times, and the event time now."""
+
+    new_samples: int
+    requests: Sequence[datetime]
+    now: datetime
 
 
 @dataclass(frozen=True)
@@ -44,9 +56,15 @@ class RetrainTrigger:
         if self.min_samples < 1 or self.max_per_day < 1 or self.cooldown_s < 0:
             raise ValueError("min_samples and max_per_day must be >= 1, cooldown_s >= 0")
 
+    def update(self, observation: RetrainObservation) -> list[Decision]:
+        """``["request"]``, ``["defer"]`` (over budget) or nothing (see :meth:`decide`)."""
+        o = observation
+        decision = self.decide(o.new_samples, o.requests, o.now)
+        return [] if decision is None else [decision]
+
     def decide(
         self, new_samples: int, requests: Sequence[datetime], now: datetime
-    ) -> Literal["request", "defer"] | None:
+    ) -> Decision | None:
         """``request``, ``defer`` (over budget) or None, given the past request times."""
         if new_samples < self.min_samples:
             return None

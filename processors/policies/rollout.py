@@ -31,8 +31,8 @@ Example:
     >>> for _ in range(4):
     ...     policy.observe(track, 0.5, latency_ms=10.0)
     ...     policy.observe_production(track, 0.5, latency_ms=10.0)
-    >>> policy.decide(track).step
-    'gate_passed'
+    >>> [d.step for d in policy.update(track)]
+    ['gate_passed']
     >>> track.reset("canary")
     >>> rng = np.random.default_rng(0)
     >>> for x in rng.uniform(size=8):  # a canary that ranks images against production's order
@@ -142,6 +142,18 @@ class RolloutPolicy:
         if math.isfinite(value) and math.isfinite(latency_ms):
             _push(track.production_values, value)
             _push(track.production_latencies, latency_ms)
+
+    def update(self, track: RolloutTrack) -> list[RolloutDecision]:
+        """The next step for the track (its outputs so far), or nothing yet.
+
+        :meth:`decide`; when nothing is decided, the canary outputs judged so far are marked
+        healthy (:meth:`window_judged`), so each window is judged once.
+        """
+        decision = self.decide(track)
+        if decision is None:
+            self.window_judged(track)
+            return []
+        return [decision]
 
     def decide(self, track: RolloutTrack) -> RolloutDecision | None:
         """The next step for ``track``, or None to keep watching. Does not change the track."""

@@ -28,13 +28,36 @@ Example:
     (30.0, 60.0)
     >>> backoff.pause_for(errors=1, items=100, pauses=0) is None
     True
+    >>> policy.update(SourceWindow(flagged=60, errors=0, items=512, current=0.05))
+    [0.1172]
+    >>> backoff.update(BackoffWindow(errors=1, items=100, pauses=0))
+    []
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ErrorBackoff", "Rebalance"]
+__all__ = ["BackoffWindow", "ErrorBackoff", "Rebalance", "SourceWindow"]
+
+
+@dataclass(frozen=True)
+class SourceWindow:
+    """A source's rebalancing window: its counts and the weight in force (None: never set)."""
+
+    flagged: int
+    errors: int
+    items: int
+    current: float | None
+
+
+@dataclass(frozen=True)
+class BackoffWindow:
+    """A source's back-off window, and its consecutive pauses so far (0 for the first)."""
+
+    errors: int
+    items: int
+    pauses: int
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,11 @@ class Rebalance:
         scored = items - errors
         flag_rate = flagged / scored if scored > 0 else 0.0
         return round(flag_rate * (1.0 - errors / items), 4)
+
+    def update(self, window: SourceWindow) -> list[float]:
+        """The window's weight when it should be published (see :meth:`due`), else nothing."""
+        weight = self.weight(window.flagged, window.errors, window.items)
+        return [weight] if self.due(weight, window.current, window.items) else []
 
     def due(self, weight: float, current: float | None, items: int) -> bool:
         """Whether ``weight`` (over ``items``) should be published, given the one in force
@@ -87,6 +115,11 @@ class ErrorBackoff:
             raise ValueError(f"max_error_rate must be in (0, 1), got {self.max_error_rate!r}")
         if self.base_s <= 0 or self.max_s < self.base_s:
             raise ValueError("need 0 < base_s <= max_s")
+
+    def update(self, window: BackoffWindow) -> list[float]:
+        """Seconds to pause for when the window's error rate is over the bound, else nothing."""
+        pause_s = self.pause_for(window.errors, window.items, window.pauses)
+        return [] if pause_s is None else [pause_s]
 
     def breached(self, errors: int, items: int) -> bool:
         return items >= self.min_items and errors / items > self.max_error_rate

@@ -1,0 +1,89 @@
+"""The controller's policy parameters, and how the settings map onto them.
+
+Invariant: :meth:`ControllerConfig.from_settings` reads the settings and nothing else; the
+policy named by ``policy`` is looked up in :mod:`processors.policies.plugins` by the controller,
+so this module knows no policy by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.policies.decay import ThresholdDecay
+from processors.policies.drift import DriftTests
+from processors.policies.health import HealthPolicy
+from processors.policies.sources import ErrorBackoff, Rebalance
+
+__all__ = ["ControllerConfig"]
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Policy parameters; :meth:`from_settings` maps the typed settings onto them.
+
+    ``policy``: the lane policy's registered name (the ``control_policy`` setting).
+    """
+
+    policy: str = "skyloop"
+    reference_size: int = 128
+    reference_max_size: int = 1024
+    target_fpr: float = 0.05
+    vote_k: int = 2
+    max_trim: float = 0.1
+    drift_window: int = 64
+    drift_min_reference: int = 64
+    drift_step: int = 16
+    drift_consecutive: int = 2
+    drift_tests: DriftTests = field(default_factory=DriftTests)
+    decay: ThresholdDecay = field(default_factory=ThresholdDecay)
+    rebalance: Rebalance = field(default_factory=Rebalance)
+    backoff: ErrorBackoff = field(default_factory=ErrorBackoff)
+    backoff_window: int = 64
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+
+    @property
+    def ring_capacity(self) -> int:
+        return max(self.reference_size, self.reference_max_size)
+
+    @classmethod
+    def from_settings(cls, s: Any) -> ControllerConfig:
+        return cls(
+            policy=s.control_policy,
+            reference_size=s.reference_size,
+            reference_max_size=max(s.reference_max_size, s.reference_size),
+            target_fpr=s.target_fpr,
+            vote_k=s.vote_k,
+            max_trim=s.calibration_max_trim,
+            drift_window=s.drift_window,
+            drift_min_reference=s.drift_min_reference,
+            drift_step=s.drift_step,
+            drift_consecutive=s.drift_consecutive,
+            drift_tests=DriftTests(
+                ks_p=s.drift_ks_p,
+                psi_min=s.drift_psi_min,
+                feature_p=s.drift_feature_p,
+                flag_p=s.drift_flag_p,
+            ),
+            decay=ThresholdDecay(
+                decay=s.threshold_decay,
+                floor=s.threshold_floor,
+                ceiling=s.threshold_ceiling,
+                every=s.threshold_decay_every,
+            ),
+            rebalance=Rebalance(every=s.rebalance_every),
+            backoff=ErrorBackoff(
+                max_error_rate=s.backoff_max_error_rate,
+                base_s=s.backoff_base_s,
+                max_s=s.backoff_max_s,
+            ),
+            backoff_window=s.backoff_window,
+            health=HealthPolicy(
+                window=s.health_window,
+                max_error_rate=s.health_max_error_rate,
+                max_latency_p99_ms=s.health_max_latency_p99_ms,
+                consecutive=s.health_consecutive,
+                pause_s=s.health_pause_s,
+                max_pause_s=s.health_max_pause_s,
+            ),
+        )

@@ -1,0 +1,333 @@
+"""A lane's corrections: its ring, calibrations, drift, refinement, decay and lane policy.
+
+A lane is a (model, source) pair (:class:`~processors.controller.state.LaneState`). What each
+of its scores drives (the controller decides *when*, see :mod:`processors.controller.controller`):
+
+- every score with an embedding → the lane's ring (dedupe by image id), :meth:`Lanes.add`;
+- :meth:`Lanes.calibrate`: a ``calibration.updated`` from ring entries (reference trimmed, with
+  a drift profile), resetting the lane's epoch;
+- :meth:`Lanes.drift`: every ``drift_step`` served scores the last ``drift_window`` are judged
+  against the profile (:class:`~processors.policies.drift.DriftPolicy`) and ``consecutive``
+  disjoint disagreeing windows → ``drift.detected`` → ``calibration.updated`` caused by it,
+  from the images since the change began (:func:`~processors.policies.drift.change_point` over
+  the epoch's feature projections and scores), as soon as ``drift_min_reference`` of them
+  exist; a lane whose calibration window can grow by half (up to ``reference_max_size``) while
+  its windows agree → a refining ``calibration.updated`` on the larger window;
+- :meth:`Lanes.decay`: ``threshold.decayed`` (:class:`~processors.policies.decay.ThresholdDecay`);
+- :meth:`Lanes.baseline`: the configured lane policy's ``threshold.set`` (benchmark plug-ins).
+
+Invariant: decisions depend only on the lane's state, its ring and the scores in order; event
+ids are :func:`~processors.core.events.decision_id` of what a decision is about.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+
+from processors.controller.config import ControllerConfig
+from processors.controller.emit import DETECTORS, Emit, decision_event
+from processors.controller.state import LaneState, RingEntry
+from processors.core.artifacts import artifact_id_of
+from processors.core.control import ControlState
+from processors.core.events import EventType
+from processors.core.records import ScoreRecord
+from processors.policies.calibration import plan_calibration, score_row
+from processors.policies.decay import DecayObservation
+from processors.policies.drift import DriftPolicy, DriftWindow, Hysteresis, change_point
+from processors.policies.plugins import LaneObservation, LanePolicy
+from processors.policies.profile import DriftProfile
+
+__all__ = ["Lanes", "Ring"]
+
+
+class Ring(Protocol):
+    """Where lanes keep their last ``capacity`` entries (slot = ``seq % capacity``)."""
+
+    def put(self, source: str, model: str, entry: RingEntry, capacity: int) -> None: ...
+
+    def get(self, source: str, model: str, seq: int, capacity: int) -> RingEntry | None: ...
+
+    def seq_of(self, source: str, model: str, image_id: str, capacity: int) -> int | None:
+        """The seq of ``image_id``'s entry in the lane's ring, or None."""
+        ...
+
+
+class Lanes:
+    """See the module docstring. ``load_profile`` reads a stored profile by artifact id."""
+
+    REFINE_GROWTH = 1.5  # each refinement's window over the last one's
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        ring: Ring,
+        load_profile: Callable[[str], DriftProfile],
+        policy: LanePolicy,
+    ) -> None:
+        self.config = config
+        self.ring = ring
+        self.load_profile = load_profile
+        self.policy = policy
+        self.drift_policy = DriftPolicy(config.drift_tests)
+        self._profiles: OrderedDict[str, DriftProfile] = OrderedDict()
+
+    # -- the ring and calibrations -----------------------------------------------------------
+    def add(self, lane: LaneState, score: ScoreRecord, served: bool) -> bool:
+        """Put the score in the lane's ring; False for a score without embedding or a re-score."""
+        row = score_row(score)
+        if row is None:
+            return False
+        capacity = self.config.ring_capacity
+        known = self.ring.seq_of(lane.source, lane.model, score["image_id"], capacity)
+        # An entry at or past the head's seq was written by a run that crashed before it saved
+        # the head: this record is being replayed, not re-scored. Below it: a duplicate image.
+        if known is not None and known < lane.seq:
+            return False
+        features, energy = row
+        entry = RingEntry(
+            seq=lane.seq,
+            image_id=score["image_id"],
+            features=features.astype("<f2").tobytes(),
+            energy=energy,
+            score=float(score["ensemble_score"]),
+            flagged=bool(score["is_candidate"]),
+            calibration_id=(score.get("calibration_id") if score["calibrated"] else None),
+            served=served,
+        )
+        self.ring.put(lane.source, lane.model, entry, capacity)
+        lane.seq += 1
+        return True
+
+    def _entries(self, lane: LaneState, start: int) -> list[RingEntry]:
+        cap = self.config.ring_capacity
+        entries = [self.ring.get(lane.source, lane.model, s, cap) for s in range(start, lane.seq)]
+        return [e for e in entries if e is not None and e.seq >= start]
+
+    def adopt(self, lane: LaneState, control: ControlState) -> None:
+        """A calibration in the log that this lane's state lacks (its table was lost)."""
+        cal = control.calibration_for(lane.model, lane.source)
+        if cal is None or cal.profile_id is None:
+            return
+        lane.calibration_id, lane.profile_id = cal.event_id, cal.profile_id
+        lane.base_thresholds = dict(cal.thresholds)
+        lane.thresholds = dict(cal.thresholds)
+        lane.epoch_start, lane.reference_rows = lane.seq, self.config.reference_size
+
+    def profile(self, profile_id: str) -> DriftProfile:
+        if profile_id not in self._profiles:
+            self._profiles[profile_id] = self.load_profile(profile_id)
+            while len(self._profiles) > 64:  # bounded: a few per lane are ever in use
+                self._profiles.popitem(last=False)
+        return self._profiles[profile_id]
+
+    def calibrate(
+        self, lane: LaneState, start: int, reason: str, caused_by: list[str], at: datetime
+    ) -> Emit:
+        """A ``calibration.updated`` from the lane's ring entries since ``start``."""
+        cfg = self.config
+        entries = self._entries(lane, start)
+        plan = plan_calibration(
+            np.stack([e.feature_array() for e in entries]),
+            np.array([e.energy for e in entries]),
+            lane.model,
+            cfg.target_fpr,
+            cfg.vote_k,
+            max_trim=cfg.max_trim,
+        )
+        reference, profile = plan.reference.to_bytes(), plan.profile.to_bytes()
+        profile_id = artifact_id_of(profile)
+        event = decision_event(
+            EventType.CALIBRATION_UPDATED,
+            lane.source,
+            {
+                "model_version": lane.model,
+                "artifact_id": artifact_id_of(reference),
+                "target_fpr": cfg.target_fpr,
+                "vote_k": cfg.vote_k,
+                "thresholds": plan.thresholds,
+                "reason": reason,
+                "extra": {
+                    "drift_profile": profile_id,
+                    "reference_from_seq": str(entries[0].seq),
+                    "reference_to_seq": str(entries[-1].seq),
+                },
+            },
+            at=at,
+            parts=(lane.model, lane.source, reason, lane.calibration_id, start, lane.seq),
+            evidence=plan.evidence,
+            caused_by=caused_by or ([lane.calibration_id] if lane.calibration_id else []),
+        )
+        self._profiles[profile_id] = plan.profile
+        lane.calibration_id, lane.profile_id = event["event_id"], profile_id
+        lane.reference_rows = len(entries)
+        lane.base_thresholds, lane.thresholds = dict(plan.thresholds), dict(plan.thresholds)
+        lane.epoch_start = start if reason != "refine" else lane.epoch_start
+        lane.pending_from = lane.pending_cause = None
+        lane.served = lane.window = 0
+        lane.hysteresis = {}
+        lane.policy = self.policy.start(max(plan.thresholds.values()))
+        return Emit(event, (reference, profile))
+
+    # -- skyloop's own corrections -----------------------------------------------------------
+    def drift(self, lane: LaneState, at: datetime) -> list[Emit]:
+        """One served score: judge a window when due, else refine when the epoch allows."""
+        cfg = self.config
+        lane.window += 1
+        hysteresis = Hysteresis.from_dict(
+            lane.hysteresis
+            or {
+                "consecutive": cfg.drift_consecutive,
+                "spacing": max(cfg.drift_window // cfg.drift_step, 1),
+            }
+        )
+        if lane.window >= cfg.drift_step and lane.served >= cfg.drift_window:
+            return self._judge(lane, hysteresis, at)
+        # Refine: the epoch's data can fill a reference twice as large, and nothing disagrees.
+        rows = int(lane.reference_rows * self.REFINE_GROWTH)
+        grown = rows <= cfg.reference_max_size and lane.seq - lane.epoch_start >= rows
+        if grown and hysteresis.streak == 0:
+            return [self.calibrate(lane, lane.seq - rows, "refine", [], at)]
+        return []
+
+    def _judge(self, lane: LaneState, hysteresis: Hysteresis, at: datetime) -> list[Emit]:
+        cfg = self.config
+        lane.window = 0
+        window = [
+            e
+            for e in self._entries(lane, lane.seq - cfg.drift_window)
+            if e.calibration_id == lane.calibration_id
+        ]
+        if len(window) < cfg.drift_window // 2 or lane.profile_id is None:
+            return []
+        profile = self.profile(lane.profile_id)
+        features = np.stack([e.feature_array() for e in window])
+        drifts = self.drift_policy.update(
+            DriftWindow(
+                np.array([e.score for e in window]),
+                np.array([e.flagged for e in window]),
+                profile.scores,
+                profile.flag_rate(lane.thresholds or lane.base_thresholds),
+                profile.project(features),
+                profile.projections,
+                hysteresis,
+            )
+        )
+        lane.hysteresis = hysteresis.to_dict()
+        if not drifts:
+            return []
+        verdict = drifts[0]
+        lane.drifts += 1
+        drift_event = decision_event(
+            EventType.DRIFT_DETECTED,
+            lane.source,
+            {
+                "model_version": lane.model,
+                "reason": verdict.reason,
+                "extra": {
+                    "window_from_seq": str(window[0].seq),
+                    "window_to_seq": str(window[-1].seq),
+                },
+            },
+            at=at,
+            parts=(lane.model, lane.source, lane.calibration_id, lane.seq),
+            evidence={
+                **verdict.evidence(),
+                "windows": float(cfg.drift_consecutive),
+                "served_under_calibration": float(lane.served),
+            },
+            caused_by=[lane.calibration_id] if lane.calibration_id else [],
+        )
+        lane.pending_from = self._change_start(lane, profile)
+        lane.pending_cause = drift_event["event_id"]
+        emits = [Emit(drift_event)]
+        if lane.seq - lane.pending_from >= cfg.drift_min_reference:
+            emits.append(self.calibrate(lane, lane.pending_from, "drift", [lane.pending_cause], at))
+        return emits
+
+    def _change_start(self, lane: LaneState, profile: DriftProfile) -> int:
+        """The seq where the drift most likely began, over the whole calibration epoch.
+
+        The epoch (from the calibration's reference on, at most the ring) gives the search the
+        pre-drift context; a subtle drift may be confirmed long after it began.
+        """
+        cfg = self.config
+        recent = self._entries(lane, max(lane.seq - cfg.ring_capacity, lane.epoch_start, 0))
+        # Scores count only under the current calibration (the reference images were scored
+        # uncalibrated, at 0): elsewhere they take the profile's mean, adding no step.
+        typical = float(profile.scores.mean())
+        scores = [e.score if e.calibration_id == lane.calibration_id else typical for e in recent]
+        values = np.column_stack(
+            [profile.project(np.stack([e.feature_array() for e in recent])), np.array(scores)]
+        )
+        scale = np.append(profile.projections.std(axis=0), profile.scores.std())
+        return recent[change_point(values, scale, min_size=cfg.drift_window // 4)].seq
+
+    def decay(self, lane: LaneState, at: datetime) -> list[Emit]:
+        """A ``threshold.decayed`` for the lane when its decay is due."""
+        if not lane.base_thresholds or lane.profile_id is None:
+            return []
+        profile_id = lane.profile_id
+        base = max(lane.base_thresholds.values())
+        current = float(lane.policy.get("decayed", base))
+
+        def rate(t: float) -> float:
+            return self.profile(profile_id).flag_rate(dict.fromkeys(DETECTORS, t))
+
+        emits = []
+        for value in self.config.decay.update(DecayObservation(lane.served, base, current, rate)):
+            lane.policy["decayed"] = value
+            emits.append(
+                Emit(
+                    decision_event(
+                        EventType.THRESHOLD_DECAYED,
+                        lane.source,
+                        {
+                            "model_version": lane.model,
+                            "thresholds": dict.fromkeys(DETECTORS, value),
+                        },
+                        at=at,
+                        parts=(lane.model, lane.source, lane.calibration_id, lane.served),
+                        evidence={
+                            "served_since_calibration": float(lane.served),
+                            "base": base,
+                            "previous": current,
+                            "expected_flag_rate": rate(value),
+                        },
+                        caused_by=[lane.calibration_id] if lane.calibration_id else [],
+                    )
+                )
+            )
+        return emits
+
+    # -- the configured lane policy (benchmark baselines) --------------------------------------
+    def baseline(self, lane: LaneState, flagged: bool, at: datetime) -> list[Emit]:
+        """The lane policy's threshold changes for one served production score."""
+        changes = self.policy.update(LaneObservation(lane.policy, flagged))
+        return [
+            Emit(
+                decision_event(
+                    EventType.THRESHOLD_SET,
+                    lane.source,
+                    {
+                        "model_version": lane.model,
+                        "thresholds": dict.fromkeys(DETECTORS, change.value),
+                        "reason": change.reason,
+                    },
+                    at=at,
+                    parts=(
+                        self.policy.name,
+                        lane.model,
+                        lane.source,
+                        lane.calibration_id,
+                        lane.served,
+                    ),
+                    evidence=change.evidence,
+                )
+            )
+            for change in changes
+        ]
