@@ -192,3 +192,36 @@ def test_the_fold_is_a_table_over_the_event_types() -> None:
 
     folded = {t for t in EventType if t in FOLD}
     assert folded == set(EventType) - {EventType.RETRAIN_REQUESTED, EventType.BUDGET_DEFERRED}
+
+
+def test_the_fold_is_not_imported_back_by_what_it_imports() -> None:
+    """No import cycle through core/control.py (imports under TYPE_CHECKING count too)."""
+    import ast
+    from pathlib import Path
+
+    import processors
+
+    root = Path(processors.__file__).parent
+
+    def imports_of(module: str) -> set[str]:
+        path = root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        if not path.exists():
+            path = path.with_suffix("") / "__init__.py"
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return {m for m in found if m.startswith("processors.")}
+
+    seen: set[str] = set()
+    todo = list(imports_of("processors.core.control"))
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo += imports_of(module)
+    assert "processors.core.control" not in seen
+    assert {"processors.core.events", "processors.core.rollouts"} <= seen

@@ -11,12 +11,17 @@ import pytest
 from processors.controller import state
 from processors.ood.ensemble import OODEnsemble
 from processors.policies import (
+    base,
     baselines,
     calibration,
     decay,
     drift,
+    gate,
     health,
+    plugins,
     profile,
+    retrain,
+    rollout,
     sources,
 )
 from processors.policies.calibration import far_out_rows, plan_calibration
@@ -26,7 +31,22 @@ from processors.policies.sources import ErrorBackoff, Rebalance
 
 
 @pytest.mark.parametrize(
-    "module", [baselines, calibration, decay, drift, health, profile, sources, state]
+    "module",
+    [
+        base,
+        baselines,
+        calibration,
+        decay,
+        drift,
+        gate,
+        health,
+        plugins,
+        profile,
+        retrain,
+        rollout,
+        sources,
+        state,
+    ],
 )
 def test_doctests(module: ModuleType) -> None:
     result = doctest.testmod(module)
@@ -153,3 +173,46 @@ def test_trimming_leaves_a_clean_window_alone() -> None:
     rng = np.random.default_rng(7)
     features = rng.gamma(2.0, 1.0, size=(256, 256))
     assert far_out_rows(features, rng.normal(size=256), vote_k=2, max_trim=0.1) == ()
+
+
+def test_every_policy_is_behind_the_one_interface() -> None:
+    from processors.policies.base import Policy
+    from processors.policies.baselines import AstroLensV11
+    from processors.policies.drift import DriftPolicy
+    from processors.policies.gate import ModelGate
+    from processors.policies.health import HealthPolicy
+    from processors.policies.retrain import RetrainTrigger
+    from processors.policies.rollout import RolloutPolicy
+
+    policies = [
+        ThresholdDecay(),
+        Rebalance(),
+        ErrorBackoff(),
+        HealthPolicy(),
+        RetrainTrigger(),
+        RolloutPolicy(),
+        ModelGate(),
+        DriftPolicy(),
+        AstroLensV11(),
+    ]
+    assert all(isinstance(p, Policy) for p in policies)
+
+
+def test_lane_policies_come_from_the_registry_and_baselines_stay_off_the_production_path() -> None:
+    import subprocess
+    import sys
+
+    from processors.policies.baselines import AstroLensV11, Static
+    from processors.policies.plugins import lane_policy
+
+    assert lane_policy("astrolens") == AstroLensV11() and lane_policy("static") == Static()
+    with pytest.raises(ValueError, match="unknown control policy"):
+        lane_policy("nope")
+    check = (
+        "import sys\n"
+        "from processors.controller.controller import Controller, ControllerConfig\n"
+        "from processors.controller.state import MemoryRing\n"
+        "Controller(ControllerConfig(), MemoryRing(), lambda i: None)\n"
+        "assert 'processors.policies.baselines' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=120)
