@@ -137,7 +137,7 @@ class RegistryRow:
         return asdict(self)
 
 
-_ROLE_AFTER = {
+_ROLE_AFTER: dict[str, str] = {
     EventType.MODEL_SHADOW_STARTED: "shadow",
     EventType.MODEL_CANARY_STARTED: "canary",
     EventType.MODEL_PROMOTED: "production",

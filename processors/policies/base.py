@@ -34,7 +34,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 __all__ = ["Policy"]
 
 ObservationT = TypeVar("ObservationT", contravariant=True)
-DecisionT = TypeVar("DecisionT", covariant=True)
+DecisionT = TypeVar("DecisionT")
 
 
 @runtime_checkable
