@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from processors.core.events import EventType
 from processors.core.worker import WHOLE_LOG, WorkerSpec
 
 __all__ = ["SPEC", "run"]
@@ -31,23 +32,23 @@ SPEC = WorkerSpec(
     state=("Faust table controller", "Faust table lane_windows", "artifact store"),
     folds=WHOLE_LOG,
     emits=(
-        "calibration.updated",
-        "drift.detected",
-        "threshold.set",
-        "threshold.decayed",
-        "source.weights_set",
-        "source.paused",
-        "source.resumed",
-        "pipeline.paused",
-        "pipeline.resumed",
-        "retrain.requested",
-        "budget.deferred",
-        "model.gate_passed",
-        "model.gate_failed",
-        "model.shadow_started",
-        "model.canary_started",
-        "model.promoted",
-        "model.rolled_back",
+        EventType.CALIBRATION_UPDATED,
+        EventType.DRIFT_DETECTED,
+        EventType.THRESHOLD_SET,
+        EventType.THRESHOLD_DECAYED,
+        EventType.SOURCE_WEIGHTS_SET,
+        EventType.SOURCE_PAUSED,
+        EventType.SOURCE_RESUMED,
+        EventType.PIPELINE_PAUSED,
+        EventType.PIPELINE_RESUMED,
+        EventType.RETRAIN_REQUESTED,
+        EventType.BUDGET_DEFERRED,
+        EventType.MODEL_GATE_PASSED,
+        EventType.MODEL_GATE_FAILED,
+        EventType.MODEL_SHADOW_STARTED,
+        EventType.MODEL_CANARY_STARTED,
+        EventType.MODEL_PROMOTED,
+        EventType.MODEL_ROLLED_BACK,
     ),
     settings_section="controller",
     group="stats",

@@ -10,6 +10,7 @@ import argparse
 import os
 from typing import Any
 
+from processors.core.events import EventType
 from processors.core.worker import WHOLE_LOG, WorkerSpec
 
 __all__ = ["SPEC", "lower_priority", "run"]
@@ -22,7 +23,12 @@ SPEC = WorkerSpec(
     produces=("control.events",),
     state=("artifact store",),  # datasets read; weights and model cards written
     folds=WHOLE_LOG,
-    emits=("model.registered", "model.gate_passed", "model.gate_failed", "budget.deferred"),
+    emits=(
+        EventType.MODEL_REGISTERED,
+        EventType.MODEL_GATE_PASSED,
+        EventType.MODEL_GATE_FAILED,
+        EventType.BUDGET_DEFERRED,
+    ),
     settings_section="train",
     group="train",
     run="processors.train.worker:run",
