@@ -34,6 +34,8 @@ Example:
     ThresholdParams(model_version=None, thresholds={'knn': 0.97}, detector=None, value=None)
     >>> params_valid(ev)
     True
+    >>> ThresholdParams.of(ev).thresholds["knn"]
+    0.97
     >>> bad = new_event("model.canary_started", "v2", "c", {"fraction": float("nan")})
     >>> params_problems(bad)
     ['fraction nan is not in (0, 1]']
@@ -45,7 +47,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Self, cast
 
 from processors.core.events import EventType
 from processors.core.records import ControlEventRecord, ControlParams
@@ -95,6 +97,13 @@ class EventParams:
     @classmethod
     def from_params(cls, p: ControlParams) -> EventParams:
         return cls()
+
+    @classmethod
+    def of(cls, event: ControlEventRecord) -> Self:
+        """``event``'s params as this model; ValueError when its type is not one of ``TYPES``."""
+        if event["type"] not in cls.TYPES:
+            raise ValueError(f"{event['type']!r} params are not {cls.__name__}")
+        return cast(Self, cls.from_params(event["params"]))
 
     def problems(self) -> list[str]:
         return []

@@ -3,6 +3,8 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState, new_event, replay
@@ -182,6 +184,12 @@ def test_params_validity_finite_and_in_range() -> None:
         "target_fpr 0.0 is not in (0, 1]",
         "vote_k -1 < 1",
     ]
+    from processors.core.event_params import ModelParams, ThresholdParams
+
+    promoted = ev("model.promoted", {"model_version": "v2"})
+    assert ModelParams.of(promoted).model_version == "v2"
+    with pytest.raises(ValueError, match="not ThresholdParams"):
+        ThresholdParams.of(promoted)
     unknown = dict(ev("drift.detected", {}), type="source.exploded")
     assert params_problems(unknown) == ["unknown event type 'source.exploded'"]  # type: ignore[arg-type]
 
