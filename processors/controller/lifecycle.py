@@ -245,7 +245,7 @@ class Lifecycle:
 
     def _event(
         self,
-        kind: str,
+        kind: EventType,
         version: str,
         reason: str,
         at: datetime,
