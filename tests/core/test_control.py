@@ -233,3 +233,12 @@ def test_the_fold_is_not_imported_back_by_what_it_imports() -> None:
         todo += imports_of(module)
     assert "processors.core.control" not in seen
     assert {"processors.core.events", "processors.core.rollouts"} <= seen
+
+
+@pytest.mark.parametrize("name", ["control", "events", "event_params"])
+def test_doctests(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"processors.core.{name}"))
+    assert result.attempted > 0 and result.failed == 0
