@@ -1,11 +1,13 @@
-"""Threshold decay: a calibrated threshold relaxes as a calibration ages (DESIGN §5).
+"""Threshold decay: a calibrated threshold relaxes as a calibration ages.
+
+See ARCHITECTURE.md, "Self-correction".
 
 ``t(n) = clamp(base * (1 - decay * ln(1 + n)), floor, ceiling)``, ``n`` = images served for that
 (model, source) since its last calibration. Pure; :meth:`ThresholdDecay.due` bounds the cadence
 (one ``threshold.decayed`` every ``every`` images, and only when the value moved by at least
 ``min_step``), so the log gets a handful of events per calibration, not one per image.
 
-Besides DESIGN's fixed ``floor``, a data-derived bound: :meth:`ThresholdDecay.bounded` never
+Besides the fixed ``floor``, a data-derived bound: :meth:`ThresholdDecay.bounded` never
 lowers a threshold below the point where the calibration's own held-out images would be flagged
 at more than ``max_rate_ratio`` times the rate they are flagged at the base thresholds, so decay
 can make the detector more sensitive but never turn it into a flood on its own.

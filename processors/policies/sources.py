@@ -1,4 +1,6 @@
-"""Source policies: rebalancing weights and error back-off (DESIGN §5). Pure, no clock.
+"""Source policies: rebalancing weights and error back-off. Pure, no clock.
+
+See ARCHITECTURE.md, "Self-correction".
 
 - :class:`Rebalance`: every ``every`` items (default 512) of a source, its weight is ``flag rate *
   (1 - error rate)`` over that window; a ``source.weights_set`` is due when it is the source's
