@@ -5,11 +5,11 @@ the same log always yields the same state (the replay-determinism invariant), so
 that restarts rebuilds exactly the decisions it had. Unknown event types are kept in the count
 but change nothing, so old processors survive new event types.
 
-The fold is a table, :data:`FOLD`: one handler per :class:`~processors.core.events.EventType`,
-each reading its event's typed params (:mod:`processors.core.event_params`). The model lifecycle
-(``model.*``) is folded here too, by the rules stated at :func:`_fold_model`. This module
-imports the vocabulary (:mod:`processors.core.events`), the typed params and the rollout data
-(:mod:`processors.core.rollouts`); none of them imports it back.
+The fold is a table, :data:`FOLD`: a handler per :class:`~processors.core.events.EventType`
+reading its typed params (:mod:`processors.core.event_params`); a type without one changes only
+the count. The model lifecycle (``model.*``) is folded here too, by the rules of
+:func:`_fold_model`. Imported here: the vocabulary, the typed params, the rollout data
+(:mod:`processors.core.rollouts`); none of them imports this module back.
 
 Example:
     >>> from datetime import UTC, datetime
