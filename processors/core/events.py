@@ -1,8 +1,9 @@
 """The control vocabulary: every ``control.events`` type, and how an event is built.
 
-:class:`EventType` is a :class:`~enum.StrEnum`: a member *is* its string (``EventType.DRIFT ==
-"drift.detected"``), so the Avro records, the stored log and every query keep the strings they
-always had, and code that reads a record's ``type`` may compare it with a member directly.
+:class:`EventType` is a :class:`~enum.StrEnum`: a member *is* its string
+(``EventType.DRIFT_DETECTED == "drift.detected"``), so the Avro records, the stored log and every
+query keep the strings they always had, and code that reads a record's ``type`` may compare it
+with a member directly.
 
 Invariants:
 
