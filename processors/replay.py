@@ -200,7 +200,7 @@ class _Replay:
         self.inner.setup(ctx)
         # the runner subscribes after setup; the first join waits about half the session
         # timeout, a rebalance up to all of it
-        self.boundary.arm(grace_s=ctx.settings.session_timeout_ms / 1000)
+        self.boundary.arm(grace_s=ctx.settings.kafka.session_timeout_ms / 1000)
 
     def close(self) -> None:
         self.inner.close()
@@ -251,7 +251,7 @@ def _model_slot(settings: Settings, bootstrap: str, model: str | None) -> tuple[
     finally:
         follower.close()
     live = state.production.version if state.production else None
-    configured = backbone_spec_from_settings(settings)
+    configured = backbone_spec_from_settings(settings.score)
     if model is None or model == live:
         slot = state.production
     elif model in state.registered:

@@ -30,7 +30,7 @@ def _ingest(settings: Settings, bootstrap: str, n: int = IMAGES) -> None:
 def _read_all(settings: Settings, bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict]:
     """Every record of ``topic`` (read until ``idle_s`` passes without one)."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"{settings.group_prefix}.reader"}
+        {"bootstrap.servers": bootstrap, "group.id": f"{settings.kafka.group_prefix}.reader"}
     )
     consumer.assign(
         [TopicPartition(settings.topic(topic), p, 0) for p in range(TOPICS[topic].partitions)]
@@ -60,7 +60,7 @@ def test_rebuild_writes_every_topic_into_clickhouse_idempotently(
     assert again.replayed == 0  # the same name resumes from its committed offsets: nothing left
     fresh = run_replay(target, kafka_bootstrap, "rebuild", name="r2", idle_s=3.0, out=out)
     assert fresh.replayed == IMAGES
-    client = connect(str(target.clickhouse_dsn))
+    client = connect(str(target.clickhouse.dsn))
     try:
         assert client.query("SELECT count() FROM images FINAL").result_rows[0][0] == IMAGES
         ids = client.query("SELECT uniqExact(image_id) FROM images").result_rows[0][0]

@@ -65,18 +65,18 @@ def client_options(settings: Settings) -> dict[str, Any]:
     its secret store and a DSN without a password.
     """
     options: dict[str, Any] = {}
-    if settings.clickhouse_username is not None:
-        options["username"] = settings.clickhouse_username
-    if settings.clickhouse_password is not None:
-        options["password"] = settings.clickhouse_password.get_secret_value()
+    if settings.clickhouse.username is not None:
+        options["username"] = settings.clickhouse.username
+    if settings.clickhouse.password is not None:
+        options["password"] = settings.clickhouse.password.get_secret_value()
     for key, path in (
-        ("ca_cert", settings.clickhouse_ca_cert),
-        ("client_cert", settings.clickhouse_client_cert),
-        ("client_cert_key", settings.clickhouse_client_key),
+        ("ca_cert", settings.clickhouse.ca_cert),
+        ("client_cert", settings.clickhouse.client_cert),
+        ("client_cert_key", settings.clickhouse.client_key),
     ):
         if path is not None:
             options[key] = str(path)
-    if not settings.clickhouse_verify:
+    if not settings.clickhouse.verify:
         options["verify"] = False
     return options
 

@@ -51,19 +51,19 @@ def kafka_security(settings: Settings) -> dict[str, str]:
     'pw'
     """
     conf: dict[str, str] = {}
-    if settings.kafka_security_protocol == "PLAINTEXT":
+    if settings.kafka.security_protocol == "PLAINTEXT":
         return conf
-    conf["security.protocol"] = settings.kafka_security_protocol
-    if settings.kafka_sasl_mechanism is not None:
-        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
-    if settings.kafka_sasl_username is not None:
-        conf["sasl.username"] = settings.kafka_sasl_username
-    if settings.kafka_sasl_password is not None:
-        conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    conf["security.protocol"] = settings.kafka.security_protocol
+    if settings.kafka.sasl_mechanism is not None:
+        conf["sasl.mechanism"] = settings.kafka.sasl_mechanism
+    if settings.kafka.sasl_username is not None:
+        conf["sasl.username"] = settings.kafka.sasl_username
+    if settings.kafka.sasl_password is not None:
+        conf["sasl.password"] = settings.kafka.sasl_password.get_secret_value()
     for key, path in (
-        ("ssl.ca.location", settings.kafka_ssl_ca_location),
-        ("ssl.certificate.location", settings.kafka_ssl_certificate_location),
-        ("ssl.key.location", settings.kafka_ssl_key_location),
+        ("ssl.ca.location", settings.kafka.ssl_ca_location),
+        ("ssl.certificate.location", settings.kafka.ssl_certificate_location),
+        ("ssl.key.location", settings.kafka.ssl_key_location),
     ):
         if path is not None:
             conf[key] = str(path)
@@ -76,27 +76,27 @@ def faust_credentials(settings: Settings) -> Any:
 
     import faust
 
-    protocol = settings.kafka_security_protocol
+    protocol = settings.kafka.security_protocol
     if protocol == "PLAINTEXT":
         return None
     context = None
     if protocol in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(
-            cafile=str(settings.kafka_ssl_ca_location) if settings.kafka_ssl_ca_location else None
+            cafile=str(settings.kafka.ssl_ca_location) if settings.kafka.ssl_ca_location else None
         )
-        if settings.kafka_ssl_certificate_location is not None:
+        if settings.kafka.ssl_certificate_location is not None:
             context.load_cert_chain(
-                str(settings.kafka_ssl_certificate_location),
-                str(settings.kafka_ssl_key_location) if settings.kafka_ssl_key_location else None,
+                str(settings.kafka.ssl_certificate_location),
+                str(settings.kafka.ssl_key_location) if settings.kafka.ssl_key_location else None,
             )
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    password = settings.kafka_sasl_password
+    password = settings.kafka.sasl_password
     return faust.SASLCredentials(
-        username=settings.kafka_sasl_username,
+        username=settings.kafka.sasl_username,
         password=password.get_secret_value() if password is not None else None,
         ssl_context=context,
-        mechanism=settings.kafka_sasl_mechanism,
+        mechanism=settings.kafka.sasl_mechanism,
     )
 
 
@@ -108,7 +108,7 @@ def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Produ
         "linger.ms": 5,
         "enable.idempotence": False,
         "message.max.bytes": 2_000_000,
-        "client.id": f"{settings.group_prefix}-producer",
+        "client.id": f"{settings.kafka.group_prefix}-producer",
     }
     conf.update(overrides)
     return Producer(conf)
@@ -122,8 +122,8 @@ def make_consumer(settings: Settings, bootstrap: str, group_id: str, **overrides
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "session.timeout.ms": settings.session_timeout_ms,
-        "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+        "session.timeout.ms": settings.kafka.session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.kafka.session_timeout_ms // 6),
         "max.poll.interval.ms": 600_000,
         "fetch.message.max.bytes": 2_000_000,
         # librdkafka stops fetching a partition whose prefetch queue is full and, by default,
@@ -213,7 +213,7 @@ class ControlFollower:
             {
                 **kafka_security(settings),
                 "bootstrap.servers": bootstrap,
-                "group.id": f"{settings.group_prefix}.control-follower",
+                "group.id": f"{settings.kafka.group_prefix}.control-follower",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
             }

@@ -92,9 +92,9 @@ class Runner:
         self.settings = settings
         self.bootstrap = bootstrap
         self.stop = stop or StopSignal()
-        self.batch_size = batch_size or settings.batch_size
+        self.batch_size = batch_size or settings.batch.size
         self.max_wait_s = (
-            max_wait_s if max_wait_s is not None else settings.batch_max_wait_ms / 1000
+            max_wait_s if max_wait_s is not None else settings.batch.max_wait_ms / 1000
         )
         self.max_batch_bytes = max_batch_bytes
         self.ctx = RunContext(
@@ -123,7 +123,7 @@ class Runner:
                 log.warning("%s: control log not caught up after 60 s; continuing", name)
             self.processor.setup(self.ctx)
             consumer.subscribe([settings.topic(t) for t in self.processor.inputs])
-            prefix_len = len(settings.topic_prefix)
+            prefix_len = len(settings.kafka.topic_prefix)
             bases: dict[str, str] = {}  # topic name -> base name, computed once per topic
             self.ctx.progress.set("ready", True)
             self.ctx.progress.write(force=True)
@@ -230,7 +230,7 @@ class Runner:
         retrying = Retrying(
             retry=retry_if_exception_type(StoreUnavailableError),
             wait=wait_exponential_jitter(
-                multiplier=0.1, max=self.settings.store_retry_max_s, jitter=0.1
+                multiplier=0.1, max=self.settings.clickhouse.retry_max_s, jitter=0.1
             ),
             stop=stop_when_event_set(self.stop.event),
             sleep=wait_polling,

@@ -1,7 +1,7 @@
 """The detect processor's cross-match step: offline catalogs, a ZTF alert's context, TAP.
 
-Built once from :class:`Settings` (catalogs are loaded then, not per image). For a batch of
-images it returns, per image and in input order, the merged cross-matches of
+Built once from :class:`CrossmatchSettings` (catalogs are loaded then, not per image). For a
+batch of images it returns, per image and in input order, the merged cross-matches of
 
 1. the offline :class:`CatalogMatcher` (bundled and user catalogs) at the image's ra/dec;
 2. the alert's own context (:func:`ztf_crossmatches`) when the image is from ZTF;
@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from processors.core.config import Settings
+from processors.core.config import CrossmatchSettings
 from processors.core.exceptions import TapError, TapUnavailableError
 from processors.core.records import CrossMatch, ImageRecord
 from processors.detect.catalogs import Catalog, TableColumns, bundled_catalog, table_catalog
@@ -57,62 +57,63 @@ class CrossMatchStage:
         self._tap_down = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CrossMatchStage:
-        """Load the configured catalogs (raises CatalogError naming the file and column)."""
-        by_catalog = settings.crossmatch_radius_by_catalog
-        bright = set(settings.crossmatch_bright_star_catalogs)
+    def from_settings(cls, settings: CrossmatchSettings) -> CrossMatchStage:
+        """Load the configured catalogs (``settings.crossmatch``; raises CatalogError naming the
+        file and column)."""
+        by_catalog = settings.radius_by_catalog
+        bright = set(settings.bright_star_catalogs)
 
         def radius(name: str) -> MatchRadius:
-            point = by_catalog.get(name, settings.crossmatch_radius_arcsec)
+            point = by_catalog.get(name, settings.radius_arcsec)
             return MatchRadius(
                 radius_arcsec=point,
                 bright_stars=name in bright,
-                bright_magnitude=settings.crossmatch_bright_star_magnitude,
-                max_arcsec=max(point, settings.crossmatch_bright_star_max_arcsec),
+                bright_magnitude=settings.bright_star_magnitude,
+                max_arcsec=max(point, settings.bright_star_max_arcsec),
             )
 
-        catalogs: list[Catalog] = [bundled_catalog(n) for n in settings.crossmatch_catalogs]
-        columns = TableColumns(**settings.crossmatch_user_columns)
-        for name, path in sorted(settings.crossmatch_user_catalogs.items()):
+        catalogs: list[Catalog] = [bundled_catalog(n) for n in settings.catalogs]
+        columns = TableColumns(**settings.user_columns)
+        for name, path in sorted(settings.user_catalogs.items()):
             catalogs.append(table_catalog(name, Path(path), columns))
         matcher = (
             CatalogMatcher(
                 [(c, radius(c.name)) for c in catalogs],
-                max_per_catalog=settings.crossmatch_max_per_catalog,
+                max_per_catalog=settings.max_per_catalog,
             )
             if catalogs
             else None
         )
         tap = None
-        if settings.crossmatch_tap_service is not None:
-            query = TAP_SERVICES[settings.crossmatch_tap_service]
+        if settings.tap_service is not None:
+            query = TAP_SERVICES[settings.tap_service]
             tap = TapCatalog(
                 query,
-                url=settings.crossmatch_tap_url,
-                timeout_s=settings.crossmatch_tap_timeout_s,
-                attempts=settings.crossmatch_tap_attempts,
-                max_rows=settings.crossmatch_max_per_catalog,
+                url=settings.tap_url,
+                timeout_s=settings.tap_timeout_s,
+                attempts=settings.tap_attempts,
+                max_rows=settings.max_per_catalog,
                 breaker=CircuitBreaker(
-                    failures_to_open=settings.crossmatch_tap_failures_to_open,
-                    open_s=settings.crossmatch_tap_open_s,
+                    failures_to_open=settings.tap_failures_to_open,
+                    open_s=settings.tap_open_s,
                 ),
             )
-        tap_radius = by_catalog.get(tap.name, settings.crossmatch_tap_radius_arcsec) if tap else 0.0
+        tap_radius = by_catalog.get(tap.name, settings.tap_radius_arcsec) if tap else 0.0
         ztf_radii = {
             name: MatchRadius(
                 radius_arcsec=by_catalog.get(name, default.radius_arcsec),
                 bright_stars=default.bright_stars,
-                bright_magnitude=settings.crossmatch_bright_star_magnitude,
+                bright_magnitude=settings.bright_star_magnitude,
                 max_arcsec=max(
                     by_catalog.get(name, default.radius_arcsec),
-                    settings.crossmatch_bright_star_max_arcsec,
+                    settings.bright_star_max_arcsec,
                 ),
             )
             for name, default in ZTF_RADII.items()
         }
         return cls(
             matcher,
-            ztf_context=settings.crossmatch_ztf_context,
+            ztf_context=settings.ztf_context,
             ztf_radii=ztf_radii,
             tap=tap,
             tap_radius_arcsec=tap_radius,

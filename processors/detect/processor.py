@@ -109,16 +109,19 @@ class DetectProcessor:
         s = ctx.settings
         self.ctx = ctx
         self.store = ArtifactStore(s.artifacts_dir)
-        self.crossmatch = CrossMatchStage.from_settings(s)
+        self.crossmatch = CrossMatchStage.from_settings(s.crossmatch)
         self.localizers = LocalizerSet(self.store, s.data_dir / "models" / "detectors")
         self.labels = PseudoLabelPolicy(
-            min_votes=s.pseudo_label_min_votes,
-            min_score=s.pseudo_label_min_score,
-            min_box_confidence=s.pseudo_label_min_box_confidence,
-            crossmatch=s.pseudo_label_crossmatch,
+            min_votes=s.learning.pseudo_label_min_votes,
+            min_score=s.learning.pseudo_label_min_score,
+            min_box_confidence=s.learning.pseudo_label_min_box_confidence,
+            crossmatch=s.learning.pseudo_label_crossmatch,
         )
         self.normal = NormalBoxes(
-            NoveltyParams(alpha=s.label_novelty_alpha, min_reference=s.label_novelty_min_reference)
+            NoveltyParams(
+                alpha=s.learning.label_novelty_alpha,
+                min_reference=s.learning.label_novelty_min_reference,
+            )
         )
 
     def close(self) -> None:
@@ -197,7 +200,7 @@ class DetectProcessor:
             have, need = self.normal.size(score["source"]), self.normal.params.min_reference
             return "rejected", f"normal boxes of its source: {have} of {need} needed", []
         unusual = [box for box, flag in zip(baseline, novel, strict=True) if flag]
-        boxes = merge_adjacent(unusual, self.ctx.settings.label_merge_gap_px)
+        boxes = merge_adjacent(unusual, self.ctx.settings.learning.label_merge_gap_px)
         if not boxes:
             return "rejected", "no box unlike its source's normal images", []
         status, reason = self.labels.judge(

@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 
 from processors.core.artifacts import ArtifactError, ArtifactStore
-from processors.core.config import Settings
+from processors.core.config import ScoreSettings
 from processors.core.control import ModelSlot
 from processors.core.exceptions import ConfigError
 from processors.score.backbone import Backbone, BackboneSpec
@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 _SAFETENSORS_HEADER_END = 8
 
 
-def backbone_spec_from_settings(settings: Settings) -> BackboneSpec:
-    """The configured production backbone: ``backbone``, ``backbone_weights``, ``image_size``,
-    ``torch_threads``, ``torch_compile``, ``allow_random_weights``."""
+def backbone_spec_from_settings(settings: ScoreSettings) -> BackboneSpec:
+    """The configured production backbone (``settings.score``): ``backbone``,
+    ``backbone_weights``, ``image_size``, ``torch_threads``, ``torch_compile``,
+    ``allow_random_weights``."""
     return BackboneSpec(
         name=settings.backbone,
         weights=settings.backbone_weights,

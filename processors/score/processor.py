@@ -107,13 +107,13 @@ class ScoreProcessor:
         s = ctx.settings
         self.ctx = ctx
         if self.backbone is None:
-            self.backbone = Backbone(backbone_spec_from_settings(s))
+            self.backbone = Backbone(backbone_spec_from_settings(s.score))
         store = ArtifactStore(s.artifacts_dir)
         self.models = BackboneCache(self.backbone, store, s.data_dir / "models")
         self.ensembles = EnsembleCache(store)
-        self.math_threads = MathThreads(s.ood_threads)
-        self._embedder = BatchEmbedder(ctx.codec, s.score_chunks, self.times)
-        log.info("score: %r, %d chunk(s) per batch", self.backbone, s.score_chunks)
+        self.math_threads = MathThreads(s.ood.threads)
+        self._embedder = BatchEmbedder(ctx.codec, s.score.chunks, self.times)
+        log.info("score: %r, %d chunk(s) per batch", self.backbone, s.score.chunks)
 
     def close(self) -> None:
         if self._embedder is not None:
@@ -216,7 +216,7 @@ class ScoreProcessor:
             t1 = time.perf_counter()
             if not is_production and not _finite(out, rows):
                 # a broken shadow/canary: its records say so (NaN), for its gate to see
-                verdicts = [_non_finite_verdict(settings.vote_k)] * len(rows)
+                verdicts = [_non_finite_verdict(settings.calibration.vote_k)] * len(rows)
                 latency_ms = 1000 * ((shared_s + forward_s) / n)
                 results.append((assignment, bb, out, verdicts, latency_ms))
                 continue
@@ -230,7 +230,7 @@ class ScoreProcessor:
                         state,
                         assignment.model_version,
                         self.ensembles,
-                        default_vote_k=settings.vote_k,
+                        default_vote_k=settings.calibration.vote_k,
                         source_overrides=is_production or assignment.paired,
                     )
             except SkyloopError:
@@ -248,14 +248,14 @@ class ScoreProcessor:
                     if not verdict.calibrated:
                         key = (assignment.model_version, records[i]["source"])
                         sent = self._uncalibrated_sent.setdefault(key, set())
-                        if len(sent) < settings.reference_size:
+                        if len(sent) < settings.calibration.reference_size:
                             sent.add(records[i]["image_id"])
         serving_models((a.role, a.model_version, bb.spec.name) for a, bb, _, _, _ in results)
         t_encode = time.perf_counter()
         now = datetime.now(UTC)
         partitions = TOPICS["scores"].partitions
         codec = self.ctx.codec
-        normal_share = self.ctx.settings.normal_sample_fraction
+        normal_share = self.ctx.settings.learning.normal_sample_fraction
         messages: dict[int, list[OutMessage]] = {}
         for assignment, bb, out, verdicts, latency_ms in results:
             embeddings = out.features[np.asarray(assignment.rows)].astype("<f2")
@@ -331,7 +331,7 @@ class ScoreProcessor:
         Only the production model is waited for; returns the newest state when it waited.
         """
         follower = self.ctx.extra.get("follower")
-        size = self.ctx.settings.reference_size
+        size = self.ctx.settings.calibration.reference_size
         waiting = {
             s
             for s in sources
@@ -343,7 +343,7 @@ class ScoreProcessor:
         log.info("score: reference windows full for %s; waiting for calibration", sorted(waiting))
         follower.wait_until(
             lambda st: all(st.calibration_for(version, s) is not None for s in waiting),
-            self.ctx.settings.calibration_wait_s,
+            self.ctx.settings.score.calibration_wait_s,
         )
         new_state: ControlState = follower.state
         missing = [s for s in waiting if new_state.calibration_for(version, s) is None]
@@ -351,6 +351,6 @@ class ScoreProcessor:
             log.warning(
                 "score: no calibration for %s after %.0fs; scoring them uncalibrated",
                 missing,
-                self.ctx.settings.calibration_wait_s,
+                self.ctx.settings.score.calibration_wait_s,
             )
         return new_state

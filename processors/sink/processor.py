@@ -98,9 +98,9 @@ class SinkProcessor:
         self.client = connect(ctx.settings.resolved_clickhouse_dsn, **client_options(ctx.settings))
         apply_migrations(self.client)
         self.writer = ClickHouseWriter(self.client)
-        self.landing = ScoreLanding(ctx.codec) if ctx.settings.sink_avro_landing else None
+        self.landing = ScoreLanding(ctx.codec) if ctx.settings.sink.avro_landing else None
         self.reports_dir = ctx.settings.data_dir / "report"
-        self.schedule = ReportSchedule(ctx.settings.report_interval_s, datetime.now(UTC))
+        self.schedule = ReportSchedule(ctx.settings.report.interval_s, datetime.now(UTC))
         if self.serve_queries:
             self.server = QueryServer(self.client, self.lock).start()
             ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -204,9 +204,9 @@ def answer_request(
     epochs = epochs_for(
         len(fit),
         TRAIN_BATCH,
-        settings.train_epochs,
-        settings.train_min_steps,
-        settings.train_max_steps,
+        settings.train.epochs,
+        settings.train.min_steps,
+        settings.train.max_steps,
     )
     try:
         result = train_detector(
@@ -214,11 +214,11 @@ def answer_request(
             workdir / "run",
             epochs=epochs,
             batch=TRAIN_BATCH,
-            imgsz=settings.train_imgsz,
+            imgsz=settings.train.imgsz,
             parent_weights=parent,
-            timeout_s=settings.train_timeout_s,
-            threads=settings.train_threads,
-            memory_mb=settings.train_memory_mb,
+            timeout_s=settings.train.timeout_s,
+            threads=settings.train.threads,
+            memory_mb=settings.train.memory_mb,
             config_dir=settings.data_dir / "ultralytics",
             cancel=cancel,
         )
@@ -263,9 +263,9 @@ def answer_request(
         event_id=decision_id(ISSUER, request["event_id"], EventType.MODEL_REGISTERED),
     )
     gate = ModelGate(
-        map50_tolerance=settings.gate_map50_tolerance,
-        min_map50=settings.gate_min_map50,
-        max_latency_p99_ms=settings.gate_max_latency_p99_ms,
+        map50_tolerance=settings.rollout.gate_map50_tolerance,
+        min_map50=settings.rollout.gate_min_map50,
+        max_latency_p99_ms=settings.rollout.gate_max_latency_p99_ms,
     )
     verdict = gate.judge("detector", candidate.metrics(), baseline.metrics() if baseline else None)
     kind = EventType.MODEL_GATE_PASSED if verdict.passed else EventType.MODEL_GATE_FAILED

@@ -15,10 +15,10 @@ def test_precedence_defaults_file_env_overrides(
     config.write_text("batch_size: 8\ntarget_fpr: 0.01\nreference_size: 64\n")
     monkeypatch.setenv("SKYLOOP_TARGET_FPR", "0.02")
     settings = load_settings(config, reference_size=40)
-    assert settings.batch_size == 8  # file
-    assert settings.target_fpr == 0.02  # env beats file
-    assert settings.reference_size == 40  # explicit beats both
-    assert settings.vote_k == 2  # default
+    assert settings.batch.size == 8  # file
+    assert settings.calibration.target_fpr == 0.02  # env beats file
+    assert settings.calibration.reference_size == 40  # explicit beats both
+    assert settings.calibration.vote_k == 2  # default
     assert settings.topic("scores") == "scores"
 
 

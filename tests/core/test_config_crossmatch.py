@@ -10,17 +10,17 @@ from processors.core.exceptions import ConfigError
 
 def test_defaults_are_offline_gaia_and_openngc_at_one_and_a_half_arcsec() -> None:
     s = load_settings()
-    assert s.crossmatch_catalogs == ["gaia", "openngc"]
-    assert s.crossmatch_radius_arcsec == 1.5
-    assert s.crossmatch_tap_service is None and s.crossmatch_ztf_context
+    assert s.crossmatch.catalogs == ["gaia", "openngc"]
+    assert s.crossmatch.radius_arcsec == 1.5
+    assert s.crossmatch.tap_service is None and s.crossmatch.ztf_context
 
 
 def test_lists_and_maps_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKYLOOP_CROSSMATCH_CATALOGS", '["hipparcos"]')
     monkeypatch.setenv("SKYLOOP_CROSSMATCH_RADIUS_BY_CATALOG", '{"hipparcos": 3.0}')
     s = load_settings()
-    assert s.crossmatch_catalogs == ["hipparcos"]
-    assert s.crossmatch_radius_by_catalog == {"hipparcos": 3.0}
+    assert s.crossmatch.catalogs == ["hipparcos"]
+    assert s.crossmatch.radius_by_catalog == {"hipparcos": 3.0}
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_bad_values_name_the_key(over: dict[str, object], needle: str) -> None:
 
 def test_a_radius_for_the_tap_catalog_is_accepted_once_tap_is_on() -> None:
     s = load_settings(crossmatch_tap_service="simbad", crossmatch_radius_by_catalog={"simbad": 3})
-    assert s.crossmatch_radius_by_catalog == {"simbad": 3.0}
+    assert s.crossmatch.radius_by_catalog == {"simbad": 3.0}
 
 
 def test_ztf_context_catalogs_take_a_radius_and_their_names_agree() -> None:
@@ -55,6 +55,6 @@ def test_ztf_context_catalogs_take_a_radius_and_their_names_agree() -> None:
 
     assert config._ZTF_CATALOGS == ZTF_CATALOGS
     s = load_settings(crossmatch_radius_by_catalog={"ztf:ss": 10.0})
-    assert s.crossmatch_radius_by_catalog == {"ztf:ss": 10.0}
+    assert s.crossmatch.radius_by_catalog == {"ztf:ss": 10.0}
     with pytest.raises(ConfigError, match="'ztf:ss' is not a configured catalog"):
         load_settings(crossmatch_ztf_context=False, crossmatch_radius_by_catalog={"ztf:ss": 10.0})

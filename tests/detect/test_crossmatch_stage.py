@@ -8,7 +8,7 @@ from pathlib import Path
 import astropy.units as u
 import pytest
 
-from processors.core.config import Settings, load_settings
+from processors.core.config import CrossmatchSettings, load_settings
 from processors.core.exceptions import CatalogError
 from processors.core.records import ImageRecord
 from processors.detect.crossmatch_stage import CrossMatchStage
@@ -46,14 +46,14 @@ def _user_catalog(tmp_path: Path) -> Path:
     return path
 
 
-def _settings(tmp_path: Path, **over: object) -> Settings:
+def _settings(tmp_path: Path, **over: object) -> CrossmatchSettings:
     base: dict[str, object] = {
         "data_dir": tmp_path / "data",
         "crossmatch_catalogs": [],
         "crossmatch_user_catalogs": {"mine": _user_catalog(tmp_path)},
         "crossmatch_user_columns": {"ra": "RA", "dec": "DEC", "object_id": "name"},
     }
-    return load_settings(**(base | over))
+    return load_settings(**(base | over)).crossmatch
 
 
 RA, DEC = float(CENTER.ra.deg), float(CENTER.dec.deg)

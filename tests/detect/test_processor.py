@@ -76,7 +76,9 @@ class Detector:
         self.settings = settings
         self.runner = Runner(DetectProcessor(), settings, bootstrap)
         self.producer = make_producer(settings, bootstrap)
-        self.reader = make_consumer(settings, bootstrap, f"{settings.group_prefix}.test-reader")
+        self.reader = make_consumer(
+            settings, bootstrap, f"{settings.kafka.group_prefix}.test-reader"
+        )
         self.reader.assign(
             [
                 TopicPartition(settings.topic(t), p, 0)
@@ -114,7 +116,7 @@ class Detector:
                 value, topic = msg.value(), msg.topic()
                 if msg.error() or value is None or topic is None:
                     continue
-                base = topic[len(self.settings.topic_prefix) :]
+                base = topic[len(self.settings.kafka.topic_prefix) :]
                 schema = "skyloop.CandidateRecord" if base == "candidates" else "skyloop.DeadLetter"
                 out.append((base, CODEC.decode(value, schema)))
         assert len(out) == n, f"expected {n} outputs, got {len(out)}"

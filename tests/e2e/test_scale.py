@@ -45,8 +45,8 @@ def test_two_scorers_share_partitions_and_one_takes_over_when_the_other_dies(
     ensure_topics(settings, kafka_bootstrap)
     base = {
         "SKYLOOP_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "SKYLOOP_TOPIC_PREFIX": settings.topic_prefix,
-        "SKYLOOP_GROUP_PREFIX": settings.group_prefix,
+        "SKYLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "SKYLOOP_GROUP_PREFIX": settings.kafka.group_prefix,
         "SKYLOOP_DATA_DIR": str(tmp_path / "data"),
         "SKYLOOP_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'clickhouse'}",
         "SKYLOOP_SESSION_TIMEOUT_MS": "6000",

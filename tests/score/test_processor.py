@@ -74,7 +74,9 @@ class Scorer:
         self.processor = ScoreProcessor(backbone=backbone)
         self.runner = Runner(self.processor, settings, bootstrap)
         self.producer = make_producer(settings, bootstrap)
-        self.reader = make_consumer(settings, bootstrap, f"{settings.group_prefix}.test-reader")
+        self.reader = make_consumer(
+            settings, bootstrap, f"{settings.kafka.group_prefix}.test-reader"
+        )
         self.reader.assign(
             [TopicPartition(settings.topic("scores"), p, 0) for p in range(PARTITIONS)]
             + [
@@ -146,7 +148,7 @@ class Scorer:
                 value, topic = msg.value(), msg.topic()
                 if msg.error() or value is None or topic is None:
                     continue
-                base = topic[len(self.settings.topic_prefix) :]
+                base = topic[len(self.settings.kafka.topic_prefix) :]
                 schema = "skyloop.ScoreRecord" if base == "scores" else "skyloop.DeadLetter"
                 out.append(Output(base, int(msg.partition() or 0), CODEC.decode(value, schema)))
         return out

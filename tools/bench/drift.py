@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
     args = parser.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="skyloop-drift-"))
-    target = load_settings().target_fpr
+    target = load_settings().calibration.target_fpr
     stream = f"{args.stream}&seed={args.seed}"
     print(
         f"stream {stream}, {args.images} images, target FPR {target}, band "

@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args(argv)
     settings = load_settings()
-    size, fpr, vote_k = settings.reference_size, settings.target_fpr, settings.vote_k
+    size, fpr, vote_k = (
+        settings.calibration.reference_size,
+        settings.calibration.target_fpr,
+        settings.calibration.vote_k,
+    )
     window = args.window or size
     drift_after = args.drift_after or None
     started = time.perf_counter()

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             idle_s=5.0,
             out=io.StringIO(),
         )
-        client = connect(str(settings.clickhouse_dsn))
+        client = connect(str(settings.clickhouse.dsn))
         try:
             stored = client.query("SELECT count() FROM scores FINAL").result_rows[0][0]
         finally:

@@ -122,10 +122,12 @@ def calibrate_source(
     Returns the thresholds. The artifact is written before the event (as the controller does).
     """
     arrays = [decode_image(to_record(image)) for image in images]
-    out = backbone.embed(arrays, batch_size=settings.batch_size)
+    out = backbone.embed(arrays, batch_size=settings.batch.size)
     reference = ReferenceSet(out.features, energy_score(out.logits), backbone.version)
     artifact_id = save_reference(ArtifactStore(settings.artifacts_dir), reference)
-    thresholds = OODEnsemble.fit(reference).thresholds_for_fpr(settings.target_fpr, settings.vote_k)
+    thresholds = OODEnsemble.fit(reference).thresholds_for_fpr(
+        settings.calibration.target_fpr, settings.calibration.vote_k
+    )
     producer = make_producer(settings, bootstrap)
     event = new_event(
         EventType.CALIBRATION_UPDATED,
@@ -134,8 +136,8 @@ def calibrate_source(
         {
             "model_version": backbone.version,
             "artifact_id": artifact_id,
-            "target_fpr": settings.target_fpr,
-            "vote_k": settings.vote_k,
+            "target_fpr": settings.calibration.target_fpr,
+            "vote_k": settings.calibration.vote_k,
             "thresholds": thresholds,
         },
     )
@@ -175,7 +177,7 @@ def _produce_images(settings: Settings, producer: Any, values: list[tuple[bytes,
 
 def _count_scores(settings: Settings, bootstrap: str, expected: int) -> dict[str, int]:
     codec = default_codec()
-    consumer = make_consumer(settings, bootstrap, f"{settings.group_prefix}.bench-check")
+    consumer = make_consumer(settings, bootstrap, f"{settings.kafka.group_prefix}.bench-check")
     topic = settings.topic("scores")
     consumer.assign([TopicPartition(topic, p, 0) for p in range(TOPICS["scores"].partitions)])
     counts = {"scores": 0, "production": 0, "calibrated": 0, "candidates": 0}
@@ -203,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
-    parser.add_argument("--chunks", type=int, default=1, help="Settings.score_chunks")
-    parser.add_argument("--compile", action="store_true", help="Settings.torch_compile")
+    parser.add_argument("--chunks", type=int, default=1, help="Settings.score.chunks")
+    parser.add_argument("--compile", action="store_true", help="Settings.score.torch_compile")
     parser.add_argument("--iters", type=int, default=10, help="raw backbone timed iterations")
     parser.add_argument("--reference", type=int, default=128, help="calibration window size")
     parser.add_argument("--anomaly-rate", type=float, default=0.05)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_size=args.reference,
         session_timeout_ms=6000,
     )
-    backbone = Backbone(backbone_spec_from_settings(settings))
+    backbone = Backbone(backbone_spec_from_settings(settings.score))
     print(
         f"model={backbone.version} device={backbone.device} bf16={backbone.bf16} "
         f"channels_last={backbone.channels_last} compile={args.compile} "

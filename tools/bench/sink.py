@@ -105,8 +105,8 @@ def _measure(rows: int, batch: int, landing: bool, rounds_dir: Path) -> tuple[fl
             stop=stop,
             progress_dir=progress,
             batch_size=batch,
-            max_wait_s=settings.sink_batch_max_wait_ms / 1000,
-            max_batch_bytes=settings.sink_batch_max_bytes,
+            max_wait_s=settings.sink.batch_max_wait_ms / 1000,
+            max_batch_bytes=settings.sink.batch_max_bytes,
         )
         first: list[float] = []
         inside: list[float] = []

@@ -60,6 +60,8 @@ from processors.core.config.sections_io import (
     SinkSettings,
 )
 from processors.core.config.sections_learning import (
+    _BUNDLED_CATALOGS,
+    _TAP_CATALOGS,
     _ZTF_CATALOGS,
     CrossmatchSettings,
     LearningSettings,
@@ -80,6 +82,8 @@ from processors.core.config.settings import Settings
 __all__ = [
     "FLAT_FIELDS",
     "SECTIONS",
+    "_BUNDLED_CATALOGS",
+    "_TAP_CATALOGS",
     "_ZTF_CATALOGS",
     "BatchSettings",
     "BrokerSettings",
