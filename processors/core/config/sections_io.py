@@ -36,25 +36,31 @@ class KafkaSettings(Section):
     """Kafka clients: where the brokers are, topic and group names, transport security."""
 
     bootstrap_servers: str | None = Field(
-        None, description="Kafka bootstrap servers; unset means the embedded Tansu broker"
+        default=None, description="Kafka bootstrap servers; unset means the embedded Tansu broker"
     )
-    topic_prefix: str = Field("", description="prepended to every topic name (tests, tenants)")
-    group_prefix: str = Field("skyloop", description="consumer group ids are <prefix>.<processor>")
-    session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer session timeout")
+    topic_prefix: str = Field(
+        default="", description="prepended to every topic name (tests, tenants)"
+    )
+    group_prefix: str = Field(
+        default="skyloop", description="consumer group ids are <prefix>.<processor>"
+    )
+    session_timeout_ms: int = Field(
+        default=6000, ge=1000, description="Kafka consumer session timeout"
+    )
     # transport security (a production Kafka; unused by the local stack)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security.protocol of every client"
+        default="PLAINTEXT", description="Kafka security.protocol of every client"
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="Kafka SASL mechanism (with a SASL_* protocol)"
+        default=None, description="Kafka SASL mechanism (with a SASL_* protocol)"
     )
     sasl_username: str | None = None
     sasl_password: SecretStr | None = Field(
-        None, description="from the environment or a secret file, never baked into an image"
+        default=None, description="from the environment or a secret file, never baked into an image"
     )
-    ssl_ca_location: Path | None = Field(None, description="CA bundle (PEM) for Kafka TLS")
-    ssl_certificate_location: Path | None = Field(None, description="client cert (PEM)")
-    ssl_key_location: Path | None = Field(None, description="client key (PEM)")
+    ssl_ca_location: Path | None = Field(default=None, description="CA bundle (PEM) for Kafka TLS")
+    ssl_certificate_location: Path | None = Field(default=None, description="client cert (PEM)")
+    ssl_key_location: Path | None = Field(default=None, description="client key (PEM)")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -79,28 +85,28 @@ class ClickHouseSettings(Section):
     """The ClickHouse server (or chdb) the sink and the report use, and its transport security."""
 
     dsn: str | None = Field(
-        None, description="chdb:///path or http(s)://...; unset means chdb under data_dir"
+        default=None, description="chdb:///path or http(s)://...; unset means chdb under data_dir"
     )
     retry_max_s: float = Field(
-        30.0,
+        default=30.0,
         gt=0,
         le=600,
         description="longest back-off between retries of a batch ClickHouse refused",
     )
     # transport security (a production ClickHouse server; unused by the local stack)
-    username: str | None = Field(None, description="overrides the DSN's user")
-    password: SecretStr | None = Field(None, description="overrides the DSN's")
-    ca_cert: Path | None = Field(None, description="CA bundle (PEM) for https DSNs")
-    client_cert: Path | None = Field(None, description="client cert (PEM), mutual TLS")
-    client_key: Path | None = Field(None, description="client key (PEM), mutual TLS")
-    verify: bool = Field(True, description="verify the server's TLS certificate")
+    username: str | None = Field(default=None, description="overrides the DSN's user")
+    password: SecretStr | None = Field(default=None, description="overrides the DSN's")
+    ca_cert: Path | None = Field(default=None, description="CA bundle (PEM) for https DSNs")
+    client_cert: Path | None = Field(default=None, description="client cert (PEM), mutual TLS")
+    client_key: Path | None = Field(default=None, description="client key (PEM), mutual TLS")
+    verify: bool = Field(default=True, description="verify the server's TLS certificate")
 
 
 class BrokerSettings(Section):
     """The embedded (Tansu) broker of the local stack."""
 
     durable: bool = Field(
-        False,
+        default=False,
         description=(
             "the embedded broker keeps its log under <data_dir>/broker (S3 on localbucket), so "
             "a run started again on the same data dir resumes from committed offsets"
@@ -111,22 +117,28 @@ class BrokerSettings(Section):
 class MetricsSettings(Section):
     """The Prometheus ``/metrics`` endpoint of every processor."""
 
-    port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port")
-    host: str = Field("127.0.0.1", description="address /metrics binds to (0.0.0.0 in a container)")
+    port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics port")
+    host: str = Field(
+        default="127.0.0.1", description="address /metrics binds to (0.0.0.0 in a container)"
+    )
 
 
 class BatchSettings(Section):
     """The runner's consume batches (every processor but the sink, which has its own)."""
 
-    size: int = Field(32, ge=1, le=1024, description="messages consumed (and scored) at once")
-    max_wait_ms: int = Field(200, ge=0, le=60_000, description="a partial batch waits this long")
+    size: int = Field(
+        default=32, ge=1, le=1024, description="messages consumed (and scored) at once"
+    )
+    max_wait_ms: int = Field(
+        default=200, ge=0, le=60_000, description="a partial batch waits this long"
+    )
 
 
 class IngestSettings(Section):
     """The ingest processor."""
 
     max_lag: int = Field(
-        2000,
+        default=2000,
         ge=0,
         description=(
             "ingest waits while the scorers are more than this many images behind (0: never waits)"
@@ -138,7 +150,7 @@ class SinkSettings(Section):
     """The ClickHouse sink's insert batches."""
 
     batch_size: int = Field(
-        20_000,
+        default=20_000,
         ge=1,
         le=100_000,
         description=(
@@ -147,16 +159,16 @@ class SinkSettings(Section):
         ),
     )
     batch_max_bytes: int = Field(
-        64 << 20,
+        default=64 << 20,
         ge=1 << 20,
         le=4 << 30,
         description="the sink stops adding to a batch once its messages hold this many bytes",
     )
     batch_max_wait_ms: int = Field(
-        1000, ge=0, le=60_000, description="the sink inserts what it has after this long"
+        default=1000, ge=0, le=60_000, description="the sink inserts what it has after this long"
     )
     avro_landing: bool = Field(
-        True,
+        default=True,
         description=(
             "scores of the current schema go to ClickHouse as Avro, parsed by ClickHouse "
             "(processors.sink.landing); false stores every record as a row built in Python"
@@ -168,5 +180,5 @@ class ReportSettings(Section):
     """The periodic Markdown report."""
 
     interval_s: float = Field(
-        86400.0, gt=0.0, description="seconds between periodic reports during a run"
+        default=86400.0, gt=0.0, description="seconds between periodic reports during a run"
     )

@@ -25,13 +25,18 @@ _ZTF_CATALOGS = ("ztf:ps1", "ztf:gaia", "ztf:gaia_bright", "ztf:ss", "ztf:ref")
 class LearningSettings(Section):
     """Pseudo-labels, the normal-sample share, the dataset and when a retrain is requested."""
 
-    pseudo_label_min_votes: int = Field(2, ge=1, le=3, description="detectors that must agree")
-    pseudo_label_min_score: float = Field(
-        0.98, ge=0.0, le=1.0, description="least calibrated score of the min_votes-th detector"
+    pseudo_label_min_votes: int = Field(
+        default=2, ge=1, le=3, description="detectors that must agree"
     )
-    pseudo_label_min_box_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    pseudo_label_min_score: float = Field(
+        default=0.98,
+        ge=0.0,
+        le=1.0,
+        description="least calibrated score of the min_votes-th detector",
+    )
+    pseudo_label_min_box_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
     pseudo_label_crossmatch: Literal["unmatched", "matched", "any"] = Field(
-        "unmatched",
+        default="unmatched",
         description=(
             "unmatched: a candidate on a catalogued star is explained by it, not a label (a "
             "galaxy host does not count); matched: only candidates with a counterpart; any: the "
@@ -39,7 +44,7 @@ class LearningSettings(Section):
         ),
     )
     normal_sample_fraction: float = Field(
-        0.0625,
+        default=0.0625,
         ge=0.0,
         le=1.0,
         description=(
@@ -48,41 +53,52 @@ class LearningSettings(Section):
         ),
     )
     label_novelty_alpha: float = Field(
-        0.02, gt=0.0, lt=1.0, description="share of normal boxes a pseudo-label box may resemble"
+        default=0.02,
+        gt=0.0,
+        lt=1.0,
+        description="share of normal boxes a pseudo-label box may resemble",
     )
     label_novelty_min_reference: int = Field(
-        64, ge=8, description="normal boxes of a source before its pseudo-labels are judged"
+        default=64, ge=8, description="normal boxes of a source before its pseudo-labels are judged"
     )
     label_merge_gap_px: float = Field(
-        2.0,
+        default=2.0,
         ge=0.0,
         description="a pseudo-label's boxes this close are one (an extended source split in parts)",
     )
     held_out_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="share of images (by hash of id) that never train"
+        default=0.2, gt=0.0, lt=1.0, description="share of images (by hash of id) that never train"
     )
-    dataset_max_samples: int = Field(4096, ge=16, description="most recent pseudo-labels kept")
-    retrain_min_samples: int = Field(64, ge=1, description="new pseudo-labels before a retrain")
-    retrain_cooldown_s: float = Field(3600.0, ge=0.0, description="between retrain requests")
-    retrain_max_per_day: int = Field(6, ge=1, description="retrain budget per trailing 24 h")
+    dataset_max_samples: int = Field(
+        default=4096, ge=16, description="most recent pseudo-labels kept"
+    )
+    retrain_min_samples: int = Field(
+        default=64, ge=1, description="new pseudo-labels before a retrain"
+    )
+    retrain_cooldown_s: float = Field(
+        default=3600.0, ge=0.0, description="between retrain requests"
+    )
+    retrain_max_per_day: int = Field(
+        default=6, ge=1, description="retrain budget per trailing 24 h"
+    )
 
 
 class TrainSettings(Section):
     """One training run of a detector (YOLO) in its own bounded process."""
 
-    epochs: int = Field(40, ge=1, description="YOLO epochs per retrain")
+    epochs: int = Field(default=40, ge=1, description="YOLO epochs per retrain")
     min_steps: int = Field(
-        1500, ge=0, description="optimizer steps at least (more epochs on a small dataset)"
+        default=1500, ge=0, description="optimizer steps at least (more epochs on a small dataset)"
     )
     max_steps: int = Field(
-        6000, ge=1, description="optimizer steps at most (fewer epochs on a large dataset)"
+        default=6000, ge=1, description="optimizer steps at most (fewer epochs on a large dataset)"
     )
     imgsz: int = Field(
-        64, ge=32, le=1280, description="YOLO training image size (cutouts are ~64 px)"
+        default=64, ge=32, le=1280, description="YOLO training image size (cutouts are ~64 px)"
     )
-    timeout_s: float = Field(1800.0, gt=0.0, description="a training run is killed after")
-    threads: int = Field(1, ge=1, description="CPU threads of the training process")
-    memory_mb: int = Field(6144, ge=512, description="address-space limit of training")
+    timeout_s: float = Field(default=1800.0, gt=0.0, description="a training run is killed after")
+    threads: int = Field(default=1, ge=1, description="CPU threads of the training process")
+    memory_mb: int = Field(default=6144, ge=512, description="address-space limit of training")
 
 
 class CrossmatchSettings(Section):
@@ -93,47 +109,52 @@ class CrossmatchSettings(Section):
     """
 
     catalogs: list[str] = Field(
-        ["gaia", "openngc"], description="bundled offline catalogs each candidate is matched to"
+        default=["gaia", "openngc"],
+        description="bundled offline catalogs each candidate is matched to",
     )
     radius_arcsec: float = Field(
-        1.5, gt=0.0, le=60.0, description="match radius of a point source, every catalog"
+        default=1.5, gt=0.0, le=60.0, description="match radius of a point source, every catalog"
     )
     radius_by_catalog: dict[str, float] = Field(
-        {}, description="per-catalog point-source radius in arcsec, e.g. {'simbad': 3.0}"
+        default={}, description="per-catalog point-source radius in arcsec, e.g. {'simbad': 3.0}"
     )
     bright_star_catalogs: list[str] = Field(
-        ["gaia", "hipparcos"],
+        default=["gaia", "hipparcos"],
         description="catalogs whose bright stars match out to a magnitude-scaled radius",
     )
     bright_star_magnitude: float = Field(
-        14.0, le=30.0, description="stars at or brighter than this count as bright"
+        default=14.0, le=30.0, description="stars at or brighter than this count as bright"
     )
     bright_star_max_arcsec: float = Field(
-        600.0, gt=0.0, le=3600.0, description="cap of the magnitude-scaled bright-star radius"
+        default=600.0,
+        gt=0.0,
+        le=3600.0,
+        description="cap of the magnitude-scaled bright-star radius",
     )
-    max_per_catalog: int = Field(5, ge=1, le=100, description="nearest kept per catalog")
+    max_per_catalog: int = Field(default=5, ge=1, le=100, description="nearest kept per catalog")
     user_catalogs: dict[str, Path] = Field(
-        {}, description="name -> CSV, Parquet or FITS table with ra/dec columns (degrees)"
+        default={}, description="name -> CSV, Parquet or FITS table with ra/dec columns (degrees)"
     )
     user_columns: dict[str, str] = Field(
-        {},
+        default={},
         description="column names of the user tables: ra, dec, object_id, magnitude, kind",
     )
     ztf_context: bool = Field(
-        True, description="turn a ZTF alert's own context (ps1, gaia, ss) into cross-matches"
+        default=True,
+        description="turn a ZTF alert's own context (ps1, gaia, ss) into cross-matches",
     )
     tap_service: Literal["simbad", "gaia"] | None = Field(
-        None, description="online TAP cone search per candidate; unset means offline only"
+        default=None, description="online TAP cone search per candidate; unset means offline only"
     )
-    tap_url: str | None = Field(None, description="TAP base URL (service default)")
-    tap_radius_arcsec: float = Field(2.0, gt=0.0, le=600.0)
-    tap_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
-    tap_attempts: int = Field(3, ge=1, le=10, description="tries per TAP query")
+    tap_url: str | None = Field(default=None, description="TAP base URL (service default)")
+    tap_radius_arcsec: float = Field(default=2.0, gt=0.0, le=600.0)
+    tap_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    tap_attempts: int = Field(default=3, ge=1, le=10, description="tries per TAP query")
     tap_failures_to_open: int = Field(
-        3, ge=1, description="failed queries in a row before the TAP circuit opens"
+        default=3, ge=1, description="failed queries in a row before the TAP circuit opens"
     )
     tap_open_s: float = Field(
-        300.0, gt=0.0, description="seconds the TAP circuit stays open before a trial query"
+        default=300.0, gt=0.0, description="seconds the TAP circuit stays open before a trial query"
     )
 
     @field_validator("catalogs", "bright_star_catalogs")

@@ -29,13 +29,14 @@ class ScoreSettings(Section):
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
     allow_random_weights: bool = False
-    image_size: int = Field(224, ge=32, le=1024)
-    torch_threads: int | None = Field(None, ge=1)
+    image_size: int = Field(default=224, ge=32, le=1024)
+    torch_threads: int | None = Field(default=None, ge=1)
     torch_compile: bool = Field(
-        False, description="torch.compile the backbone forward pass (needs a C++ compiler on CPU)"
+        default=False,
+        description="torch.compile the backbone forward pass (needs a C++ compiler on CPU)",
     )
     chunks: int = Field(
-        1,
+        default=1,
         ge=1,
         le=64,
         description=(
@@ -43,14 +44,16 @@ class ScoreSettings(Section):
             "preprocessed on a worker thread while the model runs chunk k (1 = no overlap)"
         ),
     )
-    calibration_wait_s: float = Field(120.0, ge=0, description="scorer wait for a calibration")
+    calibration_wait_s: float = Field(
+        default=120.0, ge=0, description="scorer wait for a calibration"
+    )
 
 
 class OodSettings(Section):
     """The OOD ensemble maths of the scorer."""
 
     threads: int = Field(
-        1,
+        default=1,
         ge=1,
         description=(
             "BLAS threads for the scorer's OOD maths (numpy, scipy, faiss); small matrices, so "
@@ -63,12 +66,12 @@ class CalibrationSettings(Section):
     """Calibration windows and the decision rule (k of 3 detectors at a target FPR)."""
 
     reference_size: int = Field(
-        128, ge=20, description="images in the calibration reference window"
+        default=128, ge=20, description="images in the calibration reference window"
     )
-    target_fpr: float = Field(0.05, gt=0.0, le=0.5)
-    vote_k: int = Field(2, ge=1, le=3, description="detectors that must agree (k of 3)")
+    target_fpr: float = Field(default=0.05, gt=0.0, le=0.5)
+    vote_k: int = Field(default=2, ge=1, le=3, description="detectors that must agree (k of 3)")
     reference_max_size: int = Field(
-        1024,
+        default=1024,
         ge=20,
         description=(
             "a calibration is refined on twice its window while its source stays stable, up to "
@@ -77,25 +80,25 @@ class CalibrationSettings(Section):
         ),
     )
     max_trim: float = Field(
-        0.1, ge=0.0, le=0.5, description="at most this share of a window trimmed as far-out"
+        default=0.1, ge=0.0, le=0.5, description="at most this share of a window trimmed as far-out"
     )
 
 
 class DriftSettings(Section):
     """Drift tests over score and feature windows (invariant: step <= window)."""
 
-    window: int = Field(64, ge=16, description="images per drift test window")
+    window: int = Field(default=64, ge=16, description="images per drift test window")
     min_reference: int = Field(
-        64, ge=20, description="post-drift images enough for a first recalibration"
+        default=64, ge=20, description="post-drift images enough for a first recalibration"
     )
-    step: int = Field(16, ge=1, description="a window is judged every this many images")
-    consecutive: int = Field(2, ge=1, description="disjoint disagreeing windows for drift")
-    ks_p: float = Field(0.002, gt=0.0, lt=1.0, description="KS p-value bound (scores)")
-    psi_min: float = Field(0.1, ge=0.0, description="PSI above its noise, with KS")
+    step: int = Field(default=16, ge=1, description="a window is judged every this many images")
+    consecutive: int = Field(default=2, ge=1, description="disjoint disagreeing windows for drift")
+    ks_p: float = Field(default=0.002, gt=0.0, lt=1.0, description="KS p-value bound (scores)")
+    psi_min: float = Field(default=0.1, ge=0.0, description="PSI above its noise, with KS")
     feature_p: float = Field(
-        0.002, gt=0.0, lt=1.0, description="KS p bound on feature projections (Bonferroni)"
+        default=0.002, gt=0.0, lt=1.0, description="KS p bound on feature projections (Bonferroni)"
     )
-    flag_p: float = Field(0.002, gt=0.0, lt=1.0, description="binomial flag-rate bound")
+    flag_p: float = Field(default=0.002, gt=0.0, lt=1.0, description="binomial flag-rate bound")
 
     @model_validator(mode="after")
     def _step_within_window(self) -> DriftSettings:
@@ -107,10 +110,10 @@ class DriftSettings(Section):
 class DecaySettings(Section):
     """Threshold decay between recalibrations (invariant: floor <= ceiling)."""
 
-    rate: float = Field(0.002, ge=0.0, lt=1.0, description="t = base(1 - d ln(1+n))")
-    every: int = Field(256, ge=1, description="images between decay events")
-    floor: float = Field(0.5, ge=0.0, le=1.0)
-    ceiling: float = Field(1.0, ge=0.0, le=1.0)
+    rate: float = Field(default=0.002, ge=0.0, lt=1.0, description="t = base(1 - d ln(1+n))")
+    every: int = Field(default=256, ge=1, description="images between decay events")
+    floor: float = Field(default=0.5, ge=0.0, le=1.0)
+    ceiling: float = Field(default=1.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self) -> DecaySettings:
@@ -122,47 +125,61 @@ class DecaySettings(Section):
 class SourcesSettings(Section):
     """Per-source draw weights and error back-off of ingest's sources."""
 
-    rebalance_every: int = Field(512, ge=1, description="items per source between weights")
+    rebalance_every: int = Field(default=512, ge=1, description="items per source between weights")
     weight_floor: float = Field(
-        0.05, ge=0.0, lt=1.0, description="least share of draws of an active source"
+        default=0.05, ge=0.0, lt=1.0, description="least share of draws of an active source"
     )
-    backoff_window: int = Field(64, ge=1, description="items per source per error-rate check")
-    backoff_max_error_rate: float = Field(0.2, gt=0.0, lt=1.0)
-    backoff_base_s: float = Field(30.0, gt=0.0)
-    backoff_max_s: float = Field(3600.0, gt=0.0)
+    backoff_window: int = Field(
+        default=64, ge=1, description="items per source per error-rate check"
+    )
+    backoff_max_error_rate: float = Field(default=0.2, gt=0.0, lt=1.0)
+    backoff_base_s: float = Field(default=30.0, gt=0.0)
+    backoff_max_s: float = Field(default=3600.0, gt=0.0)
 
 
 class HealthSettings(Section):
     """Pipeline health windows and pauses, and the lanes' tumbling stats window."""
 
-    window: int = Field(256, ge=1, description="items per pipeline health window")
-    max_error_rate: float = Field(0.5, gt=0.0, le=1.0)
-    max_latency_p99_ms: float = Field(5000.0, gt=0.0)
-    consecutive: int = Field(3, ge=1)
-    pause_s: float = Field(60.0, gt=0.0)
-    max_pause_s: float = Field(3600.0, gt=0.0)
-    stats_window_s: float = Field(60.0, gt=0.0, description="tumbling window of lane stats")
+    window: int = Field(default=256, ge=1, description="items per pipeline health window")
+    max_error_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    max_latency_p99_ms: float = Field(default=5000.0, gt=0.0)
+    consecutive: int = Field(default=3, ge=1)
+    pause_s: float = Field(default=60.0, gt=0.0)
+    max_pause_s: float = Field(default=3600.0, gt=0.0)
+    stats_window_s: float = Field(default=60.0, gt=0.0, description="tumbling window of lane stats")
 
 
 class RolloutSettings(Section):
     """A new model's trial, shadow, canary and gate (see processors/controller/lifecycle.py)."""
 
     trial_outputs: int = Field(
-        64, ge=1, description="a new scoring model's shadow outputs judged by its gate"
+        default=64, ge=1, description="a new scoring model's shadow outputs judged by its gate"
     )
-    shadow_outputs: int = Field(64, ge=1, description="healthy shadow outputs → canary")
-    canary_fraction: float = Field(0.2, gt=0.0, le=1.0, description="canary share of images")
-    canary_outputs: int = Field(256, ge=1, description="healthy canary outputs → promotion")
+    shadow_outputs: int = Field(default=64, ge=1, description="healthy shadow outputs → canary")
+    canary_fraction: float = Field(
+        default=0.2, gt=0.0, le=1.0, description="canary share of images"
+    )
+    canary_outputs: int = Field(default=256, ge=1, description="healthy canary outputs → promotion")
     canary_health_window: int = Field(
-        32, ge=4, description="canary outputs per health judgement (one bad window: rollback)"
+        default=32,
+        ge=4,
+        description="canary outputs per health judgement (one bad window: rollback)",
     )
-    canary_max_latency_ratio: float = Field(3.0, gt=1.0, description="p99 vs production's")
-    canary_ks_p: float = Field(0.001, gt=0.0, lt=1.0, description="KS p bound vs production")
+    canary_max_latency_ratio: float = Field(default=3.0, gt=1.0, description="p99 vs production's")
+    canary_ks_p: float = Field(
+        default=0.001, gt=0.0, lt=1.0, description="KS p bound vs production"
+    )
     canary_min_agreement: float = Field(
-        0.3, ge=-1.0, le=1.0, description="scorers: Spearman rho with production, same images"
+        default=0.3,
+        ge=-1.0,
+        le=1.0,
+        description="scorers: Spearman rho with production, same images",
     )
-    gate_map50_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    gate_map50_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
     gate_min_map50: float = Field(
-        0.3, ge=0.0, le=1.0, description="held-out mAP50 a first detector needs to pass its gate"
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="held-out mAP50 a first detector needs to pass its gate",
     )
-    gate_max_latency_p99_ms: float = Field(2000.0, gt=0.0)
+    gate_max_latency_p99_ms: float = Field(default=2000.0, gt=0.0)

@@ -64,35 +64,39 @@ class Settings(BaseSettings):
     )
 
     # truly global: where things are, and which self-correction regime runs
-    data_dir: Path = Field(Path(".skyloop"), description="local stack data, artifacts, reports")
-    progress_dir: Path | None = Field(None, description="where processors write progress files")
+    data_dir: Path = Field(
+        default=Path(".skyloop"), description="local stack data, artifacts, reports"
+    )
+    progress_dir: Path | None = Field(
+        default=None, description="where processors write progress files"
+    )
     control_policy: Literal["skyloop", "static", "astrolens"] = Field(
-        "skyloop",
+        default="skyloop",
         description=(
             "skyloop: drift, recalibration, decay; static: calibrate once; astrolens: "
             "AstroLens v1.1's threshold rules (benchmarks)"
         ),
     )
 
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
-    broker: BrokerSettings = Field(default_factory=BrokerSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    batch: BatchSettings = Field(default_factory=BatchSettings)
-    ingest: IngestSettings = Field(default_factory=IngestSettings)
-    score: ScoreSettings = Field(default_factory=ScoreSettings)
-    ood: OodSettings = Field(default_factory=OodSettings)
-    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
-    drift: DriftSettings = Field(default_factory=DriftSettings)
-    decay: DecaySettings = Field(default_factory=DecaySettings)
-    sources: SourcesSettings = Field(default_factory=SourcesSettings)
-    health: HealthSettings = Field(default_factory=HealthSettings)
-    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
-    learning: LearningSettings = Field(default_factory=LearningSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    crossmatch: CrossmatchSettings = Field(default_factory=CrossmatchSettings)
-    sink: SinkSettings = Field(default_factory=SinkSettings)
-    report: ReportSettings = Field(default_factory=ReportSettings)
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    broker: BrokerSettings = BrokerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    batch: BatchSettings = BatchSettings()
+    ingest: IngestSettings = IngestSettings()
+    score: ScoreSettings = ScoreSettings()
+    ood: OodSettings = OodSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
+    drift: DriftSettings = DriftSettings()
+    decay: DecaySettings = DecaySettings()
+    sources: SourcesSettings = SourcesSettings()
+    health: HealthSettings = HealthSettings()
+    rollout: RolloutSettings = RolloutSettings()
+    learning: LearningSettings = LearningSettings()
+    train: TrainSettings = TrainSettings()
+    crossmatch: CrossmatchSettings = CrossmatchSettings()
+    sink: SinkSettings = SinkSettings()
+    report: ReportSettings = ReportSettings()
 
     @classmethod
     def settings_customise_sources(
