@@ -230,7 +230,7 @@ class Runner:
         retrying = Retrying(
             retry=retry_if_exception_type(StoreUnavailableError),
             wait=wait_exponential_jitter(
-                multiplier=0.1, max=self.settings.clickhouse.retry_max_s, jitter=0.1
+                multiplier=0.1, max=self.settings.sink.store_retry_max_s, jitter=0.1
             ),
             stop=stop_when_event_set(self.stop.event),
             sleep=wait_polling,

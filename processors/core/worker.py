@@ -115,7 +115,7 @@ def run_batch_loop(processor: Any, settings: Any, **limits: Any) -> int:
     Runner(
         processor,
         settings,
-        settings.bootstrap_servers,
+        settings.kafka.bootstrap_servers,
         stop=StopSignal().install(),
         progress_dir=settings.progress_dir,
         **limits,

@@ -41,7 +41,7 @@ def run(settings: Any, args: argparse.Namespace) -> int:
     return run_batch_loop(
         SinkProcessor(),
         settings,
-        batch_size=settings.sink_batch_size,
-        max_batch_bytes=settings.sink_batch_max_bytes,
-        max_wait_s=settings.sink_batch_max_wait_ms / 1000,
+        batch_size=settings.sink.batch_size,
+        max_batch_bytes=settings.sink.batch_max_bytes,
+        max_wait_s=settings.sink.batch_max_wait_ms / 1000,
     )

@@ -57,6 +57,6 @@ def run(settings: Any, args: argparse.Namespace) -> int:
     stop = StopSignal().install()
     lower_priority()
     Trainer(
-        settings, settings.bootstrap_servers, ProgressFile(settings.progress_dir, SPEC.group)
+        settings, settings.kafka.bootstrap_servers, ProgressFile(settings.progress_dir, SPEC.group)
     ).run(stop.event)
     return 0

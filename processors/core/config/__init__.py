@@ -30,7 +30,7 @@ bootstrap_servers          kafka.bootstrap_servers
 topic_prefix               kafka.topic_prefix
 group_prefix               kafka.group_prefix
 session_timeout_ms         kafka.session_timeout_ms
-store_retry_max_s          clickhouse.retry_max_s
+store_retry_max_s          sink.store_retry_max_s
 score_chunks               score.chunks
 calibration_max_trim       calibration.max_trim
 threshold_decay            decay.rate

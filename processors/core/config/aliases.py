@@ -101,7 +101,7 @@ _RENAMED = {
     ("kafka", "topic_prefix"): "topic_prefix",
     ("kafka", "group_prefix"): "group_prefix",
     ("kafka", "session_timeout_ms"): "session_timeout_ms",
-    ("clickhouse", "retry_max_s"): "store_retry_max_s",
+    ("sink", "store_retry_max_s"): "store_retry_max_s",
     ("score", "chunks"): "score_chunks",
     ("calibration", "max_trim"): "calibration_max_trim",
     ("decay", "rate"): "threshold_decay",

@@ -87,12 +87,6 @@ class ClickHouseSettings(Section):
     dsn: str | None = Field(
         default=None, description="chdb:///path or http(s)://...; unset means chdb under data_dir"
     )
-    retry_max_s: float = Field(
-        default=30.0,
-        gt=0,
-        le=600,
-        description="longest back-off between retries of a batch ClickHouse refused",
-    )
     # transport security (a production ClickHouse server; unused by the local stack)
     username: str | None = Field(default=None, description="overrides the DSN's user")
     password: SecretStr | None = Field(default=None, description="overrides the DSN's")
@@ -147,7 +141,7 @@ class IngestSettings(Section):
 
 
 class SinkSettings(Section):
-    """The ClickHouse sink's insert batches."""
+    """The ClickHouse sink's insert batches and its retries while ClickHouse is away."""
 
     batch_size: int = Field(
         default=20_000,
@@ -173,6 +167,12 @@ class SinkSettings(Section):
             "scores of the current schema go to ClickHouse as Avro, parsed by ClickHouse "
             "(processors.sink.landing); false stores every record as a row built in Python"
         ),
+    )
+    store_retry_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="longest back-off between retries of a batch ClickHouse refused",
     )
 
 
