@@ -149,7 +149,7 @@ def run_local(
     interrupted = False
     truth: RestartedTruth | None = None
     restarts: dict[str, int] = {}
-    durable = settings.data_dir.resolve() / "broker" if settings.broker_durable else None
+    durable = settings.data_dir.resolve() / "broker" if settings.broker.durable else None
     if durable is not None:
         # control events name calibration artifacts by id: with a log that outlives the run,
         # the store must too, so every run of this data dir shares one
@@ -161,19 +161,20 @@ def run_local(
         stack = run_dir / "stack.json"
         stack.write_text(
             json.dumps(
-                {"bootstrap": broker.bootstrap_servers, "topic_prefix": settings.topic_prefix}
+                {"bootstrap": broker.bootstrap_servers, "topic_prefix": settings.kafka.topic_prefix}
             )
         )
         env = {
             "SKYLOOP_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "SKYLOOP_DATA_DIR": str(run_dir),
             "SKYLOOP_PROGRESS_DIR": str(progress),
-            "SKYLOOP_TOPIC_PREFIX": settings.topic_prefix,
-            "SKYLOOP_GROUP_PREFIX": settings.group_prefix,
+            "SKYLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "SKYLOOP_GROUP_PREFIX": settings.kafka.group_prefix,
             "HF_HUB_OFFLINE": "1",
         }
-        # lists and mappings as JSON (what pydantic-settings parses from the environment)
-        for key, value in settings.model_dump(exclude_none=True).items():
+        # every setting under its flat name; lists and mappings as JSON (what pydantic-settings
+        # parses from the environment)
+        for key, value in settings.flat_dump(exclude_none=True).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             text = json.dumps(value) if isinstance(value, list | dict) else str(value)

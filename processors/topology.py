@@ -83,9 +83,8 @@ def render(fmt: str = "table") -> str:
         data = spec.describe()
         folds = data["folds"]
         title = spec.name + "".join(f" (also {a})" for a in spec.aliases)
-        lines = [
-            f"worker {title}: {spec.mode}, group {spec.group}, settings {spec.settings_section}"
-        ]
+        sections = ", ".join(spec.settings_sections)
+        lines = [f"worker {title}: {spec.mode}, group {spec.group}, settings {sections}"]
         lines.append(f"  {spec.summary}")
         for label, items in (
             ("consumes", spec.consumes),

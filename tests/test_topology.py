@@ -11,6 +11,7 @@ import yaml
 
 from processors import local, topology
 from processors.cli import main
+from processors.core.config import Settings
 from processors.core.control import EVENT_TYPES
 from processors.core.exceptions import ConfigError
 from processors.core.records import TOPICS
@@ -49,6 +50,13 @@ def test_control_events_named_are_event_types() -> None:
     emitters = {spec.name for spec in SPECS if spec.emits}
     assert emitters == {"controller", "train"}
     assert {spec.name for spec in SPECS if "control.events" in spec.produces} == emitters
+
+
+def test_settings_sections_a_spec_names_exist() -> None:
+    sections = {name for name in Settings.model_fields if name not in ("data_dir", "progress_dir")}
+    for spec in SPECS:
+        assert spec.settings_sections, spec.name
+        assert set(spec.settings_sections) <= sections, spec.name
 
 
 def test_batch_loops_consume_exactly_their_processors_inputs() -> None:

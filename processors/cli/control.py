@@ -23,8 +23,8 @@ def cmd_control(args: argparse.Namespace) -> int:
     from processors.operator import OperatorRequest, operator_event
 
     resolved = settings(args)
-    if resolved.bootstrap_servers is not None:
-        bootstrap = resolved.bootstrap_servers
+    if resolved.kafka.bootstrap_servers is not None:
+        bootstrap = resolved.kafka.bootstrap_servers
         artifacts = resolved.artifacts_dir
     else:
         bootstrap, prefix = live_bootstrap(args)
@@ -78,7 +78,7 @@ def _registration(
         version=version,
         kind=args.kind,
         weights=store.put_bytes(weights.read_bytes()),
-        backbone=(args.backbone or settings.backbone) if args.kind == "scorer" else None,
+        backbone=(args.backbone or settings.score.backbone) if args.kind == "scorer" else None,
         parent=args.parent,
         code=code_version(),
         notes=args.reason,

@@ -90,10 +90,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     spec = resolve(args.name)
     run = spec.load_run()
     resolved = settings(args)
-    if resolved.bootstrap_servers is None:
+    if resolved.kafka.bootstrap_servers is None:
         raise ConfigError("skyloop worker needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
-    ensure_topics(resolved, resolved.bootstrap_servers)
-    serve_metrics(resolved.metrics_port, resolved.metrics_host)
+    ensure_topics(resolved, resolved.kafka.bootstrap_servers)
+    serve_metrics(resolved.metrics.port, resolved.metrics.host)
     return int(run(resolved, args))
 
 
@@ -110,9 +110,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     from processors.sink.migrations import MigrationError, apply_migrations
 
     resolved = settings(args)
-    if resolved.bootstrap_servers is None:
+    if resolved.kafka.bootstrap_servers is None:
         raise ConfigError("skyloop init needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
-    bootstrap = resolved.bootstrap_servers
+    bootstrap = resolved.kafka.bootstrap_servers
 
     def migrate() -> None:
         client = connect(resolved.resolved_clickhouse_dsn, **client_options(resolved))

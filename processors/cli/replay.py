@@ -27,8 +27,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         until=utc(args.until, "--until") if args.until else None,
         sources=frozenset(args.source) if args.source else None,
     )
-    if resolved.bootstrap_servers is not None:
-        bootstrap = resolved.bootstrap_servers
+    if resolved.kafka.bootstrap_servers is not None:
+        bootstrap = resolved.kafka.bootstrap_servers
     else:
         bootstrap, prefix = live_bootstrap(args)
         resolved = resolved.model_copy(update={"topic_prefix": prefix})

@@ -48,7 +48,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
         broker_credentials=faust_credentials(settings),
         store="memory://",
         producer_max_batch_size=1,  # the embedded broker restores tables only with this
-        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         topic_partitions=partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,

@@ -68,23 +68,23 @@ def candidate_output(boxes: Sequence[Box]) -> float:
 
 def gate_from_settings(s: Any) -> ModelGate:
     return ModelGate(
-        map50_tolerance=s.gate_map50_tolerance,
-        min_map50=s.gate_min_map50,
-        max_latency_p99_ms=s.gate_max_latency_p99_ms,
+        map50_tolerance=s.rollout.gate_map50_tolerance,
+        min_map50=s.rollout.gate_min_map50,
+        max_latency_p99_ms=s.rollout.gate_max_latency_p99_ms,
     )
 
 
 def policy_from_settings(s: Any) -> RolloutPolicy:
     """The rollout policy and gate the typed settings describe."""
     return RolloutPolicy(
-        trial_outputs=s.rollout_trial_outputs,
-        shadow_outputs=s.rollout_shadow_outputs,
-        canary_fraction=s.canary_fraction,
-        canary_outputs=s.canary_outputs,
-        health_window=s.canary_health_window,
-        max_latency_ratio=s.canary_max_latency_ratio,
-        ks_p=s.canary_ks_p,
-        min_agreement=s.canary_min_agreement,
+        trial_outputs=s.rollout.trial_outputs,
+        shadow_outputs=s.rollout.shadow_outputs,
+        canary_fraction=s.rollout.canary_fraction,
+        canary_outputs=s.rollout.canary_outputs,
+        health_window=s.rollout.canary_health_window,
+        max_latency_ratio=s.rollout.canary_max_latency_ratio,
+        ks_p=s.rollout.canary_ks_p,
+        min_agreement=s.rollout.canary_min_agreement,
         gate=gate_from_settings(s),
     )
 

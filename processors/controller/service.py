@@ -96,7 +96,7 @@ class ControlService:
         windows: ChangelogTable,
     ) -> None:
         self.settings = settings
-        FLAG_RATE_TARGET.set(settings.target_fpr)
+        FLAG_RATE_TARGET.set(settings.calibration.target_fpr)
         self.bootstrap = bootstrap
         self.progress = progress
         self.table = table
@@ -112,12 +112,12 @@ class ControlService:
         self.lifecycle = Lifecycle(policy_from_settings(settings))
         self.learning = LearningLoop(
             RetrainTrigger(
-                min_samples=settings.retrain_min_samples,
-                cooldown_s=settings.retrain_cooldown_s,
-                max_per_day=settings.retrain_max_per_day,
+                min_samples=settings.learning.retrain_min_samples,
+                cooldown_s=settings.learning.retrain_cooldown_s,
+                max_per_day=settings.learning.retrain_max_per_day,
             ),
-            held_out_fraction=settings.held_out_fraction,
-            max_samples=settings.dataset_max_samples,
+            held_out_fraction=settings.learning.held_out_fraction,
+            max_samples=settings.learning.dataset_max_samples,
         )
         self._lifecycle_loaded = False
         self._learning_loaded = False
@@ -301,7 +301,7 @@ class ControlService:
 
     def _roll_window(self, src: SourceState, score: ScoreRecord, partition: int) -> None:
         """Close the lane's tumbling stats window when this score starts a new one."""
-        size = self.settings.stats_window_s
+        size = self.settings.health.stats_window_s
         at = score["scored_at"].timestamp()
         start = datetime.fromtimestamp(at - at % size, UTC).isoformat()
         lane = src.lane(score["model_version"])

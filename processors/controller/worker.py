@@ -50,7 +50,7 @@ SPEC = WorkerSpec(
         EventType.MODEL_PROMOTED,
         EventType.MODEL_ROLLED_BACK,
     ),
-    settings_section="controller",
+    settings_sections=("calibration", "drift", "decay", "sources", "health", "rollout", "learning"),
     group="stats",
     run="processors.controller.worker:run",
 )
@@ -68,10 +68,10 @@ def run(settings: Any, args: argparse.Namespace) -> int:
     from processors.controller.app import build_app
     from processors.core.progress import ProgressFile
 
-    threadpool_limits(limits=settings.ood_threads, user_api="blas")
+    threadpool_limits(limits=settings.ood.threads, user_api="blas")
 
     progress = ProgressFile(settings.progress_dir, SPEC.group)
-    app = build_app(settings, settings.bootstrap_servers, progress)
+    app = build_app(settings, settings.kafka.bootstrap_servers, progress)
 
     @app.on_partitions_assigned.connect
     async def _ready(*_: Any, **__: Any) -> None:

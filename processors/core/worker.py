@@ -62,8 +62,8 @@ class WorkerSpec:
     """Control event types folded into its ``ControlState`` (:data:`WHOLE_LOG`: all of them)."""
     emits: tuple[str, ...]
     """Control event types the worker itself emits to ``control.events``."""
-    settings_section: str
-    """The settings section that tunes it."""
+    settings_sections: tuple[str, ...]
+    """The settings sections that tune it (``settings.<section>``), the first its own."""
     group: str
     """Consumer group id suffix (``settings.group(group)``), also its progress file's name."""
     run: str
@@ -98,7 +98,7 @@ class WorkerSpec:
             "state": list(self.state),
             "folds": "all" if self.folds == WHOLE_LOG else list(self.folds),
             "emits": list(self.emits),
-            "settings_section": self.settings_section,
+            "settings_sections": list(self.settings_sections),
             "group": self.group,
             "run": self.run,
         }

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 class ScoreLag:
     def __init__(self, settings: Settings, bootstrap: str, interval_s: float = 0.25) -> None:
-        self.max_lag = settings.ingest_max_lag
+        self.max_lag = settings.ingest.max_lag
         self.interval_s = interval_s
         self.partitions = [
             TopicPartition(settings.topic("images.raw"), p)

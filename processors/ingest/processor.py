@@ -213,7 +213,7 @@ def run_ingest(
         part.deliver = deliver
 
     def shares(names: Sequence[str]) -> dict[str, float]:
-        floor = settings.source_weight_floor
+        floor = settings.sources.weight_floor
         allocation = draw_shares(follower.state, names, floor, datetime.now(UTC))
         progress.set("shares", allocation)
         return allocation

@@ -26,7 +26,7 @@ SPEC = WorkerSpec(
     state=("dedupe windows",),  # recent ids, counting distinct images and dead letters
     folds=WHOLE_LOG,
     emits=(),
-    settings_section="ingest",
+    settings_sections=("ingest", "sources"),
     group="ingest",
     run="processors.ingest.worker:run",
 )
@@ -46,7 +46,7 @@ def run(settings: Any, args: argparse.Namespace) -> int:
     duration = getattr(args, "duration", None)
     summary = run_ingest(
         settings,
-        settings.bootstrap_servers,
+        settings.kafka.bootstrap_servers,
         source,
         limit=getattr(args, "images", None) or None,
         duration_s=duration_seconds(duration) if duration else None,

@@ -29,7 +29,7 @@ SPEC = WorkerSpec(
         EventType.MODEL_GATE_FAILED,
         EventType.BUDGET_DEFERRED,
     ),
-    settings_section="train",
+    settings_sections=("train", "rollout"),
     group="train",
     run="processors.train.worker:run",
 )

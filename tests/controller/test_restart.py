@@ -86,8 +86,8 @@ class Run:
             "SKYLOOP_BOOTSTRAP_SERVERS": self.bootstrap,
             "SKYLOOP_DATA_DIR": str(self.data),
             "SKYLOOP_PROGRESS_DIR": str(self.data / "progress"),
-            "SKYLOOP_TOPIC_PREFIX": self.settings.topic_prefix,
-            "SKYLOOP_GROUP_PREFIX": self.settings.group_prefix,
+            "SKYLOOP_TOPIC_PREFIX": self.settings.kafka.topic_prefix,
+            "SKYLOOP_GROUP_PREFIX": self.settings.kafka.group_prefix,
             "HF_HUB_OFFLINE": "1",
         }
         self.data.mkdir(parents=True, exist_ok=True)

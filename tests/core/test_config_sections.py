@@ -140,13 +140,6 @@ def test_every_old_flat_key_maps_onto_exactly_one_section_field() -> None:
     assert set(Settings.model_fields) == {"data_dir", "progress_dir", "control_policy", *SECTIONS}
 
 
-def test_transitional_flat_reads() -> None:
-    """TRANSITIONAL: goes with ``Settings.__getattr__`` once no module reads a flat name."""
-    s = Settings(drift_window=32)
-    for flat, (section, field) in FLAT_FIELDS.items():
-        assert getattr(s, flat) == getattr(getattr(s, section), field)
-
-
 def test_sectioned_env_and_yaml_and_overrides(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,9 +108,9 @@ def test_every_skyloop_variable_is_a_setting_with_a_valid_value() -> None:
             if k in keys - CLI_VARIABLES
         }
         settings = Settings(**values)  # raises if a value is invalid
-        assert settings.bootstrap_servers == "kafka:9092"
+        assert settings.kafka.bootstrap_servers == "kafka:9092"
         assert settings.resolved_clickhouse_dsn.startswith("http://clickhouse:8123/")
-        assert settings.metrics_host == "0.0.0.0"
+        assert settings.metrics.host == "0.0.0.0"
 
 
 def test_ports_agree_between_services_prometheus_and_settings() -> None:

@@ -25,7 +25,7 @@ SCHEMAS = {"images.raw": "skyloop.ImageRecord", "images.dlq": "skyloop.DeadLette
 
 def _read(settings: Settings, bootstrap: str, base: str, n: int) -> list[dict[str, Any]]:
     """The first ``n`` records of a topic, decoded (all partitions; waits up to 20 s)."""
-    consumer = make_consumer(settings, bootstrap, f"{settings.group_prefix}.reader")
+    consumer = make_consumer(settings, bootstrap, f"{settings.kafka.group_prefix}.reader")
     consumer.assign(
         [
             TopicPartition(settings.topic(base), p, OFFSET_BEGINNING)

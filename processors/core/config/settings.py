@@ -173,11 +173,3 @@ class Settings(BaseSettings):
         for flat, (section, field) in FLAT_FIELDS.items():
             out[flat] = getattr(getattr(self, section), field)
         return {k: v for k, v in out.items() if not (exclude_none and v is None)}
-
-    # TRANSITIONAL: flat reads (``settings.drift_window``) from modules not yet converted to
-    # ``settings.drift.window``. Remove once no caller reads a flat name (the lead's follow-up).
-    def __getattr__(self, name: str) -> Any:
-        place = FLAT_FIELDS.get(name)
-        if place is not None:
-            return getattr(getattr(self, place[0]), place[1])
-        return super().__getattr__(name)  # type: ignore[misc]
