@@ -43,6 +43,7 @@ from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ensure_topics
 from processors.core.progress import read_progress
+from processors.core.retention import HotLog
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
@@ -201,8 +202,20 @@ def run_local(
                     *[a for s in sources for a in ("--source", s)],
                     restart=False,
                 )
+                hotlog = None if durable else _hot_log(settings, broker, sup, truth, progress, out)
                 try:
-                    _follow(sup, truth, progress, images, duration_s, started, timeout_s, logs, out)
+                    _follow(
+                        sup,
+                        truth,
+                        progress,
+                        images,
+                        duration_s,
+                        started,
+                        timeout_s,
+                        logs,
+                        out,
+                        hotlog,
+                    )
                 except KeyboardInterrupt:
                     interrupted = True
                     out.write(
@@ -210,7 +223,9 @@ def run_local(
                         "(Ctrl-C again to abort)\n"
                     )
                     sup.stop("ingest")
-                    _follow(sup, truth, progress, images, None, started, timeout_s, logs, out)
+                    _follow(
+                        sup, truth, progress, images, None, started, timeout_s, logs, out, hotlog
+                    )
                 ingest_seconds = time.monotonic() - ingest_started
                 out.write("\nskyloop: all stages done; stopping processors\n")
                 sup.stop_all()
@@ -246,6 +261,7 @@ def _follow(
     timeout_s: float,
     logs: Path,
     out: TextIO,
+    hotlog: HotLog | None = None,
 ) -> None:
     """Show progress until every stage has handled every ingested item."""
     ingest_started = time.monotonic()
@@ -268,11 +284,56 @@ def _follow(
             return
         _check(sup)
         _heal_broker(truth.broker)
+        if hotlog is not None:
+            ingest_child = sup.children.get("ingest")
+            alive = ingest_child is not None and ingest_child.proc.poll() is None
+            hotlog.tick(ingest, alive)
         if now - started > timeout_s:
             raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
         time.sleep(0.5)
 
 
+# --- the bounded hot log (processors/core/retention.py) ---------------------------------------
+HOT_LOG_CONSUMERS = ("score", "detect", "sink")
+"""The batch-loop workers that release their subscriptions for a rotation."""
+
+
+def _hot_log(
+    settings: Settings,
+    broker: EmbeddedBroker,
+    sup: Supervisor,
+    truth: RestartedTruth,
+    progress: Path,
+    out: TextIO,
+) -> HotLog:
+    """The rotation driver of the in-memory broker: drained means the stop condition holds
+    with ingest held (everything it delivered handled by every stage)."""
+
+    def drained() -> bool:
+        ingest, sink, controller = (
+            _progress(progress, n) for n in ("ingest", "sink", "controller")
+        )
+        sink = truth.sink(sink)
+        return _done(
+            {**ingest, "done": True},
+            sink,
+            truth.controller(controller, sink),
+            _progress(progress, "train"),
+        )
+
+    return HotLog(
+        settings,
+        broker.bootstrap_servers,
+        progress,
+        lambda: broker.pid,
+        drained,
+        [resolve(w).group for w in HOT_LOG_CONSUMERS],
+        lambda rotate: sup.recycle("controller", rotate),
+        out,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 def _sigterm_as_interrupt() -> None:
     """SIGINT and SIGTERM unwind as KeyboardInterrupt, so the run drains and cleans up.
 

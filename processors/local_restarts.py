@@ -60,7 +60,7 @@ class RestartedTruth:
 
     def _restarted(self, name: str) -> bool:
         child = self.sup.children.get(name)
-        return child is not None and child.restarts > 0
+        return child is not None and (child.restarts > 0 or child.recycled > 0)
 
     def sink(self, progress: dict[str, Any]) -> dict[str, Any]:
         if not self._restarted("sink"):

@@ -67,6 +67,7 @@ from processors.core.processor import (
     StopSignal,
 )
 from processors.core.progress import ProgressFile
+from processors.core.retention import Released
 
 __all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "StopSignal"]
 
@@ -106,6 +107,7 @@ class Runner:
         )
         self._delivery_errors: list[str] = []
         self._paused = False
+        self._hotlog = Released(progress_dir)  # hot-log rotations (core/retention.py)
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -122,13 +124,17 @@ class Runner:
             if not follower.wait_caught_up(timeout_s=60):
                 log.warning("%s: control log not caught up after 60 s; continuing", name)
             self.processor.setup(self.ctx)
-            consumer.subscribe([settings.topic(t) for t in self.processor.inputs])
+            topics = [settings.topic(t) for t in self.processor.inputs]
+            consumer.subscribe(topics)
             prefix_len = len(settings.kafka.topic_prefix)
             bases: dict[str, str] = {}  # topic name -> base name, computed once per topic
             self.ctx.progress.set("ready", True)
             self.ctx.progress.write(force=True)
             pausable = bool(getattr(self.processor, "pausable", False))
             while not self.stop.is_set():
+                if self._hotlog.asked():  # between batches: everything consumed is committed
+                    self._hotlog.release(consumer, topics, self.ctx.progress, self.stop.is_set)
+                    continue
                 if pausable and self._hold(consumer, follower.state):
                     continue
                 raw = self._consume(consumer)

@@ -102,6 +102,8 @@ class Child:
     """Stopped on purpose: never restarted."""
     restart: bool = True
     """False for a child whose death must end the run (it cannot resume where it was)."""
+    recycled: int = 0
+    """Times it was stopped and started again on purpose (:meth:`Supervisor.recycle`)."""
 
     @property
     def restarts(self) -> int:
@@ -201,6 +203,19 @@ class Supervisor:
             return None
         child.stopped = True
         return terminate(child.proc, timeout_s)
+
+    def recycle(
+        self, name: str, between: Callable[[], None] | None = None, timeout_s: float = 20.0
+    ) -> Child:
+        """Stop a child on purpose, run ``between``, and start it again with the same arguments
+        (not a restart: no back-off, and the restart bound does not count it)."""
+        child = self.children[name]
+        terminate(child.proc, timeout_s)
+        if between is not None:
+            between()
+        child.proc, child.log_path = self._spawn(child.name, child.args)
+        child.recycled += 1
+        return child
 
     def stop_all(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every live child, wait up to ``timeout_s`` in total, then SIGKILL the rest."""

@@ -48,6 +48,7 @@ from processors.core.kafka import ControlFollower, make_producer, partition_for
 from processors.core.metrics import DEAD_LETTERS, MESSAGES_OUT
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, DeadLetter, dead_letter
+from processors.core.retention import hold_ingest
 from processors.core.runner import DeliveryError, StopSignal
 from processors.ingest.backpressure import ScoreLag
 from processors.ingest.interleaved import Interleaved
@@ -234,6 +235,8 @@ def run_ingest(
                 break
             if taken % BACKPRESSURE_EVERY == 0 and backpressure.hold(stop.is_set):
                 progress.set("backpressure_s", round(backpressure.waited_s, 1))
+            if taken % BACKPRESSURE_EVERY == 0:  # a hot-log rotation (core/retention.py)
+                hold_ingest(progress_dir, deliver_and_commit, progress, stop.is_set)
             item = next(items, None)
             if item is None:
                 break

@@ -31,6 +31,8 @@ topic_prefix               kafka.topic_prefix
 group_prefix               kafka.group_prefix
 session_timeout_ms         kafka.session_timeout_ms
 store_retry_max_s          sink.store_retry_max_s
+log_retention_bytes        broker.log_retention_bytes
+log_retention_s            broker.log_retention_s
 score_chunks               score.chunks
 calibration_max_trim       calibration.max_trim
 threshold_decay            decay.rate

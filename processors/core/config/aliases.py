@@ -102,6 +102,8 @@ _RENAMED = {
     ("kafka", "group_prefix"): "group_prefix",
     ("kafka", "session_timeout_ms"): "session_timeout_ms",
     ("sink", "store_retry_max_s"): "store_retry_max_s",
+    ("broker", "log_retention_bytes"): "log_retention_bytes",
+    ("broker", "log_retention_s"): "log_retention_s",
     ("score", "chunks"): "score_chunks",
     ("calibration", "max_trim"): "calibration_max_trim",
     ("decay", "rate"): "threshold_decay",

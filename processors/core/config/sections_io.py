@@ -106,6 +106,20 @@ class BrokerSettings(Section):
             "a run started again on the same data dir resumes from committed offsets"
         ),
     )
+    log_retention_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description=(
+            "the hot log's bound: when the in-memory broker has grown this many bytes since its "
+            "last rotation, the data topics are drained and recreated (control.events is kept "
+            "whole; ClickHouse has every record); 0: unbounded"
+        ),
+    )
+    log_retention_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="the hot log's time bound: rotate at least this often (seconds; 0: never)",
+    )
 
 
 class MetricsSettings(Section):

@@ -1,0 +1,171 @@
+"""The bounded hot log on the embedded broker: a rotation deletes the data topics only after
+every group has handled them, and nothing is lost or handled twice across it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from processors.core.config import Settings, load_settings
+from processors.core.control import ControlState
+from processors.core.kafka import ensure_topics, make_consumer, make_producer
+from processors.core.retention import HotLog, broker_rss_bytes, read_signal
+from processors.core.runner import InMessage, OutMessage, RunContext, Runner
+from processors.core.stack import EmbeddedBroker
+
+RECORD = 200_000  # bytes per record: enough for the broker's memory to show it
+
+
+class Counting:
+    """Records every images.raw value it handles; ``gate`` blocks it (a lagging group)."""
+
+    inputs = ("images.raw",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[bytes] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def setup(self, ctx: RunContext) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
+        while not self.gate.wait(0.1):
+            pass
+        self.seen.extend(m.value[:16] for m in batch)
+        return []
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as b:
+        yield b
+
+
+@pytest.fixture
+def hot_settings(tmp_path: Path, unique: str) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data",
+        topic_prefix=f"t{unique}.",
+        group_prefix=f"g{unique}",
+        session_timeout_ms=6000,
+        log_retention_bytes=1,  # rotate as soon as anything is held
+        log_retention_s=0,
+    )
+
+
+def _produce(settings: Settings, bootstrap: str, start: int, n: int) -> list[bytes]:
+    producer = make_producer(settings, bootstrap)
+    keys = [f"record-{i:08d}".encode() for i in range(start, start + n)]
+    for i, key in enumerate(keys):
+        value = key + bytes(RECORD - len(key))
+        producer.produce(settings.topic("images.raw"), key=key, value=value, partition=i % 4)
+    assert producer.flush(30) == 0
+    return [k + bytes(16 - len(k)) for k in keys]
+
+
+def _wait(predicate: object, hotlog: HotLog | None = None, timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if hotlog is not None:
+            hotlog.tick({"done": True}, ingest_alive=False)
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _start(runner: Runner) -> threading.Thread:
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_rotation_waits_for_every_group_and_loses_nothing(
+    broker: EmbeddedBroker, hot_settings: Settings, tmp_path: Path
+) -> None:
+    settings, bootstrap = hot_settings, broker.bootstrap_servers
+    progress = tmp_path / "progress"
+    ensure_topics(settings, bootstrap)
+    fast, slow = Counting("fast"), Counting("slow")
+    slow.gate.clear()  # the slow group lags: it holds its first batch
+    runners = [Runner(p, settings, bootstrap, progress_dir=progress) for p in (fast, slow)]
+    threads = [_start(r) for r in runners]
+    first = _produce(settings, bootstrap, 0, 60)
+    hotlog = HotLog(
+        settings,
+        bootstrap,
+        progress,
+        lambda: broker.pid,
+        lambda: len(fast.seen) >= len(first) and len(slow.seen) >= len(first),
+        ["fast", "slow"],
+        lambda rotate: rotate(),
+    )
+    hotlog.floor = 0  # the whole broker counts as held: a rotation is due at once
+    assert _wait(lambda: len(fast.seen) == len(first))
+    held = broker_rss_bytes(broker.pid)
+    # the lagging group blocks the rotation: nothing deleted, the records still there
+    assert not _wait(lambda: hotlog.rotations > 0, hotlog, timeout_s=5)
+    assert read_signal(progress) == (1, "hold")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    assert settings.topic("images.raw") in admin.list_topics(timeout=10).topics
+    slow.gate.set()
+    assert _wait(lambda: hotlog.rotations == 1, hotlog), "the rotation never happened"
+    assert read_signal(progress) == (1, "open")
+    assert sorted(fast.seen) == sorted(first) and sorted(slow.seen) == sorted(first)
+    assert hotlog.floor < held, "deleting the topics gave no memory back"
+    # the next epoch: consumers start again from offset 0 of the new topics, each record once
+    second = _produce(settings, bootstrap, 60, 30)
+    both = sorted(first + second)
+    assert _wait(lambda: len(fast.seen) >= len(both) and len(slow.seen) >= len(both))
+    time.sleep(1)
+    assert sorted(fast.seen) == both and sorted(slow.seen) == both
+    for runner in runners:
+        runner.stop.event.set()
+    for thread in threads:
+        thread.join(30)
+    probe = make_consumer(settings, bootstrap, settings.group("slow"))
+    parts = [TopicPartition(settings.topic("images.raw"), p) for p in range(4)]
+    assert sum(tp.offset for tp in probe.committed(parts, timeout=10)) == len(second)
+    probe.close()
+
+
+def test_unacknowledged_release_deletes_nothing(
+    broker: EmbeddedBroker, hot_settings: Settings, tmp_path: Path
+) -> None:
+    """A group that never lets go (here: one that is not running) keeps the epoch: the
+    rotation gives up after its timeout and reopens, and every record is still readable."""
+    settings, bootstrap = hot_settings, broker.bootstrap_servers
+    progress = tmp_path / "progress"
+    ensure_topics(settings, bootstrap)
+    first = _produce(settings, bootstrap, 0, 20)
+    hotlog = HotLog(
+        settings,
+        bootstrap,
+        progress,
+        lambda: broker.pid,
+        lambda: True,
+        ["absent"],
+        lambda rotate: rotate(),
+        drain_timeout_s=2,
+    )
+    hotlog.floor = 0
+    assert _wait(lambda: hotlog.aborted == 1, hotlog, timeout_s=20)
+    assert hotlog.rotations == 0 and read_signal(progress) == (1, "open")
+    reader = Counting("reader")
+    runner = Runner(reader, settings, bootstrap, progress_dir=progress)
+    thread = _start(runner)
+    assert _wait(lambda: len(reader.seen) >= len(first))
+    runner.stop.event.set()
+    thread.join(30)
+    assert sorted(reader.seen) == sorted(first)
