@@ -13,7 +13,9 @@ of the pipeline's processes and of the whole machine (``/proc``), and the images
 (the sink's progress file). At the end it reports, per process, RSS after
 warm-up (the first ``--warmup`` fraction of the samples is left out) as first / last / max and
 the drift of a least-squares line through it over the run, in percent; throughput per sample
-interval (first and second half of the run); and, from ClickHouse, each drift onset with the
+interval (first and second half of the run); the broker's RSS (``tansu``: what the hot log
+holds) and the run's total RSS over the second half, with the hot-log rotations; and, from
+ClickHouse, each drift onset with the
 first ``drift.detected`` after it and the first recalibration caused by it (``never`` when
 none came before the next onset).
 """
@@ -55,6 +57,26 @@ def _trend_pct(values: list[float]) -> float:
     return float(100.0 * slope * (y.size - 1) / y.mean())
 
 
+def _hot_log_summary(kept: list[tuple[float, dict[str, float], int]], run_log: Path) -> None:
+    """The broker's memory (what the hot log holds: ``tansu``'s RSS) and the run's total RSS
+    over the second half of the kept samples, and the rotations the run made."""
+    half = kept[len(kept) // 2 :]
+    if len(half) < 2:
+        return
+    broker = [rss.get("tansu", 0.0) for _, rss, _ in half]
+    total = [sum(rss.values()) for _, rss, _ in half]
+    rotations = sum("hot log: rotated" in line for line in run_log.read_text().splitlines())
+    print(
+        f"broker (tansu) RSS, second half (MB): first {broker[0]:.0f}, last {broker[-1]:.0f}, "
+        f"max {max(broker):.0f}, trend {_trend_pct(broker):+.1f}%; hot-log rotations {rotations}"
+    )
+    print(
+        f"total RSS, second half (MB): first {total[0]:.0f}, last {total[-1]:.0f}, "
+        f"max {max(total):.0f}, growth {100 * (total[-1] - total[0]) / total[0]:+.1f}%, "
+        f"trend {_trend_pct(total):+.1f}%; images scored {kept[-1][2]}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="30m")
@@ -62,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=0.2, help="share of samples left out")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument(
+        "--retention-bytes",
+        type=int,
+        default=None,
+        help="the hot log's bound (SKYLOOP_LOG_RETENTION_BYTES; 0: unbounded)",
+    )
     args = parser.parse_args(argv)
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="skyloop-soak-"))
     seg = args.segment
@@ -83,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"soak: {' '.join(cmd[2:])}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if args.retention_bytes is not None:
+        env["SKYLOOP_LOG_RETENTION_BYTES"] = str(args.retention_bytes)
     log = open(data / "soak-run.log", "w") if data.exists() else None  # noqa: SIM115
     if log is None:
         data.mkdir(parents=True)
@@ -139,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {name:<10} {series[0]:7.0f} {series[-1]:6.0f} {max(series):6.0f} "
                 f"{_trend_pct(series):+6.1f}%"
             )
+    _hot_log_summary(kept, data / "soak-run.log")
     rates = [(b[2] - a[2]) / (b[0] - a[0]) for a, b in itertools.pairwise(kept) if b[0] > a[0]]
     if rates:
         half = len(rates) // 2 or 1
