@@ -34,6 +34,7 @@ __all__ = [
     "make_producer",
     "partition_for",
     "produce_control_event",
+    "retention_configs",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,16 +136,53 @@ def make_consumer(settings: Settings, bootstrap: str, group_id: str, **overrides
     return Consumer(conf)
 
 
-def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 15.0) -> None:
+def retention_configs(settings: Settings, name: str) -> dict[str, str]:
+    """A real Kafka's per-topic retention for topic ``name`` (its base name): the hot log's
+    bounds (ARCHITECTURE.md, "The local stack") on the data topics, ``log_retention_bytes``
+    shared over all their partitions (``retention.bytes`` counts per partition; segments a
+    quarter of it, so deletion can act), ``log_retention_s`` as ``retention.ms``; ``control.events``
+    keeps everything. Unlike the embedded broker's rotation, Kafka deletes by age and size
+    whether or not a group has consumed: size the bounds to the longest lag to survive.
+
+    >>> from processors.core.config import Settings
+    >>> retention_configs(Settings(log_retention_bytes=2**30, log_retention_s=3600), "scores")
+    {'retention.bytes': '67108864', 'segment.bytes': '16777216', 'retention.ms': '3600000'}
+    """
+    if name == "control.events":
+        return {"retention.bytes": "-1", "retention.ms": "-1"}
+    conf: dict[str, str] = {}
+    bound = settings.broker.log_retention_bytes
+    if bound > 0:
+        partitions = sum(s.partitions for n, s in TOPICS.items() if n != "control.events")
+        per = max(bound // partitions, 2**20)
+        conf["retention.bytes"] = str(per)
+        conf["segment.bytes"] = str(max(per // 4, 2**20))
+    if settings.broker.log_retention_s > 0:
+        conf["retention.ms"] = str(int(settings.broker.log_retention_s * 1000))
+    return conf
+
+
+def ensure_topics(
+    settings: Settings, bootstrap: str, timeout_s: float = 15.0, configs: bool | None = None
+) -> None:
     """Create every topic of the catalogue (with its partition count) if it does not exist.
 
     Topics must exist before any client touches them: the embedded broker auto-creates topics
     with 4 partitions, which would break the single-partition order of ``control.events``.
+    ``configs`` (default: when ``bootstrap_servers`` names a real Kafka) creates them with
+    :func:`retention_configs`; the embedded broker bounds its log by rotation instead.
     """
+    if configs is None:
+        configs = settings.kafka.bootstrap_servers is not None
     admin = AdminClient({**kafka_security(settings), "bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
-        NewTopic(settings.topic(spec.name), spec.partitions, 1)
+        NewTopic(
+            settings.topic(spec.name),
+            spec.partitions,
+            1,
+            config=retention_configs(settings, spec.name) if configs else None,
+        )
         for spec in TOPICS.values()
         if settings.topic(spec.name) not in existing
     ]

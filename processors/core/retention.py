@@ -24,7 +24,7 @@ drain predicate holds and every consumer has acknowledged the release (a lagging
 the rotation; a drain that does not finish within ``drain_timeout_s`` reopens without deleting
 anything). Why not delete a topic under a live consumer: librdkafka (2.16) crashes (SIGSEGV in
 its metadata cache) when the embedded broker answers a fetch for a deleted topic, and aiokafka
-stays at its old position on the recreated topic (measured; ARCHITECTURE.md, "The hot log").
+stays at its old position on the recreated topic (measured; ARCHITECTURE.md, "The local stack").
 
 The channel is a JSON file ``hotlog.json`` in the run's progress folder, ``{"epoch", "phase"}``;
 workers acknowledge in their own progress files (``hotlog_held``, ``hotlog_released``). On a

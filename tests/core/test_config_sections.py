@@ -20,6 +20,8 @@ _FLAT_KEYS = [
     "session_timeout_ms",
     "metrics_port",
     "broker_durable",
+    "log_retention_bytes",
+    "log_retention_s",
     "metrics_host",
     "backbone",
     "backbone_weights",
