@@ -181,7 +181,7 @@ def ensure_topics(
             settings.topic(spec.name),
             spec.partitions,
             1,
-            config=retention_configs(settings, spec.name) if configs else None,
+            config=retention_configs(settings, spec.name) if configs else {},
         )
         for spec in TOPICS.values()
         if settings.topic(spec.name) not in existing
