@@ -169,3 +169,27 @@ def test_unacknowledged_release_deletes_nothing(
     runner.stop.event.set()
     thread.join(30)
     assert sorted(reader.seen) == sorted(first)
+
+
+def test_real_kafka_topics_get_the_bounds_as_broker_retention(
+    kafka_bootstrap: str, hot_settings: Settings
+) -> None:
+    """On a real Kafka the broker retains: ``skyloop init`` creates the data topics with the
+    hot log's bounds and ``control.events`` unlimited (the embedded broker stores them too)."""
+    from confluent_kafka.admin import ConfigResource
+
+    settings = hot_settings.model_copy(
+        update={"broker": hot_settings.broker.model_copy(update={"log_retention_bytes": 2**30})}
+    )
+    ensure_topics(settings, kafka_bootstrap, configs=True)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    wanted = {
+        name: ConfigResource("topic", settings.topic(name)) for name in ("scores", "control.events")
+    }
+    found = {
+        name: {k: c.value for k, c in admin.describe_configs([res])[res].result().items()}
+        for name, res in wanted.items()
+    }
+    assert found["scores"]["retention.bytes"] == str(2**30 // 16)
+    assert found["control.events"]["retention.bytes"] == "-1"
+    assert found["control.events"]["retention.ms"] == "-1"
