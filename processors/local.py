@@ -43,7 +43,7 @@ from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ensure_topics
 from processors.core.progress import read_progress
-from processors.core.retention import HotLog
+from processors.core.retention import HotLog, groups_past
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
@@ -309,17 +309,20 @@ def _hot_log(
     """The rotation driver of the in-memory broker: drained means the stop condition holds
     with ingest held (everything it delivered handled by every stage)."""
 
+    readers = {resolve(w).group: resolve(w).consumes for w in ("score", "controller", "detect")}
+
     def drained() -> bool:
         ingest, sink, controller = (
             _progress(progress, n) for n in ("ingest", "sink", "controller")
         )
         sink = truth.sink(sink)
-        return _done(
+        done = _done(
             {**ingest, "done": True},
             sink,
             truth.controller(controller, sink),
             _progress(progress, "train"),
-        )
+        )  # then every other group must be past what the sink has stored
+        return done and groups_past(settings, broker.bootstrap_servers, readers, "sink")
 
     return HotLog(
         settings,

@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -55,6 +55,7 @@ __all__ = [
     "HotLog",
     "Released",
     "broker_rss_bytes",
+    "groups_past",
     "hold_ingest",
     "read_signal",
     "rotate_topics",
@@ -181,6 +182,43 @@ def rotate_topics(
             raise StackError(f"topics {names} still listed {timeout_s:.0f}s after deletion")
         time.sleep(0.05)
     ensure_topics(settings, bootstrap, timeout_s)
+
+
+def groups_past(
+    settings: Settings, bootstrap: str, groups: Mapping[str, Iterable[str]], reference: str
+) -> bool:
+    """Whether every group in ``groups`` (group suffix -> data topics it reads) has committed,
+    on every partition, at least what ``reference`` (the sink's group: it reads every topic and
+    has stored everything when the drain predicate holds) has committed. Committed offsets,
+    never end offsets (wrong on the embedded broker for batched records). Clients that only
+    ask for committed offsets are safe across a deletion (no fetch)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    def committed(group: str, topics: Iterable[str]) -> list[int]:
+        client = Consumer(
+            {
+                **kafka_security(settings),
+                "bootstrap.servers": bootstrap,
+                "group.id": settings.group(group),
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            parts = [
+                TopicPartition(settings.topic(t), p)
+                for t in topics
+                for p in range(TOPICS[t].partitions)
+            ]
+            return [max(tp.offset, 0) for tp in client.committed(parts, timeout=10)]
+        finally:
+            client.close()
+
+    for group, topics in groups.items():
+        data = [t for t in topics if t in DATA_TOPICS]
+        pairs = zip(committed(group, data), committed(reference, data), strict=True)
+        if any(at < ref for at, ref in pairs):
+            return False
+    return True
 
 
 @dataclass

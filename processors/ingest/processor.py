@@ -231,12 +231,12 @@ def run_ingest(
     items: Iterator[SourceItem] = iter(source)
     try:
         while not stop.is_set() and (limit is None or taken < limit):
+            if taken % BACKPRESSURE_EVERY == 0:  # a hot-log rotation (core/retention.py)
+                hold_ingest(progress_dir, deliver_and_commit, progress, stop.is_set)
             if duration_s is not None and time.perf_counter() - started >= duration_s:
                 break
             if taken % BACKPRESSURE_EVERY == 0 and backpressure.hold(stop.is_set):
                 progress.set("backpressure_s", round(backpressure.waited_s, 1))
-            if taken % BACKPRESSURE_EVERY == 0:  # a hot-log rotation (core/retention.py)
-                hold_ingest(progress_dir, deliver_and_commit, progress, stop.is_set)
             item = next(items, None)
             if item is None:
                 break

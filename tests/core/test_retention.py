@@ -193,3 +193,28 @@ def test_real_kafka_topics_get_the_bounds_as_broker_retention(
     assert found["scores"]["retention.bytes"] == str(2**30 // 16)
     assert found["control.events"]["retention.bytes"] == "-1"
     assert found["control.events"]["retention.ms"] == "-1"
+
+
+def test_a_group_behind_the_sink_blocks_the_drain(
+    kafka_bootstrap: str, hot_settings: Settings
+) -> None:
+    """The drain also asks every reader group's committed offsets: one behind the sink's on any
+    partition of a data topic it reads holds the rotation (the sink has everything stored)."""
+    from processors.core.retention import groups_past
+
+    settings = hot_settings
+    ensure_topics(settings, kafka_bootstrap)
+    _produce(settings, kafka_bootstrap, 0, 8)  # two records on each partition of images.raw
+
+    def commit(group: str, offset: int) -> None:
+        client = make_consumer(settings, kafka_bootstrap, settings.group(group))
+        parts = [TopicPartition(settings.topic("images.raw"), p, offset) for p in range(4)]
+        client.commit(offsets=parts, asynchronous=False)
+        client.close()
+
+    readers = {"score": ("images.raw",), "stats": ("scores", "images.dlq", "candidates")}
+    commit("sink", 2)
+    commit("score", 1)
+    assert not groups_past(settings, kafka_bootstrap, readers, "sink")
+    commit("score", 2)
+    assert groups_past(settings, kafka_bootstrap, readers, "sink")
