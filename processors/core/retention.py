@@ -119,9 +119,12 @@ class Released:
     and subscribes again. Call it only between batches: what was consumed is committed.
     """
 
-    def __init__(self, progress_dir: Path | None, every_s: float = 0.25) -> None:
+    def __init__(
+        self, progress_dir: Path | None, every_s: float = 0.25, settle_s: float = 2.0
+    ) -> None:
         self.progress_dir = progress_dir
         self.every_s = every_s
+        self.settle_s = settle_s
         self._next = 0.0
         # epochs opened before our start are not ours; one being released is
         epoch, phase = read_signal(progress_dir)
@@ -139,9 +142,13 @@ class Released:
     ) -> None:
         epoch, _ = read_signal(self.progress_dir)
         consumer.unsubscribe()
+        # serve the revocation, then keep polling a while: the fetchers of the revoked
+        # partitions stop asynchronously, and one that fetches a deleted topic kills the
+        # process (module docstring); nothing is returned while unsubscribed
+        settled = time.monotonic() + self.settle_s
         deadline = time.monotonic() + 30
-        while consumer.assignment() and time.monotonic() < deadline:
-            consumer.consume(1, 0.1)  # serves the revocation; nothing is returned unsubscribed
+        while time.monotonic() < deadline and (consumer.assignment() or time.monotonic() < settled):
+            consumer.consume(1, 0.1)
         progress.set("hotlog_released", epoch)
         progress.write(force=True)
         while not stopped() and read_signal(self.progress_dir) == (epoch, RELEASE):
