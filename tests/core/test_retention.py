@@ -3,6 +3,7 @@ every group has handled them, and nothing is lost or handled twice across it."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -218,3 +219,29 @@ def test_a_group_behind_the_sink_blocks_the_drain(
     assert not groups_past(settings, kafka_bootstrap, readers, "sink")
     commit("score", 2)
     assert groups_past(settings, kafka_bootstrap, readers, "sink")
+
+
+def test_ingest_holds_flushed_until_the_epoch_opens(tmp_path: Path) -> None:
+    from processors.core.progress import ProgressFile
+    from processors.core.retention import hold_ingest, write_signal
+
+    flushed: list[float] = []
+    progress = ProgressFile(tmp_path, "ingest")
+    assert not hold_ingest(tmp_path, lambda: flushed.append(1), progress, lambda: False)
+    write_signal(tmp_path, 3, "hold")
+    held: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: held.append(
+            hold_ingest(tmp_path, lambda: flushed.append(1), progress, lambda: False)
+        )
+    )
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive() and flushed == [1]
+    assert json.loads((tmp_path / "ingest.json").read_text())["hotlog_held"] == 3
+    write_signal(tmp_path, 3, "release")
+    time.sleep(0.3)
+    assert thread.is_alive()  # still held while the consumers let go
+    write_signal(tmp_path, 3, "open")
+    thread.join(5)
+    assert held == [True]
