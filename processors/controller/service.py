@@ -61,6 +61,7 @@ from processors.core.metrics import (
 )
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, CandidateRecord, DeadLetter, ScoreRecord
+from processors.core.retention import epoch_topic, live_epoch
 from processors.policies.profile import load_profile
 from processors.policies.retrain import RetrainTrigger
 
@@ -121,6 +122,9 @@ class ControlService:
         )
         self._lifecycle_loaded = False
         self._learning_loaded = False
+        # the hot log's epoch of the data topics (core/retention.py): offsets restart at 0 in
+        # each, so the guard's positions are per epoch ("scores#3"); epoch 0 keeps "scores"
+        self.epoch = live_epoch(settings.progress_dir)
         self.follower: ControlFollower | None = None
         self.producer: Any = None
         self._heads: dict[str, SourceState] = {}
@@ -166,13 +170,13 @@ class ControlService:
                 self.progress.add("undecodable")
                 continue
             src = self.head(score["source"])
-            if src.seen("scores", partition, offset):
+            if src.seen(epoch_topic("scores", self.epoch), partition, offset):
                 self.progress.add("redelivered")
                 continue
             self._roll_window(src, score, partition)
             self._emit(self.controller.on_score(src, score, self.control))
             self._emit([Emit(e) for e in self._lifecycle().on_score(score, self.control)])
-            src.mark("scores", partition, offset)
+            src.mark(epoch_topic("scores", self.epoch), partition, offset)
             touched[src.source] = partition
             self.progress.add("applied")
         self._save(touched)
@@ -199,10 +203,10 @@ class ControlService:
                 self._emit(self.controller.on_dead_letter(None, letter, self.control))
                 continue
             src = self.head(source)
-            if src.seen("images.dlq", partition, offset):
+            if src.seen(epoch_topic("images.dlq", self.epoch), partition, offset):
                 continue
             self._emit(self.controller.on_dead_letter(src, letter, self.control))
-            src.mark("images.dlq", partition, offset)
+            src.mark(epoch_topic("images.dlq", self.epoch), partition, offset)
             touched[source] = partition
         self._save(touched)
 
@@ -220,12 +224,12 @@ class ControlService:
                 log.error("controller: undecodable candidate at %d/%d: %s", partition, offset, exc)
                 continue
             src = self.head(candidate["source"])
-            if src.seen("candidates", partition, offset):
+            if src.seen(epoch_topic("candidates", self.epoch), partition, offset):
                 continue
             self._lifecycle()
             self._emit(self._learning().on_candidate(candidate))
             self._emit([Emit(e) for e in self.lifecycle.on_candidate(candidate)])
-            src.mark("candidates", partition, offset)
+            src.mark(epoch_topic("candidates", self.epoch), partition, offset)
             touched[src.source] = partition
             self.progress.add("candidates")
         if touched:

@@ -164,6 +164,12 @@ class SourceState:
 
     def mark(self, topic: str, partition: int, offset: int) -> None:
         key = f"{topic}:{partition}"
+        if key not in self.offsets:  # a new hot-log epoch of the topic: forget the older ones
+            base = topic.split("#")[0]
+            stale = [k for k in self.offsets if k.split(":")[0].split("#")[0] == base]
+            for k in stale:
+                if k.split(":")[0] != topic:
+                    del self.offsets[k]
         self.offsets[key] = max(offset, self.offsets.get(key, -1))
 
     def to_bytes(self) -> bytes:

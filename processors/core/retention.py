@@ -55,8 +55,10 @@ __all__ = [
     "HotLog",
     "Released",
     "broker_rss_bytes",
+    "epoch_topic",
     "groups_past",
     "hold_ingest",
+    "live_epoch",
     "read_signal",
     "rotate_topics",
     "write_signal",
@@ -157,6 +159,23 @@ class Released:
         consumer.subscribe(topics)
         progress.set("hotlog_epoch", epoch)
         progress.write(force=True)
+
+
+def live_epoch(progress_dir: Path | None) -> int:
+    """The epoch of the data topics that exist now: a rotation of epoch k deletes epoch k-1's
+    topics and says ``open`` for k once the new ones exist."""
+    epoch, phase = read_signal(progress_dir)
+    return epoch if phase == OPEN else max(epoch - 1, 0)
+
+
+def epoch_topic(topic: str, epoch: int) -> str:
+    """A position key's topic for ``epoch`` (offsets restart at 0 in each): ``scores``, then
+    ``scores#1``, ``scores#2``, ...
+
+    >>> epoch_topic("scores", 0), epoch_topic("scores", 3)
+    ('scores', 'scores#3')
+    """
+    return topic if epoch == 0 else f"{topic}#{epoch}"
 
 
 def broker_rss_bytes(pid: int | None) -> int:
@@ -320,9 +339,13 @@ class HotLog:
             if not acked:
                 return
             before = broker_rss_bytes(self.broker_pid())
-            self.around(lambda: rotate_topics(self.settings, self.bootstrap))
+
+            def rotate() -> None:  # with the controller down; it starts in the open epoch
+                rotate_topics(self.settings, self.bootstrap)
+                self._open(rot, now)
+
+            self.around(rotate)
             self.rotations += 1
-            self._open(rot, now)
             self._say(
                 f"hot log: rotated epoch {rot.epoch} "
                 f"(broker {before / 2**20:.0f} -> {self.floor / 2**20:.0f} MB, "

@@ -245,3 +245,20 @@ def test_ingest_holds_flushed_until_the_epoch_opens(tmp_path: Path) -> None:
     write_signal(tmp_path, 3, "open")
     thread.join(5)
     assert held == [True]
+
+
+def test_the_controllers_offset_guard_starts_over_in_each_epoch() -> None:
+    """Offsets restart at 0 in a rotated topic: a position of the old epoch must not make the
+    controller skip the new epoch's records, and old epochs' positions are dropped."""
+    from processors.controller.state import SourceState
+    from processors.core.retention import epoch_topic
+
+    src = SourceState("synthetic")
+    for offset in range(100):
+        src.mark(epoch_topic("scores", 0), 2, offset)
+    assert src.seen(epoch_topic("scores", 0), 2, 50)
+    assert not src.seen(epoch_topic("scores", 1), 2, 0)  # the new epoch's first record
+    src.mark(epoch_topic("scores", 1), 2, 0)
+    src.mark(epoch_topic("images.dlq", 1), 2, 0)
+    assert src.seen(epoch_topic("scores", 1), 2, 0)
+    assert sorted(src.offsets) == ["images.dlq#1:2", "scores#1:2"]
