@@ -10,8 +10,9 @@ off. Nothing here decides anything; :mod:`processors.controller.controller` does
   and the post-drift data a recalibration is built from, one table key per entry.
 - :class:`LaneState`: a (model, source)'s calibration, drift window, hysteresis and decay.
 - :class:`SourceState`: a source's lanes, the last applied input offsets (the idempotency guard:
-  a redelivered record at or below them is skipped), and the windows of the rebalancing and
-  back-off policies.
+  a redelivered record at or below them is skipped; kept per hot-log epoch of a topic, whose
+  offsets restart at 0: ``scores#3:2``), and the windows of the rebalancing and back-off
+  policies.
 
 Example:
     >>> import numpy as np
