@@ -27,7 +27,9 @@ them in order; none outlives it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -46,12 +48,10 @@ from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
+from processors.resume import WORKERS, RunArgs, Stack, mark_finished
 from processors.topology import resolve
 
-__all__ = ["RunResult", "latest_run_dir", "run_local"]
-
-WORKERS = ("sink", "controller", "detect", "train", "score")
-"""The workers started before ingest, in this order (names of :mod:`processors.topology`)."""
+__all__ = ["WORKERS", "RunResult", "latest_run_dir", "run_local"]
 
 
 def _progress(progress: Path, worker: str) -> dict[str, Any]:
@@ -131,21 +131,33 @@ def run_local(
     duration_s: float | None = None,
     timeout_s: float = 3600.0,
     out: TextIO = sys.stderr,
+    resume: Path | None = None,
 ) -> RunResult:
     """Run the pipeline end to end; raises SkyloopError (with the failing log's tail) on failure.
 
     ``images``: items to ingest, or None to ingest until the sources end (the caller makes sure
-    they are finite) or ``duration_s`` passes.
+    they are finite) or ``duration_s`` passes. ``resume``: an unfinished run folder to continue
+    (:mod:`processors.resume`), with the arguments it was started with.
     """
     started = time.monotonic()
     _sigterm_as_interrupt()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = (settings.data_dir / "runs" / stamp).resolve()
+    if resume is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        run_dir = (settings.data_dir / "runs" / stamp).resolve()
+    else:
+        run_dir = resume.resolve()
     logs = run_dir / "logs"
     progress = run_dir / "progress"
     logs.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "latest").write_text(str(run_dir))
-    out.write(f"skyloop: run folder {run_dir}\n")
+    out.write(f"skyloop: run folder {run_dir}{' (resumed)' if resume else ''}\n")
+    # -- resume: the run's arguments, so `--resume` needs no repeat (processors.resume)
+    run_args = RunArgs(
+        list(sources), images, duration_s, settings.calibration.reference_size, os.getpid()
+    )
+    if resume is not None:
+        run_args = dataclasses.replace(RunArgs.read(run_dir), pid=os.getpid())
+    run_args.write(run_dir)
     interrupted = False
     truth: RestartedTruth | None = None
     restarts: dict[str, int] = {}
@@ -156,6 +168,7 @@ def run_local(
         shared = (settings.data_dir / "artifacts").resolve()
         shared.mkdir(parents=True, exist_ok=True)
         (run_dir / "artifacts").symlink_to(shared, target_is_directory=True)
+    lost_log = resume is not None and durable is None  # a durable broker kept its log
     with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
@@ -181,28 +194,17 @@ def run_local(
             env.setdefault(f"SKYLOOP_{key.upper()}", text)
         try:
             with Supervisor(logs, env) as sup:
-                for name in WORKERS:
-                    sup.start(name, name)
                 truth = RestartedTruth(settings, broker.bootstrap_servers, run_dir, sup)
                 truth.broker = broker
                 out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
-                _wait(
-                    lambda: all(_progress(progress, w).get("ready") for w in WORKERS),
-                    sup,
-                    timeout_s=300,
-                    what="processors to start",
+                stack_ = Stack(
+                    settings, run_dir, broker, sup, truth, run_args, out, resumed=lost_log
                 )
+                stack_.start_workers()
                 ingest_started = time.monotonic()
-                sup.start(
-                    "ingest",
-                    "ingest",
-                    *(["--images", str(images)] if images is not None else []),
-                    *(["--duration", f"{duration_s}s"] if duration_s is not None else []),
-                    *[a for s in sources for a in ("--source", s)],
-                    restart=False,
-                )
+                stack_.start_ingest()
                 try:
-                    _follow(sup, truth, progress, images, duration_s, started, timeout_s, logs, out)
+                    _follow(stack_, progress, images, duration_s, started, timeout_s, logs, out)
                 except KeyboardInterrupt:
                     interrupted = True
                     out.write(
@@ -210,11 +212,13 @@ def run_local(
                         "(Ctrl-C again to abort)\n"
                     )
                     sup.stop("ingest")
-                    _follow(sup, truth, progress, images, None, started, timeout_s, logs, out)
+                    _follow(stack_, progress, images, None, started, timeout_s, logs, out)
                 ingest_seconds = time.monotonic() - ingest_started
                 out.write("\nskyloop: all stages done; stopping processors\n")
                 sup.stop_all()
                 restarts = sup.restarts
+                if stack_.recoveries:
+                    restarts["rebuilt from ClickHouse"] = stack_.recoveries
                 if broker.restarts:
                     restarts["broker"] = broker.restarts
         finally:
@@ -224,6 +228,7 @@ def run_local(
     from processors.report.run_report import write_run_report
 
     report_path, counts = write_run_report(run_dir, settings)
+    mark_finished(run_dir)
     return RunResult(
         run_dir,
         report_path,
@@ -237,8 +242,7 @@ def run_local(
 
 
 def _follow(
-    sup: Supervisor,
-    truth: RestartedTruth,
+    stack_: Stack,
     progress: Path,
     images: int | None,
     duration_s: float | None,
@@ -248,6 +252,7 @@ def _follow(
     out: TextIO,
 ) -> None:
     """Show progress until every stage has handled every ingested item."""
+    sup, truth = stack_.sup, stack_.truth
     ingest_started = time.monotonic()
     last_line = 0.0
     while True:
@@ -266,8 +271,8 @@ def _follow(
             last_line = now
         if _done(ingest, sink, truth.controller(controller, sink), _progress(progress, "train")):
             return
+        stack_.heal_broker()  # before the processors: its death is theirs too
         _check(sup)
-        _heal_broker(truth.broker)
         if now - started > timeout_s:
             raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
         time.sleep(0.5)
@@ -290,26 +295,9 @@ def _sigterm_as_interrupt() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def _heal_broker(broker: EmbeddedBroker | None) -> None:
-    """Start a durable broker again that died (its log and offsets are on disk)."""
-    if broker is None or broker.alive:
-        return
-    broker.restart()
-    sys.stderr.write(f"\nskyloop: restarted the embedded broker on {broker.bootstrap_servers}\n")
-
-
 def _check(sup: Supervisor) -> None:
     """Restart dead processors (raises ProcessorFailed past the restart bound)."""
     for child in sup.heal():
         sys.stderr.write(
             f"\nskyloop: restarted {child.name} (restart {child.restarts}); log {child.log_path}\n"
         )
-
-
-def _wait(predicate: Any, sup: Supervisor, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        _check(sup)
-        if time.monotonic() > deadline:
-            raise SkyloopError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.2)

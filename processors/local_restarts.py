@@ -57,10 +57,12 @@ class RestartedTruth:
         self._probe: Any = None
         self.broker: EmbeddedBroker | None = None
         self._sink_cache: tuple[float, dict[str, Any]] = (0.0, {})
+        self.forced = False
+        """Read the truth for every processor: the broker's log was rebuilt (processors.resume)."""
 
     def _restarted(self, name: str) -> bool:
         child = self.sup.children.get(name)
-        return child is not None and child.restarts > 0
+        return self.forced or (child is not None and child.restarts > 0)
 
     def sink(self, progress: dict[str, Any]) -> dict[str, Any]:
         if not self._restarted("sink"):
