@@ -65,6 +65,7 @@ _IMAGE_COLUMNS = (
     "truth_kind, truth_segment, truth_boxes"
 )
 _PAGE = 256
+_EVENT = "skyloop.ControlEvent"
 
 
 class SinkSql:
@@ -229,7 +230,11 @@ def rebuild(settings: Settings, bootstrap: str, run_dir: Path) -> Rebuilt:
     sql = SinkSql(run_dir)
     codec = default_codec()
     events = stored_events(sql)
-    expected = replay(enumerate(events))
+    # the state the workers will fold: each event as they decode it from the topic
+    expected = replay(
+        (i, cast(ControlEventRecord, codec.decode(codec.encode(e, _EVENT), _EVENT)))
+        for i, e in enumerate(events)
+    )
     producer = make_producer(settings, bootstrap)
     for event in events:
         _produce_event(producer, settings, event, codec)

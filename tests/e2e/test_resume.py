@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from processors.core.clickhouse import connect
+from processors.core.codec import default_codec
 from processors.core.control import replay
 from processors.core.progress import read_progress
 from processors.resume_log import EVENTS_SQL, events_from_rows
@@ -29,6 +30,7 @@ from processors.resume_log import EVENTS_SQL, events_from_rows
 pytestmark = pytest.mark.e2e
 
 IMAGES = 240
+_EVENT = "skyloop.ControlEvent"
 
 
 def _folder(path: Path, n: int) -> Path:
@@ -120,7 +122,9 @@ def _stored_fingerprint(run_dir: Path) -> tuple[int, str]:
         rows = [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
     finally:
         client.close()
-    return len(rows), replay(enumerate(events_from_rows(rows))).fingerprint()
+    codec = default_codec()  # each event as the workers decode it from the topic
+    events = [codec.decode(codec.encode(e, _EVENT), _EVENT) for e in events_from_rows(rows)]
+    return len(rows), replay(enumerate(events)).fingerprint()  # type: ignore[arg-type]
 
 
 _COUNTS = """
