@@ -105,6 +105,8 @@ def describe_source(name: str, counts: Mapping[str, int]) -> str:
     parts.append(
         f"{counts.get('published', 0)} published ({counts.get('images', 0)} distinct images)"
     )
+    if counts.get("skipped_stored"):
+        parts.append(f"{counts['skipped_stored']} skipped (stored before a resume)")
     for total, prefix in (("cut", "cut."), ("failed", "failed.")):
         if total in counts:
             detail = ", ".join(
