@@ -198,7 +198,15 @@ def run_local(
                 truth.broker = broker
                 out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
                 stack_ = Stack(
-                    settings, run_dir, broker, sup, truth, run_args, out, resumed=lost_log
+                    settings,
+                    run_dir,
+                    broker,
+                    sup,
+                    truth,
+                    run_args,
+                    out,
+                    resumed=lost_log,
+                    continued=resume is not None,
                 )
                 stack_.start_workers()
                 ingest_started = time.monotonic()

@@ -40,7 +40,7 @@ from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
-from processors.resume_log import Rebuilt, rebuild
+from processors.resume_log import Stored, rebuild, write_skip_list
 from processors.topology import resolve
 
 __all__ = [
@@ -126,8 +126,9 @@ def unfinished_run(data_dir: Path) -> Path:
 class Stack:
     """Starts (or starts again) the workers and ingest of a run, rebuilding a lost log first.
 
-    ``resumed``: this process continues a run folder whose broker log is gone; the stop
-    condition reads ClickHouse from the start.
+    ``resumed``: the broker's log is gone (a memory broker), so it is rebuilt before the
+    workers start. ``continued``: this process continues an unfinished run folder
+    (``--resume``). Either way the stop condition reads ClickHouse from the start.
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class Stack:
         out: TextIO,
         *,
         resumed: bool = False,
+        continued: bool = False,
     ) -> None:
         self.settings = settings
         self.run_dir = run_dir
@@ -151,7 +153,8 @@ class Stack:
         self.args = args
         self.out = out
         self.resumed = resumed
-        self.rebuilt: Rebuilt | None = None
+        self.continued = continued
+        self.stored: Stored | None = None
         self.recoveries = 0
         """Times the memory broker died during this process and the run was rebuilt."""
 
@@ -166,26 +169,33 @@ class Stack:
             time.sleep(0.2)
 
     def start_workers(self) -> None:
-        """Start every worker; on a lost log the sink first, then the log rebuilt, then the rest."""
+        """Start every worker; on a lost log the sink first, then the log rebuilt, then the rest.
+
+        A continued run (``--resume``) gets a skip list either way: a durable broker kept its
+        log, but ingest still reads its sources from their start.
+        """
+        if self.resumed or self.continued:
+            self.note_ingest_time()
+            # what the dead processes left would read as live: stale counts, a stale endpoint
+            shutil.rmtree(self.progress, ignore_errors=True)
+            (self.run_dir / "sink.json").unlink(missing_ok=True)
+            self.truth.forced = True
         if not self.resumed:
             for name in WORKERS:
                 self.sup.start(name, name)
             self._ready(WORKERS)
+            if self.continued:
+                self.stored = write_skip_list(self.run_dir)
             return
-        self.note_ingest_time()
-        # what the dead processes left would read as live: stale counts and a stale endpoint
-        shutil.rmtree(self.progress, ignore_errors=True)
-        (self.run_dir / "sink.json").unlink(missing_ok=True)
-        self.truth.forced = True
         self.sup.start("sink", "sink")
         self._ready(("sink",))
         self.out.write("skyloop: rebuilding the broker's log from ClickHouse...\n")
-        self.rebuilt = rebuild(self.settings, self.broker.bootstrap_servers, self.run_dir)
-        r = self.rebuilt
+        r = rebuild(self.settings, self.broker.bootstrap_servers, self.run_dir)
+        self.stored = r.stored
         self.out.write(
             f"skyloop: control log rebuilt ({r.events} events, state {r.fingerprint[:12]}), "
-            f"{r.reproduced} stored images re-produced for scoring, {r.stored_images} images "
-            f"and {r.stored_dead_letters} source dead letters already stored are skipped\n"
+            f"{r.reproduced} stored images re-produced for scoring, {r.stored.images} images "
+            f"and {r.stored.dead_letters} source dead letters already stored are skipped\n"
         )
         rest = tuple(w for w in WORKERS if w != "sink")
         for name in rest:
@@ -200,10 +210,10 @@ class Stack:
             args.write(self.run_dir)
         images, duration_s = args.images, args.duration_s
         skip: list[str] = []
-        if self.rebuilt is not None:
-            skip = ["--skip", str(self.rebuilt.skip_file)]
+        if self.stored is not None:
+            skip = ["--skip", str(self.stored.skip_file)]
             if images is not None:
-                images -= self.rebuilt.stored_images + self.rebuilt.stored_dead_letters
+                images -= self.stored.images + self.stored.dead_letters
             if duration_s is not None:
                 duration_s -= self._ingested_for(args.ingest_started_at or time.time())
         if (images is not None and images <= 0) or (duration_s is not None and duration_s <= 0):

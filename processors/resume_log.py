@@ -188,6 +188,16 @@ def _stored_images(sql: SinkSql, ids: list[str]) -> Iterator[ImageRecord]:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What ClickHouse held when the skip list was written."""
+
+    images: int
+    dead_letters: int
+    """Distinct source dead letters (items a source could not read)."""
+    skip_file: Path
+
+
+@dataclass(frozen=True)
 class Rebuilt:
     """What :func:`rebuild` put back, for the run's output and the tests."""
 
@@ -195,12 +205,12 @@ class Rebuilt:
     fingerprint: str
     """Fingerprint of the fold of the stored events (= that of the republished log)."""
     reproduced: int
-    stored_images: int
-    stored_dead_letters: int
-    skip_file: Path
+    stored: Stored
 
 
-def _write_skip_list(sql: SinkSql, run_dir: Path) -> tuple[Path, int, int]:
+def write_skip_list(run_dir: Path, sql: SinkSql | None = None) -> Stored:
+    """Write ``<run>/resume/stored.txt`` from the run's ClickHouse (module docstring, 3)."""
+    sql = sql or SinkSql(run_dir)
     path = run_dir / SKIP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     images = sql.rows("SELECT DISTINCT image_id, source, provenance['path'] AS path FROM images")
@@ -218,7 +228,7 @@ def _write_skip_list(sql: SinkSql, run_dir: Path) -> tuple[Path, int, int]:
             out.write(f"key {r['source']}\t{r['key']}\n")
     tmp.replace(path)
     distinct = len({r["image_id"] for r in images})
-    return path, distinct, len({(r["source"], r["key"]) for r in letters})
+    return Stored(distinct, len({(r["source"], r["key"]) for r in letters}), path)
 
 
 def rebuild(settings: Settings, bootstrap: str, run_dir: Path) -> Rebuilt:
@@ -260,8 +270,7 @@ def rebuild(settings: Settings, bootstrap: str, run_dir: Path) -> Rebuilt:
         reproduced += 1
     if producer.flush(60) != 0 or errors:
         raise SkyloopError(f"resume: stored images not re-produced: {errors[:3]}")
-    skip, images, letters = _write_skip_list(sql, run_dir)
-    return Rebuilt(len(events), expected.fingerprint(), reproduced, images, letters, skip)
+    return Rebuilt(len(events), expected.fingerprint(), reproduced, write_skip_list(run_dir, sql))
 
 
 def _check_fold(settings: Settings, bootstrap: str, expected: ControlState, n: int) -> None:

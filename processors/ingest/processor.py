@@ -257,9 +257,11 @@ def run_ingest(
                 deliver_and_commit()
                 last_commit = time.perf_counter()
             if skip is not None:
-                progress.set("skipped_stored", skip.skipped)
+                progress.set("skipped_stored", skip.total(source))
             _write_progress(progress, tally, source)
         deliver_and_commit()
+        if skip is not None:
+            progress.set("skipped_stored", skip.total(source))
     finally:
         close: Callable[[], None] | None = getattr(items, "close", None)
         if close is not None:

@@ -4,8 +4,8 @@ The file (written by :mod:`processors.resume_log`) has one ``id <sha256 hex>`` l
 image and one ``key <source>\\t<key>`` line per stored file path or source dead letter. A source
 that can skip cheaply (a folder, by relative path: :attr:`FolderSource.skip_keys`) does not
 read those files again; every other item whose image id is stored is dropped before it is
-published, and counted (``skipped_stored``), never scored again. Memory: about 100 bytes per
-stored image.
+published; both are counted (``skipped_stored`` in the ingest progress), never scored
+again. Memory: about 100 bytes per stored image.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from processors.ingest.sources.base import ImageSource, source_parts
+from processors.ingest.sources.base import BaseSource, ImageSource, source_parts
 from processors.ingest.sources.items import RawImage, SourceItem, image_id_for
 
 __all__ = ["StoredSkip"]
@@ -46,6 +46,19 @@ class StoredSkip:
         for part in source_parts(source):
             if hasattr(part, "skip_keys"):
                 part.skip_keys = frozenset(self.keys.get(part.name, ()))
+
+    def total(self, source: ImageSource) -> int:
+        """Items skipped in all: by id here, plus those its sources skipped by key unread.
+
+        Each is an item ingested (and stored) before the resume, so a resumed run's ingested
+        items are ``published + dead_letters + total``, every item of the source once.
+        """
+        by_key = sum(
+            part.stats.snapshot().get("skipped_stored", 0)
+            for part in source_parts(source)
+            if isinstance(part, BaseSource) and hasattr(part, "skip_keys") and part.stats
+        )
+        return self.skipped + by_key
 
     def stored(self, item: SourceItem) -> bool:
         if isinstance(item, RawImage):

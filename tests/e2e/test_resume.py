@@ -179,6 +179,7 @@ def test_resume_after_the_whole_run_was_killed(tmp_path: Path) -> None:
     dir_counts = ingest["sources"]["dir"]
     assert dir_counts["skipped_stored"] + dir_counts["files"] == IMAGES, dir_counts
     assert dir_counts["skipped_stored"] >= stored
+    assert ingest["skipped_stored"] + ingest["published"] == IMAGES  # each item counted once
     assert (run_dir / "finished").is_file()
     assert f"images {IMAGES}, scored {IMAGES}" in out, out
     # the control state the resumed run started from is a prefix of the log it ended with
