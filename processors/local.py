@@ -167,7 +167,8 @@ def run_local(
         # the store must too, so every run of this data dir shares one
         shared = (settings.data_dir / "artifacts").resolve()
         shared.mkdir(parents=True, exist_ok=True)
-        (run_dir / "artifacts").symlink_to(shared, target_is_directory=True)
+        if not (run_dir / "artifacts").exists():  # a resumed run has it already
+            (run_dir / "artifacts").symlink_to(shared, target_is_directory=True)
     lost_log = resume is not None and durable is None  # a durable broker kept its log
     with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
