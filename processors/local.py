@@ -19,6 +19,11 @@ controller's position from its group's committed offsets against the sink's. Ing
 restarted (a new ingest would not know where the old one stopped): its death ends the run.
 ``RunResult.restarts`` counts the restarts per processor.
 
+A run writes its arguments to ``<run>/run.json`` at start and ``<run>/finished`` after its
+report; ``resume`` continues an unfinished run folder after a crash of everything, and a memory
+broker that dies during a run is started again empty, the run's log rebuilt from ClickHouse
+(:mod:`processors.resume`, which also starts the workers and ingest).
+
 Ctrl-C (SIGINT or SIGTERM) stops ingestion, lets every stage finish what was ingested, writes
 the report and returns with ``interrupted`` set; a second one aborts at once. The children run
 in their own process groups, so a terminal's Ctrl-C reaches only this supervisor, which stops
