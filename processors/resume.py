@@ -87,6 +87,7 @@ def mark_finished(run_dir: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live skyloop process (not a reused pid, where /proc can tell)."""
     if pid <= 0 or pid == os.getpid():
         return False
     try:
@@ -95,7 +96,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"skyloop" in cmdline or b"processors" in cmdline
 
 
 def unfinished_run(data_dir: Path) -> Path:

@@ -4,7 +4,8 @@ control log's round trip through ClickHouse rows, and the fold check on a real b
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,10 +48,23 @@ def test_the_newest_unfinished_run_is_resumed(tmp_path: Path) -> None:
     _run(tmp_path, "20260104T000000Z", args=False)  # predates resumable runs
     assert unfinished_run(tmp_path) == crashed.resolve()
     assert RunArgs.read(crashed).sources == ["dir:x"]
-    # a run whose supervisor still lives is never resumed beside itself
-    RunArgs(["dir:x"], None, pid=os.getppid()).write(crashed)
-    with pytest.raises(SkyloopError, match="still running"):
-        unfinished_run(tmp_path)
+    # a run whose supervisor still lives is never resumed beside itself ...
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "skyloop"])
+    try:
+        RunArgs(["dir:x"], None, pid=alive.pid).write(crashed)
+        with pytest.raises(SkyloopError, match="still running"):
+            unfinished_run(tmp_path)
+    finally:
+        alive.kill()
+        alive.wait()
+    # ... but a pid reused by another program does not hold it
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        RunArgs(["dir:x"], None, pid=other.pid).write(crashed)
+        assert unfinished_run(tmp_path) == crashed.resolve()
+    finally:
+        other.kill()
+        other.wait()
 
 
 def _image(source: str, pixels: bytes) -> RawImage:
