@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def _run(data: Path, stamp: str, *, args: bool = True, finished: bool = False) -
     return folder
 
 
+def _started(argv: list[str]) -> subprocess.Popen[bytes]:
+    """``argv`` started, once it runs as itself (exec done, so /proc shows its command)."""
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 10
+    while argv[-1].encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return proc
+
+
 def test_the_newest_unfinished_run_is_resumed(tmp_path: Path) -> None:
     with pytest.raises(SkyloopError, match="no runs under"):
         unfinished_run(tmp_path)
@@ -49,7 +60,7 @@ def test_the_newest_unfinished_run_is_resumed(tmp_path: Path) -> None:
     assert unfinished_run(tmp_path) == crashed.resolve()
     assert RunArgs.read(crashed).sources == ["dir:x"]
     # a run whose supervisor still lives is never resumed beside itself ...
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "skyloop"])
+    alive = _started([sys.executable, "-c", "import time; time.sleep(60)", "skyloop"])
     try:
         RunArgs(["dir:x"], None, pid=alive.pid).write(crashed)
         with pytest.raises(SkyloopError, match="still running"):
@@ -58,7 +69,7 @@ def test_the_newest_unfinished_run_is_resumed(tmp_path: Path) -> None:
         alive.kill()
         alive.wait()
     # ... but a pid reused by another program does not hold it
-    other = subprocess.Popen(["sleep", "60"])
+    other = _started(["sleep", "60"])
     try:
         RunArgs(["dir:x"], None, pid=other.pid).write(crashed)
         assert unfinished_run(tmp_path) == crashed.resolve()
