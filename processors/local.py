@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import SecretStr
 
@@ -47,6 +47,9 @@ from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
 from processors.topology import resolve
+
+if TYPE_CHECKING:
+    from processors.report.ledger import Ledger
 
 __all__ = ["RunResult", "latest_run_dir", "run_local"]
 
@@ -71,6 +74,9 @@ class RunResult:
     interrupted: bool = False
     restarts: dict[str, int] = field(default_factory=dict)
     """Restarts per processor (those never restarted omitted)."""
+    ledger: Ledger | None = None
+    """Every ingested item accounted for (:mod:`processors.report.ledger`); the summary's last
+    line, and the report's."""
 
 
 def latest_run_dir(data_dir: Path) -> Path | None:
@@ -221,18 +227,20 @@ def run_local(
             stack.unlink(missing_ok=True)
             if truth is not None:
                 truth.close()
-    from processors.report.run_report import write_run_report
+    from processors.report.run_report import report_run
 
-    report_path, counts = write_run_report(run_dir, settings)
+    # the run reached its stop condition: every stage handled every ingested item
+    report = report_run(run_dir, settings, finished=True)
     return RunResult(
         run_dir,
-        report_path,
+        report.path,
         time.monotonic() - started,
         ingest_seconds,
-        counts,
+        report.counts,
         _progress(progress, "ingest"),
         interrupted,
         restarts,
+        report.ledger,
     )
 
 
