@@ -8,7 +8,10 @@ every stage has handled every item (read from the processors' progress files) �
 children → stop the broker → write the report from ClickHouse. Each run gets its own folder
 ``<data_dir>/runs/<UTC time>/`` (nothing of an earlier run is overwritten); ``<data_dir>/latest``
 names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
-``skyloop control``.
+``skyloop control``, and each worker's Prometheus port (``"metrics"``; also as
+``<run>/prometheus-targets.json``, :mod:`processors.core.metrics_targets`). With
+``alert_webhook_url`` set, pauses and rollbacks are posted there (:mod:`processors.core.alerts`).
+The summary ends with the run's ledger (:mod:`processors.report.ledger`).
 
 A processor that dies (a crash, ``kill -9``) is restarted with back-off, up to a bound
 (:class:`~processors.core.supervisor.RestartPolicy`), and the run goes on: it resumes from its
@@ -39,9 +42,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import SecretStr
 
+from processors.core.alerts import start_run_alerts
 from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ensure_topics
+from processors.core.metrics_targets import assign_ports, clear_targets, write_targets
 from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
@@ -165,11 +170,18 @@ def run_local(
     with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
+        # every worker's /metrics on its own loopback port (processors.core.metrics_targets)
+        ports = assign_ports([*WORKERS, "ingest"])
         stack.write_text(
             json.dumps(
-                {"bootstrap": broker.bootstrap_servers, "topic_prefix": settings.kafka.topic_prefix}
+                {
+                    "bootstrap": broker.bootstrap_servers,
+                    "topic_prefix": settings.kafka.topic_prefix,
+                    "metrics": ports,
+                }
             )
         )
+        write_targets(run_dir, settings.data_dir, ports)
         env = {
             "SKYLOOP_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "SKYLOOP_DATA_DIR": str(run_dir),
@@ -185,10 +197,11 @@ def run_local(
                 value = value.get_secret_value()
             text = json.dumps(value) if isinstance(value, list | dict) else str(value)
             env.setdefault(f"SKYLOOP_{key.upper()}", text)
+        stop_alerts = start_run_alerts(settings, broker.bootstrap_servers, run_dir.as_uri())
         try:
             with Supervisor(logs, env) as sup:
                 for name in WORKERS:
-                    sup.start(name, name)
+                    sup.start(name, name, env=_metrics_env(ports, name))
                 truth = RestartedTruth(settings, broker.bootstrap_servers, run_dir, sup)
                 truth.broker = broker
                 out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
@@ -206,6 +219,7 @@ def run_local(
                     *(["--duration", f"{duration_s}s"] if duration_s is not None else []),
                     *[a for s in sources for a in ("--source", s)],
                     restart=False,
+                    env=_metrics_env(ports, "ingest"),
                 )
                 try:
                     _follow(sup, truth, progress, images, duration_s, started, timeout_s, logs, out)
@@ -225,6 +239,9 @@ def run_local(
                     restarts["broker"] = broker.restarts
         finally:
             stack.unlink(missing_ok=True)
+            clear_targets(run_dir, settings.data_dir)
+            if stop_alerts is not None:
+                stop_alerts()
             if truth is not None:
                 truth.close()
     from processors.report.run_report import report_run
@@ -279,6 +296,11 @@ def _follow(
         if now - started > timeout_s:
             raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
         time.sleep(0.5)
+
+
+def _metrics_env(ports: dict[str, int], worker: str) -> dict[str, str]:
+    """A child's own metrics port (its restarts keep it, so stack.json stays right)."""
+    return {"SKYLOOP_METRICS_PORT": str(ports[worker])}
 
 
 def _sigterm_as_interrupt() -> None:
