@@ -252,7 +252,11 @@ class WebhookPoster:
 
     def observe(self, _state: Any, event: Mapping[str, Any]) -> None:
         """A control event (a ControlFollower's ``on_event``): route it, enqueue what is new."""
-        alert = self.router.route(event)
+        try:
+            alert = self.router.route(event)
+        except (KeyError, TypeError, ValueError):  # never stop the follower over one event
+            log.exception("alerts: event %s not routed", event.get("event_id"))
+            return
         if alert is None or alert.event_id in self.sent:
             return
         try:

@@ -19,7 +19,8 @@ __all__ = ["RunReport", "report_run", "write_run_report"]
 class RunReport:
     path: Path
     counts: dict[str, int]
-    ledger: Ledger
+    ledger: Ledger | None
+    """None for a folder without ingest counters (a worker's data dir): nothing to balance."""
 
 
 def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunReport:
@@ -39,11 +40,12 @@ def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunRepor
             title=f"skyloop run {run_dir.name}",
             ingest_sources=ingest.get("sources") or None,
         )
-        ledger = compute_ledger(client, ingest, finished=finished)
+        ledger = compute_ledger(client, ingest, finished=finished) if ingest else None
     finally:
         client.close()
-    with summary.path.open("a") as report:
-        report.write(f"\n{ledger.line()}\n")
+    if ledger is not None:
+        with summary.path.open("a") as report:
+            report.write(f"\n{ledger.line()}\n")
     counts = {
         "images": summary.images,
         "scores": summary.production_scores,
