@@ -8,7 +8,7 @@ every stage has handled every item (read from the processors' progress files) �
 children → stop the broker → write the report from ClickHouse. Each run gets its own folder
 ``<data_dir>/runs/<UTC time>/`` (nothing of an earlier run is overwritten); ``<data_dir>/latest``
 names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
-``skyloop control``.
+``skyloop control``, with the run's query token (mode 0600; :mod:`processors.sink.query_token`).
 
 A processor that dies (a crash, ``kill -9``) is restarted with back-off, up to a bound
 (:class:`~processors.core.supervisor.RestartPolicy`), and the run goes on: it resumes from its
@@ -46,6 +46,7 @@ from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
+from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.topology import resolve
 
 __all__ = ["RunResult", "latest_run_dir", "run_local"]
@@ -159,10 +160,14 @@ def run_local(
     with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
-        stack.write_text(
-            json.dumps(
-                {"bootstrap": broker.bootstrap_servers, "topic_prefix": settings.kafka.topic_prefix}
-            )
+        token = new_token()  # the sink's query endpoint answers only requests that carry it
+        write_private(
+            stack,
+            {
+                "bootstrap": broker.bootstrap_servers,
+                "topic_prefix": settings.kafka.topic_prefix,
+                "query_token": token,
+            },
         )
         env = {
             "SKYLOOP_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -171,6 +176,7 @@ def run_local(
             "SKYLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix,
             "SKYLOOP_GROUP_PREFIX": settings.kafka.group_prefix,
             "HF_HUB_OFFLINE": "1",
+            TOKEN_ENV: token,
         }
         # every setting under its flat name; lists and mappings as JSON (what pydantic-settings
         # parses from the environment)
