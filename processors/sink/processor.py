@@ -105,9 +105,9 @@ class SinkProcessor:
         self.schedule = ReportSchedule(ctx.settings.report.interval_s, datetime.now(UTC))
         if self.serve_queries:
             # queries get a client of their own, made read-only (the sink's stays writable)
-            reader = connect(ctx.settings.resolved_clickhouse_dsn, **client_options(ctx.settings))
+            dsn, options = ctx.settings.resolved_clickhouse_dsn, client_options(ctx.settings)
             token = os.environ.get(TOKEN_ENV) or new_token()
-            self.server = QueryServer(reader, self.lock, token).start()
+            self.server = QueryServer(lambda: connect(dsn, **options), self.lock, token).start()
             ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
             write_private(
                 ctx.settings.data_dir / "sink.json", {"port": self.server.port, "token": token}

@@ -16,7 +16,7 @@ from typing import Any
 
 from processors.core.exceptions import ConfigError, SkyloopError
 from processors.sink.query_token import TOKEN_HEADER, endpoint
-from processors.sink.sql_guard import DIRECT_TIMEOUT_S, QueryRefused, answer, read_only
+from processors.sink.sql_guard import DIRECT, QueryRefused, answer, read_only
 
 __all__ = ["events_query", "query"]
 
@@ -52,9 +52,9 @@ def query(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
 
     if not (run_dir / "clickhouse").is_dir():
         raise SkyloopError(f"no ClickHouse data in {run_dir}")
-    client = read_only(connect(f"chdb://{(run_dir / 'clickhouse').resolve()}"), DIRECT_TIMEOUT_S)
+    client = read_only(connect(f"chdb://{(run_dir / 'clickhouse').resolve()}"), DIRECT)
     try:
-        columns, rows = answer(client, sql, DIRECT_TIMEOUT_S)
+        columns, rows = answer(client, sql, DIRECT)
     finally:
         client.close()
     return columns, jsonable(rows)

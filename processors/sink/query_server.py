@@ -5,9 +5,9 @@ send SQL here instead (POST /sql, body = the query, the run's token in the ``X-S
 header; JSON ``{"columns": [...], "rows": [...]}`` back, or ``{"error": "..."}`` with status
 401 (no or a wrong token), 403 (a refused query: :mod:`processors.sink.sql_guard`, with
 ``"refused": true``), 413 (a body over 1 MiB) or 400 (any other failure)). Binds 127.0.0.1
-only. Queries run on a read-only client of their own (:func:`~processors.sink.sql_guard.read_only`,
-limited to :data:`~processors.sink.sql_guard.LIVE_TIMEOUT_S` a query), and share one lock with
-the sink's inserts: chdb is not thread-safe. The time limit bounds how long an insert waits.
+only. Queries run on a read-only client of their own (:mod:`processors.sink.sql_guard`,
+bounded by its ``LIVE``: 5 s and 200,000 rows a query), and share one lock with the sink's
+inserts: chdb is not thread-safe. The time limit bounds how long an insert waits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +25,7 @@ from uuid import UUID
 from clickhouse_connect.driver.client import Client
 
 from processors.sink.query_token import TOKEN_HEADER
-from processors.sink.sql_guard import LIVE_TIMEOUT_S, QueryRefused, answer, read_only
+from processors.sink.sql_guard import LIVE, QueryRefused, answer, read_only
 
 __all__ = ["QueryServer", "jsonable"]
 
@@ -48,10 +49,12 @@ MAX_BODY = 1024 * 1024
 
 
 class QueryServer:
-    """Serves read-only SQL on ``client`` (made :func:`read_only` here; no other code may use
-    it) to requests that carry ``token``."""
+    """Serves read-only SQL to requests that carry ``token``, on a client from ``open_client``
+    (made :func:`read_only` here; no other code uses it). After a query fails the client is
+    replaced: a result cut off by a bound leaves the rest of its stream in chdb's handle, which
+    the next query would read as its own."""
 
-    def __init__(self, client: Client, lock: threading.Lock, token: str) -> None:
+    def __init__(self, open_client: Callable[[], Client], lock: threading.Lock, token: str) -> None:
         if not token:
             raise ValueError("the query endpoint needs a token")
         outer = self
@@ -73,7 +76,8 @@ class QueryServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.client = read_only(client, LIVE_TIMEOUT_S)
+        self._open = open_client
+        self.client = read_only(open_client(), LIVE)
         self.lock = lock
         self.token = token
         self._gate = threading.Lock()
@@ -95,12 +99,19 @@ class QueryServer:
             # one query at a time waits for the sink's lock, so queries cannot queue up ahead
             # of an insert that waits for it too
             with self._gate, self.lock:
-                columns, rows = answer(self.client, sql, LIVE_TIMEOUT_S)
+                columns, rows = answer(self.client, sql, LIVE)
         except QueryRefused as exc:
+            self._renew()
             return {"error": str(exc), "refused": True}, 403
         except Exception as exc:  # any SQL error goes back to the asker
+            self._renew()
             return {"error": str(exc)}, 400
         return {"columns": columns, "rows": jsonable(rows)}, 200
+
+    def _renew(self) -> None:
+        with self.lock:
+            self.client.close()
+            self.client = read_only(self._open(), LIVE)
 
     def start(self) -> QueryServer:
         self._thread.start()

@@ -39,21 +39,30 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_TABLE_FUNCTIONS",
-    "DIRECT_TIMEOUT_S",
-    "LIVE_TIMEOUT_S",
+    "DIRECT",
+    "LIVE",
+    "Bounds",
     "QueryRefused",
     "answer",
     "check",
     "read_only",
 ]
 
-LIVE_TIMEOUT_S = 5
-"""A query's time limit through the sink's endpoint: it holds the lock the sink's inserts take."""
-DIRECT_TIMEOUT_S = 120
-"""A query's time limit on a finished run's files (nothing else waits for them)."""
-MAX_RESULT_ROWS = 1_000_000
-MAX_RESULT_BYTES = 512 * 1024 * 1024
-MAX_MEMORY_BYTES = 4 * 1024 * 1024 * 1024
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one query may take: seconds, result rows and bytes, memory (the engine enforces)."""
+
+    timeout_s: float
+    rows: int
+    bytes: int
+    memory: int
+
+
+LIVE = Bounds(timeout_s=5, rows=200_000, bytes=128 << 20, memory=1 << 30)
+"""Through the sink's endpoint: the query holds the lock the sink's inserts take, in its process."""
+DIRECT = Bounds(timeout_s=120, rows=2_000_000, bytes=1 << 30, memory=4 << 30)
+"""On a finished run's files: nothing else waits for them."""
 
 ALLOWED_TABLE_FUNCTIONS = frozenset(
     {
@@ -121,18 +130,18 @@ class QueryRefused(ConfigError):
     """A query ``skyloop sql`` does not run: it writes, changes settings or reaches outside."""
 
 
-def read_only(client: Client, timeout_s: float) -> Client:
+def read_only(client: Client, bounds: Bounds) -> Client:
     """Make ``client`` (one no other code writes through) read-only for the rest of its life.
 
     The bounds are set first and ``readonly = 1`` last, so a query can change none of them.
     """
     for key, value in (
-        ("max_execution_time", timeout_s),
+        ("max_execution_time", bounds.timeout_s),
         ("timeout_overflow_mode", "throw"),
-        ("max_result_rows", MAX_RESULT_ROWS),
-        ("max_result_bytes", MAX_RESULT_BYTES),
+        ("max_result_rows", bounds.rows),
+        ("max_result_bytes", bounds.bytes),
         ("result_overflow_mode", "throw"),
-        ("max_memory_usage", MAX_MEMORY_BYTES),
+        ("max_memory_usage", bounds.memory),
         ("allow_introspection_functions", 0),
         ("allow_python_table_function", 0),
         ("allow_ddl", 0),
@@ -260,7 +269,7 @@ def _message(exc: Exception) -> str:
     return (text[at:] if at > 0 else text).split("\n")[0]
 
 
-def answer(client: Client, sql: str, timeout_s: float) -> tuple[list[str], list[Sequence[Any]]]:
+def answer(client: Client, sql: str, bounds: Bounds) -> tuple[list[str], list[Sequence[Any]]]:
     """Check ``sql`` and run it on a :func:`read_only` client: ``(columns, rows)``.
 
     Raises :class:`QueryRefused` for what :func:`check` or the engine's read-only mode refuses,
@@ -271,11 +280,11 @@ def answer(client: Client, sql: str, timeout_s: float) -> tuple[list[str], list[
     try:
         result = client.query(text)
     except Exception as exc:
-        raise _failure(exc, text, "query failed", timeout_s) from None
+        raise _failure(exc, text, "query failed", bounds) from None
     return list(result.column_names), list(result.result_rows)
 
 
-def _failure(exc: Exception, text: str, what: str, timeout_s: float = 0) -> SkyloopError:
+def _failure(exc: Exception, text: str, what: str, bounds: Bounds = LIVE) -> SkyloopError:
     """The error to raise for the engine's ``exc``: a refusal for its read-only mode's."""
     message = _message(exc)
     code = _CODE.search(message)
@@ -284,9 +293,12 @@ def _failure(exc: Exception, text: str, what: str, timeout_s: float = 0) -> Skyl
         return _refuse(_statement_word(text), message)
     if number == 159:  # TIMEOUT_EXCEEDED
         return SkyloopError(
-            f"query ran past its {timeout_s:g} s limit (a query may not hold the store for "
+            f"query ran past its {bounds.timeout_s:g} s limit (a query may not hold the store for "
             f"longer; narrow it, or ask again after the run): {message}"
         )
     if number == 396:  # TOO_MANY_ROWS_OR_BYTES
-        return SkyloopError(f"query result too large (add a LIMIT): {message}")
+        return SkyloopError(
+            f"query result over {bounds.rows} rows or {bounds.bytes >> 20} MiB (add a LIMIT, "
+            f"or ask after the run): {message}"
+        )
     return SkyloopError(f"{what}: {message}")

@@ -20,6 +20,8 @@ import pytest
 
 from processors.cli import main
 from processors.core.clickhouse import Client, connect
+from processors.core.exceptions import SkyloopError
+from processors.local_restarts import _SINK_COUNTS_SQL
 from processors.sink.migrations import apply_migrations
 from processors.sink.query import events_query, query
 from processors.sink.query_server import QueryServer
@@ -60,8 +62,8 @@ def run(tmp_path: Path, make: SimpleNamespace) -> Iterator[SimpleNamespace]:
 def served(run: SimpleNamespace) -> Iterator[SimpleNamespace]:
     """The sink's endpoint serving ``run``, announced in its ``sink.json`` as the sink does."""
     token = new_token()
-    reader = connect(f"chdb://{run.dir / 'clickhouse'}")
-    server = QueryServer(reader, run.lock, token).start()
+    server = QueryServer(lambda: connect(f"chdb://{run.dir / 'clickhouse'}"), run.lock, token)
+    server.start()
     write_private(run.dir / "sink.json", {"port": server.port, "token": token})
     try:
         yield SimpleNamespace(**vars(run), server=server, token=token)
@@ -108,7 +110,11 @@ ANSWERED = [
     "DESCRIBE TABLE scores",
     "SELECT count() FROM dead_letters FINAL -- a trailing comment;",
     "SELECT 'a file(x) INTO OUTFILE y' AS text",
+    "SELECT i.provenance['path'], i.format, round(i.ra, 4) FROM images AS i FINAL "
+    "INNER JOIN (SELECT image_id FROM scores FINAL WHERE role = 'production') AS s "
+    "ON s.image_id = i.image_id ORDER BY 1",
     TOTALS_SQL,
+    _SINK_COUNTS_SQL,
     events_query(["threshold.set"], "synth"),
 ]
 
@@ -173,7 +179,9 @@ def test_answers_reads_the_readme_and_the_dashboards_use(
         query(run.dir, sql)  # raises if refused or failed
     assert query(run.dir, ANSWERED[0])[1] == [["synth", 4, 4]]
     assert query(run.dir, ANSWERED[3])[1] == [["energy", 4], ["knn", 4], ["mahalanobis", 4]]
-    assert query(run.dir, ANSWERED[-3])[1] == [["a file(x) INTO OUTFILE y"]]
+    assert query(run.dir, "SELECT 'a file(x) INTO OUTFILE y' AS text")[1] == [
+        ["a file(x) INTO OUTFILE y"]
+    ]
 
 
 def _post(port: int, sql: str, headers: dict[str, str]) -> tuple[int, dict]:
@@ -234,7 +242,10 @@ def test_a_long_query_holds_the_sinks_lock_only_briefly(
     thread.join(30)
     print(f"insert waited {waited:.2f} s behind a long query")
     assert waited < 8.0, waited
-    assert outcome and "limit" in str(outcome[0]), outcome
+    assert outcome and "5 s limit" in str(outcome[0]), outcome
+    with pytest.raises(SkyloopError, match="add a LIMIT"):
+        query(served.dir, "SELECT number FROM numbers(300000)")
+    assert len(query(served.dir, "SELECT number FROM numbers(300000) LIMIT 10")[1]) == 10
 
 
 def test_cli_sql_exits_2_naming_what_was_refused(
