@@ -113,14 +113,26 @@ READS = frozenset(
 """Statement kinds (``EXPLAIN AST``'s names) that only read."""
 _NESTED_OK = READS | {"SelectQuery", "TablesInSelectQuery"}
 _WHY = {
-    "Set": "it changes settings",
-    "SetRoleQuery": "it changes settings",
-    "UseQuery": "it changes the session's database",
-    "SystemQuery": "it administers the server",
-    "KillQueryQuery": "it cancels queries",
-    "ShowProcesslistQuery": "it lists other sessions' queries",
+    "INSERT": "it writes data",
+    "DELETE": "it deletes data",
+    "UPDATE": "it changes data",
+    "OPTIMIZE": "it rewrites the table's parts",
+    "SET": "it changes settings",
+    "USE": "it changes the session's database",
+    "SYSTEM": "it administers the engine",
+    "KILL": "it cancels queries",
+    "GRANT": "it changes access rights",
+    "REVOKE": "it changes access rights",
+    "BACKUP": "it writes a backup",
+    "RESTORE": "it restores a backup",
+    **dict.fromkeys(
+        ("DROP", "TRUNCATE", "ALTER", "CREATE", "RENAME", "DETACH", "ATTACH", "EXCHANGE"),
+        "it changes the schema or deletes data",
+    ),
 }
-_ACCEPTED = "accepted: SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN"
+"""Why a statement is refused, by its first word (others: :data:`_OTHER`)."""
+_OTHER = "it is not a plain read of the tables"
+_ACCEPTED = "accepted: SELECT, WITH, SHOW TABLES/COLUMNS/CREATE, DESCRIBE, EXISTS, EXPLAIN"
 _OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b|\bFROM\s+INFILE\b", re.IGNORECASE)
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
 _CODE = re.compile(r"Code: (\d+)\.")
@@ -212,7 +224,7 @@ def _refuse(what: str, why: str) -> QueryRefused:
 
 
 def _statement_word(text: str) -> str:
-    return " ".join(text.split()[:2]).upper() if text.split() else "the statement"
+    return text.split()[0].upper() if text.split() else "the statement"
 
 
 def check(client: Client, sql: str) -> str:
@@ -232,8 +244,8 @@ def check(client: Client, sql: str) -> str:
     except Exception as exc:
         raise _failure(exc, text, "query does not parse") from None
     if root.kind not in READS:
-        why = _WHY.get(root.kind, "it writes or changes the schema, data or server")
-        raise _refuse(_statement_word(text), why)
+        word = _statement_word(text)
+        raise _refuse(word, _WHY.get(word, _OTHER))
     external = _external(client)
     for node in _walk(root):
         if node.kind.endswith("Query") and node.kind not in _NESTED_OK:

@@ -96,6 +96,10 @@ REFUSED = [
     ("SELECT * FROM mysql('127.0.0.1:9', 'd', 't', 'u', 'p')", "mysql()"),
     ("SELECT 1 SETTINGS max_execution_time = 1000", "max_execution_time"),
     ("SELECT 1 FORMAT JSON", "FORMAT"),
+    ("DESCRIBE TABLE file('/etc/passwd', 'LineAsString')", "file()"),
+    ("EXPLAIN PLAN SELECT * FROM file('/etc/passwd', 'LineAsString')", "file()"),
+    ("EXPLAIN SYNTAX INSERT INTO scores SELECT * FROM scores", "INSERT"),
+    ("SELECT * FROM url('http://127.0.0.1:9/x', 'LineAsString') SETTINGS readonly = 0", "readonly"),
 ]
 
 ANSWERED = [
