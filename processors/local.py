@@ -8,10 +8,11 @@ every stage has handled every item (read from the processors' progress files) �
 children → stop the broker → write the report from ClickHouse. Each run gets its own folder
 ``<data_dir>/runs/<UTC time>/`` (nothing of an earlier run is overwritten); ``<data_dir>/latest``
 names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
-``skyloop control``, and each worker's Prometheus port (``"metrics"``; also as
-``<run>/prometheus-targets.json``, :mod:`processors.core.metrics_targets`). With
-``alert_webhook_url`` set, pauses and rollbacks are posted there (:mod:`processors.core.alerts`).
-The summary ends with the run's ledger (:mod:`processors.report.ledger`).
+``skyloop control``, with the run's query token (mode 0600; :mod:`processors.sink.query_token`)
+and each worker's Prometheus port (``"metrics"``; also as ``<run>/prometheus-targets.json``,
+:mod:`processors.core.metrics_targets`). With ``alert_webhook_url`` set, pauses and rollbacks
+are posted there (:mod:`processors.core.alerts`). The summary ends with the run's ledger
+(:mod:`processors.report.ledger`).
 
 A processor that dies (a crash, ``kill -9``) is restarted with back-off, up to a bound
 (:class:`~processors.core.supervisor.RestartPolicy`), and the run goes on: it resumes from its
@@ -51,6 +52,7 @@ from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
+from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.topology import resolve
 
 if TYPE_CHECKING:
@@ -172,14 +174,15 @@ def run_local(
         stack = run_dir / "stack.json"
         # every worker's /metrics on its own loopback port (processors.core.metrics_targets)
         ports = assign_ports([*WORKERS, "ingest"])
-        stack.write_text(
-            json.dumps(
-                {
-                    "bootstrap": broker.bootstrap_servers,
-                    "topic_prefix": settings.kafka.topic_prefix,
-                    "metrics": ports,
-                }
-            )
+        token = new_token()  # the sink's query endpoint answers only requests that carry it
+        write_private(
+            stack,
+            {
+                "bootstrap": broker.bootstrap_servers,
+                "topic_prefix": settings.kafka.topic_prefix,
+                "metrics": ports,
+                "query_token": token,
+            },
         )
         write_targets(run_dir, settings.data_dir, ports)
         env = {
@@ -189,6 +192,7 @@ def run_local(
             "SKYLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix,
             "SKYLOOP_GROUP_PREFIX": settings.kafka.group_prefix,
             "HF_HUB_OFFLINE": "1",
+            TOKEN_ENV: token,
         }
         # every setting under its flat name; lists and mappings as JSON (what pydantic-settings
         # parses from the environment)
