@@ -8,7 +8,11 @@ every stage has handled every item (read from the processors' progress files) �
 children → stop the broker → write the report from ClickHouse. Each run gets its own folder
 ``<data_dir>/runs/<UTC time>/`` (nothing of an earlier run is overwritten); ``<data_dir>/latest``
 names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
-``skyloop control``.
+``skyloop control``, with the run's query token (mode 0600; :mod:`processors.sink.query_token`)
+and each worker's Prometheus port (``"metrics"``; also as ``<run>/prometheus-targets.json``,
+:mod:`processors.core.metrics_targets`). With ``alert_webhook_url`` set, pauses and rollbacks
+are posted there (:mod:`processors.core.alerts`). The summary ends with the run's ledger
+(:mod:`processors.report.ledger`).
 
 A processor that dies (a crash, ``kill -9``) is restarted with back-off, up to a bound
 (:class:`~processors.core.supervisor.RestartPolicy`), and the run goes on: it resumes from its
@@ -42,19 +46,25 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import SecretStr
 
+from processors.core.alerts import start_run_alerts
 from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ensure_topics
+from processors.core.metrics_targets import assign_ports, clear_targets, write_targets
 from processors.core.progress import read_progress
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.local_restarts import RestartedTruth
 from processors.resume import WORKERS, RunArgs, Stack, mark_finished
+from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.topology import resolve
+
+if TYPE_CHECKING:
+    from processors.report.ledger import Ledger
 
 __all__ = ["WORKERS", "RunResult", "latest_run_dir", "run_local"]
 
@@ -76,6 +86,9 @@ class RunResult:
     interrupted: bool = False
     restarts: dict[str, int] = field(default_factory=dict)
     """Restarts per processor (those never restarted omitted)."""
+    ledger: Ledger | None = None
+    """Every ingested item accounted for (:mod:`processors.report.ledger`); the summary's last
+    line, and the report's."""
 
 
 def latest_run_dir(data_dir: Path) -> Path | None:
@@ -178,11 +191,19 @@ def run_local(
     with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
-        stack.write_text(
-            json.dumps(
-                {"bootstrap": broker.bootstrap_servers, "topic_prefix": settings.kafka.topic_prefix}
-            )
+        # every worker's /metrics on its own loopback port (processors.core.metrics_targets)
+        ports = assign_ports([*WORKERS, "ingest"])
+        token = new_token()  # the sink's query endpoint answers only requests that carry it
+        write_private(
+            stack,
+            {
+                "bootstrap": broker.bootstrap_servers,
+                "topic_prefix": settings.kafka.topic_prefix,
+                "metrics": ports,
+                "query_token": token,
+            },
         )
+        write_targets(run_dir, settings.data_dir, ports)
         env = {
             "SKYLOOP_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "SKYLOOP_DATA_DIR": str(run_dir),
@@ -190,6 +211,7 @@ def run_local(
             "SKYLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix,
             "SKYLOOP_GROUP_PREFIX": settings.kafka.group_prefix,
             "HF_HUB_OFFLINE": "1",
+            TOKEN_ENV: token,
         }
         # every setting under its flat name; lists and mappings as JSON (what pydantic-settings
         # parses from the environment)
@@ -198,6 +220,7 @@ def run_local(
                 value = value.get_secret_value()
             text = json.dumps(value) if isinstance(value, list | dict) else str(value)
             env.setdefault(f"SKYLOOP_{key.upper()}", text)
+        stop_alerts = start_run_alerts(settings, broker.bootstrap_servers, run_dir.as_uri())
         try:
             with Supervisor(logs, env) as sup:
                 truth = RestartedTruth(settings, broker.bootstrap_servers, run_dir, sup)
@@ -213,6 +236,7 @@ def run_local(
                     out,
                     resumed=lost_log,
                     continued=resume is not None,
+                    env_for=lambda name: _metrics_env(ports, name),
                 )
                 stack_.start_workers()
                 ingest_started = time.monotonic()
@@ -228,6 +252,7 @@ def run_local(
                     sup.stop("ingest")
                     _follow(stack_, progress, images, None, started, timeout_s, logs, out)
                 ingest_seconds = time.monotonic() - ingest_started
+                stack_.count_stored_as_ingested()
                 out.write("\nskyloop: all stages done; stopping processors\n")
                 sup.stop_all()
                 restarts = sup.restarts
@@ -237,21 +262,26 @@ def run_local(
                     restarts["broker"] = broker.restarts
         finally:
             stack.unlink(missing_ok=True)
+            clear_targets(run_dir, settings.data_dir)
+            if stop_alerts is not None:
+                stop_alerts()
             if truth is not None:
                 truth.close()
-    from processors.report.run_report import write_run_report
+    from processors.report.run_report import report_run
 
-    report_path, counts = write_run_report(run_dir, settings)
+    # the run reached its stop condition: every stage handled every ingested item
+    report = report_run(run_dir, settings, finished=True)
     mark_finished(run_dir)
     return RunResult(
         run_dir,
-        report_path,
+        report.path,
         time.monotonic() - started,
         ingest_seconds,
-        counts,
+        report.counts,
         _progress(progress, "ingest"),
         interrupted,
         restarts,
+        report.ledger,
     )
 
 
@@ -290,6 +320,11 @@ def _follow(
         if now - started > timeout_s:
             raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
         time.sleep(0.5)
+
+
+def _metrics_env(ports: dict[str, int], worker: str) -> dict[str, str]:
+    """A child's own metrics port (its restarts keep it, so stack.json stays right)."""
+    return {"SKYLOOP_METRICS_PORT": str(ports[worker])}
 
 
 def _sigterm_as_interrupt() -> None:

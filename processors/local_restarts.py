@@ -18,6 +18,7 @@ from processors.core.config import Settings
 from processors.core.kafka import kafka_security
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
+from processors.sink.query_token import TOKEN_HEADER, endpoint
 from processors.topology import resolve
 
 __all__ = ["RestartedTruth"]
@@ -71,9 +72,12 @@ class RestartedTruth:
         if time.monotonic() - at < 2.0:
             return cached
         try:
-            port = json.loads((self.run_dir / "sink.json").read_text())["port"]
+            port, token = endpoint(self.run_dir / "sink.json")
             request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/sql", data=_SINK_COUNTS_SQL.encode(), method="POST"
+                f"http://127.0.0.1:{port}/sql",
+                data=_SINK_COUNTS_SQL.encode(),
+                method="POST",
+                headers={TOKEN_HEADER: token},
             )
             with urllib.request.urlopen(request, timeout=10) as response:
                 body = json.loads(response.read())

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,6 +149,7 @@ class Stack:
         *,
         resumed: bool = False,
         continued: bool = False,
+        env_for: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self.settings = settings
         self.run_dir = run_dir
@@ -159,6 +161,8 @@ class Stack:
         self.out = out
         self.resumed = resumed
         self.continued = continued
+        self.env_for = env_for or (lambda _name: {})
+        """A child's own environment (its metrics port), by worker name."""
         self.stored: Stored | None = None
         self.recoveries = 0
         """Times the memory broker died during this process and the run was rebuilt."""
@@ -187,12 +191,12 @@ class Stack:
             self.truth.forced = True
         if not self.resumed:
             for name in WORKERS:
-                self.sup.start(name, name)
+                self.sup.start(name, name, env=self.env_for(name))
             self._ready(WORKERS)
             if self.continued:
                 self.stored = write_skip_list(self.run_dir)
             return
-        self.sup.start("sink", "sink")
+        self.sup.start("sink", "sink", env=self.env_for("sink"))
         self._ready(("sink",))
         self.out.write("skyloop: rebuilding the broker's log from ClickHouse...\n")
         r = rebuild(self.settings, self.broker.bootstrap_servers, self.run_dir)
@@ -204,7 +208,7 @@ class Stack:
         )
         rest = tuple(w for w in WORKERS if w != "sink")
         for name in rest:
-            self.sup.start(name, name)
+            self.sup.start(name, name, env=self.env_for(name))
         self._ready(rest)
 
     def start_ingest(self) -> None:
@@ -232,6 +236,7 @@ class Stack:
             *[a for s in args.sources for a in ("--source", s)],
             *skip,
             restart=False,
+            env=self.env_for("ingest"),
         )
 
     def _ingested_for(self, started_at: float) -> float:
@@ -254,6 +259,25 @@ class Stack:
             marker = self.run_dir / "resume" / "ingested_until"
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(str(path.stat().st_mtime))
+
+    def count_stored_as_ingested(self) -> None:
+        """Add what was stored before this ingest (and skipped by it) to its counters.
+
+        The run's ledger then counts every item of the run once: the distinct images and
+        source failures stored before the resume, which this ingest did not publish again,
+        plus what it published (``report/ledger.py`` reads ``progress/ingest.json``).
+        """
+        path = self.progress / "ingest.json"
+        if self.stored is None or not path.is_file():
+            return
+        counts = json.loads(path.read_text())
+        before = {"images": self.stored.images, "dead_letter_keys": self.stored.dead_letters}
+        for key, n in before.items():
+            counts[key] = int(counts.get(key, 0)) + n
+        counts["stored_before_resume"] = before
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(counts, sort_keys=True))
+        tmp.replace(path)
 
     # -- the memory broker died ----------------------------------------------------------
     def heal_broker(self) -> None:

@@ -43,6 +43,7 @@ from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ControlFollower, make_producer, partition_for
 from processors.core.kafka import produce_control_event as _produce_event
 from processors.core.records import TOPICS, ControlEventRecord, ControlParams, ImageRecord
+from processors.sink.query_token import TOKEN_HEADER, endpoint
 
 __all__ = ["EVENTS_SQL", "Rebuilt", "SinkSql", "events_from_rows", "rebuild", "stored_events"]
 
@@ -51,20 +52,20 @@ SKIP_FILE = "resume/stored.txt"
 
 _SERVED = "(role = 'production' OR (role = 'canary' AND calibrated))"
 _TO_REPRODUCE = f"""
-SELECT image_id FROM images FINAL
-WHERE image_id NOT IN (SELECT key FROM dead_letters WHERE original_topic = 'images.raw'
-                       AND key IS NOT NULL)
-  AND (image_id NOT IN (SELECT image_id FROM scores WHERE {_SERVED})
-       OR (image_id IN (SELECT image_id FROM scores WHERE {_SERVED} AND is_candidate)
-           AND image_id NOT IN (SELECT image_id FROM candidates)))
-ORDER BY kafka_partition, fetched_at, kafka_offset, image_id
+image_id NOT IN (SELECT key FROM dead_letters WHERE original_topic = 'images.raw'
+                 AND key IS NOT NULL)
+AND (image_id NOT IN (SELECT image_id FROM scores WHERE {_SERVED})
+     OR (image_id IN (SELECT image_id FROM scores WHERE {_SERVED} AND is_candidate)
+         AND image_id NOT IN (SELECT image_id FROM candidates)))
 """
+"""Stored images to score again: no served score (or a flag without its candidate row)."""
 _IMAGE_COLUMNS = (
     "image_id, source, survey, ra, dec, observed_at, fetched_at, toString(format) AS format, "
     "width, height, bands, base64Encode(pixels) AS pixels, uri, provenance, truth_is_anomaly, "
     "truth_kind, truth_segment, truth_boxes"
 )
 _PAGE = 256
+_LIST_PAGE = 100_000
 _EVENT = "skyloop.ControlEvent"
 
 
@@ -72,6 +73,8 @@ class SinkSql:
     """SQL over the run's ClickHouse through the live sink's endpoint (``<run>/sink.json``).
 
     Never opens the chdb files itself: one OS process may hold a chdb path, and the sink does.
+    The endpoint bounds each answer (200,000 rows), so long lists are read in pages
+    (:meth:`pages`).
     """
 
     def __init__(self, run_dir: Path, timeout_s: float = 120.0) -> None:
@@ -82,9 +85,12 @@ class SinkSql:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                port = json.loads((self.run_dir / "sink.json").read_text())["port"]
+                port, token = endpoint(self.run_dir / "sink.json")
                 request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/sql", data=sql.encode(), method="POST"
+                    f"http://127.0.0.1:{port}/sql",
+                    data=sql.encode(),
+                    method="POST",
+                    headers={TOKEN_HEADER: token},
                 )
                 with urllib.request.urlopen(request, timeout=120) as response:
                     body = json.loads(response.read())
@@ -98,6 +104,19 @@ class SinkSql:
                         f"{self.timeout_s:.0f}s"
                     ) from None
                 time.sleep(0.3)
+
+    def pages(self, select: str, where: str = "1") -> Iterator[dict[str, Any]]:
+        """Rows of ``SELECT {select} FROM images WHERE {where}``, by ``image_id`` in pages."""
+        last = ""
+        while True:
+            rows = self.rows(
+                f"SELECT {select} FROM images WHERE ({where}) AND image_id > '{last}' "
+                f"ORDER BY image_id LIMIT {_LIST_PAGE}"
+            )
+            yield from rows
+            if len(rows) < _LIST_PAGE:
+                return
+            last = rows[-1]["image_id"]
 
 
 def _utc(text: str | datetime) -> datetime:
@@ -213,7 +232,7 @@ def write_skip_list(run_dir: Path, sql: SinkSql | None = None) -> Stored:
     sql = sql or SinkSql(run_dir)
     path = run_dir / SKIP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = sql.rows("SELECT DISTINCT image_id, source, provenance['path'] AS path FROM images")
+    images = list(sql.pages("DISTINCT image_id, source, provenance['path'] AS path"))
     letters = sql.rows(
         "SELECT DISTINCT substring(original_topic, 8) AS source, key FROM dead_letters "
         "WHERE startsWith(original_topic, 'source:') AND key IS NOT NULL"
@@ -249,7 +268,15 @@ def rebuild(settings: Settings, bootstrap: str, run_dir: Path) -> Rebuilt:
     for event in events:
         _produce_event(producer, settings, event, codec)
     _check_fold(settings, bootstrap, expected, len(events))
-    ids = [r["image_id"] for r in sql.rows(_TO_REPRODUCE)]
+    # in their original per-source order (partition, then as fetched)
+    order = sorted(
+        (r["kafka_partition"], r["fetched_at"], r["kafka_offset"], r["image_id"])
+        for r in sql.pages(
+            "DISTINCT image_id, kafka_partition, toString(fetched_at) AS fetched_at, kafka_offset",
+            _TO_REPRODUCE,
+        )
+    )
+    ids = list(dict.fromkeys(r[3] for r in order))
     errors: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:

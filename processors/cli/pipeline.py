@@ -111,7 +111,11 @@ def _summary(result: Any) -> int:
         + f"  data: {result.run_dir}\n"
         f'  query: skyloop sql "SELECT source, count() FROM scores FINAL GROUP BY source"\n'
         f"report: {result.report_path}"
+        + (f"\n{result.ledger.line()}" if result.ledger is not None else "")
     )
+    if result.ledger is not None and not result.ledger.balanced:
+        print("skyloop: the ledger does not balance (see its last line)", file=sys.stderr)
+        return 1
     if result.interrupted:
         print("skyloop: interrupted; what was ingested went through every stage", file=sys.stderr)
         return 130

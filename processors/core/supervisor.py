@@ -102,6 +102,8 @@ class Child:
     """Stopped on purpose: never restarted."""
     restart: bool = True
     """False for a child whose death must end the run (it cannot resume where it was)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """This child's own environment on top of the supervisor's (kept across restarts)."""
 
     @property
     def restarts(self) -> int:
@@ -128,7 +130,9 @@ class Supervisor:
         self.on_restart = on_restart
         self.children: dict[str, Child] = {}
 
-    def _spawn(self, name: str, args: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], Path]:
+    def _spawn(
+        self, name: str, args: tuple[str, ...], env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -137,14 +141,16 @@ class Supervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **(env or {})},
                 start_new_session=True,
             )
         return proc, log_path
 
-    def start(self, name: str, *args: str, restart: bool = True) -> Child:
-        proc, log_path = self._spawn(name, args)
-        child = Child(name, proc, log_path, tuple(args), restart=restart)
+    def start(
+        self, name: str, *args: str, restart: bool = True, env: dict[str, str] | None = None
+    ) -> Child:
+        proc, log_path = self._spawn(name, args, env)
+        child = Child(name, proc, log_path, tuple(args), restart=restart, env=dict(env or {}))
         self.children[name] = child
         return child
 
@@ -187,7 +193,7 @@ class Supervisor:
                         f"{child.proc.returncode}; restarting in {delay:.1f}s ---\n".encode()
                     )
             if child.restart_due is not None and now >= child.restart_due:
-                child.proc, child.log_path = self._spawn(child.name, child.args)
+                child.proc, child.log_path = self._spawn(child.name, child.args, child.env)
                 child.restarts_at.append(now)
                 child.restart_due = None
                 restarted.append(child)

@@ -10,7 +10,8 @@ does not fit its table, goes to the dead-letter topic (and so, on a later batch,
 directly, wrapped with the reason. Nothing consumed is dropped.
 
 While it runs, the sink owns the chdb path and answers ``skyloop sql`` over a loopback HTTP
-endpoint whose port it writes to ``<data_dir>/sink.json``. It also keeps distinct-id counts in
+endpoint (read-only SQL, behind the run's token: :mod:`processors.sink.query_server`) whose port
+and token it writes to ``<data_dir>/sink.json`` (mode 0600). It also keeps distinct-id counts in
 its progress file, which the local supervisor uses to know when every stage is done.
 
 Being the one process that may open the chdb path, the sink also writes the run-time reports
@@ -23,8 +24,8 @@ inserted, and a failing report is logged and counted (``report_errors``), never 
 from __future__ import annotations
 
 import gc
-import json
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from processors.report.schedule import ReportSchedule, interim_report_for, repor
 from processors.sink.landing import LANDING_TABLE, Peeked, ScoreLanding
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
+from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.sink.rows import (
     KafkaCoordinates,
     Row,
@@ -102,9 +104,14 @@ class SinkProcessor:
         self.reports_dir = ctx.settings.data_dir / "report"
         self.schedule = ReportSchedule(ctx.settings.report.interval_s, datetime.now(UTC))
         if self.serve_queries:
-            self.server = QueryServer(self.client, self.lock).start()
+            # queries get a client of their own, made read-only (the sink's stays writable)
+            dsn, options = ctx.settings.resolved_clickhouse_dsn, client_options(ctx.settings)
+            token = os.environ.get(TOKEN_ENV) or new_token()
+            self.server = QueryServer(lambda: connect(dsn, **options), self.lock, token).start()
             ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
-            (ctx.settings.data_dir / "sink.json").write_text(json.dumps({"port": self.server.port}))
+            write_private(
+                ctx.settings.data_dir / "sink.json", {"port": self.server.port, "token": token}
+            )
 
     def close(self) -> None:
         if self.server is not None:

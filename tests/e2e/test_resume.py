@@ -187,6 +187,8 @@ def test_resume_after_the_whole_run_was_killed(tmp_path: Path, broker: str) -> N
     assert ingest["skipped_stored"] + ingest["published"] == IMAGES  # each item counted once
     assert (run_dir / "finished").is_file()
     assert f"images {IMAGES}, scored {IMAGES}" in out, out
+    assert f"ledger: ingested {IMAGES} = scored {IMAGES} + cut 0" in out, out
+    assert "NOT BALANCED" not in out
     # the control state the resumed run started from is a prefix of the log it ended with
     after, _ = _stored_fingerprint(run_dir)
     assert after >= events
@@ -252,5 +254,6 @@ def test_memory_broker_death_mid_run_is_recovered(tmp_path: Path) -> None:
     assert proc.returncode == 0, err[-3000:]
     assert "the embedded broker died" in err
     assert "rebuilt from ClickHouse 1" in out, out
+    assert f"ledger: ingested {IMAGES} = scored {IMAGES} + cut 0" in out, out
     run_dir = Path((data / "latest").read_text().strip())
     assert _rows(run_dir, _COUNTS)[0] == (IMAGES, IMAGES, IMAGES, 0)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = [
+    "AlertsSettings",
     "BatchSettings",
     "BrokerSettings",
     "ClickHouseSettings",
@@ -115,6 +116,32 @@ class MetricsSettings(Section):
     host: str = Field(
         default="127.0.0.1", description="address /metrics binds to (0.0.0.0 in a container)"
     )
+
+
+class AlertsSettings(Section):
+    """Where a local run sends alerts (:mod:`processors.core.alerts`); a deployment's
+    Prometheus and Alertmanager alert from the metrics instead."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        description=(
+            "POST an Alertmanager-style webhook payload here on a health pause, a source "
+            "back-off and a rollback (and resolved on the matching resume); unset: no alerts"
+        ),
+    )
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="one webhook request's timeout"
+    )
+    webhook_attempts: int = Field(
+        default=5, ge=1, le=20, description="tries per alert, with back-off doubling from 0.5 s"
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
 
 class BatchSettings(Section):
