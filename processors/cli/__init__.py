@@ -4,7 +4,8 @@ top, report, tail.
 Exit codes: 0 success, 1 a pipeline or data error (message on stderr), 2 bad usage or config.
 One module per family of commands, each adding its own subparsers: :mod:`.pipeline` (run,
 worker, init, topology), :mod:`.replay`, :mod:`.control`, :mod:`.data` (sql, events, models,
-top, report), :mod:`.topics` (tail). Importing this package is cheap: each command imports what it needs when it runs.
+top, report), :mod:`.topics` (tail). Importing this package is cheap: each command imports
+what it needs when it runs.
 """
 
 from __future__ import annotations
