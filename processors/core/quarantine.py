@@ -44,6 +44,7 @@ from confluent_kafka import KafkaException
 
 from processors.core.exceptions import SkyloopError, StoreUnavailableError
 from processors.core.processor import DeliveryError, InMessage, OutMessage, RunContext
+from processors.core.supervisor import RESTART_EXIT
 
 __all__ = ["InFlight", "PoisonLimitError", "Quarantine", "WorkerDiedError"]
 
@@ -95,6 +96,8 @@ class InFlight:
         self.current: str | None = None
         self.suspect: list[dict[str, Any]] = []
         self.deaths: dict[str, int] = {}
+        self.exits: list[str] = []
+        """How the last deaths ended (exit codes from the supervisor), newest last."""
         self.died = False
         """Whether the previous process died with something in flight."""
         try:
@@ -103,6 +106,7 @@ class InFlight:
             return
         self.suspect = list(data.get("suspect", []))
         self.deaths = {str(k): int(v) for k, v in data.get("deaths", {}).items()}
+        self.exits = [str(e) for e in data.get("exits", [])]
         current, batch = data.get("current"), data.get("batch")
         if current:
             self.deaths[current] = self.deaths.get(current, 0) + 1
@@ -112,6 +116,7 @@ class InFlight:
                 self.suspect.append({"tp": tp, "first": first, "last": last, "deaths": 1})
             self.died = True
         if self.died:
+            self.exits = [*self.exits, os.environ.get(RESTART_EXIT, "unknown")][-10:]
             self._save()
 
     def _save(self) -> None:
@@ -120,6 +125,7 @@ class InFlight:
             "current": self.current,
             "suspect": self.suspect,
             "deaths": self.deaths,
+            "exits": self.exits,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
@@ -253,7 +259,8 @@ class Quarantine:
         if deaths >= self.attempts:
             reason = (
                 f"quarantined: its worker died {deaths} times while it was in flight "
-                f"(attempts {deaths}); skipped"
+                f"(attempts {deaths}; exit codes of the last deaths: "
+                f"{', '.join(self.record.exits[-deaths:])}, a negative one the signal); skipped"
             )
             return [self._dead(message, WorkerDiedError(reason), reason)]
         tries = deaths + (failed is not None)

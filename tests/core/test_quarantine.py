@@ -20,6 +20,7 @@ from processors.core.faults import ENV, parse
 from processors.core.kafka import ensure_topics, make_consumer, make_producer
 from processors.core.quarantine import InFlight
 from processors.core.runner import Runner, StopSignal
+from processors.core.supervisor import RESTART_EXIT
 from tests.core.poison_child import Copy
 from tests.core.test_runner import run_until
 
@@ -121,7 +122,7 @@ def test_a_worker_dying_on_a_message_every_time_dead_letters_it_after_k_deaths(
     for _ in range(6):  # a supervisor: restart the worker while it dies
         child = subprocess.run(
             [sys.executable, "-m", "tests.core.poison_child", kafka_bootstrap, str(progress), "9"],
-            env=env,
+            env={**env, RESTART_EXIT: str(codes[-1])} if codes else env,
             cwd=REPO,
             timeout=120,
             capture_output=True,
@@ -139,7 +140,7 @@ def test_a_worker_dying_on_a_message_every_time_dead_letters_it_after_k_deaths(
     letter = default_codec().decode(dlq.value(), "skyloop.DeadLetter")
     assert (letter["offset"], letter["raw"]) == (5, b"message-5")
     assert letter["error_class"] == "WorkerDiedError"
-    assert "died 3 times" in letter["message"]
+    assert "died 3 times" in letter["message"] and "last deaths: 70, 70, 70" in letter["message"]
     # the record is pruned once the commit passed it
     record = InFlight(progress / "copy.inflight.json")
     assert not record.died and not record.suspect and not record.deaths
