@@ -100,9 +100,13 @@ class InFlight:
         """How the last deaths ended (exit codes from the supervisor), newest last."""
         self.died = False
         """Whether the previous process died with something in flight."""
+        self._fd: int | None = None
+        self._size = 0
         try:
-            data = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            text = path.read_text()
+            self._size = len(text.encode())
+            data = json.loads(text)
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return
         self.suspect = list(data.get("suspect", []))
         self.deaths = {str(k): int(v) for k, v in data.get("deaths", {}).items()}
@@ -120,17 +124,29 @@ class InFlight:
             self._save()
 
     def _save(self) -> None:
-        data = {
-            "batch": self.batch,
-            "current": self.current,
-            "suspect": self.suspect,
-            "deaths": self.deaths,
-            "exits": self.exits,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(self.path)
+        """Rewrite the record in place with one ``pwrite``, padded with blanks (still JSON) to
+        the longest record so far: no rename (5 ms on some file systems, against 2 µs), and a
+        death right after the call finds the whole record in the page cache."""
+        data = json.dumps(
+            {
+                "batch": self.batch,
+                "current": self.current,
+                "suspect": self.suspect,
+                "deaths": self.deaths,
+                "exits": self.exits,
+            },
+            sort_keys=True,
+        ).encode()
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.pwrite(self._fd, data.ljust(self._size), 0)
+        self._size = max(self._size, len(data))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def deaths_of(self, message: InMessage) -> int:
         """Deaths of the worker while ``message`` was in flight (alone or in a batch)."""
@@ -147,12 +163,16 @@ class InFlight:
             return False
         return any(self.deaths_of(m) for m in batch)
 
-    def begin_batch(self, batch: Sequence[InMessage]) -> None:
-        ranges: dict[str, list[int]] = {}
-        for m in batch:
-            first, last = ranges.setdefault(_tp(m), [m.offset, m.offset])
-            ranges[_tp(m)] = [min(first, m.offset), max(last, m.offset)]
-        self.batch, self.current = ranges, None
+    def begin_batch(
+        self, batch: Sequence[InMessage], last: dict[tuple[str, int], int] | None = None
+    ) -> None:
+        """``batch`` is in flight (``last``: its highest offset per partition, if known)."""
+        if last is None:
+            last = {(m.topic, m.partition): m.offset for m in batch}
+        # offsets rise within a partition of a batch: the first seen is the lowest
+        first = {(m.topic, m.partition): m.offset for m in reversed(batch)}
+        self.batch = {f"{t}/{p}": [o, last[(t, p)]] for (t, p), o in first.items()}
+        self.current = None
         self._save()
 
     def in_flight(self, messages: Sequence[InMessage]) -> None:
@@ -165,12 +185,20 @@ class InFlight:
 
     def abandon(self) -> None:
         """A controlled exit: nothing died in flight (deaths counted so far are kept)."""
-        if self.batch is not None or self.current is not None:
-            self.batch, self.current = None, None
+        self.batch, self.current = None, None
+        if self._fd is not None or self.died:
             self._save()
 
     def committed(self, next_offsets: dict[tuple[str, int], int]) -> None:
-        """The batch is committed: ``next_offsets`` per (topic, partition); prune below them."""
+        """The batch is committed: ``next_offsets`` per (topic, partition); prune below them.
+
+        Not written unless there were deaths (one write per batch, not two): a death before the
+        next batch leaves this batch recorded as in flight, which is harmless, since its offsets
+        are committed and never come back; the next commit of its partitions prunes it.
+        """
+        if not self.suspect and not self.deaths:
+            self.batch, self.current = None, None
+            return
         nxt = {f"{t}/{p}": o for (t, p), o in next_offsets.items()}
         self.suspect = [r for r in self.suspect if r["last"] >= nxt.get(r["tp"], -1)]
         self.deaths = {
@@ -179,7 +207,7 @@ class InFlight:
             if int(k.rsplit("/", 1)[1]) >= nxt.get(k.rsplit("/", 1)[0], -1)
         }
         self.batch, self.current = None, None
-        self._save()
+        self._save()  # only after deaths: pruned, the record stays small
 
 
 class Quarantine:
@@ -192,9 +220,12 @@ class Quarantine:
         self.limit = limit
         self._in_a_row = 0
 
-    def run(self, batch: list[InMessage], call: Call) -> list[OutMessage]:
-        """``call(batch)``'s outputs, with any poison message replaced by its dead letter."""
-        self.record.begin_batch(batch)
+    def run(
+        self, batch: list[InMessage], call: Call, last: dict[tuple[str, int], int] | None = None
+    ) -> list[OutMessage]:
+        """``call(batch)``'s outputs, with any poison message replaced by its dead letter
+        (``last``: the batch's highest offset per partition, if known)."""
+        self.record.begin_batch(batch, last)
         out: list[OutMessage] = []
         if self.record.is_suspect(batch):
             for message in batch:

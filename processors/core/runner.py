@@ -173,6 +173,8 @@ class Runner:
                     continue
                 self._handle(batch, producer, consumer, follower.state)
         finally:
+            self.quarantine.record.abandon()  # a stop, or an error: nothing died in flight
+            self.quarantine.record.close()
             try:
                 self.processor.close()
             finally:
@@ -308,16 +310,17 @@ class Runner:
         started = time.perf_counter()
         for topic, count in Counter(m.topic for m in batch).items():
             MESSAGES_IN.labels(name, topic).inc(count)
+        last: dict[tuple[str, int], int] = {}
+        for m in batch:
+            last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
         try:
-            outputs = self.quarantine.run(batch, lambda b: self._process(b, state, consumer))
+            call = lambda b: self._process(b, state, consumer)  # noqa: E731
+            outputs = self.quarantine.run(batch, call, last)
             self._produce(outputs, producer)
         except BaseException:
             self.quarantine.record.abandon()  # a controlled exit: nothing died in flight
             log.error("%s: batch failed, not committed:\n%s", name, traceback.format_exc())
             raise
-        last: dict[tuple[str, int], int] = {}
-        for m in batch:
-            last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
         consumer.commit(
             offsets=[TopicPartition(settings.topic(t), p, o + 1) for (t, p), o in last.items()],
             asynchronous=False,
