@@ -9,21 +9,22 @@ with a ``call`` that processes a list of messages. Two kinds of failure are isol
   once; if it fails again it is bisected, in order: each half is processed alone, a failing half
   is split again, down to single messages. A single message is tried alone up to
   ``batch.poison_attempts`` (k) times; if every try fails it becomes a dead letter carrying the
-  error class, message, the head of its traceback and the number of attempts. Every other
-  message is processed normally and the outputs keep the input order.
+  error class, message, the innermost frames of its traceback and the number of attempts.
+  Every other message is processed normally and the outputs keep the input order.
 - **The worker dying** (a segfault, ``os._exit``, the OOM killer, SIGKILL) while a message is in
   flight. A small durable record (:class:`InFlight`, a JSON file beside the progress file) names
-  the batch in flight (written before ``process``, cleared after the commit) and, when messages
-  are processed one at a time, the message in flight. A restarted worker reads it: a batch left
+  the batch in flight (rewritten before each batch) and, when messages are processed one at a
+  time, the message in flight. A restarted worker reads it: a batch left
   in flight marks its offsets suspect (one death each), a message left in flight gets one more
   death. Suspect messages are processed one at a time; one whose deaths reach k is dead-lettered
   without being processed again. So the message in flight at the k-th death is skipped, the
   others in its batch are processed, in order.
 
 Invariants: a controlled exit (an exception the runner lets through, a stop signal) clears the
-record, so only a real death counts; records are written atomically (temp file + rename), so
-they survive the process's death (not the machine's: they are not fsynced); entries at offsets
-below what has been committed are dropped. Dead-lettering more than ``batch.poison_limit``
+record, so only a real death counts; a committed batch still named in the record is harmless
+(its offsets never come back); the record is rewritten in place by one ``pwrite``, so it
+survives the process's death (not the machine's: it is not fsynced); entries at offsets below
+what has been committed are dropped. Dead-lettering more than ``batch.poison_limit``
 messages in a row, none processed in between, means the processor is broken rather than the
 messages: the failure is raised instead, nothing is committed, and the supervisor's bound on
 restarts ends the run as before.

@@ -32,6 +32,7 @@ resumes them on ``pipeline.resumed``. Nothing past the last finished batch is co
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import traceback
 from collections import Counter
@@ -112,7 +113,8 @@ class Runner:
         record = (
             progress_dir / f"{processor.name}.inflight.json"
             if progress_dir is not None
-            else settings.data_dir / "inflight" / f"{processor.name}.json"
+            # replicas may share a data dir; a restarted container keeps its host name
+            else settings.data_dir / "inflight" / f"{processor.name}.{socket.gethostname()}.json"
         )
         self.quarantine = Quarantine(
             self.ctx, InFlight(record), settings.batch.poison_attempts, settings.batch.poison_limit

@@ -5,6 +5,7 @@ order, offsets committed past it."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -101,7 +102,9 @@ def test_a_processor_failing_on_every_message_stops_instead(
     assert errors and "the processor is failing" in str(errors[0])
     assert committed(settings, kafka_bootstrap) < 0  # nothing committed
     # a controlled stop is no death: the in-flight record holds nothing in flight
-    record = InFlight(settings.data_dir / "inflight" / "copy.json")
+    path = settings.data_dir / "inflight" / f"copy.{socket.gethostname()}.json"
+    assert path.is_file()
+    record = InFlight(path)
     assert not record.died
 
 
@@ -154,3 +157,28 @@ def test_fault_specs_parse_and_refuse_nonsense() -> None:
         parse("score:explode:images.raw/0/1")
     with pytest.raises(ConfigError, match="TOPIC/PARTITION/OFFSET"):
         parse("score:raise:images.raw/x")
+
+
+def test_the_in_flight_record_counts_deaths_and_forgets_what_was_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from processors.core.processor import InMessage
+
+    batch = [InMessage("images.raw", 1, o, b"k", b"v") for o in range(10, 14)]
+    path = tmp_path / "w.inflight.json"
+    first = InFlight(path)
+    assert not first.died and not first.is_suspect(batch)
+    first.begin_batch(batch)  # ... and the process dies here
+    monkeypatch.setenv(RESTART_EXIT, "-9")
+    second = InFlight(path)
+    assert second.died and second.exits == ["-9"]
+    assert [second.deaths_of(m) for m in batch] == [1, 1, 1, 1] and second.is_suspect(batch)
+    second.begin_batch(batch)
+    second.in_flight(batch[2:3])  # alone now, and dies again
+    third = InFlight(path)
+    assert [third.deaths_of(m) for m in batch] == [1, 1, 2, 1]
+    third.abandon()  # a controlled exit is no death
+    assert [InFlight(path).deaths_of(m) for m in batch] == [1, 1, 2, 1]
+    third.committed({("images.raw", 1): 14})
+    fourth = InFlight(path)
+    assert not fourth.died and not fourth.suspect and not fourth.deaths
