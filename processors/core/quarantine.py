@@ -178,10 +178,11 @@ class InFlight:
 
     def in_flight(self, messages: Sequence[InMessage]) -> None:
         """Part of the batch is processed now: one message (a death is then its own), or
-        several (a death then falls on the batch's range)."""
-        current = _mid(messages[0]) if len(messages) == 1 else None
-        if current != self.current:
-            self.current = current
+        several (a death then falls on their offsets only)."""
+        if len(messages) > 1:
+            self.begin_batch(messages)
+        elif _mid(messages[0]) != self.current:
+            self.current = _mid(messages[0])
             self._save()
 
     def abandon(self) -> None:
@@ -229,8 +230,18 @@ class Quarantine:
         self.record.begin_batch(batch, last)
         out: list[OutMessage] = []
         if self.record.is_suspect(batch):
+            # suspects alone, the runs of messages between them as batches, all in order
+            clean: list[InMessage] = []
             for message in batch:
+                if not self.record.deaths_of(message):
+                    clean.append(message)
+                    continue
+                if clean:
+                    self._bisect(clean, call, out)
+                    clean = []
                 out.extend(self._alone(message, call))
+            if clean:
+                self._bisect(clean, call, out)
             self.record.in_flight(batch)
             return out
         try:
@@ -322,6 +333,7 @@ class Quarantine:
             ) from error
         log.error("%s: %s dead-lettered, %s", self.ctx.processor, _mid(message), reason)
         self.ctx.progress.add("quarantined")
+        self.ctx.progress.add(f"quarantined.{message.topic}")  # the local run's stop condition
         return self.ctx.dead_letter(message, error, self._source(message), reason=reason)
 
     def _source(self, message: InMessage) -> str | None:
