@@ -104,22 +104,45 @@ def _done(
     sink: dict[str, Any],
     controller: dict[str, Any],
     train: dict[str, Any] | None = None,
+    quarantined: dict[str, int] | None = None,
 ) -> bool:
+    """Every stage has handled every item; ``quarantined`` (:func:`_quarantined`): items a stage
+    dead-lettered as poison (ARCHITECTURE.md, "Guarantees"), handled without an output."""
     if not ingest.get("done"):
         return False
+    held = quarantined or {}
     emitters = (controller, train or {})  # the controller's and the trainer's events
     events = sum(v for p in emitters for k, v in p.items() if k.startswith("events."))
     # The sink counts distinct ids, so compare with ingest's distinct counts: a source may
     # deliver the same cutout twice (a ZTF alert re-serialized in another schema version).
     return bool(
-        sink.get("images", 0) >= ingest.get("images", ingest.get("published", 0))
+        sink.get("images", 0) + held.get("images", 0)
+        >= ingest.get("images", ingest.get("published", 0))
         and sink.get("dlq_source", 0)
         >= ingest.get("dead_letter_keys", ingest.get("dead_letters", 0))
-        and sink.get("scores", 0) + sink.get("dlq_images", 0) >= sink.get("images", 0)
-        and sink.get("candidates", 0) >= sink.get("candidate_scores", 0)
-        and sink.get("control_events", 0) >= events
+        and sink.get("scores", 0) + sink.get("dlq_images", 0) + held.get("scores", 0)
+        >= sink.get("images", 0)
+        and sink.get("candidates", 0) + held.get("candidates", 0) >= sink.get("candidate_scores", 0)
+        and sink.get("control_events", 0) + held.get("control_events", 0) >= events
         and controller.get("consumed", 0) >= sink.get("scores", 0)
     )
+
+
+def _quarantined(progress: Path) -> dict[str, int]:
+    """Items the sink or detect dead-lettered as poison, by the count they are missing from (the
+    scorer's go to ``dlq_images`` already). Read from the progress file of the process that did
+    it; a later restart of that process forgets them."""
+    sink, detect = _progress(progress, "sink"), _progress(progress, "detect")
+
+    def n(p: dict[str, Any], topic: str) -> int:
+        return int(p.get(f"quarantined.{topic}", 0))
+
+    return {
+        "images": n(sink, "images.raw"),
+        "scores": n(sink, "scores"),
+        "candidates": n(sink, "candidates") + n(detect, "scores"),
+        "control_events": n(sink, "control.events"),
+    }
 
 
 def _line(
@@ -313,7 +336,8 @@ def _follow(
         elif now - last_line >= 5:
             out.write(line.strip("\r ") + "\n")
             last_line = now
-        if _done(ingest, sink, truth.controller(controller, sink), _progress(progress, "train")):
+        train = _progress(progress, "train")
+        if _done(ingest, sink, truth.controller(controller, sink), train, _quarantined(progress)):
             return
         stack_.heal_broker()  # before the processors: its death is theirs too
         _check(sup)

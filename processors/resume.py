@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -185,8 +184,12 @@ class Stack:
         """
         if self.resumed or self.continued:
             self.note_ingest_time()
-            # what the dead processes left would read as live: stale counts, a stale endpoint
-            shutil.rmtree(self.progress, ignore_errors=True)
+            # what the dead processes left would read as live: stale counts, a stale endpoint;
+            # their in-flight records (core/quarantine.py) name offsets of a log that is gone
+            # when it is rebuilt, and stay when a durable broker kept it
+            for stale in self.progress.glob("*.json") if self.progress.is_dir() else ():
+                if self.resumed or not stale.name.endswith(".inflight.json"):
+                    stale.unlink()
             (self.run_dir / "sink.json").unlink(missing_ok=True)
             self.truth.forced = True
         if not self.resumed:

@@ -32,6 +32,7 @@ from types import TracebackType
 from processors.core.exceptions import SkyloopError
 
 __all__ = [
+    "RESTART_EXIT",
     "Child",
     "ProcessorFailed",
     "RestartPolicy",
@@ -39,6 +40,10 @@ __all__ = [
     "guarded",
     "terminate",
 ]
+
+
+RESTART_EXIT = "SKYLOOP_RESTART_EXIT"
+"""Set for a restarted child: its predecessor's exit code (negative: the signal, -9 SIGKILL)."""
 
 
 class ProcessorFailed(SkyloopError):
@@ -131,9 +136,16 @@ class Supervisor:
         self.children: dict[str, Child] = {}
 
     def _spawn(
-        self, name: str, args: tuple[str, ...], env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: tuple[str, ...],
+        env: dict[str, str] | None = None,
+        last_exit: int | None = None,
     ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start the child; a restarted one learns how its predecessor ended (its exit code,
+        negative for a signal) in ``SKYLOOP_RESTART_EXIT``, for its quarantine's dead letters."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        restart = {} if last_exit is None else {RESTART_EXIT: str(last_exit)}
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -141,7 +153,7 @@ class Supervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env, **(env or {})},
+                env={**os.environ, **self.env, **(env or {}), **restart},
                 start_new_session=True,
             )
         return proc, log_path
@@ -193,7 +205,9 @@ class Supervisor:
                         f"{child.proc.returncode}; restarting in {delay:.1f}s ---\n".encode()
                     )
             if child.restart_due is not None and now >= child.restart_due:
-                child.proc, child.log_path = self._spawn(child.name, child.args, child.env)
+                child.proc, child.log_path = self._spawn(
+                    child.name, child.args, child.env, child.proc.returncode
+                )
                 child.restarts_at.append(now)
                 child.restart_due = None
                 restarted.append(child)

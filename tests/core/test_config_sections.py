@@ -30,6 +30,8 @@ _FLAT_KEYS = [
     "image_size",
     "batch_size",
     "batch_max_wait_ms",
+    "batch_poison_attempts",
+    "batch_poison_limit",
     "torch_threads",
     "torch_compile",
     "score_chunks",

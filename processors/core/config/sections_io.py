@@ -145,13 +145,31 @@ class AlertsSettings(Section):
 
 
 class BatchSettings(Section):
-    """The runner's consume batches (every processor but the sink, which has its own)."""
+    """The runner's consume batches (every processor but the sink, which has its own) and its
+    quarantine of failing messages (every batch loop)."""
 
     size: int = Field(
         default=32, ge=1, le=1024, description="messages consumed (and scored) at once"
     )
     max_wait_ms: int = Field(
         default=200, ge=0, le=60_000, description="a partial batch waits this long"
+    )
+    poison_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description=(
+            "a message whose processing fails (raises, or its worker dies) this many times in "
+            "a row is dead-lettered and skipped (every batch loop, the sink's included)"
+        ),
+    )
+    poison_limit: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "dead-lettering more than this many failing messages in a row, none processed in "
+            "between, means the processor is broken, not the messages: it stops instead"
+        ),
     )
 
 
