@@ -27,7 +27,7 @@ from processors.core.records import ControlEventRecord
 SOURCES = ["sky", "hubble", "ztf"]
 VERSIONS = ["v1", "v2", "yolo@1", "ghost@9"]
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 hostile_numbers = st.sampled_from(
     [math.nan, math.inf, -math.inf, -1.0, -1e-9, 1e300, 1e7, 2.0, 0.0, 1.0, 0.5, 7, True]
@@ -191,7 +191,7 @@ def test_any_stream_folds_deterministically_and_keeps_the_invariants(
     assert state.offset == len(stream) - 1
 
 
-@FAST
+@settings(max_examples=100, deadline=None)
 @given(streams)
 def test_every_prefix_keeps_the_invariants(stream: list[ControlEventRecord]) -> None:
     state = ControlState.initial()
@@ -212,7 +212,7 @@ DEFAULTS = ("detector", "value", "model_version", "backbone", "artifact_id", "ta
 DEFAULTS += ("vote_k", "thresholds", "weights", "fraction", "until", "reason", "extra")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(streams)
 def test_replay_through_avro_refuses_the_same_events(stream: list[ControlEventRecord]) -> None:
     """Events the wire carries unchanged get the same verdicts from the fold of the decoded log
