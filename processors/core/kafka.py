@@ -196,8 +196,9 @@ class ControlFollower:
     offset still advances), never applied half-way. :meth:`has_event` answers whether an event
     id is among the last ``remember`` events applied (bounded memory), so a restarted emitter
     can tell a decision it already logged. An event the fold refuses (:mod:`.fold_guard`) is
-    logged, counted (``skyloop_control_events_refused_total``) and never handed to ``on_event``;
-    :meth:`refusal_at` tells the reason for one of the last ``remember`` refusals by offset.
+    logged, counted (``skyloop_control_events_refused_total``), never handed to ``on_event`` nor
+    remembered by :meth:`has_event`; :meth:`refusal_at` tells the reason for one of the last
+    ``remember`` refusals by offset.
     """
 
     def __init__(
@@ -273,13 +274,15 @@ class ControlFollower:
             with self._cond:
                 self.state = new_state
                 self._next_offset = offset + 1
-                self._recent[event["event_id"]] = None
-                while len(self._recent) > self.remember:
-                    self._recent.popitem(last=False)
                 if refused:
                     self._refused[offset] = new_state.refusals[-1].reason
                     while len(self._refused) > self.remember:
                         self._refused.popitem(last=False)
+                else:  # a refused event's id is not remembered: an intruder that takes the
+                    # (predictable) id of a decision not made yet cannot stop it being logged
+                    self._recent[event["event_id"]] = None
+                    while len(self._recent) > self.remember:
+                        self._recent.popitem(last=False)
                 self._cond.notify_all()
             if self.on_event is not None and not refused:
                 self.on_event(new_state, event)  # type: ignore[arg-type]

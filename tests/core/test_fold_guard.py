@@ -174,13 +174,15 @@ def test_the_follower_skips_refused_events_and_tells_why(
     ).start()
     try:
         produce_control_event(producer, settings, ev("source.paused", reason="ok"))
-        produce_control_event(producer, settings, ev("retrain.requested", "detector"))
+        hostile = ev("retrain.requested", "detector")
+        produce_control_event(producer, settings, hostile)
         produce_control_event(producer, settings, ev("source.resumed"))
         assert follower.refusal_at(0, timeout_s=20) is None
         assert follower.refusal_at(1, timeout_s=20) == "extra.manifest missing"
         assert follower.refusal_at(2, timeout_s=20) is None
         assert seen == ["source.paused", "source.resumed"]
         assert follower.state.events_refused == 1 and follower.state.offset == 2
+        assert not follower.has_event(hostile["event_id"])
         with pytest.raises(TimeoutError):
             follower.refusal_at(10, timeout_s=0.2)
     finally:
