@@ -32,6 +32,7 @@ type                            refused when (besides the checks above)
                                 with every weight 0; a source subject setting another source
 ``source.paused``,              (the checks above: ``until`` a time with a zone)
 ``pipeline.paused``
+``retrain.requested``           (the checks above: ``extra.manifest`` present, an artifact id)
 ``model.registered``            the version is registered already with another kind, backbone or
                                 weights (versions are immutable; the same registration again is
                                 accepted and changes nothing)
@@ -49,7 +50,8 @@ with a verdict whose subject is the request: no model exists); ``calibration.req
 ``drift.detected``, ``budget.deferred`` with any reason; and the lifecycle steps the fold
 already ignores by rule (a canary or promotion whose gate has not passed, see
 ``_fold_model``). A type this version does not know is not refused either: it is counted and
-changes nothing, so an old processor survives a newer log.
+changes nothing, so an old processor survives a newer log. Behind the guard, the fold turns a
+handler that raises into a refusal too (reason ``the fold raised ...``): no event stops a fold.
 
 Example:
     >>> from processors.core.events import new_event
