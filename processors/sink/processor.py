@@ -7,7 +7,11 @@ after ``process`` returned, i.e. after every row of the batch is in ClickHouse; 
 rows are absorbed by ReplacingMergeTree. A message that cannot be decoded, or whose record
 does not fit its table, goes to the dead-letter topic (and so, on a later batch, into
 ``dead_letters``); a dead letter that itself cannot be decoded is stored in ``dead_letters``
-directly, wrapped with the reason. Nothing consumed is dropped.
+directly, wrapped with the reason. Nothing consumed is dropped. A control event the fold
+refuses (:mod:`processors.core.fold_guard`; the verdict of the runner's own ``ControlFollower``,
+by offset) is stored in ``control_events`` like any other (the audit trail keeps everything) and
+dead-lettered too, error class ``RefusedEvent`` with the reason: one ``dead_letters`` row under
+FINAL (identity: origin topic, offset, processor, bytes), however often its batch is redelivered.
 
 While it runs, the sink owns the chdb path and answers ``skyloop sql`` over a loopback HTTP
 endpoint (read-only SQL, behind the run's token: :mod:`processors.sink.query_server`) whose port
@@ -34,7 +38,8 @@ from typing import Any
 from processors.core.clickhouse import client_options, connect
 from processors.core.control import ControlState
 from processors.core.dedupe import RecentIds
-from processors.core.exceptions import CodecError
+from processors.core.exceptions import CodecError, StoreUnavailableError
+from processors.core.fold_guard import RefusedEvent
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.report.daily import generate_report
@@ -282,4 +287,21 @@ class SinkProcessor:
                 row = build_row(spec, record, at)
             built.setdefault(spec.table, (spec, []))[1].append(row)
             stored.append((msg.topic, record))
+            reason = self._refusal(msg) if spec.topic == "control.events" else None
+            if reason is not None:
+                outputs.append(self.ctx.dead_letter(msg, RefusedEvent(reason)))
         return outputs, built, stored
+
+    def _refusal(self, msg: InMessage) -> str | None:
+        """Why the control fold refused the event ``msg`` holds (None: it was applied).
+
+        Asks the runner's follower, which folds the same log; one that has not reached the
+        offset within 30 s makes the runner retry the batch, as a store outage does."""
+        follower = self.ctx.extra.get("follower")
+        if follower is None:  # not run by a Runner: no fold to ask
+            return None
+        try:
+            reason: str | None = follower.refusal_at(msg.offset, timeout_s=30.0)
+        except TimeoutError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
+        return reason

@@ -67,12 +67,13 @@ def _sql_string(value: str) -> str:
 def events_query(
     types: list[str] | None = None, subject: str | None = None, since: str | None = None
 ) -> str:
-    """The audit-trail SQL, in log order, filtered by event types, subject and time.
+    """The audit-trail SQL, in log order, filtered by event types, subject and time; ``refused``
+    is the reason the control fold refused an event (its ``RefusedEvent`` dead letter), else ''.
 
     Raises :class:`ConfigError` for an unknown type or a ``since`` that is not ISO 8601.
 
     >>> sql = events_query(["drift.detected"], "sky", "2026-12-01T10:00Z")
-    >>> for part in sql.split("WHERE ")[1].split(" AND "):
+    >>> for part in sql.split("WHERE ")[-1].split(" AND "):
     ...     print(part)
     type IN ('drift.detected')
     subject = 'sky'
@@ -103,8 +104,10 @@ def events_query(
         stamp = at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}"
         where.append(f"at >= toDateTime64('{stamp}', 3, 'UTC')")
     return (
-        "SELECT kafka_offset AS offset, at, type, subject, issued_by, params, evidence "
-        "FROM control_events FINAL "
+        "SELECT kafka_offset AS offset, at, type, subject, issued_by, params, evidence, refused "
+        "FROM control_events FINAL LEFT JOIN (SELECT original_offset AS kafka_offset, "
+        "any(message) AS refused FROM dead_letters FINAL WHERE original_topic = 'control.events' "
+        "AND error_class = 'RefusedEvent' GROUP BY original_offset) AS r USING (kafka_offset) "
         + (f"WHERE {' AND '.join(where)} " if where else "")
         + "ORDER BY kafka_offset"
     )

@@ -17,6 +17,7 @@ from processors.core.alerts import SENT_FILE, SentLog, WebhookPoster, start_run_
 from processors.core.config import Settings
 from processors.core.events import EventType, new_event
 from processors.core.kafka import ensure_topics, make_producer, produce_control_event
+from processors.core.records import ControlParams
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -160,6 +161,9 @@ def test_a_4xx_is_final_and_an_operator_source_pause_is_not_paged(tmp_path: Path
         receiver.close()
 
 
+THRESHOLD: ControlParams = {"detector": "knn", "value": 0.9}
+
+
 def test_the_run_follower_posts_pauses_back_offs_and_rollbacks_from_the_log_once(
     kafka_bootstrap: str, settings: Settings, receiver: Receiver
 ) -> None:
@@ -169,9 +173,11 @@ def test_the_run_follower_posts_pauses_back_offs_and_rollbacks_from_the_log_once
     events = [
         _pause(),
         _pause("ztf"),
+        # the fold refuses a rollback of a version never registered (processors.core.fold_guard)
+        new_event(EventType.MODEL_REGISTERED, "m2", "operator:ana", at=AT),
         new_event(EventType.MODEL_ROLLED_BACK, "m2", "controller", {"reason": "ks"}, at=AT),
         new_event(EventType.SOURCE_RESUMED, "ztf", "controller", at=AT + timedelta(minutes=1)),
-        new_event(EventType.THRESHOLD_SET, "sky", "operator:ana", {"value": 0.9}, at=AT),
+        new_event(EventType.THRESHOLD_SET, "sky", "operator:ana", THRESHOLD, at=AT),
     ]
     for event in events:
         produce_control_event(producer, settings, event)
