@@ -8,7 +8,11 @@ every stage has handled every item (read from the processors' progress files) �
 children → stop the broker → write the report from ClickHouse. Each run gets its own folder
 ``<data_dir>/runs/<UTC time>/`` (nothing of an earlier run is overwritten); ``<data_dir>/latest``
 names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
-``skyloop control``.
+``skyloop control``, with the run's query token (mode 0600; :mod:`processors.sink.query_token`)
+and each worker's Prometheus port (``"metrics"``; also as ``<run>/prometheus-targets.json``,
+:mod:`processors.core.metrics_targets`). With ``alert_webhook_url`` set, pauses and rollbacks
+are posted there (:mod:`processors.core.alerts`). The summary ends with the run's ledger
+(:mod:`processors.report.ledger`).
 
 A processor that dies (a crash, ``kill -9``) is restarted with back-off, up to a bound
 (:class:`~processors.core.supervisor.RestartPolicy`), and the run goes on: it resumes from its
@@ -19,6 +23,11 @@ controller's position from its group's committed offsets against the sink's. Ing
 restarted (a new ingest would not know where the old one stopped): its death ends the run.
 ``RunResult.restarts`` counts the restarts per processor.
 
+A run writes its arguments to ``<run>/run.json`` at start and ``<run>/finished`` after its
+report; ``resume`` continues an unfinished run folder after a crash of everything, and a memory
+broker that dies during a run is started again empty, the run's log rebuilt from ClickHouse
+(:mod:`processors.resume`, which also starts the workers and ingest).
+
 Ctrl-C (SIGINT or SIGTERM) stops ingestion, lets every stage finish what was ingested, writes
 the report and returns with ``interrupted`` set; a second one aborts at once. The children run
 in their own process groups, so a terminal's Ctrl-C reaches only this supervisor, which stops
@@ -27,32 +36,40 @@ them in order; none outlives it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import SecretStr
 
+from processors.core.alerts import start_run_alerts
 from processors.core.config import Settings
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ensure_topics
+from processors.core.metrics_targets import assign_ports, clear_targets, write_targets
 from processors.core.progress import read_progress
-from processors.core.retention import HotLog, groups_past
+from processors.core.retention import HotLog
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
+from processors.local_hotlog import hot_log
 from processors.local_restarts import RestartedTruth
+from processors.resume import WORKERS, RunArgs, Stack, mark_finished
+from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.topology import resolve
 
-__all__ = ["RunResult", "latest_run_dir", "run_local"]
+if TYPE_CHECKING:
+    from processors.report.ledger import Ledger
 
-WORKERS = ("sink", "controller", "detect", "train", "score")
-"""The workers started before ingest, in this order (names of :mod:`processors.topology`)."""
+__all__ = ["WORKERS", "RunResult", "latest_run_dir", "run_local"]
 
 
 def _progress(progress: Path, worker: str) -> dict[str, Any]:
@@ -72,6 +89,9 @@ class RunResult:
     interrupted: bool = False
     restarts: dict[str, int] = field(default_factory=dict)
     """Restarts per processor (those never restarted omitted)."""
+    ledger: Ledger | None = None
+    """Every ingested item accounted for (:mod:`processors.report.ledger`); the summary's last
+    line, and the report's."""
 
 
 def latest_run_dir(data_dir: Path) -> Path | None:
@@ -87,22 +107,58 @@ def _done(
     sink: dict[str, Any],
     controller: dict[str, Any],
     train: dict[str, Any] | None = None,
+    quarantined: dict[str, int] | None = None,
 ) -> bool:
+    """Every stage has handled every item; ``quarantined`` (:func:`_quarantined`): items a stage
+    dead-lettered as poison (ARCHITECTURE.md, "Guarantees"), handled without an output."""
     if not ingest.get("done"):
         return False
+    held = quarantined or {}
     emitters = (controller, train or {})  # the controller's and the trainer's events
     events = sum(v for p in emitters for k, v in p.items() if k.startswith("events."))
     # The sink counts distinct ids, so compare with ingest's distinct counts: a source may
     # deliver the same cutout twice (a ZTF alert re-serialized in another schema version).
     return bool(
-        sink.get("images", 0) >= ingest.get("images", ingest.get("published", 0))
+        sink.get("images", 0) + held.get("images", 0)
+        >= ingest.get("images", ingest.get("published", 0))
         and sink.get("dlq_source", 0)
         >= ingest.get("dead_letter_keys", ingest.get("dead_letters", 0))
-        and sink.get("scores", 0) + sink.get("dlq_images", 0) >= sink.get("images", 0)
-        and sink.get("candidates", 0) >= sink.get("candidate_scores", 0)
-        and sink.get("control_events", 0) >= events
+        and sink.get("scores", 0) + sink.get("dlq_images", 0) + held.get("scores", 0)
+        >= sink.get("images", 0)
+        and sink.get("candidates", 0) + held.get("candidates", 0) >= sink.get("candidate_scores", 0)
+        and sink.get("control_events", 0) + held.get("control_events", 0) >= events
         and controller.get("consumed", 0) >= sink.get("scores", 0)
     )
+
+
+def _drained(truth: RestartedTruth, progress: Path) -> bool:
+    """The stop condition with ingest taken as done: a hot-log rotation's drain."""
+    ingest, sink, controller = (_progress(progress, n) for n in ("ingest", "sink", "controller"))
+    sink = truth.sink(sink)
+    return _done(
+        {**ingest, "done": True},
+        sink,
+        truth.controller(controller, sink),
+        _progress(progress, "train"),
+        _quarantined(progress),
+    )
+
+
+def _quarantined(progress: Path) -> dict[str, int]:
+    """Items the sink or detect dead-lettered as poison, by the count they are missing from (the
+    scorer's go to ``dlq_images`` already). Read from the progress file of the process that did
+    it; a later restart of that process forgets them."""
+    sink, detect = _progress(progress, "sink"), _progress(progress, "detect")
+
+    def n(p: dict[str, Any], topic: str) -> int:
+        return int(p.get(f"quarantined.{topic}", 0))
+
+    return {
+        "images": n(sink, "images.raw"),
+        "scores": n(sink, "scores"),
+        "candidates": n(sink, "candidates") + n(detect, "scores"),
+        "control_events": n(sink, "control.events"),
+    }
 
 
 def _line(
@@ -132,21 +188,33 @@ def run_local(
     duration_s: float | None = None,
     timeout_s: float = 3600.0,
     out: TextIO = sys.stderr,
+    resume: Path | None = None,
 ) -> RunResult:
     """Run the pipeline end to end; raises SkyloopError (with the failing log's tail) on failure.
 
     ``images``: items to ingest, or None to ingest until the sources end (the caller makes sure
-    they are finite) or ``duration_s`` passes.
+    they are finite) or ``duration_s`` passes. ``resume``: an unfinished run folder to continue
+    (:mod:`processors.resume`), with the arguments it was started with.
     """
     started = time.monotonic()
     _sigterm_as_interrupt()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = (settings.data_dir / "runs" / stamp).resolve()
+    if resume is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        run_dir = (settings.data_dir / "runs" / stamp).resolve()
+    else:
+        run_dir = resume.resolve()
     logs = run_dir / "logs"
     progress = run_dir / "progress"
     logs.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "latest").write_text(str(run_dir))
-    out.write(f"skyloop: run folder {run_dir}\n")
+    out.write(f"skyloop: run folder {run_dir}{' (resumed)' if resume else ''}\n")
+    # -- resume: the run's arguments, so `--resume` needs no repeat (processors.resume)
+    run_args = RunArgs(
+        list(sources), images, duration_s, settings.calibration.reference_size, os.getpid()
+    )
+    if resume is not None:
+        run_args = dataclasses.replace(RunArgs.read(run_dir), pid=os.getpid())
+    run_args.write(run_dir)
     interrupted = False
     truth: RestartedTruth | None = None
     restarts: dict[str, int] = {}
@@ -156,15 +224,25 @@ def run_local(
         # the store must too, so every run of this data dir shares one
         shared = (settings.data_dir / "artifacts").resolve()
         shared.mkdir(parents=True, exist_ok=True)
-        (run_dir / "artifacts").symlink_to(shared, target_is_directory=True)
+        if not (run_dir / "artifacts").exists():  # a resumed run has it already
+            (run_dir / "artifacts").symlink_to(shared, target_is_directory=True)
+    lost_log = resume is not None and durable is None  # a durable broker kept its log
     with EmbeddedBroker(log_path=logs / "broker.log", storage_dir=durable) as broker:
         ensure_topics(settings, broker.bootstrap_servers)
         stack = run_dir / "stack.json"
-        stack.write_text(
-            json.dumps(
-                {"bootstrap": broker.bootstrap_servers, "topic_prefix": settings.kafka.topic_prefix}
-            )
+        # every worker's /metrics on its own loopback port (processors.core.metrics_targets)
+        ports = assign_ports([*WORKERS, "ingest"])
+        token = new_token()  # the sink's query endpoint answers only requests that carry it
+        write_private(
+            stack,
+            {
+                "bootstrap": broker.bootstrap_servers,
+                "topic_prefix": settings.kafka.topic_prefix,
+                "metrics": ports,
+                "query_token": token,
+            },
         )
+        write_targets(run_dir, settings.data_dir, ports)
         env = {
             "SKYLOOP_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "SKYLOOP_DATA_DIR": str(run_dir),
@@ -172,6 +250,7 @@ def run_local(
             "SKYLOOP_TOPIC_PREFIX": settings.kafka.topic_prefix,
             "SKYLOOP_GROUP_PREFIX": settings.kafka.group_prefix,
             "HF_HUB_OFFLINE": "1",
+            TOKEN_ENV: token,
         }
         # every setting under its flat name; lists and mappings as JSON (what pydantic-settings
         # parses from the environment)
@@ -180,41 +259,32 @@ def run_local(
                 value = value.get_secret_value()
             text = json.dumps(value) if isinstance(value, list | dict) else str(value)
             env.setdefault(f"SKYLOOP_{key.upper()}", text)
+        stop_alerts = start_run_alerts(settings, broker.bootstrap_servers, run_dir.as_uri())
         try:
             with Supervisor(logs, env) as sup:
-                for name in WORKERS:
-                    sup.start(name, name)
                 truth = RestartedTruth(settings, broker.bootstrap_servers, run_dir, sup)
                 truth.broker = broker
                 out.write("skyloop: starting processors (model load, consumer-group joins)...\n")
-                _wait(
-                    lambda: all(_progress(progress, w).get("ready") for w in WORKERS),
+                stack_ = Stack(
+                    settings,
+                    run_dir,
+                    broker,
                     sup,
-                    timeout_s=300,
-                    what="processors to start",
+                    truth,
+                    run_args,
+                    out,
+                    resumed=lost_log,
+                    continued=resume is not None,
+                    env_for=lambda name: _metrics_env(ports, name),
                 )
+                stack_.start_workers()
                 ingest_started = time.monotonic()
-                sup.start(
-                    "ingest",
-                    "ingest",
-                    *(["--images", str(images)] if images is not None else []),
-                    *(["--duration", f"{duration_s}s"] if duration_s is not None else []),
-                    *[a for s in sources for a in ("--source", s)],
-                    restart=False,
-                )
-                hotlog = None if durable else _hot_log(settings, broker, sup, truth, progress, out)
+                stack_.start_ingest()
+                drained = partial(_drained, truth, progress)  # the memory log: rotated
+                hotlog = None if durable else hot_log(settings, broker, sup, progress, out, drained)
                 try:
                     _follow(
-                        sup,
-                        truth,
-                        progress,
-                        images,
-                        duration_s,
-                        started,
-                        timeout_s,
-                        logs,
-                        out,
-                        hotlog,
+                        stack_, progress, images, duration_s, started, timeout_s, logs, out, hotlog
                     )
                 except KeyboardInterrupt:
                     interrupted = True
@@ -223,37 +293,43 @@ def run_local(
                         "(Ctrl-C again to abort)\n"
                     )
                     sup.stop("ingest")
-                    _follow(
-                        sup, truth, progress, images, None, started, timeout_s, logs, out, hotlog
-                    )
+                    _follow(stack_, progress, images, None, started, timeout_s, logs, out, hotlog)
                 ingest_seconds = time.monotonic() - ingest_started
+                stack_.count_stored_as_ingested()
                 out.write("\nskyloop: all stages done; stopping processors\n")
                 sup.stop_all()
                 restarts = sup.restarts
+                if stack_.recoveries:
+                    restarts["rebuilt from ClickHouse"] = stack_.recoveries
                 if broker.restarts:
                     restarts["broker"] = broker.restarts
         finally:
             stack.unlink(missing_ok=True)
+            clear_targets(run_dir, settings.data_dir)
+            if stop_alerts is not None:
+                stop_alerts()
             if truth is not None:
                 truth.close()
-    from processors.report.run_report import write_run_report
+    from processors.report.run_report import report_run
 
-    report_path, counts = write_run_report(run_dir, settings)
+    # the run reached its stop condition: every stage handled every ingested item
+    report = report_run(run_dir, settings, finished=True)
+    mark_finished(run_dir)
     return RunResult(
         run_dir,
-        report_path,
+        report.path,
         time.monotonic() - started,
         ingest_seconds,
-        counts,
+        report.counts,
         _progress(progress, "ingest"),
         interrupted,
         restarts,
+        report.ledger,
     )
 
 
 def _follow(
-    sup: Supervisor,
-    truth: RestartedTruth,
+    stack_: Stack,
     progress: Path,
     images: int | None,
     duration_s: float | None,
@@ -263,7 +339,9 @@ def _follow(
     out: TextIO,
     hotlog: HotLog | None = None,
 ) -> None:
-    """Show progress until every stage has handled every ingested item."""
+    """Show progress until every stage has handled every ingested item (and, with ``hotlog``,
+    rotate the memory broker's data topics when they are due)."""
+    sup, truth = stack_.sup, stack_.truth
     ingest_started = time.monotonic()
     last_line = 0.0
     while True:
@@ -280,63 +358,24 @@ def _follow(
         elif now - last_line >= 5:
             out.write(line.strip("\r ") + "\n")
             last_line = now
-        if _done(ingest, sink, truth.controller(controller, sink), _progress(progress, "train")):
+        train = _progress(progress, "train")
+        if _done(ingest, sink, truth.controller(controller, sink), train, _quarantined(progress)):
             return
+        stack_.heal_broker()  # before the processors: its death is theirs too
         _check(sup)
-        _heal_broker(truth.broker)
         if hotlog is not None:
             ingest_child = sup.children.get("ingest")
-            alive = ingest_child is not None and ingest_child.proc.poll() is None
-            hotlog.tick(ingest, alive)
+            hotlog.tick(ingest, ingest_child is not None and ingest_child.proc.poll() is None)
         if now - started > timeout_s:
             raise SkyloopError(f"run did not finish within {timeout_s:.0f}s; logs in {logs}")
         time.sleep(0.5)
 
 
-# --- the bounded hot log (processors/core/retention.py) ---------------------------------------
-HOT_LOG_CONSUMERS = ("score", "detect", "sink")
-"""The batch-loop workers that release their subscriptions for a rotation."""
+def _metrics_env(ports: dict[str, int], worker: str) -> dict[str, str]:
+    """A child's own metrics port (its restarts keep it, so stack.json stays right)."""
+    return {"SKYLOOP_METRICS_PORT": str(ports[worker])}
 
 
-def _hot_log(
-    settings: Settings,
-    broker: EmbeddedBroker,
-    sup: Supervisor,
-    truth: RestartedTruth,
-    progress: Path,
-    out: TextIO,
-) -> HotLog:
-    """The rotation driver of the in-memory broker: drained means the stop condition holds
-    with ingest held (everything it delivered handled by every stage)."""
-
-    readers = {resolve(w).group: resolve(w).consumes for w in ("score", "controller", "detect")}
-
-    def drained() -> bool:
-        ingest, sink, controller = (
-            _progress(progress, n) for n in ("ingest", "sink", "controller")
-        )
-        sink = truth.sink(sink)
-        done = _done(
-            {**ingest, "done": True},
-            sink,
-            truth.controller(controller, sink),
-            _progress(progress, "train"),
-        )  # then every other group must be past what the sink has stored
-        return done and groups_past(settings, broker.bootstrap_servers, readers, "sink")
-
-    return HotLog(
-        settings,
-        broker.bootstrap_servers,
-        progress,
-        lambda: broker.pid,
-        drained,
-        [resolve(w).group for w in HOT_LOG_CONSUMERS],
-        lambda rotate: sup.recycle("controller", rotate),
-        out,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
 def _sigterm_as_interrupt() -> None:
     """SIGINT and SIGTERM unwind as KeyboardInterrupt, so the run drains and cleans up.
 
@@ -354,26 +393,9 @@ def _sigterm_as_interrupt() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def _heal_broker(broker: EmbeddedBroker | None) -> None:
-    """Start a durable broker again that died (its log and offsets are on disk)."""
-    if broker is None or broker.alive:
-        return
-    broker.restart()
-    sys.stderr.write(f"\nskyloop: restarted the embedded broker on {broker.bootstrap_servers}\n")
-
-
 def _check(sup: Supervisor) -> None:
     """Restart dead processors (raises ProcessorFailed past the restart bound)."""
     for child in sup.heal():
         sys.stderr.write(
             f"\nskyloop: restarted {child.name} (restart {child.restarts}); log {child.log_path}\n"
         )
-
-
-def _wait(predicate: Any, sup: Supervisor, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        _check(sup)
-        if time.monotonic() > deadline:
-            raise SkyloopError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.2)

@@ -18,6 +18,7 @@ from processors.core.config import Settings
 from processors.core.kafka import kafka_security
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
+from processors.sink.query_token import TOKEN_HEADER, endpoint
 from processors.topology import resolve
 
 __all__ = ["RestartedTruth"]
@@ -57,10 +58,12 @@ class RestartedTruth:
         self._probe: Any = None
         self.broker: EmbeddedBroker | None = None
         self._sink_cache: tuple[float, dict[str, Any]] = (0.0, {})
+        self.forced = False
+        """Read the truth for every processor: the broker's log was rebuilt (processors.resume)."""
 
     def _restarted(self, name: str) -> bool:
         child = self.sup.children.get(name)
-        return child is not None and (child.restarts > 0 or child.recycled > 0)
+        return self.forced or (child is not None and (child.restarts > 0 or child.recycled > 0))
 
     def sink(self, progress: dict[str, Any]) -> dict[str, Any]:
         if not self._restarted("sink"):
@@ -69,9 +72,12 @@ class RestartedTruth:
         if time.monotonic() - at < 2.0:
             return cached
         try:
-            port = json.loads((self.run_dir / "sink.json").read_text())["port"]
+            port, token = endpoint(self.run_dir / "sink.json")
             request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/sql", data=_SINK_COUNTS_SQL.encode(), method="POST"
+                f"http://127.0.0.1:{port}/sql",
+                data=_SINK_COUNTS_SQL.encode(),
+                method="POST",
+                headers={TOKEN_HEADER: token},
             )
             with urllib.request.urlopen(request, timeout=10) as response:
                 body = json.loads(response.read())

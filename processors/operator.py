@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from processors.core.control import ControlState, new_event
 from processors.core.events import EventType
 from processors.core.exceptions import ConfigError
+from processors.core.fold_guard import refusal_reason
 from processors.core.records import ControlEventRecord, ControlParams
 
 __all__ = [
@@ -135,7 +136,20 @@ def _weights(pairs: Sequence[str], state: ControlState, force: bool) -> dict[str
 def operator_event(
     request: OperatorRequest, state: ControlState, now: datetime | None = None
 ) -> ControlEventRecord:
-    """The validated event for ``request``, given the folded log ``state`` (pure)."""
+    """The validated event for ``request``, given the folded log ``state`` (pure).
+
+    Last of all, the event must pass the fold's own guard (:mod:`processors.core.fold_guard`):
+    the CLI never appends an event every processor would refuse."""
+    event = _operator_event(request, state, now)
+    reason = refusal_reason(state, event)
+    if reason is not None:
+        raise ConfigError(f"{request.action}: the control fold would refuse this event: {reason}")
+    return event
+
+
+def _operator_event(
+    request: OperatorRequest, state: ControlState, now: datetime | None
+) -> ControlEventRecord:
     now = now or datetime.now(UTC)
     issuer = operator_name()
     reason = request.reason or f"{request.action} by {issuer}"

@@ -48,5 +48,11 @@ def test_filters_select_the_right_rows_in_chdb(tmp_path: Path) -> None:
         assert offsets(query.events_query(subject="o'hare")) == [2]
         assert offsets(query.events_query(since="2026-12-01T10:00:00+00:00")) == [1, 2]
         assert offsets(query.events_query(["drift.detected"], "sky", "2026-12-01T10:00")) == [1]
+        # an event the fold refused shows the reason of its dead letter
+        letter = ["control.events", 0, 1, "RefusedEvent", "not a registered version", "sink"]
+        names = ["original_topic", "original_partition", "original_offset", "error_class"]
+        client.insert("dead_letters", [letter], column_names=[*names, "message", "processor"])
+        refused = [r[-1] for r in client.query(query.events_query()).result_rows]
+        assert refused == ["", "not a registered version", ""]
     finally:
         client.close()

@@ -167,6 +167,38 @@ def test_no_import_cycle_with_imports_inside_functions() -> None:
     assert not found, "import cycles, counting imports in functions:\n" + _describe(found, graph)
 
 
+WORKERS = ("ingest", "score", "controller", "detect", "train", "sink")
+# what each layer may import (ARCHITECTURE.md, "Layout"); a worker also imports itself
+ALLOWED: dict[str, set[str]] = {
+    "core": {"core"},
+    "ood": {"core", "ood"},
+    "policies": {"core", "ood", "policies"},
+    "yolo": {"core", "yolo"},
+    "report": {"core", "ood", "policies", "report"},
+    **{w: {"core", "ood", "policies", "yolo", w} for w in WORKERS},
+}
+ALLOWED["sink"].add("report")  # the sink writes the interim and periodic reports
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ALLOWED else None
+
+
+def test_layers_import_only_downwards() -> None:
+    """Workers talk through topics only; libraries never import a worker (imports in functions
+    included)."""
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph(inside_functions=True).items()
+        for target in targets
+        if (layer := _layer(module)) is not None
+        and (to := _layer(target)) is not None
+        and to not in ALLOWED[layer]
+    )
+    assert not wrong, "imports across layers:\n" + "\n".join(wrong)
+
+
 def test_imports_resolve_to_modules() -> None:
     graph = import_graph()
     # from processors.score.backbone.model import Backbone: the submodule

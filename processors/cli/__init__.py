@@ -1,10 +1,11 @@
 """The ``skyloop`` command: run, worker, topology, init, replay, control, sql, events, models,
-top, report.
+top, report, tail.
 
 Exit codes: 0 success, 1 a pipeline or data error (message on stderr), 2 bad usage or config.
 One module per family of commands, each adding its own subparsers: :mod:`.pipeline` (run,
 worker, init, topology), :mod:`.replay`, :mod:`.control`, :mod:`.data` (sql, events, models,
-top, report). Importing this package is cheap: each command imports what it needs when it runs.
+top, report), :mod:`.topics` (tail). Importing this package is cheap: each command imports
+what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import sys
 
-from processors.cli import control, data, pipeline, replay
+from processors.cli import control, data, pipeline, replay, topics
 from processors.core.durations import duration_seconds
 from processors.core.exceptions import ConfigError, SkyloopError
 from processors.topology import worker_names
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parsers(sub)
     control.add_parsers(sub)
     data.add_parsers(sub)
+    topics.add_parsers(sub)
     return parser
 
 

@@ -116,7 +116,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """The ``sql``, ``events``, ``report``, ``models`` and ``top`` subcommands."""
     for name, func, helptext in (
-        ("sql", cmd_sql, "answer SQL from the run's ClickHouse"),
+        ("sql", cmd_sql, "answer read-only SQL from the run's ClickHouse (writes refused)"),
         ("events", cmd_events, "print the control-event audit trail"),
         ("report", cmd_report, "write the Markdown report again"),
         ("models", cmd_models, "list the model registry: roles, gates, metrics, lineage"),

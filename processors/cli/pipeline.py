@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from processors.cli.common import add_common, settings
@@ -39,11 +40,12 @@ def _run_images(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from processors.ingest.processor import describe_source
     from processors.ingest.sources import source_from_spec
     from processors.ingest.sources.base import is_endless
     from processors.local import run_local
 
+    if args.resume:
+        return _resume(args)
     resolved = settings(args)
     sources = args.source or DEFAULT_SOURCES
     # fail fast on bad specs, before anything starts
@@ -52,6 +54,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     images = _run_images(args.images, endless, duration_s)
     timeout_s = args.timeout if args.timeout is not None else 3600.0 + (duration_s or 0.0)
     result = run_local(resolved, sources, images, duration_s=duration_s, timeout_s=timeout_s)
+    return _summary(result)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``skyloop run --resume``: continue the newest unfinished run with its own arguments."""
+    from processors.local import run_local
+    from processors.resume import RunArgs, unfinished_run
+
+    given = [f for f in ("source", "images", "duration") if getattr(args, f) is not None]
+    if given:
+        raise ConfigError(
+            f"--resume continues a run with the arguments it started with; drop "
+            f"{', '.join('--' + f for f in given)}"
+        )
+    resolved = settings(args)
+    folder = unfinished_run(resolved.data_dir)
+    run_args = RunArgs.read(folder)
+    if args.reference_size is None and run_args.reference_size is not None:
+        args.reference_size = run_args.reference_size
+        resolved = settings(args)
+    timeout_s = args.timeout if args.timeout is not None else 3600.0 + (run_args.duration_s or 0)
+    result = run_local(
+        resolved,
+        run_args.sources,
+        run_args.images,
+        duration_s=run_args.duration_s,
+        timeout_s=timeout_s,
+        resume=folder,
+    )
+    return _summary(result)
+
+
+def _summary(result: Any) -> int:
+    """Print a finished run's summary; the exit code (130 when interrupted)."""
+    from processors.ingest.processor import describe_source
+
     counts = result.counts
     print(
         f"\nskyloop run finished in {result.seconds:.1f}s "
@@ -73,7 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         + f"  data: {result.run_dir}\n"
         f'  query: skyloop sql "SELECT source, count() FROM scores FINAL GROUP BY source"\n'
         f"report: {result.report_path}"
+        + (f"\n{result.ledger.line()}" if result.ledger is not None else "")
     )
+    if result.ledger is not None and not result.ledger.balanced:
+        print("skyloop: the ledger does not balance (see its last line)", file=sys.stderr)
+        return 1
     if result.interrupted:
         print("skyloop: interrupted; what was ingested went through every stage", file=sys.stderr)
         return 130
@@ -196,6 +238,15 @@ def add_parsers(sub: Any) -> None:
         ),
     )
     run.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the newest unfinished run of --data-dir (one whose processes were all "
+            "killed) in its own folder, with its own sources and limits: the broker's log is "
+            "rebuilt from ClickHouse, stored images are not ingested or scored again"
+        ),
+    )
+    run.add_argument(
         "--timeout",
         type=float,
         default=None,
@@ -213,6 +264,9 @@ def add_parsers(sub: Any) -> None:
     )
     worker.add_argument("--source", action="append", help="ingest: source spec (repeatable)")
     worker.add_argument("--duration", help="ingest: stop taking items after this long")
+    worker.add_argument(
+        "--skip", type=Path, help="ingest: a resumed run's list of stored images, not published"
+    )
     worker.set_defaults(func=cmd_worker)
 
     init = sub.add_parser(

@@ -8,7 +8,9 @@ but change nothing, so old processors survive new event types.
 The fold is a table, :data:`FOLD`: a handler per :class:`~processors.core.events.EventType`
 reading its typed params (:mod:`processors.core.event_params`); a type without one changes only
 the count. The model lifecycle (``model.*``) is folded here too, by the rules of
-:func:`_fold_model`. Imported here: the vocabulary, the typed params, the rollout data
+:func:`_fold_model`. Before a handler runs, :mod:`processors.core.fold_guard` may refuse the
+event (its rule table): a refused event only moves ``offset`` and adds to ``events_refused`` and
+``refusals``. Imported here: the vocabulary, the typed params, the guard, the rollout data
 (:mod:`processors.core.rollouts`); none of them imports this module back.
 
 Example:
@@ -42,6 +44,7 @@ from processors.core.event_params import (
     WeightsParams,
 )
 from processors.core.events import EVENT_TYPES, EventType, decision_id, new_event
+from processors.core.fold_guard import REFUSALS_KEPT, Refusal, refusal_of, refusal_reason
 from processors.core.records import ControlEventRecord
 from processors.core.rollouts import ModelKind, ModelSlot, Rollout
 
@@ -53,6 +56,7 @@ __all__ = [
     "EventType",
     "ModelSlot",
     "Pause",
+    "Refusal",
     "Rollout",
     "decision_id",
     "new_event",
@@ -106,10 +110,16 @@ class Pause:
 
 @dataclass(frozen=True)
 class ControlState:
-    """Immutable; ``apply`` returns a new state. ``offset`` is the last applied log offset."""
+    """Immutable; ``apply`` returns a new state. ``offset`` is the last folded log offset.
+
+    ``events_applied`` + ``events_refused`` events were folded; ``refusals`` are the last
+    ``REFUSALS_KEPT`` refused ones, oldest first, with their reasons.
+    """
 
     offset: int = -1
     events_applied: int = 0
+    events_refused: int = 0
+    refusals: tuple[Refusal, ...] = ()
     calibrations: Mapping[str, Calibration] = field(default_factory=lambda: _EMPTY)
     source_thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: _EMPTY)
     source_weights: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
@@ -177,13 +187,23 @@ class ControlState:
 
     # -- the fold ----------------------------------------------------------------------------
     def apply(self, event: ControlEventRecord, offset: int) -> ControlState:
-        """Fold one event. Pure: depends only on ``self``, ``event`` and ``offset``.
+        """Fold one event. Pure: depends only on ``self``, ``event`` and ``offset``; never raises.
 
-        Every event counts (``events_applied``, ``offset``); an unknown type changes nothing else.
+        An accepted event counts in ``events_applied`` (an unknown type changes nothing else);
+        one the guard refuses, or whose handler raises, only in ``events_refused``/``refusals``.
         """
-        base = replace(self, offset=offset, events_applied=self.events_applied + 1)
-        handler = FOLD.get(event["type"])  # type: ignore[call-overload]
-        return base if handler is None else handler(base, event)
+        reason = refusal_reason(self, event)
+        if reason is None:
+            base = replace(self, offset=offset, events_applied=self.events_applied + 1)
+            handler = FOLD.get(event["type"])  # type: ignore[call-overload]
+            try:
+                return base if handler is None else handler(base, event)
+            except Exception as exc:  # a gap in the guard must not stop every processor
+                reason = f"the fold raised {type(exc).__name__}: {exc}"
+        refusals = (*self.refusals, refusal_of(event, offset, reason))[-REFUSALS_KEPT:]
+        return replace(
+            self, offset=offset, events_refused=self.events_refused + 1, refusals=refusals
+        )
 
     def fingerprint(self) -> str:
         """A stable digest of the decision-relevant state (equal states, equal digests)."""
@@ -197,7 +217,7 @@ class ControlState:
                 return {k: plain(getattr(obj, k)) for k in sorted(obj.__dataclass_fields__)}
             if isinstance(obj, datetime):
                 return obj.isoformat()
-            return obj
+            return [plain(v) for v in obj] if isinstance(obj, tuple) else obj
 
         return hashlib.sha256(json.dumps(plain(self), sort_keys=True).encode()).hexdigest()
 

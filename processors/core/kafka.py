@@ -21,8 +21,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors.core.codec import AvroCodec, default_codec
 from processors.core.config import Settings
-from processors.core.control import ControlState
+from processors.core.control import EVENT_TYPES, ControlState
 from processors.core.exceptions import CodecError, StackError
+from processors.core.metrics import CONTROL_EVENTS_REFUSED
 from processors.core.records import TOPICS, ControlEventRecord
 
 __all__ = [
@@ -232,7 +233,10 @@ class ControlFollower:
     before it processes its first input. Undecodable events are logged and skipped (their
     offset still advances), never applied half-way. :meth:`has_event` answers whether an event
     id is among the last ``remember`` events applied (bounded memory), so a restarted emitter
-    can tell a decision it already logged.
+    can tell a decision it already logged. An event the fold refuses (:mod:`.fold_guard`) is
+    logged, counted (``skyloop_control_events_refused_total``), never handed to ``on_event`` nor
+    remembered by :meth:`has_event`; :meth:`refusal_at` tells the reason for one of the last
+    ``remember`` refusals by offset.
     """
 
     def __init__(
@@ -269,6 +273,7 @@ class ControlFollower:
         self.state = ControlState.initial()
         self.remember = remember
         self._recent: OrderedDict[str, None] = OrderedDict()
+        self._refused: OrderedDict[int, str] = OrderedDict()
         self._next_offset = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -298,20 +303,40 @@ class ControlFollower:
                     self._cond.notify_all()
                 continue
             new_state = self.state.apply(event, offset)  # type: ignore[arg-type]
+            refused = new_state.events_refused != self.state.events_refused
+            if refused:
+                refusal = new_state.refusals[-1]
+                log.warning("control event at offset %d refused: %s", offset, refusal.reason)
+                known = refusal.type if refusal.type in EVENT_TYPES else "other"
+                CONTROL_EVENTS_REFUSED.labels(known).inc()
             with self._cond:
                 self.state = new_state
                 self._next_offset = offset + 1
-                self._recent[event["event_id"]] = None
-                while len(self._recent) > self.remember:
-                    self._recent.popitem(last=False)
+                if refused:
+                    self._refused[offset] = new_state.refusals[-1].reason
+                    while len(self._refused) > self.remember:
+                        self._refused.popitem(last=False)
+                else:  # a refused event's id is not remembered: an intruder that takes the
+                    # (predictable) id of a decision not made yet cannot stop it being logged
+                    self._recent[event["event_id"]] = None
+                    while len(self._recent) > self.remember:
+                        self._recent.popitem(last=False)
                 self._cond.notify_all()
-            if self.on_event is not None:
+            if self.on_event is not None and not refused:
                 self.on_event(new_state, event)  # type: ignore[arg-type]
 
     def has_event(self, event_id: str) -> bool:
         """Whether ``event_id`` is among the last ``remember`` events applied."""
         with self._cond:
             return event_id in self._recent
+
+    def refusal_at(self, offset: int, timeout_s: float) -> str | None:
+        """Why the fold refused the event at ``offset`` (None: applied, or not an event), once
+        the fold has read it; :class:`TimeoutError` when it has not within ``timeout_s``."""
+        if not self.wait_for_offset(offset + 1, timeout_s):
+            raise TimeoutError(f"the control fold has not reached offset {offset}")
+        with self._cond:
+            return self._refused.get(offset)
 
     def log_end(self) -> int:
         _low, high = self._probe.get_watermark_offsets(

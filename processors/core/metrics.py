@@ -21,6 +21,7 @@ __all__ = [
     "BATCH_SECONDS",
     "CONSUMER_LAG",
     "CONTROL_EVENTS",
+    "CONTROL_EVENTS_REFUSED",
     "CONTROL_OFFSET",
     "DEAD_LETTERS",
     "DRIFTS",
@@ -114,6 +115,12 @@ CONTROL_EVENTS = Counter(
     "skyloop_control_events_emitted_total",
     "Control events emitted, by type and issuer",
     ["type", "issued_by"],
+    registry=REGISTRY,
+)
+CONTROL_EVENTS_REFUSED = Counter(
+    "skyloop_control_events_refused_total",
+    "Control events the fold refused (processors.core.fold_guard), by type (known types only)",
+    ["type"],
     registry=REGISTRY,
 )
 DRIFTS = Counter(

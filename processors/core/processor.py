@@ -70,12 +70,18 @@ class RunContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def dead_letter(
-        self, msg: InMessage, exc: BaseException, source: str | None = None
+        self,
+        msg: InMessage,
+        exc: BaseException,
+        source: str | None = None,
+        *,
+        reason: str | None = None,
     ) -> OutMessage:
         """Wrap a message that cannot be processed, whole, with the reason.
 
         With ``source`` (the image source, when the message was readable enough to tell) the
-        dead letter goes to that source's partition, beside its scores.
+        dead letter goes to that source's partition, beside its scores. ``reason`` replaces
+        ``str(exc)`` as the dead letter's message (the quarantine adds attempts and frames).
         """
         error_class = type(exc).__name__
         DEAD_LETTERS.labels(self.processor, error_class).inc()
@@ -87,7 +93,7 @@ class RunContext:
             key=msg.key,
             raw=msg.value,
             error_class=error_class,
-            message=str(exc),
+            message=str(exc) if reason is None else reason,
             processor=self.processor,
             source=source,
         )

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.core.artifacts import ArtifactStore
-from processors.core.control import new_event
+from processors.core.control import ControlState, new_event
 from processors.core.events import EventType
 from processors.core.records import ControlEventRecord
 from processors.core.rollouts import ModelKind
@@ -150,12 +150,20 @@ def registry_view(events: Iterable[ControlEventRecord]) -> list[RegistryRow]:
     """One row per registered version, in registration order, from the log's model events.
 
     ``role`` is the latest role an event gave it; a version promoted over is ``retired``.
-    ``metrics`` merges the registration's and the gate's evidence (the gate's win).
+    ``metrics`` merges the registration's and the gate's evidence (the gate's win). An event
+    the control fold refuses is left out: the model events are folded alongside, by the same
+    :class:`~processors.core.control.ControlState` (a model event's verdict depends only on the
+    model events before it).
     """
     rows: dict[str, RegistryRow] = {}
-    for event in events:
+    fold = ControlState.initial()
+    for position, event in enumerate(events):
         kind = event["type"]
-        if not kind.startswith("model."):
+        if not isinstance(kind, str) or not kind.startswith("model."):
+            continue
+        folded = fold.apply(event, position)
+        refused, fold = folded.events_refused != fold.events_refused, folded
+        if refused:
             continue
         p = event["params"]
         version = p.get("model_version") or event["subject"]

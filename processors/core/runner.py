@@ -19,6 +19,9 @@ the batch), the runner pauses its partitions, keeps polling so it stays in its g
 a store outage holds one batch in memory, consumes nothing more, commits nothing it has not
 stored, and ends by itself when the store returns. A stop signal during the back-off stops the
 runner without committing (the batch is redelivered after restart).
+A message that keeps failing (``process`` raises on it, or the worker dies while it is in
+flight) is dead-lettered after ``batch.poison_attempts`` tries and skipped; the rest of its batch
+is processed, in order (:mod:`processors.core.quarantine`, with its durable in-flight record).
 On SIGTERM/SIGINT the loop finishes the batch in hand, commits it, and closes the clients.
 A processor with ``pausable = True`` (the scorer) honours ``pipeline.paused``: between batches
 the runner pauses its partitions (librdkafka drops what it prefetched and later resumes from
@@ -29,6 +32,7 @@ resumes them on ``pipeline.resumed``. Nothing past the last finished batch is co
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import traceback
 from collections import Counter
@@ -44,6 +48,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from processors.core import faults
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
@@ -67,6 +72,7 @@ from processors.core.processor import (
     StopSignal,
 )
 from processors.core.progress import ProgressFile
+from processors.core.quarantine import InFlight, Quarantine
 from processors.core.retention import Released
 
 __all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "StopSignal"]
@@ -89,7 +95,7 @@ class Runner:
         max_wait_s: float | None = None,
         max_batch_bytes: int | None = None,
     ) -> None:
-        self.processor = processor
+        self.processor = faults.wrap(processor)  # itself unless SKYLOOP_FAULTS names it
         self.settings = settings
         self.bootstrap = bootstrap
         self.stop = stop or StopSignal()
@@ -104,6 +110,15 @@ class Runner:
             processor.name,
             default_codec(),
             ProgressFile(progress_dir, processor.name),
+        )
+        record = (
+            progress_dir / f"{processor.name}.inflight.json"
+            if progress_dir is not None
+            # replicas may share a data dir; a restarted container keeps its host name
+            else settings.data_dir / "inflight" / f"{processor.name}.{socket.gethostname()}.json"
+        )
+        self.quarantine = Quarantine(
+            self.ctx, InFlight(record), settings.batch.poison_attempts, settings.batch.poison_limit
         )
         self._delivery_errors: list[str] = []
         self._paused = False
@@ -124,6 +139,8 @@ class Runner:
             if not follower.wait_caught_up(timeout_s=60):
                 log.warning("%s: control log not caught up after 60 s; continuing", name)
             self.processor.setup(self.ctx)
+            if self.quarantine.record.died:
+                log.warning("%s: died with messages in flight; those go one at a time", name)
             topics = [settings.topic(t) for t in self.processor.inputs]
             consumer.subscribe(topics)
             prefix_len = len(settings.kafka.topic_prefix)
@@ -164,6 +181,8 @@ class Runner:
                     continue
                 self._handle(batch, producer, consumer, follower.state)
         finally:
+            self.quarantine.record.abandon()  # a stop, or an error: nothing died in flight
+            self.quarantine.record.close()
             try:
                 self.processor.close()
             finally:
@@ -299,11 +318,33 @@ class Runner:
         started = time.perf_counter()
         for topic, count in Counter(m.topic for m in batch).items():
             MESSAGES_IN.labels(name, topic).inc(count)
+        last: dict[tuple[str, int], int] = {}
+        for m in batch:
+            last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
         try:
-            outputs = self._process(batch, state, consumer)
-        except Exception:
+            call = lambda b: self._process(b, state, consumer)  # noqa: E731
+            outputs = self.quarantine.run(batch, call, last)
+            self._produce(outputs, producer)
+        except BaseException:
+            self.quarantine.record.abandon()  # a controlled exit: nothing died in flight
             log.error("%s: batch failed, not committed:\n%s", name, traceback.format_exc())
             raise
+        consumer.commit(
+            offsets=[TopicPartition(settings.topic(t), p, o + 1) for (t, p), o in last.items()],
+            asynchronous=False,
+        )
+        self.quarantine.record.committed({tp: o + 1 for tp, o in last.items()})
+        self.ctx.progress.add("consumed", len(batch))
+        self.ctx.progress.add("produced", len(outputs))
+        self.ctx.progress.set("control_offset", state.offset)
+        self.ctx.progress.write()
+        CONTROL_OFFSET.labels(name).set(state.offset)
+        self._record_lag(consumer, last)
+        BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    def _produce(self, outputs: list[OutMessage], producer: Any) -> None:
+        """Produce ``outputs`` in order and flush; a delivery error raises (nothing committed)."""
+        name, settings = self.processor.name, self.settings
         for out in outputs:
             kwargs: dict[str, Any] = {
                 "key": out.key,
@@ -317,17 +358,3 @@ class Runner:
             MESSAGES_OUT.labels(name, out.topic).inc()
         if producer.flush(60) != 0 or self._delivery_errors:
             raise DeliveryError(f"{name}: outputs not delivered: {self._delivery_errors[:3]}")
-        last: dict[tuple[str, int], int] = {}
-        for m in batch:
-            last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
-        consumer.commit(
-            offsets=[TopicPartition(settings.topic(t), p, o + 1) for (t, p), o in last.items()],
-            asynchronous=False,
-        )
-        self.ctx.progress.add("consumed", len(batch))
-        self.ctx.progress.add("produced", len(outputs))
-        self.ctx.progress.set("control_offset", state.offset)
-        self.ctx.progress.write()
-        CONTROL_OFFSET.labels(name).set(state.offset)
-        self._record_lag(consumer, last)
-        BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)

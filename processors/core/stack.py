@@ -172,12 +172,14 @@ class EmbeddedBroker:
         running = self._proc is not None and self._proc.poll() is None
         return running and (self._bucket is None or self._bucket.poll() is None)
 
-    def restart(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+    def restart(self, timeout_s: float = 15.0, *, empty: bool = False) -> EmbeddedBroker:
         """Start a dead broker again on the same port (and storage); clients reconnect.
 
-        Only a durable broker comes back with its log; raises :class:`StackError` otherwise.
+        Only a durable broker comes back with its log; a memory one raises
+        :class:`StackError` unless ``empty`` (the caller rebuilds the log:
+        :mod:`processors.resume`).
         """
-        if self.storage_dir is None:
+        if self.storage_dir is None and not empty:
             raise StackError("the embedded broker died and its log was in memory: it is gone")
         self.stop()
         self.restarts += 1

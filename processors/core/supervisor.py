@@ -32,6 +32,7 @@ from types import TracebackType
 from processors.core.exceptions import SkyloopError
 
 __all__ = [
+    "RESTART_EXIT",
     "Child",
     "ProcessorFailed",
     "RestartPolicy",
@@ -39,6 +40,10 @@ __all__ = [
     "guarded",
     "terminate",
 ]
+
+
+RESTART_EXIT = "SKYLOOP_RESTART_EXIT"
+"""Set for a restarted child: its predecessor's exit code (negative: the signal, -9 SIGKILL)."""
 
 
 class ProcessorFailed(SkyloopError):
@@ -102,6 +107,8 @@ class Child:
     """Stopped on purpose: never restarted."""
     restart: bool = True
     """False for a child whose death must end the run (it cannot resume where it was)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """This child's own environment on top of the supervisor's (kept across restarts)."""
     recycled: int = 0
     """Times it was stopped and started again on purpose (:meth:`Supervisor.recycle`)."""
 
@@ -130,8 +137,17 @@ class Supervisor:
         self.on_restart = on_restart
         self.children: dict[str, Child] = {}
 
-    def _spawn(self, name: str, args: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], Path]:
+    def _spawn(
+        self,
+        name: str,
+        args: tuple[str, ...],
+        env: dict[str, str] | None = None,
+        last_exit: int | None = None,
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start the child; a restarted one learns how its predecessor ended (its exit code,
+        negative for a signal) in ``SKYLOOP_RESTART_EXIT``, for its quarantine's dead letters."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        restart = {} if last_exit is None else {RESTART_EXIT: str(last_exit)}
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -139,14 +155,16 @@ class Supervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **(env or {}), **restart},
                 start_new_session=True,
             )
         return proc, log_path
 
-    def start(self, name: str, *args: str, restart: bool = True) -> Child:
-        proc, log_path = self._spawn(name, args)
-        child = Child(name, proc, log_path, tuple(args), restart=restart)
+    def start(
+        self, name: str, *args: str, restart: bool = True, env: dict[str, str] | None = None
+    ) -> Child:
+        proc, log_path = self._spawn(name, args, env)
+        child = Child(name, proc, log_path, tuple(args), restart=restart, env=dict(env or {}))
         self.children[name] = child
         return child
 
@@ -189,7 +207,9 @@ class Supervisor:
                         f"{child.proc.returncode}; restarting in {delay:.1f}s ---\n".encode()
                     )
             if child.restart_due is not None and now >= child.restart_due:
-                child.proc, child.log_path = self._spawn(child.name, child.args)
+                child.proc, child.log_path = self._spawn(
+                    child.name, child.args, child.env, child.proc.returncode
+                )
                 child.restarts_at.append(now)
                 child.restart_due = None
                 restarted.append(child)
@@ -213,7 +233,7 @@ class Supervisor:
         terminate(child.proc, timeout_s)
         if between is not None:
             between()
-        child.proc, child.log_path = self._spawn(child.name, child.args)
+        child.proc, child.log_path = self._spawn(child.name, child.args, child.env)
         child.recycled += 1
         return child
 

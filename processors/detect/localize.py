@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from processors.core.exceptions import BadImageError
 from processors.core.imaging import decode_image
 from processors.core.records import Box, ImageRecord
-from processors.detect.raster import Layout, as_plane, record_plane
+from processors.yolo.raster import Layout, as_plane, record_plane
 
 __all__ = [
     "ExtractionParams",

@@ -121,7 +121,7 @@ class LocalizerSet:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_bytes(self.store.get_bytes(slot.artifact_id))
                 tmp.replace(path)
-            from processors.detect.yolo import YoloLocalizer
+            from processors.yolo.yolo import YoloLocalizer
 
             model = YoloLocalizer(path, config_dir=self.models_dir / "ultralytics")
         except SkyloopError as exc:

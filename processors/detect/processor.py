@@ -55,8 +55,8 @@ from processors.detect.labels import LabelStatus, PseudoLabelPolicy
 from processors.detect.localize import extract_boxes, merge_adjacent
 from processors.detect.localizers import Localization, LocalizerSet
 from processors.detect.novelty import NormalBoxes, NoveltyParams
-from processors.detect.raster import record_plane
-from processors.detect.samples import TrainingSample
+from processors.yolo.raster import record_plane
+from processors.yolo.samples import TrainingSample
 
 __all__ = ["DetectProcessor", "candidate_from_score"]
 

@@ -52,6 +52,7 @@ from processors.core.retention import hold_ingest
 from processors.core.runner import DeliveryError, StopSignal
 from processors.ingest.backpressure import ScoreLag
 from processors.ingest.interleaved import Interleaved
+from processors.ingest.skip import StoredSkip
 from processors.ingest.sources.base import BaseSource, ImageSource, source_counters, source_parts
 from processors.ingest.sources.items import (
     RawImage,
@@ -105,6 +106,8 @@ def describe_source(name: str, counts: Mapping[str, int]) -> str:
     parts.append(
         f"{counts.get('published', 0)} published ({counts.get('images', 0)} distinct images)"
     )
+    if counts.get("skipped_stored"):
+        parts.append(f"{counts['skipped_stored']} skipped (stored before a resume)")
     for total, prefix in (("cut", "cut."), ("failed", "failed.")):
         if total in counts:
             detail = ", ".join(
@@ -175,9 +178,11 @@ def run_ingest(
     stop: StopSignal | None = None,
     progress_dir: Path | None = None,
     commit_interval_s: float = 5.0,
+    skip: StoredSkip | None = None,
 ) -> IngestSummary:
     """Publish up to ``limit`` items of ``source`` (all when None), for at most ``duration_s``
-    seconds (None: no bound), and flush before returning.
+    seconds (None: no bound), and flush before returning. ``skip``: what a resumed run
+    already stored, dropped unpublished (not counted against ``limit``; :mod:`.skip`).
 
     See the module docstring for the order of flush and commit and what is counted. Raises
     :class:`DeliveryError` (nothing more committed) when a message is not delivered.
@@ -229,6 +234,9 @@ def run_ingest(
     progress.set("done", False)
     progress.set("limit", limit)
     items: Iterator[SourceItem] = iter(source)
+    if skip is not None:
+        items = skip.filter(items)
+        progress.set("skipped_stored", 0)
     try:
         while not stop.is_set() and (limit is None or taken < limit):
             if taken % BACKPRESSURE_EVERY == 0:  # a hot-log rotation (core/retention.py)
@@ -251,8 +259,12 @@ def run_ingest(
             if committers and time.perf_counter() - last_commit >= commit_interval_s:
                 deliver_and_commit()
                 last_commit = time.perf_counter()
+            if skip is not None:
+                progress.set("skipped_stored", skip.total(source))
             _write_progress(progress, tally, source)
         deliver_and_commit()
+        if skip is not None:
+            progress.set("skipped_stored", skip.total(source))
     finally:
         close: Callable[[], None] | None = getattr(items, "close", None)
         if close is not None:

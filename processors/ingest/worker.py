@@ -43,6 +43,12 @@ def run(settings: Any, args: argparse.Namespace) -> int:
     stop = StopSignal().install()
     specs = getattr(args, "source", None) or DEFAULT_SOURCES
     source = Interleaved([source_from_spec(s, stop=stop.event) for s in specs], stop=stop.event)
+    skip = None
+    if getattr(args, "skip", None):
+        from processors.ingest.skip import StoredSkip
+
+        skip = StoredSkip.read(args.skip)
+        skip.attach(source)
     duration = getattr(args, "duration", None)
     summary = run_ingest(
         settings,
@@ -52,6 +58,7 @@ def run(settings: Any, args: argparse.Namespace) -> int:
         duration_s=duration_seconds(duration) if duration else None,
         stop=stop,
         progress_dir=settings.progress_dir,
+        skip=skip,
     )
     for source_name, source_counts in sorted(summary.sources.items()):
         print(f"ingest: {describe_source(source_name, source_counts)}", file=sys.stderr)

@@ -1,22 +1,35 @@
-"""The report of one local run folder: opens its chdb (no sink may be running) and writes it."""
+"""The report of one local run folder: opens its chdb (no sink may be running) and writes it,
+ending with the run's ledger line (:mod:`processors.report.ledger`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from processors.core.clickhouse import connect
 from processors.core.config import Settings
 from processors.core.progress import read_progress
 from processors.report.daily import generate_report
+from processors.report.ledger import Ledger, compute_ledger
 
-__all__ = ["write_run_report"]
+__all__ = ["RunReport", "report_run", "write_run_report"]
 
 
-def write_run_report(run_dir: Path, settings: Settings) -> tuple[Path, dict[str, int]]:
-    """Write ``<run_dir>/report/report-<day>.md``; return its path and headline counts.
+@dataclass(frozen=True)
+class RunReport:
+    path: Path
+    counts: dict[str, int]
+    ledger: Ledger | None
+    """None for a folder without ingest counters (a worker's data dir): nothing to balance."""
+
+
+def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunReport:
+    """Write ``<run_dir>/report/report-<day>.md``, its last line the ledger; return its path,
+    headline counts and ledger.
 
     The ingest counters (per source: published, quality cuts, failures) come from the run's
-    ``progress/ingest.json``, written by the ingest processor when it finished.
+    ``progress/ingest.json``, written by the ingest processor when it finished. ``finished``:
+    the run reached its stop condition (see :func:`~processors.report.ledger.compute_ledger`).
     """
     ingest = read_progress(run_dir / "progress", "ingest")
     client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
@@ -27,8 +40,12 @@ def write_run_report(run_dir: Path, settings: Settings) -> tuple[Path, dict[str,
             title=f"skyloop run {run_dir.name}",
             ingest_sources=ingest.get("sources") or None,
         )
+        ledger = compute_ledger(client, ingest, finished=finished) if ingest else None
     finally:
         client.close()
+    if ledger is not None:
+        with summary.path.open("a") as report:
+            report.write(f"\n{ledger.line()}\n")
     counts = {
         "images": summary.images,
         "scores": summary.production_scores,
@@ -36,4 +53,10 @@ def write_run_report(run_dir: Path, settings: Settings) -> tuple[Path, dict[str,
         "dead_letters": summary.dead_letters,
         "control_events": summary.control_events,
     }
-    return summary.path, counts
+    return RunReport(summary.path, counts, ledger)
+
+
+def write_run_report(run_dir: Path, settings: Settings) -> tuple[Path, dict[str, int]]:
+    """:func:`report_run` of a run folder whose end is unknown (what is open is in flight)."""
+    report = report_run(run_dir, settings, finished=False)
+    return report.path, report.counts

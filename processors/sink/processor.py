@@ -7,10 +7,15 @@ after ``process`` returned, i.e. after every row of the batch is in ClickHouse; 
 rows are absorbed by ReplacingMergeTree. A message that cannot be decoded, or whose record
 does not fit its table, goes to the dead-letter topic (and so, on a later batch, into
 ``dead_letters``); a dead letter that itself cannot be decoded is stored in ``dead_letters``
-directly, wrapped with the reason. Nothing consumed is dropped.
+directly, wrapped with the reason. Nothing consumed is dropped. A control event the fold
+refuses (:mod:`processors.core.fold_guard`; the verdict of the runner's own ``ControlFollower``,
+by offset) is stored in ``control_events`` like any other (the audit trail keeps everything) and
+dead-lettered too, error class ``RefusedEvent`` with the reason: one ``dead_letters`` row under
+FINAL (identity: origin topic, offset, processor, bytes), however often its batch is redelivered.
 
 While it runs, the sink owns the chdb path and answers ``skyloop sql`` over a loopback HTTP
-endpoint whose port it writes to ``<data_dir>/sink.json``. It also keeps distinct-id counts in
+endpoint (read-only SQL, behind the run's token: :mod:`processors.sink.query_server`) whose port
+and token it writes to ``<data_dir>/sink.json`` (mode 0600). It also keeps distinct-id counts in
 its progress file, which the local supervisor uses to know when every stage is done.
 
 Being the one process that may open the chdb path, the sink also writes the run-time reports
@@ -23,8 +28,8 @@ inserted, and a failing report is logged and counted (``report_errors``), never 
 from __future__ import annotations
 
 import gc
-import json
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -33,7 +38,8 @@ from typing import Any
 from processors.core.clickhouse import client_options, connect
 from processors.core.control import ControlState
 from processors.core.dedupe import RecentIds
-from processors.core.exceptions import CodecError
+from processors.core.exceptions import CodecError, StoreUnavailableError
+from processors.core.fold_guard import RefusedEvent
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.report.daily import generate_report
@@ -41,6 +47,7 @@ from processors.report.schedule import ReportSchedule, interim_report_for, repor
 from processors.sink.landing import LANDING_TABLE, Peeked, ScoreLanding
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
+from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.sink.rows import (
     KafkaCoordinates,
     Row,
@@ -102,9 +109,14 @@ class SinkProcessor:
         self.reports_dir = ctx.settings.data_dir / "report"
         self.schedule = ReportSchedule(ctx.settings.report.interval_s, datetime.now(UTC))
         if self.serve_queries:
-            self.server = QueryServer(self.client, self.lock).start()
+            # queries get a client of their own, made read-only (the sink's stays writable)
+            dsn, options = ctx.settings.resolved_clickhouse_dsn, client_options(ctx.settings)
+            token = os.environ.get(TOKEN_ENV) or new_token()
+            self.server = QueryServer(lambda: connect(dsn, **options), self.lock, token).start()
             ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
-            (ctx.settings.data_dir / "sink.json").write_text(json.dumps({"port": self.server.port}))
+            write_private(
+                ctx.settings.data_dir / "sink.json", {"port": self.server.port, "token": token}
+            )
 
     def close(self) -> None:
         if self.server is not None:
@@ -275,4 +287,21 @@ class SinkProcessor:
                 row = build_row(spec, record, at)
             built.setdefault(spec.table, (spec, []))[1].append(row)
             stored.append((msg.topic, record))
+            reason = self._refusal(msg) if spec.topic == "control.events" else None
+            if reason is not None:
+                outputs.append(self.ctx.dead_letter(msg, RefusedEvent(reason)))
         return outputs, built, stored
+
+    def _refusal(self, msg: InMessage) -> str | None:
+        """Why the control fold refused the event ``msg`` holds (None: it was applied).
+
+        Asks the runner's follower, which folds the same log; one that has not reached the
+        offset within 30 s makes the runner retry the batch, as a store outage does."""
+        follower = self.ctx.extra.get("follower")
+        if follower is None:  # not run by a Runner: no fold to ask
+            return None
+        try:
+            reason: str | None = follower.refusal_at(msg.offset, timeout_s=30.0)
+        except TimeoutError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
+        return reason

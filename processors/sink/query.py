@@ -2,7 +2,8 @@
 
 :func:`query` asks the sink's loopback endpoint while the sink runs (it owns the chdb path; see
 :mod:`processors.sink.query_server`), else opens the run's chdb files directly. Either way the
-answer is ``(columns, rows)`` with JSON-ready values.
+answer is ``(columns, rows)`` with JSON-ready values, and either way the SQL is read-only
+(:mod:`processors.sink.sql_guard`); the endpoint is asked with the token in ``sink.json``.
 """
 
 from __future__ import annotations
@@ -14,28 +15,36 @@ from pathlib import Path
 from typing import Any
 
 from processors.core.exceptions import ConfigError, SkyloopError
+from processors.sink.query_token import TOKEN_HEADER, endpoint
+from processors.sink.sql_guard import DIRECT, QueryRefused, answer, read_only
 
 __all__ = ["events_query", "query"]
 
 
 def query(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
-    """Answer SQL from a run's ClickHouse: via the live sink if it runs, else chdb directly.
+    """Answer read-only SQL from a run's ClickHouse: via the live sink if it runs, else chdb.
 
-    A stale ``sink.json`` (the sink is gone) falls back to the files; a query the live sink
-    refuses raises :class:`SkyloopError` with ClickHouse's message.
+    Either way the query runs under :mod:`processors.sink.sql_guard`: a write, a schema or
+    settings change, or a reach outside the database raises :class:`QueryRefused` (exit code
+    2), naming what was refused. A stale ``sink.json`` (the sink is gone) falls back to the
+    files; another failure raises :class:`SkyloopError` with ClickHouse's message.
     """
     marker = run_dir / "sink.json"
     if marker.is_file():
-        port = json.loads(marker.read_text())["port"]
+        port, token = endpoint(marker)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/sql", data=sql.encode(), method="POST"
+            f"http://127.0.0.1:{port}/sql",
+            data=sql.encode(),
+            method="POST",
+            headers={TOKEN_HEADER: token},
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 body = json.loads(response.read())
             return body["columns"], body["rows"]
         except urllib.error.HTTPError as exc:
-            raise SkyloopError(json.loads(exc.read()).get("error", str(exc))) from None
+            error = json.loads(exc.read()).get("error", str(exc))
+            raise (QueryRefused if exc.code == 403 else SkyloopError)(error) from None
         except urllib.error.URLError:
             pass  # the sink is gone (stale marker): read the files directly
     from processors.core.clickhouse import connect
@@ -43,14 +52,12 @@ def query(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
 
     if not (run_dir / "clickhouse").is_dir():
         raise SkyloopError(f"no ClickHouse data in {run_dir}")
-    client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
+    client = read_only(connect(f"chdb://{(run_dir / 'clickhouse').resolve()}"), DIRECT)
     try:
-        result = client.query(sql)
-    except Exception as exc:
-        raise SkyloopError(f"query failed: {exc}") from None
+        columns, rows = answer(client, sql, DIRECT)
     finally:
         client.close()
-    return list(result.column_names), jsonable(result.result_rows)
+    return columns, jsonable(rows)
 
 
 def _sql_string(value: str) -> str:
@@ -60,12 +67,13 @@ def _sql_string(value: str) -> str:
 def events_query(
     types: list[str] | None = None, subject: str | None = None, since: str | None = None
 ) -> str:
-    """The audit-trail SQL, in log order, filtered by event types, subject and time.
+    """The audit-trail SQL, in log order, filtered by event types, subject and time; ``refused``
+    is the reason the control fold refused an event (its ``RefusedEvent`` dead letter), else ''.
 
     Raises :class:`ConfigError` for an unknown type or a ``since`` that is not ISO 8601.
 
     >>> sql = events_query(["drift.detected"], "sky", "2026-12-01T10:00Z")
-    >>> for part in sql.split("WHERE ")[1].split(" AND "):
+    >>> for part in sql.split("WHERE ")[-1].split(" AND "):
     ...     print(part)
     type IN ('drift.detected')
     subject = 'sky'
@@ -96,8 +104,10 @@ def events_query(
         stamp = at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}"
         where.append(f"at >= toDateTime64('{stamp}', 3, 'UTC')")
     return (
-        "SELECT kafka_offset AS offset, at, type, subject, issued_by, params, evidence "
-        "FROM control_events FINAL "
+        "SELECT kafka_offset AS offset, at, type, subject, issued_by, params, evidence, refused "
+        "FROM control_events FINAL LEFT JOIN (SELECT original_offset AS kafka_offset, "
+        "any(message) AS refused FROM dead_letters FINAL WHERE original_topic = 'control.events' "
+        "AND error_class = 'RefusedEvent' GROUP BY original_offset) AS r USING (kafka_offset) "
         + (f"WHERE {' AND '.join(where)} " if where else "")
         + "ORDER BY kafka_offset"
     )

@@ -67,7 +67,7 @@ def _train(spec: TrainSpec) -> dict[str, object]:
 
     import torch
 
-    from processors.detect.ultralytics_env import offline_ultralytics
+    from processors.yolo.ultralytics_env import offline_ultralytics
 
     torch.set_num_threads(spec.threads)
     torch.set_num_interop_threads(1)

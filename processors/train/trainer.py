@@ -60,11 +60,11 @@ from processors.core.progress import ProgressFile
 from processors.core.records import Box, ControlEventRecord
 from processors.core.registry import ModelCard, code_version, register
 from processors.core.rollouts import ModelSlot
-from processors.detect.dataset import DetectionSample, write_yolo_dataset
-from processors.detect.evaluation import map50
-from processors.detect.samples import TrainingSample
 from processors.policies.gate import ModelGate
 from processors.train.training import epochs_for, train_detector
+from processors.yolo.dataset import DetectionSample, write_yolo_dataset
+from processors.yolo.evaluation import map50
+from processors.yolo.samples import TrainingSample
 
 __all__ = ["MIN_TRAIN", "Evaluation", "Trainer", "answer_request", "evaluate_detector"]
 
@@ -226,7 +226,7 @@ def answer_request(
         raise
     except SkyloopError as exc:
         return [_training_failed(request, exc, superseded, {"manifest": manifest_id})]
-    from processors.detect.yolo import YoloLocalizer
+    from processors.yolo.yolo import YoloLocalizer
 
     # one ultralytics state folder per process (it is fixed at first use), outside workdir
     config_dir = settings.data_dir / "ultralytics"

@@ -43,8 +43,8 @@ from processors.core.exceptions import (
     TrainingError,
     TrainingTimeoutError,
 )
-from processors.detect.ultralytics_env import default_config_dir
 from processors.train.train_worker import TrainSpec
+from processors.yolo.ultralytics_env import default_config_dir
 
 __all__ = ["FROM_SCRATCH", "MAX_EPOCHS", "TrainResult", "epochs_for", "train_detector"]
 
@@ -143,7 +143,7 @@ def train_detector(
     options: Mapping[str, float | int | str | bool] | None = None,
     cancel: threading.Event | None = None,
 ) -> TrainResult:
-    """Train on the YOLO dataset at ``dataset_dir`` (see :mod:`processors.detect.dataset`).
+    """Train on the YOLO dataset at ``dataset_dir`` (see :mod:`processors.yolo.dataset`).
 
     ``options`` are further ultralytics training arguments (``lr0``, ``mosaic``, ``optimizer``,
     ...); the worker's own choices (one optimizer step per batch, one warmup epoch, validation

@@ -12,8 +12,9 @@ from processors.controller.learning import LearningLoop, LearningState
 from processors.core import datasets
 from processors.core.artifacts import artifact_id_of
 from processors.core.datasets import DatasetManifest, is_held_out
-from processors.detect import labels, samples
+from processors.detect import labels
 from processors.policies.retrain import RetrainTrigger
+from processors.yolo import samples
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 

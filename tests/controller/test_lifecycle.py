@@ -73,7 +73,12 @@ class Pipeline:
 
     def register(self, version: str) -> None:
         """Register ``version``; its lane is calibrated at once (in a run: during its trial)."""
-        params = {"model_version": version, "artifact_id": "a" * 64, "thresholds": {}}
+        params = {
+            "model_version": version,
+            "artifact_id": "a" * 64,
+            "target_fpr": 0.05,  # as the controller's: the fold refuses a calibration without
+            "thresholds": {},
+        }
         self.apply([new_event("calibration.updated", "sky", "controller", params)])  # type: ignore[arg-type]
         self.apply(
             [new_event("model.registered", version, "operator:test", {"model_version": version})]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from processors.core.exceptions import BadImageError
-from processors.detect.evaluation import box_quality
 from processors.detect.localize import (
     ExtractionParams,
     boxes_at,
@@ -15,6 +14,7 @@ from processors.detect.localize import (
     localize_record,
     snr_confidence,
 )
+from processors.yolo.evaluation import box_quality
 from tests.detect.blobs import blob_image, blob_set, fits_record
 
 ZTF_STREAM = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ztf-stream"

@@ -8,9 +8,9 @@ import pytest
 from processors.core.records import Box
 from processors.detect.localize import extract_boxes
 from processors.detect.novelty import NormalBoxes, NoveltyParams, box_features
-from processors.detect.raster import record_plane
 from processors.ingest.sources.items import to_record
 from processors.ingest.synthetic.sky import SyntheticSky
+from processors.yolo.raster import record_plane
 
 
 def _planes(seed: int, n: int, anomaly_rate: float) -> list[tuple[np.ndarray, dict | None]]:

@@ -29,9 +29,9 @@ from processors.core.records import TOPICS, ImageRecord, ScoreRecord
 from processors.core.runner import Runner
 from processors.detect.catalogs import gaia_bright_stars
 from processors.detect.processor import DetectProcessor
-from processors.detect.samples import TrainingSample
 from processors.ingest.sources.items import to_record
 from processors.ingest.synthetic.sky import SyntheticSky
+from processors.yolo.samples import TrainingSample
 
 CODEC = default_codec()
 

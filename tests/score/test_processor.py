@@ -330,6 +330,7 @@ def test_a_full_reference_window_waits_for_the_production_calibration_only(
     images = sky("sky", 5, 32)
     shadow = {"model_version": "lite0-shadow", "backbone": "efficientnet_lite0"}
     with Scorer(settings, kafka_bootstrap, lite0) as scorer:
+        scorer.emit("model.registered", "lite0-shadow", shadow)  # the fold's roles need it
         scorer.emit("model.shadow_started", "lite0-shadow", shadow)
         scorer.produce(images[:20])  # reference_size: the production window fills
         window = [o.record for o in scorer.read(40)]
@@ -376,6 +377,8 @@ def test_shadow_and_canary_are_routed_by_image_id_and_never_change_production(
 
         # Shadow and canary start; neither has a calibration yet.
         slot = {"backbone": "efficientnet_lite0"}
+        for version in ("lite0-shadow", "lite0-canary"):  # the fold's roles need registration
+            scorer.emit("model.registered", version, {**slot, "model_version": version})
         scorer.emit(
             "model.shadow_started", "lite0-shadow", {**slot, "model_version": "lite0-shadow"}
         )
@@ -430,11 +433,13 @@ def test_shadow_and_canary_are_routed_by_image_id_and_never_change_production(
         assert any(s["is_candidate"] for s in baseline.values())
 
         # A shadow whose weights cannot be loaded is left out; production goes on.
-        scorer.emit(
-            "model.shadow_started",
-            "broken",
-            {"model_version": "broken", "backbone": "efficientnet_lite0", "artifact_id": "0" * 64},
-        )
+        broken = {
+            "model_version": "broken",
+            "backbone": "efficientnet_lite0",
+            "artifact_id": "0" * 64,
+        }
+        scorer.emit("model.registered", "broken", broken)
+        scorer.emit("model.shadow_started", "broken", broken)
         scorer.produce(images[:2])
         outputs = [o.record for o in scorer.read(2 + len(routed & set(ids[:2])))]
         assert all(s["model_version"] != "broken" for s in outputs)

@@ -25,6 +25,7 @@ from processors.core.runner import Runner, StopSignal
 from processors.ingest.sources.items import to_record
 from processors.ingest.synthetic.sky import SyntheticSky
 from processors.sink.processor import SinkProcessor
+from processors.sink.query_token import TOKEN_HEADER
 
 
 @contextmanager
@@ -93,9 +94,14 @@ def test_every_message_lands_in_a_table_or_as_a_dead_letter(
     with running_sink(settings, kafka_bootstrap, progress):
         wait_for(lambda: read_progress(progress, "sink").get("consumed", 0) >= 11)
         # while the sink runs, it answers SQL for other processes over loopback
-        port = json.loads((settings.data_dir / "sink.json").read_text())["port"]
+        # (behind the token it wrote to sink.json, which only its owner may read)
+        marker = json.loads((settings.data_dir / "sink.json").read_text())
+        assert (settings.data_dir / "sink.json").stat().st_mode & 0o777 == 0o600
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/sql", data=b"SELECT count() FROM images FINAL", method="POST"
+            f"http://127.0.0.1:{marker['port']}/sql",
+            data=b"SELECT count() FROM images FINAL",
+            method="POST",
+            headers={TOKEN_HEADER: marker["token"]},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.loads(response.read())["rows"] == [[5]]

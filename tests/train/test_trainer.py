@@ -17,8 +17,8 @@ from processors.core.kafka import ControlFollower, ensure_topics, make_producer
 from processors.core.kafka import produce_control_event as produce
 from processors.core.progress import ProgressFile, read_progress
 from processors.core.records import Box, ControlEventRecord
-from processors.detect.samples import TrainingSample
 from processors.train.trainer import Trainer, answer_request
+from processors.yolo.samples import TrainingSample
 
 
 def _request(store: ArtifactStore, n: int) -> ControlEventRecord:

@@ -18,12 +18,12 @@ from processors.core.exceptions import (
     TrainingError,
     TrainingTimeoutError,
 )
-from processors.detect.dataset import DetectionSample, write_yolo_dataset
-from processors.detect.evaluation import box_quality, map50
 from processors.detect.localize import extract_boxes
-from processors.detect.yolo import YoloLocalizer
 from processors.train import training
 from processors.train.training import MAX_EPOCHS, epochs_for, train_detector
+from processors.yolo.dataset import DetectionSample, write_yolo_dataset
+from processors.yolo.evaluation import box_quality, map50
+from processors.yolo.yolo import YoloLocalizer
 from tests.detect.blobs import blob_set
 
 SIZE = 64

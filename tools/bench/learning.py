@@ -44,10 +44,10 @@ from processors.core.clickhouse import connect
 from processors.core.datasets import is_held_out
 from processors.core.events import EventType
 from processors.core.records import Box
-from processors.detect.evaluation import box_quality, map50
 from processors.detect.localize import extract_boxes
-from processors.detect.raster import record_plane
-from processors.detect.samples import TrainingSample
+from processors.yolo.evaluation import box_quality, map50
+from processors.yolo.raster import record_plane
+from processors.yolo.samples import TrainingSample
 
 __all__ = ["main"]
 
@@ -223,7 +223,7 @@ def evaluate(data: Path, env: dict[str, str], started: float) -> int:
         print(
             f"baseline (source extraction) mAP50 on held-out truth: {map50(baseline, truths):.3f}"
         )
-    from processors.detect.yolo import YoloLocalizer
+    from processors.yolo.yolo import YoloLocalizer
 
     store = ArtifactStore(run_dir / "artifacts")
     registered = {e["subject"]: e for e in events if e["type"] == EventType.MODEL_REGISTERED}

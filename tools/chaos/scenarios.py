@@ -47,6 +47,7 @@ FAULTS = (
     "kill-broker",
     "poison",
     "rebalance",
+    "poison-crash",  # tools/chaos/poison_crash.py
 )
 POISON = b"\x00not avro: chaos"
 
@@ -196,6 +197,10 @@ def run_scenario(fault: str, images: int, work: Path, timeout_s: float = 900.0) 
     """Run ``skyloop run`` with ``fault`` injected; see the module docstring for the counts."""
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; accepted: {', '.join(FAULTS)}")
+    if fault == "poison-crash":
+        from tools.chaos.poison_crash import poison_crash
+
+        return poison_crash(images, work, timeout_s)
     marker = uuid.uuid4().hex
     data = work / "data"
     out_path, err_path = work / "stdout.txt", work / "stderr.txt"

@@ -6,9 +6,10 @@ user wrote it, the bad value and what is accepted, e.g.
 
 Layout (ARCHITECTURE.md, "Settings"): a few global keys on ``Settings`` (``data_dir``,
 ``progress_dir``, ``control_policy``) and one frozen section per concern, read as
-``settings.<section>.<field>``: ``kafka``, ``clickhouse``, ``broker``, ``metrics``, ``batch``,
-``ingest``, ``score``, ``ood``, ``calibration``, ``drift``, ``decay``, ``sources``, ``health``,
-``rollout``, ``learning``, ``train``, ``crossmatch``, ``sink``, ``report``.
+``settings.<section>.<field>``: ``kafka``, ``clickhouse``, ``broker``, ``metrics``,
+``alerts``, ``batch``, ``ingest``, ``score``, ``ood``, ``calibration``, ``drift``, ``decay``,
+``sources``, ``health``, ``rollout``, ``learning``, ``train``, ``crossmatch``, ``sink``,
+``report``.
 
 Inputs, each in two spellings that may be mixed:
 
@@ -19,8 +20,9 @@ Inputs, each in two spellings that may be mixed:
   ``SKYLOOP_DRIFT='{"window": 32}'``), ``load_settings(drift={"window": 32})``.
 
 A field's flat name is its section's prefix and its name (``drift_`` + ``window``,
-``crossmatch_`` + ``tap_url``, ``kafka_`` + ``sasl_username``, ``threshold_`` + ``floor``
-for ``decay``, ``train_`` + ``epochs``), no prefix for ``score``, ``calibration``,
+``crossmatch_`` + ``tap_url``, ``kafka_`` + ``sasl_username``, ``alert_`` + ``webhook_url``
+for ``alerts``, ``threshold_`` + ``floor`` for ``decay``, ``train_`` + ``epochs``), no
+prefix for ``score``, ``calibration``,
 ``sources``, ``rollout`` and ``learning``, except where the flat name was different:
 
 =========================  ==============================
@@ -52,6 +54,7 @@ key wins over the same field given sectioned; ``SKYLOOP_<FLAT>`` wins over
 from processors.core.config.aliases import FLAT_FIELDS, SECTIONS, flat_name
 from processors.core.config.loading import format_error, load_settings
 from processors.core.config.sections_io import (
+    AlertsSettings,
     BatchSettings,
     BrokerSettings,
     ClickHouseSettings,
@@ -87,6 +90,7 @@ __all__ = [
     "_BUNDLED_CATALOGS",
     "_TAP_CATALOGS",
     "_ZTF_CATALOGS",
+    "AlertsSettings",
     "BatchSettings",
     "BrokerSettings",
     "CalibrationSettings",

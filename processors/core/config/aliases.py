@@ -21,6 +21,7 @@ from pydantic_settings import PydanticBaseSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
 from processors.core.config.sections_io import (
+    AlertsSettings,
     BatchSettings,
     BrokerSettings,
     ClickHouseSettings,
@@ -57,6 +58,7 @@ SECTIONS: dict[str, type[Section]] = {
     "clickhouse": ClickHouseSettings,
     "broker": BrokerSettings,
     "metrics": MetricsSettings,
+    "alerts": AlertsSettings,
     "batch": BatchSettings,
     "ingest": IngestSettings,
     "score": ScoreSettings,
@@ -80,6 +82,7 @@ _PREFIX = {
     "clickhouse": "clickhouse_",
     "broker": "broker_",
     "metrics": "metrics_",
+    "alerts": "alert_",
     "batch": "batch_",
     "ingest": "ingest_",
     "score": "",

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = [
+    "AlertsSettings",
     "BatchSettings",
     "BrokerSettings",
     "ClickHouseSettings",
@@ -131,14 +132,58 @@ class MetricsSettings(Section):
     )
 
 
+class AlertsSettings(Section):
+    """Where a local run sends alerts (:mod:`processors.core.alerts`); a deployment's
+    Prometheus and Alertmanager alert from the metrics instead."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        description=(
+            "POST an Alertmanager-style webhook payload here on a health pause, a source "
+            "back-off and a rollback (and resolved on the matching resume); unset: no alerts"
+        ),
+    )
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="one webhook request's timeout"
+    )
+    webhook_attempts: int = Field(
+        default=5, ge=1, le=20, description="tries per alert, with back-off doubling from 0.5 s"
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class BatchSettings(Section):
-    """The runner's consume batches (every processor but the sink, which has its own)."""
+    """The runner's consume batches (every processor but the sink, which has its own) and its
+    quarantine of failing messages (every batch loop)."""
 
     size: int = Field(
         default=32, ge=1, le=1024, description="messages consumed (and scored) at once"
     )
     max_wait_ms: int = Field(
         default=200, ge=0, le=60_000, description="a partial batch waits this long"
+    )
+    poison_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description=(
+            "a message whose processing fails (raises, or its worker dies) this many times in "
+            "a row is dead-lettered and skipped (every batch loop, the sink's included)"
+        ),
+    )
+    poison_limit: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "dead-lettering more than this many failing messages in a row, none processed in "
+            "between, means the processor is broken, not the messages: it stops instead"
+        ),
     )
 
 

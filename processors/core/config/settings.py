@@ -24,6 +24,7 @@ from processors.core.config.aliases import (
     nest,
 )
 from processors.core.config.sections_io import (
+    AlertsSettings,
     BatchSettings,
     BrokerSettings,
     ClickHouseSettings,
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     broker: BrokerSettings = BrokerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    alerts: AlertsSettings = AlertsSettings()
     batch: BatchSettings = BatchSettings()
     ingest: IngestSettings = IngestSettings()
     score: ScoreSettings = ScoreSettings()

@@ -55,6 +55,8 @@ class FolderSource(BaseSource):
     """
 
     capabilities = Capabilities(positions=True, watches_folder=True)
+    skip_keys: frozenset[str] = frozenset()
+    """Relative paths not read at all (a resumed run stored them: processors.ingest.skip)."""
 
     def __init__(
         self,
@@ -116,6 +118,9 @@ class FolderSource(BaseSource):
             log.warning("dir source %r: no image files match %r", self.name, self.pattern)
 
         for path in self._watch.files(on_nothing=nothing):
+            if self.skip_keys and self._relative(path) in self.skip_keys:
+                self.stats.add("skipped_stored")
+                continue
             yield self._read(path)
 
     def _relative(self, path: Path) -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from processors.core.exceptions import BadImageError
 from processors.core.records import ImageRecord
-from processors.detect.raster import as_plane, record_plane, stretch_to_uint8
+from processors.yolo.raster import as_plane, record_plane, stretch_to_uint8
 from tests.detect.blobs import blob_image, fits_record
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from processors.core.exceptions import DetectorError
-from processors.detect.ultralytics_env import offline_ultralytics
-from processors.detect.yolo import YoloLocalizer
+from processors.yolo.ultralytics_env import offline_ultralytics
+from processors.yolo.yolo import YoloLocalizer
 from tests.detect.blobs import blob_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def test_import_and_predict_never_touch_the_network(tmp_path: Path) -> None:
         socket.create_connection = refuse
         from pathlib import Path
         import numpy as np
-        from processors.detect.ultralytics_env import offline_ultralytics
+        from processors.yolo.ultralytics_env import offline_ultralytics
         offline_ultralytics(Path({str(tmp_path)!r}))
         from ultralytics import YOLO
         YOLO("yolov8n.yaml").predict(np.zeros((32, 32, 3), np.uint8), imgsz=32, verbose=False)

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from processors.core.exceptions import DatasetError
 from processors.core.imaging import encode_png
 from processors.core.records import Box
-from processors.detect.raster import Layout, stretch_to_uint8
+from processors.yolo.raster import Layout, stretch_to_uint8
 
 __all__ = ["DetectionSample", "YoloDataset", "dataset_digest", "write_yolo_dataset"]
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from processors.core.exceptions import DatasetError
 from processors.core.records import Box
-from processors.detect.dataset import DetectionSample, dataset_digest, write_yolo_dataset
+from processors.yolo.dataset import DetectionSample, dataset_digest, write_yolo_dataset
 from tests.detect.blobs import blob_set
 
 

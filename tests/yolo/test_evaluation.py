@@ -6,7 +6,7 @@ import pytest
 
 from processors.core.exceptions import EvaluationError
 from processors.core.records import Box
-from processors.detect.evaluation import box_quality, map50
+from processors.yolo.evaluation import box_quality, map50
 
 
 def box(x1: float, y1: float, x2: float, y2: float, conf: float = 1.0, label: str = "src") -> Box:
@@ -75,7 +75,7 @@ def test_box_quality_matches_one_to_one_and_ignores_labels() -> None:
 
 
 def test_doctests() -> None:
-    from processors.detect import evaluation
+    from processors.yolo import evaluation
 
     result = doctest.testmod(evaluation, raise_on_error=False)
     assert result.attempted >= 2 and result.failed == 0

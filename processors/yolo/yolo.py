@@ -2,7 +2,7 @@
 
 :class:`YoloLocalizer` loads one weights file (a ``.pt`` written by ultralytics training) and
 answers :meth:`YoloLocalizer.predict` for a batch of images. Every image goes through
-:func:`processors.detect.raster.stretch_to_uint8`, the rendering the training dataset was
+:func:`processors.yolo.raster.stretch_to_uint8`, the rendering the training dataset was
 written with, so a detector sees at inference what it saw in training.
 
 Invariants: boxes are ``(x1, y1, x2, y2)`` in the input image's pixels (letterboxing undone by
@@ -24,8 +24,8 @@ from numpy.typing import NDArray
 
 from processors.core.exceptions import DetectorError
 from processors.core.records import Box
-from processors.detect.raster import Layout, stretch_to_uint8
-from processors.detect.ultralytics_env import offline_ultralytics
+from processors.yolo.raster import Layout, stretch_to_uint8
+from processors.yolo.ultralytics_env import offline_ultralytics
 
 __all__ = ["YoloLocalizer"]
 
@@ -54,7 +54,7 @@ class YoloLocalizer:
     ``imgsz``: the inference size (default: the size the weights were trained at).
     ``conf``: the least confidence returned, default 0.25. ``iou``: NMS IoU, default 0.7.
     ``max_det``: most boxes per image, default 16. ``config_dir``: ultralytics' state
-    directory (see :func:`processors.detect.ultralytics_env.offline_ultralytics`).
+    directory (see :func:`processors.yolo.ultralytics_env.offline_ultralytics`).
     """
 
     def __init__(

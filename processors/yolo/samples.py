@@ -1,11 +1,11 @@
 """Training samples and dataset manifests: content-addressed, versioned, with a fixed held-out set.
 
 A :class:`TrainingSample` is one pseudo-labelled image: its pixels as the float32 plane every
-localizer sees (:func:`processors.detect.raster.record_plane`), its boxes in those pixels'
+localizer sees (:func:`processors.yolo.raster.record_plane`), its boxes in those pixels'
 coordinates, the image id and its source. Its bytes (a small header, JSON, then the plane as
 ``.npy``) are an artifact: the same image with the same boxes is the same sample, wherever and
 however often it is written. Rendering for YOLO (the 8-bit stretch) happens when a dataset is
-written (:mod:`processors.detect.dataset`), so a sample does not depend on it.
+written (:mod:`processors.yolo.dataset`), so a sample does not depend on it.
 
 Samples are gathered into dataset versions by :class:`processors.core.datasets.DatasetManifest`
 (which also fixes the held-out split).
