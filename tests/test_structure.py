@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "processors"
 MAX_MODULE_LINES = 450
 _OUTSIDE_DOCUMENT = re.compile(r"\bDESIGN\b")
-_CITATION_DIRS = ("processors", "tools", "tests")
+_CITATION_DIRS = ("processors", "tools", "tests", "infra", "schemas")
 _TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".yml", ".yaml", ".json", ".sh", ".sql", ".cfg"}
 
 Graph = dict[str, set[str]]

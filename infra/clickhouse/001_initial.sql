@@ -1,9 +1,10 @@
--- skyloop warehouse, version 1: one table per topic (DESIGN §2).
+-- skyloop warehouse, version 1: one table per topic (ARCHITECTURE.md, "Topology").
+-- earlier checksum: 3e7530a49b43bf320d95de2aea7048357b79a0cc65fd2b99cb79b5880fe2f74d
 --
--- Every table is a ReplacingMergeTree whose ORDER BY is the record's identity (DESIGN §4), so a
--- re-delivered message replaces its earlier copy; the version column is ingested_at (the latest
--- write wins). Merges are eventual: queries that count use FINAL, and
--- `SELECT count() FROM <table> FINAL` is the number of distinct records.
+-- Every table is a ReplacingMergeTree whose ORDER BY is the record's identity
+-- (ARCHITECTURE.md, "Guarantees"), so a re-delivered message replaces its earlier copy; the
+-- version column is ingested_at (the latest write wins). Merges are eventual: queries that
+-- count use FINAL, and `SELECT count() FROM <table> FINAL` is the number of distinct records.
 -- No PARTITION BY on purpose: ReplacingMergeTree only deduplicates within a partition, and
 -- every time column in a record may differ between two deliveries of "the same" record.
 -- Timestamps are DateTime64(3, 'UTC') (Avro timestamp-millis). kafka_* is where the row was

@@ -1,4 +1,6 @@
--- skyloop warehouse, version 2: the image source of a dead letter (DeadLetter.source, DESIGN §2).
+-- skyloop warehouse, version 2: the image source of a dead letter (DeadLetter.source;
+-- ARCHITECTURE.md, "Topology").
+-- earlier checksum: 9abb1e99e8ef1bf4238edc6409c07f33de88ae151676c451a931e98f374f2543
 --
 -- Nullable: dead letters written before the field existed, and failures whose source nobody could
 -- tell (an undecodable message), have none. The report attributes a dead letter to this source

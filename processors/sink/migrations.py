@@ -9,7 +9,10 @@ A migration is a file ``NNN_description.sql`` (``NNN`` its version, unique). Inv
   applied, which is why every statement must be idempotent (``CREATE TABLE IF NOT EXISTS``,
   ``ADD COLUMN IF NOT EXISTS``).
 - An applied file must not change: a checksum mismatch raises :class:`MigrationError`; change
-  the schema with a new numbered file instead.
+  the schema with a new numbered file instead. The one exception is an edit of comments only:
+  the edited file names the checksum it had before in a line ``-- earlier checksum: <sha256>``,
+  and a database that recorded that checksum accepts the file (and records nothing new).
+  Nothing checks that only comments changed: the line is a promise made in review.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
 
 MIGRATIONS_TABLE = "schema_migrations"
 _FILE_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_.-]+)\.sql$")
+_EARLIER_CHECKSUM = re.compile(r"^-- earlier checksum: ([0-9a-f]{64})$", re.MULTILINE)
 _BOOTSTRAP = f"""
 CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE}
 (
@@ -64,6 +68,9 @@ class Migration:
     path: Path
     checksum: str
     statements: tuple[str, ...]
+    earlier_checksums: frozenset[str] = frozenset()
+    """Checksums of comment-only earlier versions of the file (its ``-- earlier checksum:``
+    lines), accepted where they were recorded."""
 
 
 def default_ddl_dir() -> Path:
@@ -144,6 +151,7 @@ def load_migrations(ddl_dir: Path | None = None) -> list[Migration]:
             path=path,
             checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
             statements=statements,
+            earlier_checksums=frozenset(_EARLIER_CHECKSUM.findall(text)),
         )
     return [by_version[v] for v in sorted(by_version)]
 
@@ -168,7 +176,7 @@ def apply_migrations(client: Client, ddl_dir: Path | None = None) -> list[str]:
     for migration in migrations:
         recorded = done.get(migration.version)
         if recorded is not None:
-            if recorded != migration.checksum:
+            if recorded != migration.checksum and recorded not in migration.earlier_checksums:
                 raise MigrationError(
                     f"{migration.name} changed after it was applied to this database (checksum "
                     f"{recorded[:12]} recorded, {migration.checksum[:12]} now); add a new "
