@@ -157,7 +157,7 @@ def check(
     for s in seen:
         if s.identity is None:
             verdict.poison[s.topic] += 1
-    images = Counter(s.image_id for s in seen if s.topic == "images.raw" and s.identity)
+    images = Counter(str(s.image_id) for s in seen if s.topic == "images.raw" and s.identity)
     dead = {s.key for s in seen if s.topic == "images.dlq" and s.key}
     verdict.images_in = int(ingest.get("images", ingest.get("published", 0)))
 

@@ -87,6 +87,21 @@ def chaos_env(marker: str, durable: bool = False) -> dict[str, str]:
     return env
 
 
+def _descendants(root: int) -> list[int]:
+    """The pids below ``root`` (through ``/proc/PID/task/TID/children``)."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in children.read_text().split()]
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
 class LiveRun:
     """``skyloop run`` with its tap and monitor; see the module docstring."""
 
@@ -146,7 +161,26 @@ class LiveRun:
         return broker_pid(self.marker) if worker == "broker" else worker_pid(self.marker, worker)
 
     def _pids(self) -> dict[str, int | None]:
-        return {w: self.pid(w) for w in (*WORKERS, "broker")}
+        """Every worker's and the broker's pid, from one walk of the run's process tree (the
+        monitor calls this five times a second: a scan of all of /proc each time would cost a
+        good part of a core)."""
+        found: dict[str, int | None] = dict.fromkeys((*WORKERS, "broker"))
+        if self.proc is None:
+            return found
+        for pid in _descendants(self.proc.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() + b"\0"
+                state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if b"processors.core.guard" in cmdline or state == "Z":
+                continue
+            if b"--storage-engine" in cmdline:
+                found["broker"] = pid
+            for worker in WORKERS:
+                if f"worker\0{worker}\0".encode() in cmdline:
+                    found[worker] = pid
+        return found
 
     def ready_since(self, worker: str, old_pid: int, since_wall: float) -> bool:
         """A new process of ``worker`` (not ``old_pid``) wrote ``ready`` after ``since_wall``."""
@@ -194,4 +228,6 @@ class LiveRun:
         finally:
             client.close()
         (self.work / "windows.json").write_text(json.dumps([w.__dict__ for w in windows], indent=1))
-        return check(seen, windows, ingest, stored)
+        verdict = check(seen, windows, ingest, stored)
+        (self.work / "verdict.txt").write_text(f"{verdict}\n")
+        return verdict

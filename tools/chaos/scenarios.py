@@ -142,7 +142,7 @@ def run_scenario(
         return poison_crash(images, work, timeout_s)
     run = LiveRun(work, images, durable=fault == "kill-broker")
     recover_s: float | None = None
-    notes, failures = "", []
+    notes, failures = "", list[str]()
     extra: subprocess.Popen[bytes] | None = None
     try:
         run.start()

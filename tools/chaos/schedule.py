@@ -35,7 +35,7 @@ from processors.core.records import TOPICS
 from tools.chaos.live import WORKERS, LiveRun
 from tools.chaos.scenarios import RECOVERY_TARGET_S, Outcome, _poison, outcome
 
-__all__ = ["MAX_DISRUPTIONS", "Fault", "plan", "run_schedule"]
+__all__ = ["MAX_DISRUPTIONS", "Fault", "plan", "run_faults", "run_schedule"]
 
 MAX_DISRUPTIONS = 3
 KINDS = {"kill": 0.4, "pause": 0.4, "poison": 0.2}
@@ -167,9 +167,34 @@ def run_schedule(
 ) -> Outcome:
     """Run ``skyloop run --images N`` under :func:`plan` ``(seed, faults)``; one table row."""
     schedule = plan(seed, faults, kill_broker)
+    return run_faults(
+        schedule,
+        images,
+        work,
+        f"random x{faults}",
+        f"seed {seed}",
+        durable=kill_broker,
+        recovery_target_s=recovery_target_s,
+        timeout_s=timeout_s,
+    )
+
+
+def run_faults(
+    schedule: list[Fault],
+    images: int,
+    work: Path,
+    label: str,
+    about: str = "",
+    *,
+    durable: bool = False,
+    recovery_target_s: float = RECOVERY_TARGET_S,
+    timeout_s: float = 1200.0,
+) -> Outcome:
+    """Run ``skyloop run --images N`` under a given list of faults (a plan, or one written by
+    hand: every worker killed once, say); one table row labelled ``label``."""
     (work / "schedule.txt").parent.mkdir(parents=True, exist_ok=True)
     (work / "schedule.txt").write_text("".join(f"{f}\n" for f in schedule))
-    run = LiveRun(work, images, durable=kill_broker)
+    run = LiveRun(work, images, durable=durable)
     state = _Schedule(run)
     failures: list[str] = []
     injected: Counter[str] = Counter()
@@ -199,5 +224,5 @@ def run_schedule(
     times = [s for _, s in state.recoveries if s is not None]
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(injected.items()))
     recoveries = " ".join(f"{w} {s:.1f}" for w, s in state.recoveries if s is not None)
-    notes = f"seed {seed}: {kinds}; recoveries s: {recoveries or '-'}"
-    return outcome(f"random x{faults}", run, code, max(times) if times else None, notes, failures)
+    notes = f"{about}: {kinds}; recoveries s: {recoveries or '-'}".lstrip(": ")
+    return outcome(label, run, code, max(times) if times else None, notes, failures)

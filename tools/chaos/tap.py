@@ -62,15 +62,15 @@ def identity_of(topic: str, record: dict[str, Any]) -> tuple[tuple[Any, ...], tu
     if topic == "images.raw":
         return (record["image_id"],), ()
     if topic == "scores":
-        output = (
+        output: tuple[Any, ...] = (
             round(float(record["ensemble_score"]), 9),
             bool(record["is_candidate"]),
             int(record["control_offset"]),
         )
         return (record["image_id"], record["model_version"], record["role"]), output
     if topic == "candidates":
-        output = (round(float(record["ensemble_score"]), 9), int(record["control_offset"]))
-        return (record["image_id"], record["model_version"]), output
+        served = (round(float(record["ensemble_score"]), 9), int(record["control_offset"]))
+        return (record["image_id"], record["model_version"]), served
     if topic == "images.dlq":
         ident = (
             record["original_topic"],
