@@ -156,5 +156,19 @@ def test_an_incomplete_tap_fails_and_poison_is_counted() -> None:
     verdict = check(seen[2:], [], LEDGER, replace(stored))
     assert verdict.tap_missing >= 2 and not verdict.clean
     poison = decode("scores", 1, 0, T0, b"chaos-scores", b"\x00not avro")
-    verdict = check([*seen, poison], [], LEDGER, stored)
+    letter = {
+        "original_topic": "scores",
+        "partition": 1,
+        "offset": 0,
+        "key": b"chaos-scores",
+        "raw": b"\x00not avro",
+        "error_class": "CorruptMessageError",
+        "message": "not Avro",
+        "processor": "detect",
+        "at": datetime(2027, 1, 1, tzinfo=UTC),
+    }
+    value = default_codec().encode(letter, "skyloop.DeadLetter")
+    dead = decode("images.dlq", 1, 0, T0, b"chaos-scores", value)
+    assert dead.identity == ("scores", 1, 0, "detect")
+    verdict = check([*seen, poison, dead], [], LEDGER, stored)
     assert verdict.clean and verdict.poison == Counter({"scores": 1})

@@ -74,8 +74,8 @@ def identity_of(topic: str, record: dict[str, Any]) -> tuple[tuple[Any, ...], tu
     if topic == "images.dlq":
         ident = (
             record["original_topic"],
-            record["original_partition"],
-            record["original_offset"],
+            record["partition"],
+            record["offset"],
             record["processor"],
         )
         return ident, ()
