@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument(
+        "--images", type=int, help="per run; default 300, or 25 per fault of a random schedule"
+    )
     parser.add_argument("--fault", action="append", choices=FAULTS, help="repeatable; default all")
     parser.add_argument("--work-dir", type=Path, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--schedule", choices=["random"], help="one randomized schedule instead")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 run_schedule(
                     args.faults,
-                    args.images,
+                    args.images or max(300, 25 * args.faults),
                     work / f"random-{seed}",
                     seed,
                     kill_broker=args.kill_broker,
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chaos: {fault} ...", file=sys.stderr, flush=True)
             rows.append(
                 run_scenario(
-                    fault, args.images, work / fault, recovery_target_s=args.recovery_target
+                    fault, args.images or 300, work / fault, recovery_target_s=args.recovery_target
                 )
             )
             print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
