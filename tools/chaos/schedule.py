@@ -15,9 +15,10 @@ Fault ``i`` of ``n`` fires once ``0.1 + 0.75 i / (n - 1)`` of the images have a 
 (read from the topic, so restarts do not reset it), so every fault lands mid-run whatever the
 machine's speed. A worker is never disrupted more than :data:`MAX_DISRUPTIONS` times (the
 supervisor ends the run after 5 restarts in 5 minutes), never killed while it is paused or not
-yet back from a kill, and a kill waits until the previous kill's worker has recovered (each
-recovery is timed alone against the target; on 2 cores, a scorer restarting while two other
-workers also restarted took 16.9 s); pauses and poison overlap everything. The same seed
+yet back from a kill. Faults overlap: a kill may land while another worker restarts. Every
+recovery is timed; one that overlapped no other kill's recovery is held to the target, and
+overlapping ones are reported (on 2 cores, a scorer restarting while two other workers also
+restarted took 16.9 s: that measures the contention, not the recovery). The same seed
 gives the same faults in the same order at the same points of progress; timing within the run
 still varies. The run is judged by the same checker as every
 scenario (:mod:`tools.chaos.checker`), and each recovery against the same target.
@@ -91,7 +92,7 @@ class _Schedule:
         self.run = run
         self.paused: dict[str, tuple[int, float, float]] = {}  # worker -> (pid, until, from)
         self.recovering: dict[str, tuple[int, float, float]] = {}  # (old pid, t0, wall0)
-        self.recoveries: list[tuple[str, float | None]] = []
+        self.recoveries: list[tuple[str, float, float | None]] = []  # (worker, t0, seconds)
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -106,10 +107,10 @@ class _Schedule:
             else:
                 done = self.run.ready_since(worker, pid, wall0)
             if done:
-                self.recoveries.append((worker, time.monotonic() - t0))
+                self.recoveries.append((worker, t0, time.monotonic() - t0))
                 del self.recovering[worker]
             elif now - t0 > 300:
-                self.recoveries.append((worker, None))
+                self.recoveries.append((worker, t0, None))
                 del self.recovering[worker]
 
     def wait(self, predicate: object, timeout_s: float) -> bool:
@@ -125,14 +126,11 @@ class _Schedule:
             _poison(run.run_dir, [fault.target], tag=f"-{time.time_ns()}")
             return True
         worker = fault.target
-        # one disruption of a worker at a time, and one kill at a time (each recovery is timed
-        # on its own against the target): wait until it is back and running
-        kill = fault.kind != "pause"
+        # one disruption of a worker at a time: wait until it is back and running
         if not self.wait(
             lambda: (
                 worker not in self.paused
                 and worker not in self.recovering
-                and not (kill and self.recovering)
                 and run.pid(worker) is not None
             ),
             120,
@@ -224,15 +222,24 @@ def run_faults(
     done = sum(injected.values())
     if done < len(schedule):
         failures.append(f"only {done} of {len(schedule)} faults injected before the run ended")
-    for worker, seconds in state.recoveries:
+    spans = [(t0, t0 + (s if s is not None else 300.0)) for _, t0, s in state.recoveries]
+    alone = [
+        all(b <= t0 or a >= spans[i][1] for j, (a, b) in enumerate(spans) if j != i)
+        for i, (_, t0, _) in enumerate(state.recoveries)
+    ]
+    for (worker, _, seconds), isolated in zip(state.recoveries, alone, strict=True):
         if seconds is None:
             failures.append(f"kill {worker}: no recovery observed")
-        elif seconds > recovery_target_s:
+        elif seconds > recovery_target_s and isolated:
             failures.append(
                 f"kill {worker}: recovery {seconds:.1f} s over the {recovery_target_s:.0f} s target"
             )
-    times = [s for _, s in state.recoveries if s is not None]
+    times = [s for _, _, s in state.recoveries if s is not None]
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(injected.items()))
-    recoveries = " ".join(f"{w} {s:.1f}" for w, s in state.recoveries if s is not None)
-    notes = f"{about}: {kinds}; recoveries s: {recoveries or '-'}".lstrip(": ")
+    recoveries = " ".join(
+        f"{w} {s:.1f}{'' if a else '*'}"
+        for (w, _, s), a in zip(state.recoveries, alone, strict=True)
+        if s is not None
+    )
+    notes = f"{about}: {kinds}; recoveries s (* overlapped): {recoveries or '-'}".lstrip(": ")
     return outcome(label, run, code, max(times) if times else None, notes, failures)
