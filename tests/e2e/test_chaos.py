@@ -26,7 +26,7 @@ from tools.chaos.schedule import Fault, run_faults, run_schedule
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 
-@pytest.mark.parametrize("fault", ["rebalance", "kill-broker"])
+@pytest.mark.parametrize("fault", ["rebalance", "kill-broker", "poison-crash"])
 def test_fault_loses_nothing_and_duplicates_nothing(fault: str, tmp_path: Path) -> None:
     outcome = run_scenario(fault, 160, tmp_path)
     table = format_table([outcome]) + "".join(f"\n{f}" for f in outcome.failures)
