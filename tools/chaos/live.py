@@ -158,7 +158,8 @@ class LiveRun:
         return self.tap.scored() if self.tap is not None else 0
 
     def pid(self, worker: str) -> int | None:
-        return broker_pid(self.marker) if worker == "broker" else worker_pid(self.marker, worker)
+        """The live pid of one of :data:`WORKERS` or ``broker`` (of this run's process tree)."""
+        return self._pids()[worker]
 
     def _pids(self) -> dict[str, int | None]:
         """Every worker's and the broker's pid, from one walk of the run's process tree (the

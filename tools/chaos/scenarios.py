@@ -22,7 +22,9 @@ controller worker's former name, kept for the fault table), ``poison``
 unharmed), ``rebalance`` (a second scorer joins the group and must score with partitions of its
 own before it is killed, else the scenario fails), ``kill-broker`` (SIGKILL of the durable
 embedded broker, ``broker_durable``: the run starts it again on its storage and every client
-reconnects). The randomized schedule is :mod:`tools.chaos.schedule`.
+reconnects), ``poison-crash`` (:mod:`tools.chaos.poison_crash`: a valid record that kills the
+scorer every time, quarantined; it still counts from ClickHouse on its own, not through the
+checker). The randomized schedule is :mod:`tools.chaos.schedule`.
 """
 
 from __future__ import annotations
@@ -87,7 +89,11 @@ class Outcome:
 
 
 def _poison(run_dir: Path, topics: Iterable[str] | None = None, tag: str = "") -> int:
-    """Undecodable bytes, keyed ``chaos-<topic><tag>``, on ``topics`` (default: every topic)."""
+    """Undecodable bytes, keyed ``chaos-<topic><tag>``, on ``topics`` (default: every topic).
+
+    On ``images.raw`` the poison has no key: the run's ledger (``processors/report/ledger.py``)
+    counts every keyed ``images.raw`` dead letter as an image, and one ingest never published
+    makes it report a double count and ``skyloop run`` exit 1."""
     from confluent_kafka import Producer
 
     from processors.core.records import TOPICS
@@ -98,7 +104,7 @@ def _poison(run_dir: Path, topics: Iterable[str] | None = None, tag: str = "") -
     for base in bases:
         producer.produce(
             f"{stack['topic_prefix']}{base}",
-            key=f"chaos-{base}{tag}".encode(),
+            key=None if base == "images.raw" else f"chaos-{base}{tag}".encode(),
             value=POISON,
             partition=0,
         )
