@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--recovery-target", type=float, default=RECOVERY_TARGET_S)
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, CI cancelling) unwinds, so each run's cleanup stops its skyloop run
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="skyloop-chaos-") as tmp:
         work = args.work_dir or Path(tmp)
