@@ -54,6 +54,7 @@ from processors.core.records import ControlEventRecord, ControlParams
 
 __all__ = [
     "PARAMS_MODELS",
+    "THRESHOLD_RANGE",
     "CalibrationParams",
     "DriftParams",
     "EventParams",
@@ -83,9 +84,19 @@ def _finite(
     return []
 
 
+THRESHOLD_RANGE = (-1.0, 2.0)
+"""Where a per-detector threshold may lie. Calibrated scores are in [0, 1], but a threshold just
+outside them is meaningful: a calibration on ``m`` held-out images picks from the grid
+``(j + 0.5) / m``, ``j = -1 .. m``
+(:meth:`~processors.ood.ensemble.OODEnsemble.thresholds_for_fpr`), so ``-0.5 / m`` flags every
+image and ``1 + 0.5 / m`` none (measured: 1.05 from a 20-image reference). The bound only keeps
+hostile values (1e300, -inf) out."""
+
+
 def _unit_map(name: str, values: Mapping[str, float]) -> list[str]:
-    """Problems of per-detector thresholds, each on the calibrated [0, 1] scale."""
-    return [p for key, v in sorted(values.items()) for p in _finite(f"{name}[{key}]", v, 0, 1)]
+    """Problems of per-detector thresholds: each finite and within :data:`THRESHOLD_RANGE`."""
+    low, high = THRESHOLD_RANGE
+    return [p for key, v in sorted(values.items()) for p in _finite(f"{name}[{key}]", v, low, high)]
 
 
 @dataclass(frozen=True)

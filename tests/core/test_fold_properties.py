@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from processors.core.codec import default_codec
 from processors.core.control import FOLD, ControlState, new_event, replay
+from processors.core.event_params import THRESHOLD_RANGE
 from processors.core.events import EventType
 from processors.core.fold_guard import MAX_WEIGHT, REFUSALS_KEPT
 from processors.core.records import ControlEventRecord
@@ -137,8 +138,9 @@ def invariant_problems(state: ControlState, folded: int) -> list[str]:
     found = []
 
     def unit(what: str, value: object) -> None:
-        if not isinstance(value, float | int) or not 0.0 <= value <= 1.0:
-            found.append(f"{what} {value!r} is not in [0, 1]")
+        low, high = THRESHOLD_RANGE
+        if not isinstance(value, float | int) or not low <= value <= high:
+            found.append(f"{what} {value!r} is not in {THRESHOLD_RANGE}")
 
     for key, thresholds in state.source_thresholds.items():
         for detector, value in thresholds.items():
