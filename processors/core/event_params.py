@@ -84,13 +84,14 @@ def _finite(
     return []
 
 
-THRESHOLD_RANGE = (-1.0, 2.0)
-"""Where a per-detector threshold may lie. Calibrated scores are in [0, 1], but a threshold just
-outside them is meaningful: a calibration on ``m`` held-out images picks from the grid
-``(j + 0.5) / m``, ``j = -1 .. m``
+THRESHOLD_RANGE = (-0.5, 1.5)
+"""Where a calibration's per-detector threshold may lie. Calibrated scores are in [0, 1], but a
+threshold just outside them is meaningful: a calibration on ``m`` held-out images picks from
+the grid ``(j + 0.5) / m``, ``j = -1 .. m``
 (:meth:`~processors.ood.ensemble.OODEnsemble.thresholds_for_fpr`), so ``-0.5 / m`` flags every
-image and ``1 + 0.5 / m`` none (measured: 1.05 from a 20-image reference). The bound only keeps
-hostile values (1e300, -inf) out."""
+image and ``1 + 0.5 / m`` none (measured: 1.05 from a 20-image reference); with ``m >= 1`` the
+grid lies in this range. An operator's or a policy's ``threshold.set`` stays on [0, 1]
+(:func:`params_problems`)."""
 
 
 def _unit_map(name: str, values: Mapping[str, float]) -> list[str]:
@@ -331,7 +332,16 @@ def params_problems(event: ControlEventRecord) -> list[str]:
         params = params_of(event)
     except (TypeError, ValueError, AttributeError) as exc:
         return [f"params do not parse: {exc}"]
-    return [] if params is None else params.problems()
+    found = [] if params is None else params.problems()
+    if isinstance(params, ThresholdParams) and event["type"] == EventType.THRESHOLD_SET:
+        # an override is a calibrated score: [0, 1]; only calibrations use the wider grid
+        found += [
+            p
+            for key, v in sorted(params.thresholds.items())
+            for p in _finite(f"thresholds[{key}]", v, 0, 1)
+            if p not in found
+        ]
+    return found
 
 
 def params_valid(event: ControlEventRecord) -> bool:

@@ -172,7 +172,8 @@ def test_params_validity_finite_and_in_range() -> None:
     assert all(params_valid(e) for e in history(4))
     assert params_valid(ev("threshold.set", {"detector": "knn", "value": 0.9}))
     assert not params_valid(ev("threshold.set", {"detector": "knn", "value": float("inf")}))
-    assert not params_valid(ev("threshold.decayed", {"thresholds": {"knn": 2.5}}))
+    assert not params_valid(ev("threshold.decayed", {"thresholds": {"knn": 1.6}}))
+    assert not params_valid(ev("threshold.set", {"thresholds": {"knn": 1.05}}))
     # a calibration on a small reference may flag nothing: its grid ends at 1 + 0.5 / m
     assert params_valid(ev("threshold.decayed", {"thresholds": {"knn": 1.05}}))
     assert not params_valid(ev("source.weights_set", {"weights": {"sky": -0.1}}))
