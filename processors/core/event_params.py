@@ -193,9 +193,9 @@ class CalibrationParams(EventParams):
         )
 
     def problems(self) -> list[str]:
-        found = _finite("target_fpr", self.target_fpr, 0, 1, open_low=True)
+        # 0 means "not stated": calibrations of older logs carry no target_fpr
+        found = _finite("target_fpr", self.target_fpr, 0, 1)
         found += [] if self.vote_k >= 1 else [f"vote_k {self.vote_k} < 1"]
-        found += [] if self.artifact_id else ["artifact_id missing"]
         return found + _unit_map("thresholds", self.thresholds)
 
 

@@ -26,8 +26,10 @@ type                            refused when (besides the checks above)
                                 ``value``): an empty model-less override would still wipe the
                                 source's per-model ones. Its ``model_version`` need not be
                                 registered (the configured production model never is)
-``calibration.updated``         no ``model_version``, or ``vote_k`` above the number of its
-                                thresholds (nothing could ever be flagged)
+``calibration.updated``         ``vote_k`` above the number of its thresholds (nothing could ever
+                                be flagged). A calibration without ``model_version`` or
+                                ``artifact_id`` is accepted: logs written before calibrations
+                                were per model hold them, and the fold has always read them
 ``source.weights_set``          no weights, a weight above ``MAX_WEIGHT``; subject ``pipeline``
                                 with every weight 0; a source subject setting another source
 ``source.paused``,              (the checks above: ``until`` a time with a zone)
@@ -252,7 +254,7 @@ def _threshold(_state: KnowsModels, _event: Mapping[str, Any], p: Mapping[str, A
 
 
 def _calibration(_state: KnowsModels, _event: Mapping[str, Any], p: Mapping[str, Any]) -> list[str]:
-    found = [] if p.get("model_version") else ["model_version missing"]
+    found: list[str] = []
     thresholds = p.get("thresholds") or {}
     if thresholds and (p.get("vote_k") or 1) > len(thresholds):
         found.append(f"vote_k {p.get('vote_k')} is above the {len(thresholds)} thresholds")

@@ -182,9 +182,9 @@ def test_params_validity_finite_and_in_range() -> None:
     assert not params_valid(ev("model.canary_started", {"fraction": 0.0}))
     assert not params_valid(ev("model.registered", {"extra": {"kind": "tree"}}))
     assert not params_valid(ev("retrain.requested", {"reason": "x"}))
-    bad_cal = {"artifact_id": "a", "target_fpr": 0.0, "vote_k": -1, "thresholds": {"knn": 0.9}}
+    bad_cal = {"artifact_id": "a", "target_fpr": 1.5, "vote_k": -1, "thresholds": {"knn": 0.9}}
     assert params_problems(ev("calibration.updated", bad_cal)) == [
-        "target_fpr 0.0 is not in (0, 1]",
+        "target_fpr 1.5 is not in [0, 1]",
         "vote_k -1 < 1",
     ]
     from processors.core.event_params import ModelParams, ThresholdParams
