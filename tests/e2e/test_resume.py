@@ -9,6 +9,7 @@ state ClickHouse held before the crash (fingerprint), files already stored not r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,21 +17,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from processors.core.clickhouse import connect
-from processors.core.codec import default_codec
-from processors.core.control import replay
 from processors.core.progress import read_progress
-from processors.resume_log import EVENTS_SQL, events_from_rows
 
 pytestmark = pytest.mark.e2e
 
 IMAGES = 240
-_EVENT = "skyloop.ControlEvent"
 
 
 def _folder(path: Path, n: int) -> Path:
@@ -107,24 +104,67 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[st
         )
 
 
+# chdb lets a process open one directory for its whole life, and this test process meets one
+# run folder per parametrized case: every read of a run's ClickHouse happens in a child process.
+_CHILD = """
+import json, sys
+from processors.core.clickhouse import connect
+client = connect("chdb://" + sys.argv[1])
+try:
+    result = client.query(sys.argv[2])
+    columns, rows = list(result.column_names), [list(r) for r in result.result_rows]
+finally:
+    client.close()
+print(json.dumps({"columns": columns, "rows": rows}, default=str))
+"""
+
+
+def _query(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(run_dir / "clickhouse"), sql],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    return answer["columns"], answer["rows"]
+
+
 def _rows(run_dir: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
-    client = connect(f"chdb://{run_dir / 'clickhouse'}")
-    try:
-        return list(client.query(sql).result_rows)
-    finally:
-        client.close()
+    return [tuple(row) for row in _query(run_dir, sql)[1]]
+
+
+_FINGERPRINT = """
+import sys
+from processors.core.clickhouse import connect
+from processors.core.codec import default_codec
+from processors.core.control import replay
+from processors.resume_log import EVENTS_SQL, events_from_rows
+client = connect("chdb://" + sys.argv[1])
+try:
+    result = client.query(EVENTS_SQL)
+    rows = [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
+finally:
+    client.close()
+codec, name = default_codec(), "skyloop.ControlEvent"
+events = [codec.decode(codec.encode(e, name), name) for e in events_from_rows(rows)]
+print(len(rows), replay(enumerate(events)).fingerprint())
+"""
 
 
 def _stored_fingerprint(run_dir: Path) -> tuple[int, str]:
-    client = connect(f"chdb://{run_dir / 'clickhouse'}")
-    try:
-        result = client.query(EVENTS_SQL)
-        rows = [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
-    finally:
-        client.close()
-    codec = default_codec()  # each event as the workers decode it from the topic
-    events = [codec.decode(codec.encode(e, _EVENT), _EVENT) for e in events_from_rows(rows)]
-    return len(rows), replay(enumerate(events)).fingerprint()  # type: ignore[arg-type]
+    """The stored control log's length and fold fingerprint, each event decoded as the workers
+    decode it from the topic."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FINGERPRINT, str(run_dir / "clickhouse")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    count, fingerprint = out.stdout.strip().splitlines()[-1].split()
+    return int(count), fingerprint
 
 
 _COUNTS = """
