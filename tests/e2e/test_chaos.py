@@ -69,7 +69,11 @@ def test_every_worker_killed_once_and_poison_on_every_topic(tmp_path: Path) -> N
 
 
 def test_random_schedule_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
-    seed = int(os.environ.get("SKYLOOP_CHAOS_SEED", random.SystemRandom().randrange(2**31)))
+    # A fixed schedule by default, so the suite passes or fails the same way on every run (a
+    # random one found a real hang, see BENCHMARKS "Faults and recovery"); SKYLOOP_CHAOS_SEED=random
+    # draws a new one, any other value replays that seed.
+    chosen = os.environ.get("SKYLOOP_CHAOS_SEED", "1615119886")
+    seed = random.SystemRandom().randrange(2**31) if chosen == "random" else int(chosen)
     outcome = run_schedule(6, 160, tmp_path, seed)
     table = format_table([outcome]) + "".join(f"\n{f}" for f in outcome.failures)
     replay = f"replay: python -m tools.chaos --schedule random --faults 6 --seed {seed}"
