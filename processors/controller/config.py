@@ -8,8 +8,8 @@ so this module knows no policy by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from processors.core.config import Settings
 from processors.policies.decay import ThresholdDecay
 from processors.policies.drift import DriftTests
 from processors.policies.health import HealthPolicy
@@ -47,7 +47,7 @@ class ControllerConfig:
         return max(self.reference_size, self.reference_max_size)
 
     @classmethod
-    def from_settings(cls, s: Any) -> ControllerConfig:
+    def from_settings(cls, s: Settings) -> ControllerConfig:
         return cls(
             policy=s.control_policy,
             reference_size=s.calibration.reference_size,

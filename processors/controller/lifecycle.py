@@ -31,9 +31,9 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from processors.controller.emit import ISSUER
+from processors.core.config import RolloutSettings
 from processors.core.control import ControlState
 from processors.core.events import EventType, decision_id, new_event
 from processors.core.records import Box, CandidateRecord, ControlEventRecord, ScoreRecord
@@ -66,26 +66,27 @@ def candidate_output(boxes: Sequence[Box]) -> float:
     return max(confidences, default=0.0)
 
 
-def gate_from_settings(s: Any) -> ModelGate:
+def gate_from_settings(rollout: RolloutSettings) -> ModelGate:
+    """The gate the ``rollout`` settings section describes."""
     return ModelGate(
-        map50_tolerance=s.rollout.gate_map50_tolerance,
-        min_map50=s.rollout.gate_min_map50,
-        max_latency_p99_ms=s.rollout.gate_max_latency_p99_ms,
+        map50_tolerance=rollout.gate_map50_tolerance,
+        min_map50=rollout.gate_min_map50,
+        max_latency_p99_ms=rollout.gate_max_latency_p99_ms,
     )
 
 
-def policy_from_settings(s: Any) -> RolloutPolicy:
-    """The rollout policy and gate the typed settings describe."""
+def policy_from_settings(rollout: RolloutSettings) -> RolloutPolicy:
+    """The rollout policy and gate the ``rollout`` settings section describes."""
     return RolloutPolicy(
-        trial_outputs=s.rollout.trial_outputs,
-        shadow_outputs=s.rollout.shadow_outputs,
-        canary_fraction=s.rollout.canary_fraction,
-        canary_outputs=s.rollout.canary_outputs,
-        health_window=s.rollout.canary_health_window,
-        max_latency_ratio=s.rollout.canary_max_latency_ratio,
-        ks_p=s.rollout.canary_ks_p,
-        min_agreement=s.rollout.canary_min_agreement,
-        gate=gate_from_settings(s),
+        trial_outputs=rollout.trial_outputs,
+        shadow_outputs=rollout.shadow_outputs,
+        canary_fraction=rollout.canary_fraction,
+        canary_outputs=rollout.canary_outputs,
+        health_window=rollout.canary_health_window,
+        max_latency_ratio=rollout.canary_max_latency_ratio,
+        ks_p=rollout.canary_ks_p,
+        min_agreement=rollout.canary_min_agreement,
+        gate=gate_from_settings(rollout),
     )
 
 

@@ -110,7 +110,7 @@ class ControlService:
             self.ring,
             lambda profile_id: load_profile(self.store, profile_id),
         )
-        self.lifecycle = Lifecycle(policy_from_settings(settings))
+        self.lifecycle = Lifecycle(policy_from_settings(settings.rollout))
         self.learning = LearningLoop(
             RetrainTrigger(
                 min_samples=settings.learning.retrain_min_samples,
