@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from processors.core.config import Settings, load_settings
 from processors.core.stack import EmbeddedBroker
@@ -44,3 +45,12 @@ def settings(tmp_path: Path, unique: str) -> Settings:
         group_prefix=f"g{unique}",
         session_timeout_ms=6000,
     )
+
+
+# Property tests draw the same examples on every machine and run (a seed per test, no example
+# database): CI passes or fails the same way each time. SKYLOOP_HYPOTHESIS=explore draws anew.
+hypothesis_settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore")
+hypothesis_settings.load_profile(
+    "explore" if os.environ.get("SKYLOOP_HYPOTHESIS") == "explore" else "repeatable"
+)

@@ -26,8 +26,10 @@ type                            refused when (besides the checks above)
                                 ``value``): an empty model-less override would still wipe the
                                 source's per-model ones. Its ``model_version`` need not be
                                 registered (the configured production model never is)
-``calibration.updated``         ``vote_k`` above the number of its thresholds (nothing could ever
-                                be flagged). A calibration without ``model_version`` or
+``calibration.updated``         no thresholds (it calibrates no detector, yet would wipe the
+                                model's overrides for the source); ``vote_k`` above the number of
+                                its thresholds (nothing could ever be flagged). A calibration
+                                without ``model_version``, ``target_fpr`` or
                                 ``artifact_id`` is accepted: logs written before calibrations
                                 were per model hold them, and the fold has always read them
 ``source.weights_set``          no weights, a weight above ``MAX_WEIGHT``; subject ``pipeline``
@@ -256,7 +258,9 @@ def _threshold(_state: KnowsModels, _event: Mapping[str, Any], p: Mapping[str, A
 def _calibration(_state: KnowsModels, _event: Mapping[str, Any], p: Mapping[str, Any]) -> list[str]:
     found: list[str] = []
     thresholds = p.get("thresholds") or {}
-    if thresholds and (p.get("vote_k") or 1) > len(thresholds):
+    if not thresholds:
+        return ["calibrates no detector (no thresholds)"]
+    if (p.get("vote_k") or 1) > len(thresholds):
         found.append(f"vote_k {p.get('vote_k')} is above the {len(thresholds)} thresholds")
     return found
 

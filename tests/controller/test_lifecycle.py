@@ -76,8 +76,8 @@ class Pipeline:
         params = {
             "model_version": version,
             "artifact_id": "a" * 64,
-            "target_fpr": 0.05,  # as the controller's: the fold refuses a calibration without
-            "thresholds": {},
+            "target_fpr": 0.05,  # as the controller's
+            "thresholds": {"knn": 0.9},  # the fold refuses a calibration of no detector
         }
         self.apply([new_event("calibration.updated", "sky", "controller", params)])  # type: ignore[arg-type]
         self.apply(

@@ -54,6 +54,7 @@ HOSTILE: list[tuple[ControlEventRecord, str]] = [
     (ev("threshold.set", "a|b", thresholds={"knn": 0.9}), "is not a name"),
     (ev("threshold.set", thresholds={"knn": "0.9"}), "is not a number"),
     (ev("calibration.updated", **CALIBRATION, thresholds={"knn": 0.9}), "vote_k 2 is above"),
+    (ev("calibration.updated", **{**CALIBRATION, "vote_k": 1}), "calibrates no detector"),
     (ev("calibration.updated", **{**CALIBRATION, "artifact_id": "../x"}), "not an artifact id"),
     (ev("calibration.updated", **{**CALIBRATION, "vote_k": 1.5}), "not an integer"),
     (ev("source.weights_set", "pipeline", weights={"sky": 1e300}), "is above 1e+06"),

@@ -148,7 +148,9 @@ def invariant_problems(state: ControlState, folded: int) -> list[str]:
     for key, cal in state.calibrations.items():
         for detector, value in cal.thresholds.items():
             unit(f"calibration {key}/{detector}", value)
-        if not 0.0 < cal.target_fpr <= 1.0 or cal.vote_k < 1 or not cal.model_version:
+        # Older logs' calibrations state no model or target rate (target_fpr 0); a calibration
+        # always calibrates some detector with a usable vote.
+        if not 0.0 <= cal.target_fpr <= 1.0 or cal.vote_k < 1 or not cal.thresholds:
             found.append(f"calibration {key} is malformed: {cal}")
     for source, weight in state.source_weights.items():
         if not isinstance(weight, float | int) or not 0.0 <= weight <= MAX_WEIGHT:
