@@ -1,0 +1,148 @@
+"""Tables of the real-image drift bench (markdown, to paste into BENCHMARKS.md) and its header.
+
+The header names what the figures depend on: the CPU (model, cores, the vector/matrix
+features the backbone can use), torch, the backbone's version and precision, the commit whose
+policy ran, and the controller's drift parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tools.bench.plants import describe
+from tools.bench.real_metrics import ChangeScore, StationaryScore
+
+__all__ = ["machine_lines", "print_changes", "print_stationary"]
+
+_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def _cpu() -> str:
+    model, flags = platform.processor() or "unknown CPU", set[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    have = " ".join(f for f in _FEATURES if f in flags) or "none of " + " ".join(_FEATURES)
+    return f"CPU: {model}, {cores} cores; features: {have}"
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "log", "-1", "--format=%h %cs %s"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        branch = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--abbrev-ref", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        return f"{branch} @ {out[:90]}"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown commit"
+
+
+def machine_lines(backbone: Any, config: Any) -> list[str]:
+    """What the figures depend on, one fact per line."""
+    import torch
+
+    precision = "bf16 autocast" if backbone.bf16 else "float32"
+    return [
+        _cpu(),
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; backbone "
+        f"{backbone.version} on {backbone.device}, {precision}, channels_last="
+        f"{backbone.channels_last}",
+        f"policy code: {_commit()}",
+        f"controller: policy {config.policy}, reference {config.reference_size} -> "
+        f"{config.reference_max_size}, drift window {config.drift_window} step "
+        f"{config.drift_step} x{config.drift_consecutive}, tests {config.drift_tests}",
+    ]
+
+
+def _band(pair: tuple[int, int]) -> str:
+    inside, total = pair
+    return f"{inside}/{total}" if total else "-"
+
+
+def _delay(c: ChangeScore) -> str:
+    return "missed" if c.delay is None else str(c.delay)
+
+
+def print_changes(scores: list[ChangeScore]) -> None:
+    """One row per stream, then one per kind (River's counts summed over its streams)."""
+    if not scores:
+        return
+    print(
+        "\n| kind | stream | change / images | delay | false alarms before | refines past "
+        "change | in band before | in band after | flag rate, first 64 after | after windows |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for c in scores:
+        rates = " ".join(f"{r:.3f}" for r in c.after_rates)
+        print(
+            f"| {c.kind} | {c.stream} | {c.change} / {c.images} | {_delay(c)} | "
+            f"{c.false_alarms} | {c.refine_past} | {_band(c.before)} | {_band(c.after)} | "
+            f"{c.effect:.3f} | {rates} |"
+        )
+    by_kind: dict[str, list[ChangeScore]] = defaultdict(list)
+    for c in scores:
+        by_kind[c.kind].append(c)
+    print(
+        "\n| kind | change | streams | detected | missed | delay per stream | mean delay | "
+        "false alarms | streams with a refine past the change | in band before | in band after |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, group in by_kind.items():
+        delays = [c.delay for c in group if c.delay is not None]
+        mean = f"{np.mean(delays):.0f}" if delays else "-"
+        before = (sum(c.before[0] for c in group), sum(c.before[1] for c in group))
+        after = (sum(c.after[0] for c in group), sum(c.after[1] for c in group))
+        print(
+            f"| {kind} | {describe(kind)} | {len(group)} | {len(delays)} | "
+            f"{len(group) - len(delays)} | {', '.join(f'{c.stream} {_delay(c)}' for c in group)}"
+            f" | {mean} | {sum(c.false_alarms for c in group)} | "
+            f"{sum(c.refine_past > 0 for c in group)} | {_band(before)} | {_band(after)} |"
+        )
+
+
+def print_stationary(scores: list[StationaryScore]) -> None:
+    """One row per stationary stream and the false-alarm rate per 100,000 images."""
+    if not scores:
+        return
+    print(
+        "\n| stationary stream | images judged | false alarms (at image) | windows in band "
+        "| window flag rates |"
+    )
+    print("|---|---|---|---|---|")
+    for s in scores:
+        at = f" ({', '.join(map(str, s.alarms_at))})" if s.alarms_at else ""
+        rates = " ".join(f"{r:.3f}" for r in s.rates)
+        print(f"| {s.stream} | {s.images} | {s.false_alarms}{at} | {_band(s.windows)} | {rates} |")
+    images = sum(s.images for s in scores)
+    alarms = sum(s.false_alarms for s in scores)
+    bound = f"; 95 % upper bound {3e5 / images:.0f}" if alarms == 0 and images else ""
+    print(
+        f"\nfalse alarms per 100,000 stationary images: {alarms * 1e5 / max(images, 1):.0f} "
+        f"({alarms} on {images:,} images judged in {len(scores)} streams{bound}; "
+        "shuffled and position orders reuse the same images, so the streams are not independent)"
+    )
