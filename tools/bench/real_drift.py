@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python tools/bench/real_drift.py                      # every kind and order, both surveys
-    python tools/bench/real_drift.py --kinds tuning       # only the kinds open to tuning
+    python tools/bench/real_drift.py --kinds tuning --orders tuning   # nothing held out
     python tools/bench/real_drift.py --quick              # ZTF only, shorter tails
 
 Real cutouts (:mod:`tools.bench.real_images`): the shared ZTF night plus the ZTF example
@@ -11,7 +11,7 @@ packets (``SKYLOOP_ZTF_STREAM_DIR`` / ``SKYLOOP_ZTF_ALERTS_DIR``, default ``../s
 malformed and simulated packets skipped and counted), scored as the ``ztf:`` source scores them
 (difference cutouts by default, ``--cutout``), and tiles of the Hubble Deep Field as the
 ``hubble`` source cuts them. Changes (:mod:`tools.bench.plants`) are planted from a change
-index on (ZTF: alert 200 of the night in time order; Hubble: tile 384); stationary streams are
+index on (ZTF: alerts 200 and 384 in time order; Hubble: tile 384); stationary streams are
 the unchanged images in time order, shuffled (seeded) and by sky position.
 
 Each stream's features and energies come from the real backbone (cached by content under
@@ -22,8 +22,12 @@ delay in images, false alarms, missed detections, windows in band before and aft
 refines that reached past the change before the detection, and false alarms per 100,000
 stationary images with the number of images that estimate rests on.
 
+``SKYLOOP_BENCH_CODE=DIR`` runs this bench against the ``processors`` package of another
+checkout (another branch's policy) with this checkout's bench; the header names its commit.
+
 HELD OUT: the kinds ``saturation`` and ``survey_join`` and the order ``position`` are kept
-out of tuning; they are printed in their own table. ``--kinds tuning`` runs the others only.
+out of tuning; they are printed in their own table. ``--kinds tuning --orders tuning`` runs
+the others only.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if os.environ.get("SKYLOOP_BENCH_CODE"):  # another checkout's processors (e.g. a policy branch)
+    sys.path.insert(0, os.environ["SKYLOOP_BENCH_CODE"])
+    import processors  # noqa: F401  (bound to that checkout from here on)
+
+    sys.path.pop(0)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -82,6 +91,20 @@ def _kinds(text: str) -> list[str]:
     return kinds
 
 
+def _orders(text: str) -> list[str]:
+    tuning = [o for o in ORDERS if o not in HELD_OUT_ORDERS]
+    named = {"all": list(ORDERS), "tuning": tuning, "held-out": list(HELD_OUT_ORDERS)}
+    orders = named.get(text) or [o.strip() for o in text.split(",") if o.strip()]
+    unknown = [o for o in orders if o not in ORDERS]
+    if unknown:
+        raise SystemExit(f"--orders: unknown {unknown}; accepted: all, tuning, held-out, {ORDERS}")
+    return orders
+
+
+def _indices(text: str) -> list[int]:
+    return sorted({int(v) for v in text.split(",") if v.strip()})
+
+
 def _replay(job: tuple[StreamFeatures, ControllerConfig, int]) -> Replay:
     stream, config, lag = job
     return replay(stream, config, lag=lag)
@@ -99,15 +122,15 @@ def _run_all(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default="all", help="all | tuning | held-out | k1,k2,...")
-    parser.add_argument("--orders", default=",".join(ORDERS), help="stationary orders")
+    parser.add_argument("--orders", default="all", help="all | tuning | held-out | o1,o2,...")
     parser.add_argument("--datasets", default="ztf,hubble")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--cutout", default="difference", choices=CUTOUT_MODES)
-    parser.add_argument("--ztf-change", type=int, default=200)
-    parser.add_argument("--ztf-after", type=int, default=448, help="ZTF images after the change")
+    parser.add_argument("--ztf-change", type=_indices, default="200,384", help="change points")
+    parser.add_argument("--ztf-after", type=int, default=448, help="ZTF images after a change")
     parser.add_argument("--hubble-images", type=int, default=768)
-    parser.add_argument("--hubble-change", type=int, default=384)
-    parser.add_argument("--shuffles", type=int, default=1, help="shuffled streams (seeds 1..N)")
+    parser.add_argument("--hubble-change", type=_indices, default="384", help="change points")
+    parser.add_argument("--shuffles", type=int, default=2, help="shuffled streams (seeds 1..N)")
     parser.add_argument("--settle", type=int, default=56, help="after-windows start change+N")
     parser.add_argument("--lag", type=int, default=1, help="batches before an event applies")
     parser.add_argument("--jobs", type=int, default=2, help="replays in parallel")
@@ -120,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     kinds = _kinds(args.kinds)
-    orders = [o for o in args.orders.split(",") if o]
+    orders = _orders(args.orders)
     datasets = ["ztf"] if args.quick else args.datasets.split(",")
     ztf_after = 320 if args.quick else args.ztf_after
+    ztf_changes = args.ztf_change[:1] if args.quick else args.ztf_change
     started = time.perf_counter()
 
     settings = load_settings()
@@ -144,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         tiles = load_hubble(args.hubble_images, size=HUBBLE_TILE)
         data["hubble"] = load_dataset("hubble", tiles, cache, float(HUBBLE_TILE))
         print(f"hubble: {len(tiles)} tiles of {HUBBLE_TILE} px")
-    spans = {
-        "ztf": (args.ztf_change, min(args.ztf_change + ztf_after, len(data["ztf"].cutouts))),
-        "hubble": (args.hubble_change, args.hubble_images),
+    spans = {  # dataset -> [(change, end)]
+        "ztf": [(c, min(c + ztf_after, len(data["ztf"].cutouts))) for c in ztf_changes],
+        "hubble": [(c, args.hubble_images) for c in args.hubble_change],
     }
     print("changes: " + "; ".join(f"{k} ({describe(k)})" for k in kinds))
-    where = ", ".join(f"{d} {spans[d][0]} of {spans[d][1]}" for d in datasets)
+    where = ", ".join(f"{d} {c} of {e}" for d in datasets for c, e in spans[d])
     print(
         f"target FPR {target}; band [{BAND[0] * target:.4f}, {BAND[1] * target:.4f}]; "
         f"windows of 128; changes at {where}"
@@ -158,15 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     jobs: list[tuple[StreamFeatures, ControllerConfig, int]] = []
     labels: list[tuple[str, str, str, int]] = []  # (what, stream, kind/order, change)
     for name in datasets:
-        change, end = spans[name]
         other = data["hubble" if name == "ztf" else "ztf"] if "survey_join" in kinds else None
+        first, last = min(c for c, _ in spans[name]), max(e for _, e in spans[name])
         for kind in kinds:
             tail = None
-            if kind != "survey_join":
-                tail = planted_tail(data[name], kind, change, end, cache)
-            stream = change_stream(data[name], kind, change, end, tail, change, other)
-            jobs.append((stream, config, args.lag))
-            labels.append(("change", name, kind, change))
+            if kind != "survey_join":  # one tail serves every change point
+                tail = planted_tail(data[name], kind, first, last, cache)
+            for change, end in spans[name]:
+                stream = change_stream(data[name], kind, change, end, tail, first, other)
+                jobs.append((stream, config, args.lag))
+                labels.append(("change", f"{name}@{change}", kind, change))
         for order in orders:
             seeds = range(1, args.shuffles + 1) if order == "shuffled" else [0]
             for seed in seeds:

@@ -1,8 +1,8 @@
 """Tables of the real-image drift bench (markdown, to paste into BENCHMARKS.md) and its header.
 
 The header names what the figures depend on: the CPU (model, cores, the vector/matrix
-features the backbone can use), torch, the backbone's version and precision, the commit whose
-policy ran, and the controller's drift parameters.
+features the backbone can use), torch, the backbone's version and precision, the checkout and
+commit whose ``processors`` (the policy) ran, and the controller's drift parameters.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def _cpu() -> str:
 
 
 def _commit() -> str:
-    root = Path(__file__).resolve().parents[2]
+    import processors
+
+    root = Path(processors.__file__).resolve().parents[1]
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "log", "-1", "--format=%h %cs %s"],
@@ -57,7 +59,7 @@ def _commit() -> str:
             timeout=10,
             check=True,
         ).stdout.strip()
-        return f"{branch} @ {out[:90]}"
+        return f"{root.name}: {branch} @ {out[:80]}"
     except (OSError, subprocess.SubprocessError):
         return "unknown commit"
 
