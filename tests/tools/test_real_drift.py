@@ -10,12 +10,14 @@ feature streams, so no backbone runs here.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from processors.controller.config import ControllerConfig
+from processors.core.events import EventType
 from tools.bench.plants import GAIN, GRADIENT, IMAGE_KINDS, planted, robust_std
 from tools.bench.policy_sim import StreamFeatures, replay
 from tools.bench.real_images import Cutout, data_dir, load_hubble, load_ztf, position_order
@@ -155,16 +157,28 @@ def test_stationary_scoring_and_a_refine_past_the_change_are_counted() -> None:
     assert stationary.false_alarms == 0
     assert stationary.images == 448 - first_calibrated(calm)
     assert stationary.windows[1] == stationary.images // 128
-    # Score the calm stream as if a change sat at 150: the refines at 192 and 287 took images
-    # past it and no detection came, so the checker must report them; a change after every
-    # refine must report none.
-    refines = [
-        (at, e["params"]["extra"]["reference_to_seq"])
+    # Inject the fault: a refine, emitted at 300, whose reference reaches past a change at
+    # 280. Built from the replay's own first calibration (the same event shape the controller
+    # emits), so the checker is tested on what the controller writes, whatever the policy.
+    initial = next(e for e in calm.events if e["type"] == "calibration.updated")
+    refine = copy.deepcopy(initial)
+    refine["params"]["reason"] = "refine"
+    refine["params"]["extra"]["reference_to_seq"] = "290"
+    faulty = replace(calm, events=[*calm.events, refine], event_at=[*calm.event_at, 300])
+    natural = score_change("g", "none", calm, 280, config.target_fpr).refine_past
+    assert score_change("g", "none", faulty, 280, config.target_fpr).refine_past == natural + 1
+    # A refine whose reference ends before the change, or one after the detection, is fine.
+    assert score_change("g", "none", faulty, 291, config.target_fpr).refine_past == (
+        score_change("g", "none", calm, 291, config.target_fpr).refine_past
+    )
+    detected = copy.deepcopy(initial)
+    detected["type"], detected["params"] = EventType.DRIFT_DETECTED, {"reason": "injected"}
+    found = replace(faulty, events=[*faulty.events, detected], event_at=[*faulty.event_at, 299])
+    assert score_change("g", "none", found, 280, config.target_fpr).delay == 19
+    assert score_change("g", "none", found, 280, config.target_fpr).refine_past == sum(
+        1
         for e, at in zip(calm.events, calm.event_at, strict=True)
         if e["params"].get("reason") == "refine"
-    ]
-    assert refines, "the replay refined nothing: the fault below would not be injected"
-    past = score_change("g", "none", calm, 150, config.target_fpr)
-    assert past.delay is None and past.refine_past == len(refines)
-    late = score_change("g", "none", calm, 440, config.target_fpr)
-    assert late.refine_past == 0
+        and at < 299
+        and int(e["params"]["extra"]["reference_to_seq"]) >= 280
+    )
