@@ -10,8 +10,10 @@ a false alarm.
 Also measured, for self-correction: the share of 128-image windows whose flag rate is in the
 band ``[0.25, 2.5] x target`` (the issue's acceptance band), tiled *before* the change
 (backwards from it, down to the first calibrated image) and *after* it (from ``change +
-settle`` on; 56 makes a change at 200 judged from 256, as the acceptance streams are); the flag
-rate of the first 64 images after the change under the calibration then in force (how hard the
+settle`` on; 56 makes a change at 200 judged from 256, as the acceptance streams are); the
+share of all windows from the first calibration on, drift included, in ``[0.4, 2] x target``
+(the issue's Hubble criterion); the flag rate of the first 64 images after the change under
+the calibration then in force (how hard the
 change hits: a flood, a collapse, or nothing); and whether a ``refine`` calibration emitted
 before the detection took its reference past the change (a refine that absorbed the change).
 
@@ -33,12 +35,18 @@ __all__ = ["BAND", "WINDOW", "ChangeScore", "StationaryScore", "score_change", "
 
 WINDOW = 128
 BAND = (0.25, 2.5)
+WIDE_BAND = (0.4, 2.0)  # the issue's Hubble criterion: whole stream, drift included
 EFFECT = 64
 DETECTED, CALIBRATED = "drift.detected", "calibration.updated"
 
 
-def _in_band(flagged: NDArray[np.bool_], starts: list[int], target: float) -> tuple[int, int]:
-    low, high = BAND[0] * target, BAND[1] * target
+def _in_band(
+    flagged: NDArray[np.bool_],
+    starts: list[int],
+    target: float,
+    band: tuple[float, float] = BAND,
+) -> tuple[int, int]:
+    low, high = band[0] * target, band[1] * target
     rates = [float(flagged[s : s + WINDOW].mean()) for s in starts]
     return sum(low <= r <= high for r in rates), len(rates)
 
@@ -67,6 +75,7 @@ class ChangeScore:
     refine_past: int  # refines before the detection whose reference reaches past the change
     before: tuple[int, int]  # (windows in band, windows)
     after: tuple[int, int]
+    whole: tuple[int, int]  # windows from the first calibration on in WIDE_BAND x target
     effect: float  # flag rate of the first EFFECT images after the change
     after_rates: list[float]
 
@@ -90,6 +99,7 @@ def score_change(
     first = first_calibrated(result)
     before = list(range(change - WINDOW, first - 1, -WINDOW))
     after = list(range(change + settle, n - WINDOW + 1, WINDOW))
+    tiled = list(range(first, n - WINDOW + 1, WINDOW))
     return ChangeScore(
         stream=name,
         kind=kind,
@@ -100,6 +110,7 @@ def score_change(
         refine_past=refine_past,
         before=_in_band(result.flagged, before, target),
         after=_in_band(result.flagged, after, target),
+        whole=_in_band(result.flagged, tiled, target, WIDE_BAND),
         effect=float(result.flagged[change : change + EFFECT].mean()),
         after_rates=[float(result.flagged[s : s + WINDOW].mean()) for s in after],
     )

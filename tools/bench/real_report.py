@@ -96,15 +96,16 @@ def print_changes(scores: list[ChangeScore]) -> None:
         return
     print(
         "\n| kind | stream | change / images | delay | false alarms before | refines past "
-        "change | in band before | in band after | flag rate, first 64 after | after windows |"
+        "change | in band before | in band after | whole stream in [0.4, 2] x | flag rate, first "
+        "64 after | after windows |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in scores:
         rates = " ".join(f"{r:.3f}" for r in c.after_rates)
         print(
             f"| {c.kind} | {c.stream} | {c.change} / {c.images} | {_delay(c)} | "
             f"{c.false_alarms} | {c.refine_past} | {_band(c.before)} | {_band(c.after)} | "
-            f"{c.effect:.3f} | {rates} |"
+            f"{_band(c.whole)} | {c.effect:.3f} | {rates} |"
         )
     by_kind: dict[str, list[ChangeScore]] = defaultdict(list)
     for c in scores:
