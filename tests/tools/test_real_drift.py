@@ -35,8 +35,9 @@ def ztf() -> list[Cutout]:
     folder = data_dir("SKYLOOP_ZTF_STREAM_DIR", "ztf-stream")
     if not folder.is_dir():
         pytest.skip(f"{folder}: the shared ZTF night is absent")
-    cutouts, _ = load_ztf([folder])
-    return cutouts[:6]
+    cutouts, _ = load_ztf([folder], limit=6)
+    assert len(cutouts) == 6
+    return cutouts
 
 
 def _smooth(image: np.ndarray) -> np.ndarray:

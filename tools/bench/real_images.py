@@ -62,10 +62,11 @@ def data_dir(env: str, default: str) -> Path:
 
 
 def load_ztf(
-    folders: list[Path], cutout: CutoutMode = "difference"
+    folders: list[Path], cutout: CutoutMode = "difference", limit: int | None = None
 ) -> tuple[list[Cutout], Counter[str]]:
     """Every readable alert under ``folders`` (``*.avro``, sorted by name), and skip counts.
 
+    ``limit``: stop after that many cutouts (the first in file order).
     Returns the cutouts in file order and a counter of skipped packets/alerts by reason.
     A missing folder raises ``FileNotFoundError`` naming it and the environment variables.
     """
@@ -78,6 +79,8 @@ def load_ztf(
                 f"{folder}: no such folder (set {ZTF_STREAM_ENV} / {ZTF_ALERTS_ENV})"
             )
         for path in sorted(folder.glob("*.avro")):
+            if limit is not None and len(out) >= limit:
+                break
             if path.name.startswith("sim_"):  # simulated packets: not the real sky
                 skipped["simulated"] += 1
                 continue
