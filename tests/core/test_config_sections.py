@@ -45,6 +45,7 @@ _FLAT_KEYS = [
     "sink_avro_landing",
     "store_retry_max_s",
     "ingest_max_lag",
+    "ingest_max_pixels",
     "reference_size",
     "target_fpr",
     "vote_k",

@@ -197,6 +197,16 @@ class IngestSettings(Section):
             "ingest waits while the scorers are more than this many images behind (0: never waits)"
         ),
     )
+    max_pixels: int = Field(
+        default=16_777_216,
+        ge=4,
+        le=1 << 31,
+        description=(
+            "an image declaring more pixel values (width x height x bands) is dead-lettered "
+            "from its header, before decoding, and gzip-compressed pixels may inflate to at "
+            "most 8 bytes a value (decompression bombs); every worker's decoder obeys it"
+        ),
+    )
 
 
 class SinkSettings(Section):

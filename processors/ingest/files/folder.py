@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from processors.core.exceptions import BadImageError, ConfigError
+from processors.core.exceptions import BadImageError, ConfigError, ImageTooLargeError
 from processors.core.imaging import MAX_PIXEL_BYTES
 from processors.ingest.counters import SourceCounters
 from processors.ingest.files.decode import FILE_SUFFIXES, read_image_bytes
@@ -138,6 +138,8 @@ class FolderSource(BaseSource):
             decoded = read_image_bytes(data)
         except OSError as exc:
             return self._failure(key, data, "UnreadableFile", f"{type(exc).__name__}: {exc}")
+        except ImageTooLargeError as exc:
+            return self._failure(key, data, "ImageTooLarge", str(exc))
         except BadImageError as exc:
             return self._failure(key, data, "BadImageFile", str(exc))
         mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
