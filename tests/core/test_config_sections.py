@@ -46,6 +46,7 @@ _FLAT_KEYS = [
     "store_retry_max_s",
     "ingest_max_lag",
     "ingest_max_pixels",
+    "metrics_label_values_max",
     "reference_size",
     "target_fpr",
     "vote_k",

@@ -130,6 +130,16 @@ class MetricsSettings(Section):
     host: str = Field(
         default="127.0.0.1", description="address /metrics binds to (0.0.0.0 in a container)"
     )
+    label_values_max: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description=(
+            "distinct values a data-derived label (source, model, error class, issuer, ...) "
+            "may take per process; later values are reported as 'other' and counted in "
+            "skyloop_metric_label_values_folded_total"
+        ),
+    )
 
 
 class AlertsSettings(Section):
