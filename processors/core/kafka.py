@@ -236,7 +236,8 @@ class ControlFollower:
     can tell a decision it already logged. An event the fold refuses (:mod:`.fold_guard`) is
     logged, counted (``skyloop_control_events_refused_total``), never handed to ``on_event`` nor
     remembered by :meth:`has_event`; :meth:`refusal_at` tells the reason for one of the last
-    ``remember`` refusals by offset.
+    ``remember`` refusals by offset. An event larger than ``kafka.max_message_bytes`` is refused
+    unread, the same way (:mod:`processors.core.admission`).
     """
 
     def __init__(
@@ -294,8 +295,12 @@ class ControlFollower:
                     log.warning("control follower: %s", err)
                 continue
             offset = int(msg.offset() or 0)
+            value = msg.value() or b""
+            if len(value) > self.settings.kafka.max_message_bytes:
+                self._refuse_unread(offset, len(value))
+                continue
             try:
-                event = self.codec.decode(msg.value() or b"", "skyloop.ControlEvent")
+                event = self.codec.decode(value, "skyloop.ControlEvent")
             except CodecError as exc:
                 log.error("skipping undecodable control event at offset %d: %s", offset, exc)
                 with self._cond:
@@ -324,6 +329,19 @@ class ControlFollower:
                 self._cond.notify_all()
             if self.on_event is not None and not refused:
                 self.on_event(new_state, event)  # type: ignore[arg-type]
+
+    def _refuse_unread(self, offset: int, size: int) -> None:
+        """An event too large to decode: refused, never applied (the sink dead-letters it)."""
+        limit = self.settings.kafka.max_message_bytes
+        reason = f"control event of {size} bytes; the limit is {limit} (kafka.max_message_bytes)"
+        log.warning("control event at offset %d refused unread: %s", offset, reason)
+        CONTROL_EVENTS_REFUSED.labels("other").inc()
+        with self._cond:
+            self._refused[offset] = reason
+            while len(self._refused) > self.remember:
+                self._refused.popitem(last=False)
+            self._next_offset = offset + 1
+            self._cond.notify_all()
 
     def has_event(self, event_id: str) -> bool:
         """Whether ``event_id`` is among the last ``remember`` events applied."""

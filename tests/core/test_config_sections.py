@@ -126,6 +126,7 @@ _FLAT_KEYS = [
     "crossmatch_tap_attempts",
     "crossmatch_tap_failures_to_open",
     "crossmatch_tap_open_s",
+    "kafka_max_message_bytes",
     "kafka_security_protocol",
     "kafka_sasl_mechanism",
     "kafka_sasl_username",

@@ -48,6 +48,16 @@ class KafkaSettings(Section):
     session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Kafka consumer session timeout"
     )
+    max_message_bytes: int = Field(
+        default=2_000_000,
+        ge=1024,
+        le=50_000_000,
+        description=(
+            "a consumed message larger than this (an outside producer's) is dead-lettered "
+            "unread, and a control event that large is not applied; the default is what the "
+            "pipeline's own producers can write"
+        ),
+    )
     # transport security (a production Kafka; unused by the local stack)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="Kafka security.protocol of every client"
