@@ -23,6 +23,7 @@ from processors.core.codec import AvroCodec, default_codec
 from processors.core.config import Settings
 from processors.core.control import EVENT_TYPES, ControlState
 from processors.core.exceptions import CodecError, StackError
+from processors.core.kafka_errors import explain, watched
 from processors.core.metrics import CONTROL_EVENTS_REFUSED
 from processors.core.records import TOPICS, ControlEventRecord
 
@@ -172,11 +173,18 @@ def ensure_topics(
     with 4 partitions, which would break the single-partition order of ``control.events``.
     ``configs`` (default: when ``bootstrap_servers`` names a real Kafka) creates them with
     :func:`retention_configs`; the embedded broker bounds its log by rotation instead.
+    Brokers that cannot be reached, or refuse the client's TLS or SASL, raise a ConfigError
+    that says so and names the settings to check (:mod:`processors.core.kafka_errors`).
     """
     if configs is None:
         configs = settings.kafka.bootstrap_servers is not None
-    admin = AdminClient({**kafka_security(settings), "bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    conf, watch = watched({**kafka_security(settings), "bootstrap.servers": bootstrap})
+    admin = AdminClient(conf)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:  # a refused login or handshake: say which settings decide it
+        admin.poll(0.5)  # serves the error callbacks that tell why
+        raise explain(settings, bootstrap, watch, exc) from exc
     wanted = [
         NewTopic(
             settings.topic(spec.name),
