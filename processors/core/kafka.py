@@ -173,8 +173,9 @@ def ensure_topics(
     with 4 partitions, which would break the single-partition order of ``control.events``.
     ``configs`` (default: when ``bootstrap_servers`` names a real Kafka) creates them with
     :func:`retention_configs`; the embedded broker bounds its log by rotation instead.
-    Brokers that cannot be reached, or refuse the client's TLS or SASL, raise a ConfigError
-    that says so and names the settings to check (:mod:`processors.core.kafka_errors`).
+    Brokers that refuse the client's TLS or SASL raise a ConfigError, brokers that do not answer
+    a StackError, each saying so and naming the settings to check
+    (:mod:`processors.core.kafka_errors`).
     """
     if configs is None:
         configs = settings.kafka.bootstrap_servers is not None

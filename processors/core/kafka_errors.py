@@ -5,8 +5,9 @@ an unauthenticated client only through its error callback and its log, and then 
 call that needed the connection with a bare "transport failure" or a timeout. :class:`Watch`
 collects those errors for one client (they are served by the client's ``poll``: call it once
 the failing call has returned), and :func:`explain` turns them, with the settings in use,
-into a :class:`ConfigError` whose message says what the broker refused and which settings
-(``kafka_security_protocol``, ``kafka_sasl_*``, ``kafka_ssl_*``) decide it.
+into an error whose message says what the broker refused and which settings
+(``kafka_security_protocol``, ``kafka_sasl_*``, ``kafka_ssl_*``) decide it: a
+:class:`ConfigError` for a refusal, a :class:`StackError` when nothing answered.
 
 Invariant: :func:`explain` never includes the password, only whether one is set.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from processors.core.config import Settings
-from processors.core.exceptions import ConfigError
+from processors.core.exceptions import ConfigError, StackError
 
 __all__ = ["Watch", "explain", "watched"]
 
@@ -51,9 +52,13 @@ def _kind(text: str, codes: set[int]) -> str:
     return "transport"
 
 
-def explain(settings: Settings, bootstrap: str, watch: Watch, cause: BaseException) -> ConfigError:
-    """A ConfigError saying why the brokers at ``bootstrap`` refused the client, and what to
-    check; ``cause`` is what the failing call raised."""
+def explain(
+    settings: Settings, bootstrap: str, watch: Watch, cause: BaseException
+) -> ConfigError | StackError:
+    """Why the brokers at ``bootstrap`` did not serve the client, and what to check; ``cause``
+    is what the failing call raised. A refused login or TLS handshake is a ConfigError (trying
+    again cannot help); no answer at all is a StackError (the brokers may be starting: ``skyloop
+    init --wait`` tries again), whose message still names the settings that could explain it."""
     kafka = settings.kafka
     seen = watch.text() or str(cause)
     codes = {e.code() for e in watch.errors}
@@ -84,7 +89,8 @@ def explain(settings: Settings, bootstrap: str, watch: Watch, cause: BaseExcepti
         )
     else:
         what = f"no usable connection ({protocol}): the broker is down or refused the client"
-    return ConfigError(f"Kafka at {bootstrap}: {what}. librdkafka said: {seen}")
+    message = f"Kafka at {bootstrap}: {what}. librdkafka said: {seen}"
+    return ConfigError(message) if kind in ("sasl", "tls") else StackError(message)
 
 
 def watched(conf: dict[str, Any]) -> tuple[dict[str, Any], Watch]:
