@@ -125,16 +125,20 @@ def _summary(result: Any) -> int:
 # -- worker ----------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker of the registry (:mod:`processors.topology`) against the configured
-    broker: topics ensured and metrics served first, then the worker's own ``run``."""
+    broker: topics ensured, metrics served (their label bound set) and the pixel limit set
+    first, then the worker's own ``run``."""
+    from processors.core.imaging import set_max_pixels
     from processors.core.kafka import ensure_topics
-    from processors.core.metrics import serve_metrics
+    from processors.core.metrics import bound_labels, serve_metrics
 
     spec = resolve(args.name)
     run = spec.load_run()
     resolved = settings(args)
+    set_max_pixels(resolved.ingest.max_pixels)
     if resolved.kafka.bootstrap_servers is None:
         raise ConfigError("skyloop worker needs a broker: set SKYLOOP_BOOTSTRAP_SERVERS")
     ensure_topics(resolved, resolved.kafka.bootstrap_servers)
+    bound_labels(resolved.metrics.label_values_max)
     serve_metrics(resolved.metrics.port, resolved.metrics.host)
     return int(run(resolved, args))
 

@@ -12,6 +12,7 @@ __all__ = [
     "DetectorError",
     "EvaluationError",
     "FetchError",
+    "ImageTooLargeError",
     "PermanentFetchError",
     "SchemaError",
     "SkyloopError",
@@ -53,6 +54,10 @@ class CorruptMessageError(CodecError):
 
 class BadImageError(SkyloopError):
     """Pixels that cannot be scored: undecodable, empty, NaN, wrong shape."""
+
+
+class ImageTooLargeError(BadImageError):
+    """An image over the pixel limit (a decompression bomb), refused before it is decoded."""
 
 
 class SourceError(SkyloopError):

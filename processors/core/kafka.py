@@ -23,6 +23,7 @@ from processors.core.codec import AvroCodec, default_codec
 from processors.core.config import Settings
 from processors.core.control import EVENT_TYPES, ControlState
 from processors.core.exceptions import CodecError, StackError
+from processors.core.kafka_errors import explain, watched
 from processors.core.metrics import CONTROL_EVENTS_REFUSED
 from processors.core.records import TOPICS, ControlEventRecord
 
@@ -172,11 +173,19 @@ def ensure_topics(
     with 4 partitions, which would break the single-partition order of ``control.events``.
     ``configs`` (default: when ``bootstrap_servers`` names a real Kafka) creates them with
     :func:`retention_configs`; the embedded broker bounds its log by rotation instead.
+    Brokers that refuse the client's TLS or SASL raise a ConfigError, brokers that do not answer
+    a StackError, each saying so and naming the settings to check
+    (:mod:`processors.core.kafka_errors`).
     """
     if configs is None:
         configs = settings.kafka.bootstrap_servers is not None
-    admin = AdminClient({**kafka_security(settings), "bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    conf, watch = watched({**kafka_security(settings), "bootstrap.servers": bootstrap})
+    admin = AdminClient(conf)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:  # a refused login or handshake: say which settings decide it
+        admin.poll(0.5)  # serves the error callbacks that tell why
+        raise explain(settings, bootstrap, watch, exc) from exc
     wanted = [
         NewTopic(
             settings.topic(spec.name),
@@ -236,7 +245,8 @@ class ControlFollower:
     can tell a decision it already logged. An event the fold refuses (:mod:`.fold_guard`) is
     logged, counted (``skyloop_control_events_refused_total``), never handed to ``on_event`` nor
     remembered by :meth:`has_event`; :meth:`refusal_at` tells the reason for one of the last
-    ``remember`` refusals by offset.
+    ``remember`` refusals by offset. An event larger than ``kafka.max_message_bytes`` is refused
+    unread, the same way (:mod:`processors.core.admission`).
     """
 
     def __init__(
@@ -294,8 +304,12 @@ class ControlFollower:
                     log.warning("control follower: %s", err)
                 continue
             offset = int(msg.offset() or 0)
+            value = msg.value() or b""
+            if len(value) > self.settings.kafka.max_message_bytes:
+                self._refuse_unread(offset, len(value))
+                continue
             try:
-                event = self.codec.decode(msg.value() or b"", "skyloop.ControlEvent")
+                event = self.codec.decode(value, "skyloop.ControlEvent")
             except CodecError as exc:
                 log.error("skipping undecodable control event at offset %d: %s", offset, exc)
                 with self._cond:
@@ -324,6 +338,19 @@ class ControlFollower:
                 self._cond.notify_all()
             if self.on_event is not None and not refused:
                 self.on_event(new_state, event)  # type: ignore[arg-type]
+
+    def _refuse_unread(self, offset: int, size: int) -> None:
+        """An event too large to decode: refused, never applied (the sink dead-letters it)."""
+        limit = self.settings.kafka.max_message_bytes
+        reason = f"control event of {size} bytes; the limit is {limit} (kafka.max_message_bytes)"
+        log.warning("control event at offset %d refused unread: %s", offset, reason)
+        CONTROL_EVENTS_REFUSED.labels("other").inc()
+        with self._cond:
+            self._refused[offset] = reason
+            while len(self._refused) > self.remember:
+                self._refused.popitem(last=False)
+            self._next_offset = offset + 1
+            self._cond.notify_all()
 
     def has_event(self, event_id: str) -> bool:
         """Whether ``event_id`` is among the last ``remember`` events applied."""

@@ -1,7 +1,11 @@
 """Prometheus metrics shared by all processors (one registry per process).
 
 Names follow Prometheus conventions (``skyloop_<thing>_<unit>``); labels are low-cardinality
-(processor, topic, source, error class, detector), never image ids.
+(processor, topic, source, error class, detector), never image ids. Labels whose values come
+from data (source, model, model version, error class, issuer, event type) are bounded
+(:mod:`processors.core.metric_labels`): past ``metrics.label_values_max`` distinct values per
+label, further values are reported as ``other`` and counted in
+``skyloop_metric_label_values_folded_total``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from processors.core.metric_labels import LABEL_BOUND, Bounded, folded_counter
+
 __all__ = [
     "BATCH_SECONDS",
     "CONSUMER_LAG",
@@ -29,6 +35,7 @@ __all__ = [
     "FLAG_RATE",
     "FLAG_RATE_TARGET",
     "IMAGES_SCORED",
+    "LABELS_FOLDED",
     "MESSAGES_IN",
     "MESSAGES_OUT",
     "MODEL_INFO",
@@ -39,6 +46,7 @@ __all__ = [
     "SOURCE_WEIGHT",
     "STORE_RETRIES",
     "THRESHOLD",
+    "bound_labels",
     "serve_metrics",
     "serving_models",
 ]
@@ -59,11 +67,13 @@ MESSAGES_OUT = Counter(
     ["processor", "topic"],
     registry=REGISTRY,
 )
-DEAD_LETTERS = Counter(
-    "skyloop_dead_letters_total",
-    "Messages sent to images.dlq",
-    ["processor", "error_class"],
-    registry=REGISTRY,
+DEAD_LETTERS = Bounded(
+    Counter(
+        "skyloop_dead_letters_total",
+        "Messages sent to images.dlq",
+        ["processor", "error_class"],
+        registry=REGISTRY,
+    )
 )
 BATCH_SECONDS = Histogram(
     "skyloop_batch_duration_seconds",
@@ -78,11 +88,13 @@ CONTROL_OFFSET = Gauge(
     ["processor"],
     registry=REGISTRY,
 )
-IMAGES_SCORED = Counter(
-    "skyloop_images_scored_total",
-    "Images scored",
-    ["source", "role", "candidate"],
-    registry=REGISTRY,
+IMAGES_SCORED = Bounded(
+    Counter(
+        "skyloop_images_scored_total",
+        "Images scored",
+        ["source", "role", "candidate"],
+        registry=REGISTRY,
+    )
 )
 SCORE_LATENCY = Histogram(
     "skyloop_score_latency_seconds",
@@ -104,71 +116,97 @@ STORE_RETRIES = Counter(
     registry=REGISTRY,
 )
 _serving: set[tuple[str, str, str]] = set()
-MODEL_INFO = Gauge(
-    "skyloop_model_info",
-    "1 for each model version a scorer serves, by role (production, shadow, canary)",
-    ["role", "model_version", "backbone"],
-    registry=REGISTRY,
+MODEL_INFO = Bounded(
+    Gauge(
+        "skyloop_model_info",
+        "1 for each model version a scorer serves, by role (production, shadow, canary)",
+        ["role", "model_version", "backbone"],
+        registry=REGISTRY,
+    )
 )
 
-CONTROL_EVENTS = Counter(
-    "skyloop_control_events_emitted_total",
-    "Control events emitted, by type and issuer",
-    ["type", "issued_by"],
-    registry=REGISTRY,
+CONTROL_EVENTS = Bounded(
+    Counter(
+        "skyloop_control_events_emitted_total",
+        "Control events emitted, by type and issuer",
+        ["type", "issued_by"],
+        registry=REGISTRY,
+    )
 )
-CONTROL_EVENTS_REFUSED = Counter(
-    "skyloop_control_events_refused_total",
-    "Control events the fold refused (processors.core.fold_guard), by type (known types only)",
-    ["type"],
-    registry=REGISTRY,
+CONTROL_EVENTS_REFUSED = Bounded(
+    Counter(
+        "skyloop_control_events_refused_total",
+        "Control events the fold refused (processors.core.fold_guard), by type (known types only)",
+        ["type"],
+        registry=REGISTRY,
+    )
 )
-DRIFTS = Counter(
-    "skyloop_drift_detected_total",
-    "drift.detected events, per source and model",
-    ["source", "model"],
-    registry=REGISTRY,
+DRIFTS = Bounded(
+    Counter(
+        "skyloop_drift_detected_total",
+        "drift.detected events, per source and model",
+        ["source", "model"],
+        registry=REGISTRY,
+    )
 )
-THRESHOLD = Gauge(
-    "skyloop_threshold",
-    "Calibrated-score threshold in force (largest over detectors)",
-    ["source", "model"],
-    registry=REGISTRY,
+THRESHOLD = Bounded(
+    Gauge(
+        "skyloop_threshold",
+        "Calibrated-score threshold in force (largest over detectors)",
+        ["source", "model"],
+        registry=REGISTRY,
+    )
 )
-FLAG_RATE = Gauge(
-    "skyloop_flag_rate",
-    "Flagged fraction of the last closed stats window",
-    ["source", "model"],
-    registry=REGISTRY,
+FLAG_RATE = Bounded(
+    Gauge(
+        "skyloop_flag_rate",
+        "Flagged fraction of the last closed stats window",
+        ["source", "model"],
+        registry=REGISTRY,
+    )
 )
 FLAG_RATE_TARGET = Gauge(
     "skyloop_flag_rate_target",
     "Flag rate the calibrations aim at (target_fpr)",
     registry=REGISTRY,
 )
-DRIFT_STATISTIC = Gauge(
-    "skyloop_drift_statistic",
-    "Evidence of the last drift.detected per source and model (ks_p, psi, kl, ...)",
-    ["source", "model", "statistic"],
-    registry=REGISTRY,
+DRIFT_STATISTIC = Bounded(
+    Gauge(
+        "skyloop_drift_statistic",
+        "Evidence of the last drift.detected per source and model (ks_p, psi, kl, ...)",
+        ["source", "model", "statistic"],
+        registry=REGISTRY,
+    )
 )
 PIPELINE_PAUSED = Gauge(
     "skyloop_pipeline_paused",
     "1 while the pipeline is paused (pipeline.paused in force), else 0",
     registry=REGISTRY,
 )
-SOURCE_PAUSED = Gauge(
-    "skyloop_source_paused",
-    "1 while a source is paused (source.paused in force), else 0",
-    ["source"],
-    registry=REGISTRY,
+SOURCE_PAUSED = Bounded(
+    Gauge(
+        "skyloop_source_paused",
+        "1 while a source is paused (source.paused in force), else 0",
+        ["source"],
+        registry=REGISTRY,
+    )
 )
-SOURCE_WEIGHT = Gauge(
-    "skyloop_source_weight",
-    "Weight published for a source (flag rate x (1 - error rate))",
-    ["source"],
-    registry=REGISTRY,
+SOURCE_WEIGHT = Bounded(
+    Gauge(
+        "skyloop_source_weight",
+        "Weight published for a source (flag rate x (1 - error rate))",
+        ["source"],
+        registry=REGISTRY,
+    )
 )
+
+
+LABELS_FOLDED = folded_counter(REGISTRY)
+
+
+def bound_labels(limit: int) -> None:
+    """Set the per-label bound on distinct values (``metrics.label_values_max``)."""
+    LABEL_BOUND.set_limit(limit)
 
 
 def serving_models(models: Iterable[tuple[str, str, str]]) -> None:

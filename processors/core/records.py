@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
+    "DEAD_LETTER_RAW_MAX",
     "TOPICS",
     "Box",
     "CandidateRecord",
@@ -173,6 +174,10 @@ class DeadLetter(TypedDict):
     source: str | None
 
 
+DEAD_LETTER_RAW_MAX = 1_000_000
+"""The most raw bytes a dead letter carries (the pipeline's producers write 2 MB at most)."""
+
+
 def dead_letter(
     *,
     original_topic: str,
@@ -185,11 +190,17 @@ def dead_letter(
     processor: str,
     source: str | None = None,
 ) -> DeadLetter:
-    """A DeadLetter stamped now; the message is cut to 2000 characters, the bytes kept whole.
+    """A DeadLetter stamped now; the message is cut to 2000 characters, the bytes kept whole
+    up to :data:`DEAD_LETTER_RAW_MAX` (a dead letter must itself be producible: past that, the
+    first bytes are kept and the message says how many of how many).
 
     ``source``: the image source the item came from, when known; dead letters are partitioned
     by it, like scores, so the controller sees a source's errors beside its scores.
     """
+    if len(raw) > DEAD_LETTER_RAW_MAX:
+        note = f" [raw cut to its first {DEAD_LETTER_RAW_MAX} of {len(raw)} bytes]"
+        message = message[: 2000 - len(note)] + note
+        raw = raw[:DEAD_LETTER_RAW_MAX]
     return DeadLetter(
         original_topic=original_topic,
         partition=partition,

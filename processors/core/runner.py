@@ -22,6 +22,8 @@ runner without committing (the batch is redelivered after restart).
 A message that keeps failing (``process`` raises on it, or the worker dies while it is in
 flight) is dead-lettered after ``batch.poison_attempts`` tries and skipped; the rest of its batch
 is processed, in order (:mod:`processors.core.quarantine`, with its durable in-flight record).
+A message over ``kafka.max_message_bytes`` is dead-lettered unread; a keyless one is processed
+like any other (:mod:`processors.core.admission`).
 On SIGTERM/SIGINT the loop finishes the batch in hand, commits it, and closes the clients.
 A processor with ``pausable = True`` (the scorer) honours ``pipeline.paused``: between batches
 the runner pauses its partitions (librdkafka drops what it prefetched and later resumes from
@@ -49,6 +51,7 @@ from tenacity import (
 )
 
 from processors.core import faults
+from processors.core.admission import admit
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
@@ -323,7 +326,10 @@ class Runner:
             last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
         try:
             call = lambda b: self._process(b, state, consumer)  # noqa: E731
-            outputs = self.quarantine.run(batch, call, last)
+            limit = settings.kafka.max_message_bytes
+            admitted, outputs = admit(batch, limit, self.ctx)  # oversized: dead letters
+            if admitted:
+                outputs += self.quarantine.run(admitted, call, last)
             self._produce(outputs, producer)
         except BaseException:
             self.quarantine.record.abandon()  # a controlled exit: nothing died in flight

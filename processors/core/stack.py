@@ -71,8 +71,13 @@ class EmbeddedBroker:
         log_path: Path | None = None,
         port: int | None = None,
         storage_dir: Path | None = None,
+        authentication: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self.authentication = authentication
+        """Started with ``--authentication`` (SASL required). Tansu 0.6.0 keeps no SCRAM
+        credentials in its memory or S3 storage, so such a broker refuses every user: it serves
+        only to check how clients report refused credentials."""
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self.storage_dir = storage_dir
@@ -142,6 +147,7 @@ class EmbeddedBroker:
                     url,
                     "--storage-engine",
                     storage,
+                    *(["--authentication"] if self.authentication else []),
                 ]
             ),
             env=env,

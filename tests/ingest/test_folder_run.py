@@ -1,5 +1,6 @@
 """`skyloop run --source dir:FOLDER` end to end on PNG and FITS cutouts written here; `skyloop
-sql` then names every image's file, and the unreadable file is a dead letter with its reason."""
+sql` then names every image's file, and the unreadable file, the decompression bomb and the
+symlink leaving the folder are dead letters with their reasons."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from astropy.io import fits
 
 from processors.core.imaging import encode_png
+from tests.core.test_imaging_limits import gzip_zeros_fits
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +57,11 @@ def _cutouts(root: Path) -> set[str]:
         fits.PrimaryHDU(rng.normal(100, 5, (64, 64)).astype("f4"), header).writeto(root / name)
         names.add(name)
     (root / "night2" / "truncated.fits").write_bytes((root / name).read_bytes()[:3000])
+    # hostile entries: a decompression bomb, and a symlink to an image outside the folder
+    (root / "night2" / "bomb.fits.gz").write_bytes(gzip_zeros_fits(6_000))
+    outside = root.parent / "outside.png"
+    outside.write_bytes(encode_png(rng.normal(40, 8, (64, 64, 3)).clip(0, 255).astype(np.uint8)))
+    (root / "escape.png").symlink_to(outside)
     return names
 
 
@@ -64,9 +71,7 @@ def test_run_on_a_folder_names_every_file_in_sql(tmp_path: Path) -> None:
     data = tmp_path / "data"
     done = _skyloop("run", "--source", f"dir:{folder}", "--data-dir", str(data), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (
-        "dir: 13 files, 12 published (12 distinct images), 1 failed (BadImageFile 1)" in done.stdout
-    ), done.stdout
+    assert "dir: 15 files, 12 published (12 distinct images), 3 failed" in done.stdout, done.stdout
 
     def sql(query: str) -> list[list[str]]:
         out = _skyloop("sql", query, "--data-dir", str(data), "--format", "tsv", timeout=60)
@@ -83,6 +88,14 @@ def test_run_on_a_folder_names_every_file_in_sql(tmp_path: Path) -> None:
         assert fmt == ("fits" if path.endswith(".fits") else "png")
         if fmt == "fits":
             assert float(ra) == 150.0 + int(path[-7:-5])
-    letters = sql("SELECT key, error_class, message FROM dead_letters FINAL")
-    assert [row[:2] for row in letters] == [["night2/truncated.fits", "BadImageFile"]]
-    assert "FITS" in letters[0][2]
+    letters = {
+        row[0]: row[1:] for row in sql("SELECT key, error_class, message FROM dead_letters FINAL")
+    }
+    assert {key: row[0] for key, row in letters.items()} == {
+        "night2/truncated.fits": "BadImageFile",
+        "night2/bomb.fits.gz": "ImageTooLarge",
+        "escape.png": "SymlinkOutsideFolder",
+    }
+    assert "FITS" in letters["night2/truncated.fits"][1]
+    assert "inflates to more than" in letters["night2/bomb.fits.gz"][1]
+    assert "leaves the watched folder" in letters["escape.png"][1]

@@ -18,6 +18,7 @@ from processors.core.imaging import decode_image, decode_pixels, encode_fits
 from processors.ingest.sources.items import image_id_for, to_record
 from processors.ingest.ztf.cutouts import CutoutError, alert_to_image
 from processors.ingest.ztf.packets import ZtfAlert, read_alerts
+from tests.core.test_imaging_limits import gzip_zeros_fits
 
 RewriteFn = Callable[..., bytes]
 EDGE = "ZTF18abdqake_v3.0_472263571115115014.avro"  # 63 rows x 53 columns at a CCD edge
@@ -130,6 +131,7 @@ def _flipped_gzip(record_stamp: bytes) -> bytes:
         ("flipped-gzip", "difference", "BadCutout", "corrupt gzip"),
         ("flipped-gzip", "triplet", "BadCutout", "difference cutout"),
         ("gzip-not-fits", "difference", "BadCutout", "undecodable FITS"),
+        ("gzip-bomb", "difference", "BadCutout", "inflates to more than"),
         ("missing", "difference", "MissingCutout", "no difference cutout"),
         ("missing", "triplet", "MissingCutout", "no difference cutout"),
         ("small-template", "triplet", "CutoutShapeMismatch", "template 40x40"),
@@ -144,6 +146,8 @@ def test_bad_cutouts_fail_with_a_reason(
         mutate = _with("difference", _flipped_gzip(good.cutouts["difference"]))
     elif case == "gzip-not-fits":
         mutate = _with("difference", gzip.compress(b"SIMPLE  =  not really FITS" * 200))
+    elif case == "gzip-bomb":  # 144 MB of zeros behind a FITS header, ~140 KB compressed
+        mutate = _with("difference", gzip_zeros_fits(6_000))
     elif case == "missing":
         mutate = _with("difference", None)
     else:

@@ -48,6 +48,16 @@ class KafkaSettings(Section):
     session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Kafka consumer session timeout"
     )
+    max_message_bytes: int = Field(
+        default=2_000_000,
+        ge=1024,
+        le=50_000_000,
+        description=(
+            "a consumed message larger than this (an outside producer's) is dead-lettered "
+            "unread, and a control event that large is not applied; the default is what the "
+            "pipeline's own producers can write"
+        ),
+    )
     # transport security (a production Kafka; unused by the local stack)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="Kafka security.protocol of every client"
@@ -130,6 +140,16 @@ class MetricsSettings(Section):
     host: str = Field(
         default="127.0.0.1", description="address /metrics binds to (0.0.0.0 in a container)"
     )
+    label_values_max: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description=(
+            "distinct values a data-derived label (source, model, error class, issuer, ...) "
+            "may take per process; later values are reported as 'other' and counted in "
+            "skyloop_metric_label_values_folded_total"
+        ),
+    )
 
 
 class AlertsSettings(Section):
@@ -195,6 +215,16 @@ class IngestSettings(Section):
         ge=0,
         description=(
             "ingest waits while the scorers are more than this many images behind (0: never waits)"
+        ),
+    )
+    max_pixels: int = Field(
+        default=16_777_216,
+        ge=4,
+        le=1 << 31,
+        description=(
+            "an image declaring more pixel values (width x height x bands) is dead-lettered "
+            "from its header, before decoding, and gzip-compressed pixels may inflate to at "
+            "most 8 bytes a value (decompression bombs); every worker's decoder obeys it"
         ),
     )
 

@@ -8,12 +8,13 @@ a file accepted here decodes downstream with the same shape.
 
 FITS headers give the sky position when they hold a celestial WCS (the world coordinates of the
 central pixel, in ICRS-like RA/Dec degrees as the header states them) and the observation time
-from ``DATE-OBS`` or ``MJD-OBS``. Anything else raises :class:`BadImageError` with the reason.
+from ``DATE-OBS`` or ``MJD-OBS``. Anything else raises :class:`BadImageError` with the reason;
+an image over the pixel limit (``ingest.max_pixels``) raises ``ImageTooLargeError`` from its
+header, before its pixels are decoded (:mod:`processors.core.imaging`).
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from processors.core.exceptions import BadImageError
-from processors.core.imaging import decode_pixels, encode_fits, encode_png
+from processors.core.imaging import (
+    decode_pixels,
+    encode_fits,
+    encode_png,
+    gunzip_bounded,
+    open_raster,
+)
 from processors.core.records import ImageFormat
 
 __all__ = ["FILE_SUFFIXES", "DecodedFile", "read_image_bytes", "sniff_format"]
@@ -89,14 +96,11 @@ def read_image_bytes(data: bytes) -> DecodedFile:
 
 
 def _from_tiff(data: bytes) -> DecodedFile:
-    from PIL import Image, UnidentifiedImageError
+    def load(img: Any) -> Any:
+        img.load()
+        return np.asarray(img)
 
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise BadImageError(f"undecodable TIFF: {type(exc).__name__}: {exc}") from exc
+    array = open_raster(data, load)  # refuses a TIFF over the pixel limit from its header
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 2:
         raise BadImageError(f"TIFF image of shape {array.shape}; expected (h, w[, bands])")
     h, w = array.shape[:2]
@@ -134,7 +138,7 @@ def _with_fits_header(decoded: DecodedFile, data: bytes) -> DecodedFile:
 def _first_data_header(data: bytes) -> Any:
     from astropy.io import fits
 
-    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    raw = gunzip_bounded(data) if data[:2] == b"\x1f\x8b" else data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with fits.open(io.BytesIO(raw), memmap=False) as hdul:

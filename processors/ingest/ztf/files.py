@@ -4,7 +4,10 @@ Order: files sorted by path, alerts in container order; in watch mode each later
 files follow, sorted. Each file is read once per iteration. Files present when iteration starts
 are taken as complete; a file that appears later is read once its size and mtime have stayed
 the same over one poll interval (writers should still prefer write-then-rename): the
-folder-watch loop is :class:`~processors.ingest.sources.watch.FolderWatch`.
+folder-watch loop is :class:`~processors.ingest.sources.watch.FolderWatch`. A path that
+:func:`~processors.ingest.sources.watch.refusal` refuses (a symlink leaving the folder, a
+dangling one, a device or FIFO, a file over ``MAX_PACKET_FILE_BYTES``) is a packet failure with
+the reason, never read.
 """
 
 from __future__ import annotations
@@ -17,13 +20,22 @@ from pathlib import Path
 
 from processors.ingest.sources.base import BaseSource, Capabilities
 from processors.ingest.sources.items import SourceItem
-from processors.ingest.sources.watch import FolderWatch, watched_pattern
+from processors.ingest.sources.watch import (
+    FolderWatch,
+    glob_root,
+    is_glob,
+    refusal,
+    watched_pattern,
+)
 from processors.ingest.ztf.alert_items import AlertItems, QualityCuts, ZtfStats
 from processors.ingest.ztf.cutouts import CutoutMode
 
 __all__ = ["ZtfFileSource"]
 
 log = logging.getLogger(__name__)
+
+MAX_PACKET_FILE_BYTES = 1 << 30
+"""Packet files larger than this are refused unread (a night's alerts come in files of MBs)."""
 
 
 class ZtfFileSource(BaseSource):
@@ -62,6 +74,10 @@ class ZtfFileSource(BaseSource):
         self.stop = stop
         self.stats: ZtfStats = ZtfStats()
         self._items = AlertItems(name, cutout, quality or QualityCuts(), self.stats)
+        if is_glob(pattern):
+            self._root = glob_root(pattern)
+        else:
+            self._root = Path(pattern) if os.path.isdir(pattern) else Path(pattern).parent
         self._watch = FolderWatch(
             pattern,
             in_folder=lambda folder: folder.glob("*.avro"),
@@ -91,6 +107,10 @@ class ZtfFileSource(BaseSource):
 
     def _read(self, path: Path) -> Iterator[SourceItem]:
         key = str(path)
+        refused = refusal(path, self._root, MAX_PACKET_FILE_BYTES)
+        if refused is not None:
+            yield self._items.packet_failure(key, b"", *refused)
+            return
         try:
             data = path.read_bytes()
         except OSError as exc:
