@@ -2,8 +2,9 @@
 
 :func:`generate_report` writes ``out_dir/report-YYYY-MM-DD.md`` (or ``<stem>.md``: the running
 sink names its interim and periodic reports itself) and, beside it, the PNG figures
-``report-YYYY-MM-DD-scores.png``, ``-throughput.png``, ``-thresholds.png`` and ``-map50.png``
-(when there is data to plot) and thumbnails, with the candidates' boxes drawn, under
+``report-YYYY-MM-DD-decisions.png``, ``-throughput.png``, ``-flag-rate.png``, ``-rate.png``,
+``-thresholds.png`` and ``-map50.png`` (when there is data to plot) and thumbnails, with the
+candidates' boxes drawn, under
 ``report-YYYY-MM-DD-thumbs/``. It only reads ClickHouse, with the queries of
 :mod:`processors.report.queries` and :mod:`processors.report.learning_queries` (``FINAL``, so
 every figure counts distinct records). The sections are rendered by
@@ -29,8 +30,9 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from processors.core.config.sections_scoring import DriftSettings
 from processors.core.exceptions import SkyloopError
-from processors.report import queries
+from processors.report import pictures, queries
 from processors.report.candidates import candidates_section, ztf_section
 from processors.report.corrections import control_events_section, self_correction_section
 from processors.report.learning import learning_loop_sections
@@ -43,7 +45,7 @@ from processors.report.overview import (
     summary_section,
     truth_section,
 )
-from processors.report.plots import plot_score_histograms, plot_throughput
+from processors.report.plots import plot_throughput
 
 __all__ = [
     "DEFAULT_TITLE",
@@ -57,7 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_TITLE = "skyloop daily report"
-HISTOGRAM_BINS = 40
+DEFAULT_FLAG_WINDOW = int(DriftSettings.model_fields["window"].default)
 MAX_CONTROL_EVENTS = 200
 MAX_ZTF_OBJECTS = 50
 
@@ -122,19 +124,6 @@ def _check_tables(client: Client) -> None:
         )
 
 
-# -- plots -----------------------------------------------------------------------------------
-
-
-def _histograms(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[bool, list[int]]]:
-    out: dict[str, dict[bool, list[int]]] = {}
-    for r in rows:
-        by_verdict = out.setdefault(
-            r["source"], {False: [0] * HISTOGRAM_BINS, True: [0] * HISTOGRAM_BINS}
-        )
-        by_verdict[bool(r["is_candidate"])][int(r["bin"])] = int(r["n"])
-    return out
-
-
 # -- entry points ----------------------------------------------------------------------------
 
 
@@ -153,6 +142,8 @@ def generate_report(
     ingest_sources: Mapping[str, Mapping[str, int]] | None = None,
     stem: str | None = None,
     note: str | None = None,
+    flag_window: int = DEFAULT_FLAG_WINDOW,
+    processes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ReportSummary:
     """Write the report of ``day`` (default: today, UTC) and return its headline counts.
 
@@ -162,7 +153,9 @@ def generate_report(
 
     ``stem`` names the files (default ``report-YYYY-MM-DD``: ``<stem>.md``, ``<stem>-*.png``,
     ``<stem>-thumbs/``); ``note`` is a line shown under the title, e.g. why an interim report
-    was written (:mod:`processors.report.schedule`).
+    was written (:mod:`processors.report.schedule`). ``flag_window``: images per flag-rate
+    window (``settings.drift.window``); ``processes``: the run's progress files by process
+    name, for uptime and memory per process (else the health section says it lacks them).
 
     The window is ``[day 00:00, day+1 00:00)`` UTC, applied to each table's own event time
     (see :mod:`processors.report.queries`). Raises :class:`ReportError` when the database lacks
@@ -176,31 +169,14 @@ def generate_report(
     counts = _rows(client, queries.SUMMARY, window)[0]
     per_source = _rows(client, queries.PER_SOURCE, window)
 
+    query = partial(_rows, client)
     plots: list[Path] = []
-    hist_rows = _rows(client, queries.SCORE_HISTOGRAM, {**window, "bins": HISTOGRAM_BINS})
-    plot_lines = ["## Score distributions", ""]
-    if hist_rows:
-        thresholds = {
-            r["source"]: float(r["mean_threshold"])
-            for r in _rows(client, queries.SOURCE_THRESHOLDS, window)
-        }
-        path = plot_score_histograms(
-            _histograms(hist_rows), thresholds, out_dir / f"{stem}-scores.png"
-        )
-        plots.append(path)
-        plot_lines += [
-            f"![ensemble score distributions]({path.name})",
-            "",
-            "Production ensemble scores per source, flagged images in red; the dashed line is "
-            "the mean detector threshold over the day"
-            + (
-                " (" + ", ".join(f"{s}: {t:.3f}" for s, t in sorted(thresholds.items())) + ")."
-                if thresholds
-                else " (no calibrated scores, so no threshold)."
-            ),
-        ]
-    else:
-        plot_lines.append("No production scores this day.")
+    plot_lines, decisions_png = pictures.decisions_section(
+        query, window, out_dir / f"{stem}-decisions.png"
+    )
+    (out_dir / f"{stem}-scores.png").unlink(missing_ok=True)  # the figure it replaced
+    if decisions_png is not None:
+        plots.append(decisions_png)
 
     throughput: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
     for r in _rows(client, queries.THROUGHPUT, window):
@@ -210,7 +186,12 @@ def generate_report(
             throughput, (window["start"], window["end"]), out_dir / f"{stem}-throughput.png"
         )
         plots.append(path)
-        plot_lines += ["", f"![images per hour]({path.name})"]
+        plot_lines += ["", "### Images per hour", "", f"![images per hour]({path.name})"]
+    glance_lines, flag_png = pictures.flag_rate_section(
+        query, window, flag_window, out_dir / f"{stem}-flag-rate.png"
+    )
+    health_lines, rate_png = pictures.health(query, window, out_dir / f"{stem}-rate.png", processes)
+    plots += [p for p in (flag_png, rate_png) if p is not None]
 
     thumbs_dir = out_dir / f"{stem}-thumbs"
     for stale in thumbs_dir.glob("*.png") if thumbs_dir.is_dir() else []:
@@ -260,9 +241,12 @@ def generate_report(
         learning.crossmatches,
         ztf_section(_rows(client, queries.ZTF_OBJECTS, {**window, "limit": MAX_ZTF_OBJECTS})),
         learning.learning_loop,
+        glance_lines,
         correction_lines,
         control_events_section(events, int(counts["control_events"])),
         dead_letters_section(_rows(client, queries.DEAD_LETTERS_BY_CLASS, window)),
+        pictures.sky(query, window),
+        health_lines,
     ):
         if section:
             lines += [*section, ""]

@@ -38,7 +38,6 @@ __all__ = [
     "TrajectoryPoint",
     "draw_boxes",
     "plot_map50_trajectory",
-    "plot_score_histograms",
     "plot_threshold_history",
     "plot_throughput",
     "stretch",
@@ -147,45 +146,6 @@ def draw_boxes(image: PILImage, boxes: Sequence[Box], *, scale: float = 1.0) -> 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
-
-
-def plot_score_histograms(
-    histograms: Mapping[str, Mapping[bool, Sequence[int]]],
-    thresholds: Mapping[str, float],
-    path: Path,
-) -> Path:
-    """One panel per source: counts of production ensemble scores per bin on [0, 1], stacked
-    as not flagged / flagged, with the source's mean detector threshold as a dashed line.
-
-    ``histograms[source][flagged]`` holds the counts of equal-width bins in order.
-    """
-    sources = sorted(histograms)
-    cols = min(3, max(1, len(sources)))
-    rows = max(1, -(-len(sources) // cols))
-    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax, source in zip(axes, sources, strict=False):
-        by_verdict = histograms[source]
-        bins = len(next(iter(by_verdict.values())))
-        edges = np.linspace(0.0, 1.0, bins + 1)
-        centers, width = (edges[:-1] + edges[1:]) / 2, 1.0 / bins
-        normal = np.asarray(by_verdict.get(False, [0] * bins), dtype=float)
-        flagged = np.asarray(by_verdict.get(True, [0] * bins), dtype=float)
-        ax.bar(centers, normal, width=width, color=_NOT_FLAGGED, label="not flagged")
-        ax.bar(centers, flagged, width=width, bottom=normal, color=_FLAGGED, label="flagged")
-        if source in thresholds:
-            ax.axvline(thresholds[source], color="black", linestyle="--", label="mean threshold")
-        ax.set_title(source, fontsize=10)
-        ax.set_xlim(0.0, 1.0)
-        ax.set_xlabel("ensemble score")
-        ax.set_ylabel("images")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
-    for ax in axes[len(sources) :]:
-        ax.set_visible(False)
-    fig.savefig(path, format="png")
-    return path
 
 
 def plot_throughput(

@@ -20,6 +20,7 @@ so :data:`QUERIES` still names every windowed query of the daily report.
 
 from __future__ import annotations
 
+from processors.report import picture_queries as pq
 from processors.report.correction_queries import (
     CALIBRATIONS,
     CONTROL_EVENT_COUNTS,
@@ -40,7 +41,6 @@ __all__ = [
     "PER_SOURCE",
     "QUERIES",
     "SCORE_HISTOGRAM",
-    "SOURCE_THRESHOLDS",
     "SUMMARY",
     "TABLES",
     "TABLES_PRESENT",
@@ -154,25 +154,15 @@ SELECT source, is_candidate,
                       {{bins:UInt32}} - 1.0)) AS bin,
        count() AS n
 FROM scores FINAL
-WHERE role = 'production' AND {in_window("scored_at")}
+WHERE role = 'production' AND calibrated = 1 AND {in_window("scored_at")}
 GROUP BY source, is_candidate, bin
 ORDER BY source, is_candidate, bin
 """
-"""Production ensemble scores binned on [0, 1] into ``bins`` bins, per source and verdict;
-scores outside [0, 1] fall in the end bins, non-finite ones in the first."""
-
-SOURCE_THRESHOLDS = f"""
-SELECT source,
-       avg(arrayAvg(mapValues(thresholds))) AS mean_threshold,
-       argMax(arrayAvg(mapValues(thresholds)), scored_at) AS last_threshold
-FROM scores FINAL
-WHERE role = 'production' AND calibrated = 1 AND length(thresholds) > 0
-  AND {in_window("scored_at")}
-GROUP BY source
-ORDER BY source
-"""
-"""Per source, the mean over the window (and the latest value) of the mean detector threshold:
-the score level a detector must pass to vote, on the same [0, 1] scale as the ensemble score."""
+"""Calibrated production ensemble scores (the mean calibrated detector score) binned on [0, 1]
+into ``bins`` bins, per source and verdict; scores outside [0, 1] fall in the end bins,
+non-finite ones in the first. Uncalibrated scores have no score on this scale (their 0 is a
+placeholder) and are left out; the verdict is the vote, not this mean (see
+:mod:`processors.report.picture_queries` for the statistic the vote thresholds)."""
 
 THROUGHPUT = f"""
 SELECT source, toStartOfHour(fetched_at) AS hour, count() AS images
@@ -319,7 +309,6 @@ QUERIES: dict[str, str] = {
     "per_source": PER_SOURCE,
     "models": MODELS,
     "score_histogram": SCORE_HISTOGRAM,
-    "source_thresholds": SOURCE_THRESHOLDS,
     "throughput": THROUGHPUT,
     "top_candidates": TOP_CANDIDATES,
     "truth_metrics": TRUTH_METRICS,
@@ -332,6 +321,17 @@ QUERIES: dict[str, str] = {
     "pauses": PAUSES,
     "threshold_events": THRESHOLD_EVENTS,
     "dead_letters_by_class": DEAD_LETTERS_BY_CLASS,
+    "vote_margins": pq.VOTE_MARGINS,
+    "votes": pq.VOTES,
+    "uncalibrated": pq.UNCALIBRATED,
+    "flag_windows": pq.FLAG_WINDOWS,
+    "target_rates": pq.TARGET_RATES,
+    "control_marks": pq.CONTROL_MARKS,
+    "sky_positions": pq.SKY_POSITIONS,
+    "processing_rate": pq.PROCESSING_RATE,
+    "activity": pq.ACTIVITY,
 }
 """Every windowed report query by name. Parameters: ``start``, ``end`` and, where used,
-``limit`` (UInt32) and ``bins`` (UInt32); ``threshold_events`` reads from the log's start."""
+``limit`` (UInt32), ``bins`` (UInt32, even for ``vote_margins``), ``window`` (UInt32, images
+per flag-rate window) and ``bin_s`` (UInt32, seconds per rate bin); ``threshold_events`` and
+``target_rates`` read from the log's start."""

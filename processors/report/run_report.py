@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from processors.core.clickhouse import connect
 from processors.core.config import Settings
@@ -23,6 +24,12 @@ class RunReport:
     """None for a folder without ingest counters (a worker's data dir): nothing to balance."""
 
 
+def _processes(progress: Path) -> dict[str, dict[str, Any]]:
+    """Every process's progress file in ``progress`` by name (in-flight markers left out)."""
+    names = sorted(p.stem for p in progress.glob("*.json") if not p.stem.endswith(".inflight"))
+    return {name: read_progress(progress, name) for name in names}
+
+
 def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunReport:
     """Write ``<run_dir>/report/report-<day>.md``, its last line the ledger; return its path,
     headline counts and ledger.
@@ -39,6 +46,8 @@ def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunRepor
             run_dir / "report",
             title=f"skyloop run {run_dir.name}",
             ingest_sources=ingest.get("sources") or None,
+            flag_window=settings.drift.window,
+            processes=_processes(run_dir / "progress"),
         )
         ledger = compute_ledger(client, ingest, finished=finished) if ingest else None
     finally:

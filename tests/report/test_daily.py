@@ -122,12 +122,11 @@ def test_report_figures_match_the_data(client: Client, dataset: Dataset, tmp_pat
     ]
     assert "ztf-public" not in truth  # no ground truth there
 
-    scores_png, throughput_png, thresholds_png = (
-        out / "report-2025-03-14-scores.png",
-        out / "report-2025-03-14-throughput.png",
-        out / "report-2025-03-14-thresholds.png",  # the day's one calibration
+    assert summary.plots == tuple(
+        out / f"report-2025-03-14-{name}.png"
+        # thresholds: the day's one calibration
+        for name in ("decisions", "throughput", "flag-rate", "rate", "thresholds")
     )
-    assert summary.plots == (scores_png, throughput_png, thresholds_png)
     for plot in summary.plots:
         width, height = _valid_png(plot)
         assert width > 300 and height > 200
@@ -211,8 +210,22 @@ def test_every_query_runs_on_the_schema(client: Client, corrections: Dataset) ->
     gives every query rows: an empty result names no columns)."""
     from datetime import UTC, datetime
 
+    from tests.report.conftest import NOON, Dataset, _image, _score, load
+
+    uncalibrated = Dataset()  # one score before its source's first calibration
+    img = uncalibrated.add("images.raw", _image("synth-a", b"raw", "png", (1, 1, 1)))
+    uncalibrated.add("scores", _score(img, 0, flagged=False, latency=1.0) | {"calibrated": False})
+    load(client, uncalibrated)
+    assert img["fetched_at"] == NOON
     start = datetime(2025, 3, 14, tzinfo=UTC)
-    params = {"start": start, "end": start + timedelta(days=1), "limit": 5, "bins": 10}
+    params = {
+        "start": start,
+        "end": start + timedelta(days=1),
+        "limit": 5,
+        "bins": 10,
+        "window": 4,
+        "bin_s": 60,
+    }
     for name, sql in QUERIES.items():
         result = client.query(sql, parameters=params, column_formats={"pixels": "bytes"})
         assert result.column_names, name
