@@ -293,3 +293,16 @@ def test_health_records_and_reports_memory_and_rate(
     assert "39 production scores" in section  # 5 + 24 + 10
     bare = generate_report(client, tmp_path / "bare", day=DAY)
     assert "which this report was not given" in bare.path.read_text()
+
+
+def test_a_verdict_that_disagrees_with_its_votes_shows_left_of_the_line(client: Client) -> None:
+    """The margin is computed from the recorded scores and thresholds, not from the verdict: a
+    scorer that flagged an image without the votes (an injected fault) is visible as a red bar
+    left of the line."""
+    data = Dataset()
+    img = data.add("images.raw", _image("a", b"px", "png", (1, 1, 1)))
+    bad = _score(img, NOON, (0.5, 0.6, 0.95), (0.9, 0.9, 0.9)) | {"is_candidate": True}
+    data.add("scores", bad)
+    load(client, data)
+    rows = client.query(pq.VOTE_MARGINS, parameters={**WINDOW, "bins": 100}).named_results()
+    assert [(r["is_candidate"], r["bin"]) for r in rows] == [(1, int(np.ceil(0.7 * 50)) - 1)]
