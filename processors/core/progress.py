@@ -73,6 +73,8 @@ def process_stats(started_at: float) -> dict[str, Any]:
     rss = _rss_bytes()
     if rss is not None:
         stats["rss_bytes"] = rss
+        # the kernel updates the peak lazily: it may lag the resident size read just now
+        stats["peak_rss_bytes"] = max(stats["peak_rss_bytes"], rss)
     return stats
 
 

@@ -123,7 +123,7 @@ def _process_lines(processes: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 "pid",
                 "Started (UTC)",
                 "Last update (UTC)",
-                "Uptime",
+                "Up at last update",
                 "RSS at last update (MiB)",
                 "Peak RSS (MiB)",
                 "Consumed",
@@ -132,10 +132,12 @@ def _process_lines(processes: Mapping[str, Mapping[str, Any]]) -> list[str]:
             rows,
         ),
         "",
-        "From each process's progress file, as it last wrote it: uptime is last update - start "
-        "(a restarted process counts from its restart); RSS is resident memory at the last "
-        "update, peak RSS the most the process held (getrusage). Memory of processes that "
-        "share pages (forked children, mapped model files) is counted in each.",
+        "From each process's progress file, as it last wrote it: up is last update - start "
+        "(a restarted process counts from its restart; a process writes when its counters "
+        "change, so an idle one, e.g. train without a retrain, shows less than it ran); RSS is "
+        "resident memory at the last update, peak RSS the most the process held (getrusage). "
+        "Memory of processes that share pages (forked children, mapped model files) is "
+        "counted in each.",
     ]
 
 
@@ -164,7 +166,8 @@ def health_section(
         first, last = utc(activity["first_at"]), utc(activity["last_at"])
         span = (last - first).total_seconds()
         busy = len(series.get("scored", []))
-        total_bins = int(span // bin_s) + 1
+        # bins are aligned to the epoch (toStartOfInterval): count those the span touches
+        total_bins = int(last.timestamp() // bin_s - first.timestamp() // bin_s) + 1
         lines += [
             f"Scoring ran from {when(first)} to {when(last)} UTC ({_duration(span)}): "
             f"{scored} production scores, {number(scored / span, 2) if span > 0 else '—'} "

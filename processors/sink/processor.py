@@ -168,7 +168,13 @@ class SinkProcessor:
         """One report of ``at``'s UTC day; errors are logged and counted, never raised."""
         try:
             generate_report(
-                self.client, self.reports_dir, day=at.date(), title=title, stem=stem, note=note
+                self.client,
+                self.reports_dir,
+                day=at.date(),
+                title=title,
+                stem=stem,
+                note=note,
+                flag_window=self.ctx.settings.drift.window,
             )
         except Exception:  # a report is a by-product: no failure of it may cost a batch
             log.exception("sink: report %s not written", stem)
