@@ -13,7 +13,7 @@ from processors.core.progress import read_progress
 from processors.report.daily import generate_report
 from processors.report.ledger import Ledger, compute_ledger
 
-__all__ = ["RunReport", "report_run", "write_run_report"]
+__all__ = ["RunReport", "read_processes", "report_run", "write_run_report"]
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class RunReport:
     """None for a folder without ingest counters (a worker's data dir): nothing to balance."""
 
 
-def _processes(progress: Path) -> dict[str, dict[str, Any]]:
-    """Every process's progress file in ``progress`` by name (in-flight markers left out)."""
+def read_processes(progress: Path) -> dict[str, dict[str, Any]]:
+    """Every process's progress file in ``progress`` by name (in-flight markers left out):
+    what the report's Pipeline health reads for uptime and memory per process."""
     names = sorted(p.stem for p in progress.glob("*.json") if not p.stem.endswith(".inflight"))
     return {name: read_progress(progress, name) for name in names}
 
@@ -47,7 +48,7 @@ def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunRepor
             title=f"skyloop run {run_dir.name}",
             ingest_sources=ingest.get("sources") or None,
             flag_window=settings.drift.window,
-            processes=_processes(run_dir / "progress"),
+            processes=read_processes(run_dir / "progress"),
         )
         ledger = compute_ledger(client, ingest, finished=finished) if ingest else None
     finally:

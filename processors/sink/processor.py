@@ -43,6 +43,7 @@ from processors.core.fold_guard import RefusedEvent
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.report.daily import generate_report
+from processors.report.run_report import read_processes
 from processors.report.schedule import ReportSchedule, interim_report_for, report_stem
 from processors.sink.landing import LANDING_TABLE, Peeked, ScoreLanding
 from processors.sink.migrations import apply_migrations
@@ -166,6 +167,8 @@ class SinkProcessor:
 
     def _write_report(self, stem: str, at: datetime, title: str, note: str) -> None:
         """One report of ``at``'s UTC day; errors are logged and counted, never raised."""
+        mine = self.ctx.progress.path  # the run's progress folder holds every process's file
+        progress = mine.parent if mine is not None else None
         try:
             generate_report(
                 self.client,
@@ -175,6 +178,7 @@ class SinkProcessor:
                 stem=stem,
                 note=note,
                 flag_window=self.ctx.settings.drift.window,
+                processes=read_processes(progress) if progress else None,
             )
         except Exception:  # a report is a by-product: no failure of it may cost a batch
             log.exception("sink: report %s not written", stem)

@@ -4,6 +4,7 @@ and the run-time reports it writes (interim on a pipeline pause, periodic)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -203,6 +204,8 @@ def test_periodic_reports_follow_report_interval_s(
     md = (reports / names[-1]).read_text()
     assert "> Periodic report (every 0.5 s), written " in md
     assert "## Self-correction" in md and "## Sources" in md
+    health = md[md.index("## Pipeline health") :]  # the sink's own process, from its file
+    assert re.search(rf"^\| sink \| {os.getpid()} \| ", health, re.M), health
 
 
 def test_a_failing_report_is_counted_and_costs_no_data(
