@@ -306,3 +306,14 @@ def test_a_verdict_that_disagrees_with_its_votes_shows_left_of_the_line(client: 
     load(client, data)
     rows = client.query(pq.VOTE_MARGINS, parameters={**WINDOW, "bins": 100}).named_results()
     assert [(r["is_candidate"], r["bin"]) for r in rows] == [(1, int(np.ceil(0.7 * 50)) - 1)]
+
+
+def test_read_processes_reads_every_progress_file_but_in_flight_markers(tmp_path: Path) -> None:
+    from processors.report.run_report import read_processes
+
+    for name in ("score", "sink"):
+        ProgressFile(tmp_path, name).write(force=True)
+    (tmp_path / "score.inflight.json").write_text("{}")
+    processes = read_processes(tmp_path)
+    assert sorted(processes) == ["score", "sink"]
+    assert all(p["process"]["pid"] == os.getpid() for p in processes.values())
