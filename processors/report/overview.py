@@ -67,6 +67,7 @@ def sources_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             "Mean latency (ms)",
             "p95 latency (ms)",
             "Dead letters",
+            "Uncalibrated",
         ],
         [
             (
@@ -79,6 +80,7 @@ def sources_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 number(r["mean_latency_ms"], 1),
                 number(r["p95_latency_ms"], 1),
                 r["dead_letters"],
+                r["uncalibrated"],
             )
             for r in rows
         ],
@@ -86,7 +88,9 @@ def sources_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines += [
         "",
         "Scored, flagged and latency count production scores; the candidate rate is flagged / "
-        "scored. Candidates are the detector's output. Dead letters are attributed to the "
+        "calibrated scores: uncalibrated images (scored before their source's first "
+        "calibration, counted in Scored and in the last column) cannot be flagged. "
+        "Candidates are the detector's output. Dead letters are attributed to the "
         "source they name when the failing processor could tell, else by their original topic "
         f"(source:NAME) or their key (an image id); {_UNATTRIBUTED} ones have none of these.",
     ]

@@ -90,6 +90,7 @@ WITH
         WHERE {in_window("fetched_at")} GROUP BY source),
     sc AS (
         SELECT source, count() AS scored, countIf(is_candidate = 1) AS flagged,
+               countIf(calibrated = 0) AS uncalibrated,
                avg(latency_ms) AS mean_latency_ms,
                quantileExact(0.95)(latency_ms) AS p95_latency_ms
         FROM scores FINAL
@@ -120,11 +121,13 @@ SELECT
     img.images AS images,
     sc.scored AS scored,
     sc.flagged AS flagged,
-    if(sc.scored > 0, sc.flagged / sc.scored, NULL) AS candidate_rate,
+    if(sc.scored > sc.uncalibrated, sc.flagged / (sc.scored - sc.uncalibrated), NULL)
+        AS candidate_rate,
     cand.candidates AS candidates,
     if(sc.scored > 0, sc.mean_latency_ms, NULL) AS mean_latency_ms,
     if(sc.scored > 0, sc.p95_latency_ms, NULL) AS p95_latency_ms,
-    dl.dead_letters AS dead_letters
+    dl.dead_letters AS dead_letters,
+    sc.uncalibrated AS uncalibrated
 FROM names
 LEFT JOIN img ON img.source = names.source
 LEFT JOIN sc ON sc.source = names.source
@@ -132,8 +135,10 @@ LEFT JOIN cand ON cand.source = names.source
 LEFT JOIN dl ON dl.source = names.source
 ORDER BY source = '', source
 """
-"""One row per source seen in the window. Dead letters are attributed to the source they name
-(``dead_letters.source``, set when the failing processor could tell), else by their original
+"""One row per source seen in the window. The candidate rate is flagged / calibrated scores
+(an uncalibrated image cannot be flagged; those are ``uncalibrated``). Dead letters are
+attributed to the source they name (``dead_letters.source``, set when the failing processor
+could tell), else by their original
 topic when it is ``source:<name>`` (failures of an image source, before Kafka), else through
 their key (the image id); the rest have source ``''``."""
 

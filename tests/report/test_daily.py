@@ -99,6 +99,7 @@ def test_report_figures_match_the_data(client: Client, dataset: Dataset, tmp_pat
         assert row[3] == f"{100 * n_flagged / len(mine):.1f}%"
         assert row[5] == f"{np.mean(lat):.1f}"
         assert row[6] == f"{lat[int(0.95 * len(lat))]:.1f}"  # quantileExact: element floor(q*n)
+        assert row[8] == "0"  # every score of the fixture is calibrated
     assert sources["synth-a"][4] == "2"  # detector candidates
     assert sources["synth-a"][7] == "1"  # dead letter keyed by one of its images
     assert sources["ztf-public"][7] == "1"  # original topic source:ztf-public

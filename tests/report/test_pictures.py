@@ -211,6 +211,9 @@ def test_report_shows_uncalibrated_apart_and_no_mean_threshold(
     assert rows["a"] == [str(len(flags_a)), str(sum(flags_a)), "5"]
     assert rows["b"] == ["10", str(sum(pictures["flags"]["b"])), "0"]
     assert "at least 2 detectors vote" in section
+    sources = _table(_section(md, "Sources"))  # the rate is of calibrated images only
+    assert sources["a"][1:4] == ["29", str(sum(flags_a)), f"{100 * sum(flags_a) / 24:.1f}%"]
+    assert sources["a"][8] == "5"
     decisions = tmp_path / "report-2025-03-14-decisions.png"
     assert decisions in summary.plots and _valid_png(decisions)[1] > 400
 
