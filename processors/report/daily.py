@@ -183,7 +183,10 @@ def generate_report(
         throughput[r["source"]].append((utc(r["hour"]), int(r["images"])))
     if throughput:
         path = plot_throughput(
-            throughput, (window["start"], window["end"]), out_dir / f"{stem}-throughput.png"
+            throughput,
+            (window["start"], window["end"]),
+            out_dir / f"{stem}-throughput.png",
+            now=datetime.now(UTC),
         )
         plots.append(path)
         plot_lines += ["", "### Images per hour", "", f"![images per hour]({path.name})"]

@@ -152,23 +152,35 @@ def plot_throughput(
     series: Mapping[str, Sequence[tuple[datetime, int]]],
     window: tuple[datetime, datetime],
     path: Path,
+    *,
+    now: datetime | None = None,
 ) -> Path:
-    """Images fetched per hour over ``window`` (UTC), one line per source; empty hours are 0."""
+    """Images fetched per hour over ``window`` (UTC), one line per source; empty hours are 0.
+
+    Hours that start after ``now`` (the report is written before the day ends) are not drawn,
+    rather than drawn as 0: they have not happened. A dotted line marks ``now`` then.
+    """
     start, end = window
+    until = end if now is None else max(start + timedelta(hours=1), min(end, now))
     hours = [start + timedelta(hours=h) for h in range(int((end - start) / timedelta(hours=1)))]
+    hours = [hour for hour in hours if hour < until]
     fig = Figure(figsize=(8.0, 3.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for source in sorted(series):
         counts = dict(series[source])
+        values = [counts.get(hour, 0) for hour in hours]
         ax.plot(
-            date2num(hours),
-            [counts.get(hour, 0) for hour in hours],
+            date2num([*hours, min(until, hours[-1] + timedelta(hours=1))]),
+            [*values, values[-1]],  # the last hour drawn to its end (or to ``now``)
             marker="o",
             markersize=3,
+            markevery=list(range(len(hours))),
             drawstyle="steps-post",
             label=source,
         )
+    if until < end:
+        ax.axvline(float(date2num(until)), color="grey", linestyle=":", label="report written")
     ax.set_xlim(float(date2num(start)), float(date2num(end)))
     ax.xaxis.set_major_locator(HourLocator(byhour=range(0, 24, 3), tz=UTC))
     ax.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=UTC))
