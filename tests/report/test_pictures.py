@@ -320,3 +320,12 @@ def test_read_processes_reads_every_progress_file_but_in_flight_markers(tmp_path
     processes = read_processes(tmp_path)
     assert sorted(processes) == ["score", "sink"]
     assert all(p["process"]["pid"] == os.getpid() for p in processes.values())
+
+
+@pytest.mark.parametrize("name", ["flag_rates", "health", "sky"])
+def test_doctests(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"processors.report.{name}"))
+    assert result.attempted > 0 and result.failed == 0
