@@ -69,8 +69,9 @@ def candidate_output(boxes: Sequence[Box]) -> float:
 def gate_from_settings(rollout: RolloutSettings) -> ModelGate:
     """The gate the ``rollout`` settings section describes."""
     return ModelGate(
-        map50_tolerance=rollout.gate_map50_tolerance,
         min_map50=rollout.gate_min_map50,
+        min_held_out=rollout.gate_min_held_out,
+        level=rollout.gate_interval_level,
         max_latency_p99_ms=rollout.gate_max_latency_p99_ms,
     )
 
