@@ -140,7 +140,7 @@ class ModelGate:
         elif not low > 0:
             high = candidate.get("map50_diff_high", float("nan"))
             reasons.append(
-                f"map50 {score or float('nan'):.3f} vs incumbent "
+                f"map50 {float('nan') if score is None else score:.3f} vs incumbent "
                 f"{incumbent.get('map50', float('nan')):.3f}: {self.level * 100:g} % interval of "
                 f"the difference [{low:.3f}, {high:.3f}] not above 0"
             )
