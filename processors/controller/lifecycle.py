@@ -15,8 +15,14 @@ lifecycle events (:class:`~processors.policies.rollout.RolloutPolicy` decides):
   same for candidates) → ``model.promoted`` or ``model.rolled_back``.
 
 Outputs: a scorer's record gives its ensemble score (NaN when any detector's raw score is
-NaN) and latency; a detector's candidate record gives its top box confidence (0 without box)
-and latency. Event ids are :func:`~processors.core.events.decision_id` of (step, version,
+NaN) and latency; a detector's candidate record gives its top box confidence (0 without box),
+whether any box is invalid, and latency. A detector canary is judged on quality: each
+canary-served candidate that became a pseudo-label (its label boxes, from its pixels, passed
+in by the caller) is kept with the canary's boxes and production's on the same image
+(production's detector, or source extraction before any: ``detector_outputs`` role
+``production`` / ``baseline``); when a window is judged, the two are compared on those images
+(:func:`canary_quality`, the gate's paired bootstrap of the mAP50 difference) and the policy
+decides on that. Event ids are :func:`~processors.core.events.decision_id` of (step, version,
 phase start), so a restarted controller recognises what it already emitted. Tracks are kept in
 the stats table after each batch; a restart replays the records after the last saved head, so
 a few outputs may be counted twice in a track (the policy's decisions are bounded by windows,
@@ -36,14 +42,18 @@ from processors.controller.emit import ISSUER
 from processors.core.config import RolloutSettings
 from processors.core.control import ControlState
 from processors.core.events import EventType, decision_id, new_event
+from processors.core.exceptions import EvaluationError
 from processors.core.records import Box, CandidateRecord, ControlEventRecord, ScoreRecord
 from processors.policies.gate import ModelGate
 from processors.policies.rollout import RolloutDecision, RolloutPolicy, RolloutTrack
+from processors.yolo.comparison import compare_map50
 
 __all__ = [
     "Lifecycle",
+    "canary_quality",
     "candidate_output",
     "gate_from_settings",
+    "invalid_boxes",
     "policy_from_settings",
     "score_output",
 ]
@@ -66,11 +76,58 @@ def candidate_output(boxes: Sequence[Box]) -> float:
     return max(confidences, default=0.0)
 
 
+def _valid(row: Sequence[float]) -> bool:
+    x1, y1, x2, y2, confidence = row
+    finite = all(math.isfinite(v) for v in row)
+    return finite and 0.0 <= confidence <= 1.0 and x2 > x1 and y2 > y1
+
+
+def invalid_boxes(boxes: Sequence[Box]) -> int:
+    """Boxes no localizer may output: a non-finite coordinate, no area, a confidence outside
+    [0, 1]."""
+    return sum(not _valid(row) for row in _rows(boxes))
+
+
+def _rows(boxes: Sequence[Box]) -> list[list[float]]:
+    keys = ("x1", "y1", "x2", "y2", "confidence")
+    return [[float(b[k]) for k in keys] for b in boxes]  # type: ignore[literal-required]
+
+
+def _boxes(rows: Sequence[Sequence[float]]) -> list[Box]:
+    return [Box(label="source", confidence=r[4], x1=r[0], y1=r[1], x2=r[2], y2=r[3]) for r in rows]
+
+
+def canary_quality(
+    labelled: Sequence[Sequence[Sequence[Sequence[float]]]],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The canary's boxes against production's on its labelled images: ``images``, both
+    mAP50s, ``diff`` and its paired bootstrap interval ``low``/``high``; {} without a label."""
+    canary = [_boxes(c) for c, _, _ in labelled]
+    production = [_boxes(p) for _, p, _ in labelled]
+    labels = [_boxes(t) for _, _, t in labelled]
+    try:
+        c = compare_map50(canary, production, labels, resamples=resamples, level=level, seed=seed)
+    except EvaluationError:
+        return {}
+    return {
+        "images": float(c.images),
+        "canary_map50": c.challenger,
+        "production_map50": c.incumbent,
+        "diff": c.difference,
+        "low": c.low,
+        "high": c.high,
+    }
+
+
 def gate_from_settings(rollout: RolloutSettings) -> ModelGate:
     """The gate the ``rollout`` settings section describes."""
     return ModelGate(
-        map50_tolerance=rollout.gate_map50_tolerance,
         min_map50=rollout.gate_min_map50,
+        min_held_out=rollout.gate_min_held_out,
+        level=rollout.gate_interval_level,
         max_latency_p99_ms=rollout.gate_max_latency_p99_ms,
     )
 
@@ -86,8 +143,19 @@ def policy_from_settings(rollout: RolloutSettings) -> RolloutPolicy:
         max_latency_ratio=rollout.canary_max_latency_ratio,
         ks_p=rollout.canary_ks_p,
         min_agreement=rollout.canary_min_agreement,
+        min_labels=rollout.canary_min_labels,
         gate=gate_from_settings(rollout),
     )
+
+
+def _newer_than_production(control: ControlState, version: str, kind: str) -> bool:
+    """Whether ``version`` was registered after the production model of its kind (or none
+    serves): a production model that a newer one replaced is not rolled out again."""
+    production = control.rollout(kind).production  # type: ignore[arg-type]
+    order = list(control.registered)
+    if production is None or production.version not in order:
+        return True
+    return order.index(version) > order.index(production.version)
 
 
 @dataclass
@@ -97,7 +165,20 @@ class Lifecycle:
     policy: RolloutPolicy = field(default_factory=RolloutPolicy)
     tracks: dict[str, RolloutTrack] = field(default_factory=dict)
     production_version: str | None = None
+    resamples: int = 1000  # the canary quality's bootstrap, as the gate's
+    level: float = 0.95
+    seed: int = 0
     _pending: OrderedDict[tuple[str, str], tuple[float, float]] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def from_settings(cls, rollout: RolloutSettings) -> Lifecycle:
+        """The lifecycle the ``rollout`` settings section describes."""
+        return cls(
+            policy_from_settings(rollout),
+            resamples=rollout.gate_bootstrap_resamples,
+            level=rollout.gate_interval_level,
+            seed=rollout.gate_bootstrap_seed,
+        )
 
     def to_bytes(self) -> bytes:
         """The tracks, for the stats table (canonical JSON)."""
@@ -122,7 +203,12 @@ class Lifecycle:
                 events.append(
                     self._event(EventType.MODEL_SHADOW_STARTED, version, "gate trial", at)
                 )
-            elif gate is True and version not in self.tracks and rollout.canary is None:
+            elif (
+                gate is True
+                and version not in self.tracks
+                and rollout.canary is None
+                and _newer_than_production(control, version, slot.kind)
+            ):
                 self.tracks[version] = RolloutTrack(version, slot.kind, "shadow")
                 events.append(
                     self._event(EventType.MODEL_SHADOW_STARTED, version, "gate passed", at)
@@ -162,8 +248,11 @@ class Lifecycle:
                     self.policy.observe(self.tracks[old_version], old_value, old_latency)
         return self._step(track, score["scored_at"])
 
-    def on_candidate(self, candidate: CandidateRecord) -> list[ControlEventRecord]:
-        """Feed one candidate: the served localizer's output and the unserved ones it carries.
+    def on_candidate(
+        self, candidate: CandidateRecord, label: Sequence[Box] | None = None
+    ) -> list[ControlEventRecord]:
+        """Feed one candidate: the served localizer's output and the unserved ones it carries;
+        ``label``: its pseudo-label boxes when it became one (a detector canary's quality).
 
         Served boxes of a production detector are the reference every detector under rollout
         is compared with (distributions, pairs, latency ratio); before any detector serves, the
@@ -184,7 +273,13 @@ class Lifecycle:
         for output in outputs:
             shadow = self.tracks.get(output["model_version"])
             if output["role"] == "shadow" and shadow is not None and shadow.phase == "shadow":
-                self.policy.observe(shadow, candidate_output(output["boxes"]), output["latency_ms"])
+                boxes = output["boxes"]
+                self.policy.observe(
+                    shadow,
+                    candidate_output(boxes),
+                    output["latency_ms"],
+                    invalid=invalid_boxes(boxes) > 0,
+                )
                 touched.append(shadow.version)
         canary = self.tracks.get(version)
         if role == "canary" and canary is not None and canary.phase == "canary":
@@ -192,7 +287,14 @@ class Lifecycle:
             paired = candidate_output(pair["boxes"]) if pair else None
             if pair is not None and paired is not None:
                 self.policy.observe_production(canary, paired, pair["latency_ms"])
-            self.policy.observe(canary, value, latency, paired=paired)
+            served = candidate["boxes"]
+            invalid = invalid_boxes(served) > 0
+            self.policy.observe(canary, value, latency, paired=paired, invalid=invalid)
+            reference = pair or next((o for o in outputs if o["role"] == "baseline"), None)
+            if label is not None and reference is not None and not invalid:
+                self.policy.observe_labelled(
+                    canary, _rows(served), _rows(reference["boxes"]), _rows(label)
+                )
             touched.append(canary.version)
         events: list[ControlEventRecord] = []
         for name in dict.fromkeys(touched):
@@ -215,6 +317,9 @@ class Lifecycle:
                 self.policy.observe(track, waiting[0], waiting[1], paired=value)
 
     def _step(self, track: RolloutTrack, at: datetime) -> list[ControlEventRecord]:
+        due = track.outputs - track.healthy >= self.policy.health_window
+        if track.kind == "detector" and track.phase == "canary" and due and track.labelled:
+            track.quality = canary_quality(track.labelled, self.resamples, self.level, self.seed)
         return [self._apply(track, decision, at) for decision in self.policy.update(track)]
 
     def _apply(

@@ -33,7 +33,7 @@ from typing import Any
 
 from processors.controller.controller import Controller, ControllerConfig, Emit
 from processors.controller.learning import LearningLoop, LearningState
-from processors.controller.lifecycle import Lifecycle, policy_from_settings
+from processors.controller.lifecycle import Lifecycle
 from processors.controller.state import SourceState, StatsWindow
 from processors.controller.tables import ChangelogTable, TableRing, head_key, load_head
 from processors.core.artifacts import ArtifactStore
@@ -41,7 +41,7 @@ from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
 from processors.core.events import EventType
-from processors.core.exceptions import CodecError
+from processors.core.exceptions import CodecError, SkyloopError
 from processors.core.kafka import (
     ControlFollower,
     make_producer,
@@ -60,10 +60,11 @@ from processors.core.metrics import (
     THRESHOLD,
 )
 from processors.core.progress import ProgressFile
-from processors.core.records import TOPICS, CandidateRecord, DeadLetter, ScoreRecord
+from processors.core.records import TOPICS, Box, CandidateRecord, DeadLetter, ScoreRecord
 from processors.core.retention import epoch_topic, live_epoch
 from processors.policies.profile import load_profile
 from processors.policies.retrain import RetrainTrigger
+from processors.yolo.samples import TrainingSample
 
 __all__ = ["ControlService", "dead_letter_source"]
 
@@ -110,7 +111,7 @@ class ControlService:
             self.ring,
             lambda profile_id: load_profile(self.store, profile_id),
         )
-        self.lifecycle = Lifecycle(policy_from_settings(settings.rollout))
+        self.lifecycle = Lifecycle.from_settings(settings.rollout)
         self.learning = LearningLoop(
             RetrainTrigger(
                 min_samples=settings.learning.retrain_min_samples,
@@ -228,13 +229,28 @@ class ControlService:
                 continue
             self._lifecycle()
             self._emit(self._learning().on_candidate(candidate))
-            self._emit([Emit(e) for e in self.lifecycle.on_candidate(candidate)])
+            label = self._label_boxes(candidate)
+            self._emit([Emit(e) for e in self.lifecycle.on_candidate(candidate, label)])
             src.mark(epoch_topic("candidates", self.epoch), partition, offset)
             touched[src.source] = partition
             self.progress.add("candidates")
         if touched:
             self.table.put(LEARNING_KEY, self.learning.state.to_bytes(), 0)
         self._save(touched)
+
+    def _label_boxes(self, candidate: CandidateRecord) -> list[Box] | None:
+        """A canary-served pseudo-label's boxes (its training sample), for the detector
+        canary's quality; None for any other candidate or an unreadable sample (logged)."""
+        sample = candidate.get("sample_id")
+        if candidate.get("detector_role") != "canary" or not sample:
+            return None
+        if candidate.get("label_status") != "pseudo_label":
+            return None
+        try:
+            return list(TrainingSample.from_bytes(self.store.get_bytes(sample)).boxes)
+        except SkyloopError as exc:
+            log.warning("controller: pseudo-label sample %s unreadable: %s", sample, exc)
+            return None
 
     def _learning(self) -> LearningLoop:
         """The learning loop, its dataset restored from the table on first use after a start."""

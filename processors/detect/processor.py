@@ -13,8 +13,9 @@ keyed by image_id on the source's partition, with:
   catalogs at the image's position, a ZTF alert's own context, TAP when configured);
 - a **label status** from :class:`~processors.detect.labels.PseudoLabelPolicy`, judged on the
   baseline's boxes that are unlike the source's normal images (:mod:`.novelty`: what source
-  extraction finds on the sample of served, unflagged images whose scores carry their pixels;
-  nothing is judged until a source has ``label_novelty_min_reference`` such boxes): a
+  extraction finds on the sample of served, unflagged images whose scores carry their pixels,
+  and provisionally, until that sample has ``label_novelty_min_reference`` boxes, on the
+  source's calibration window; nothing is judged before either has that many boxes): a
   pseudo-label's boxes come from its pixels, never from a model's own predictions (which would
   teach a detector its own mistakes), and box what is unusual, not every source; a
   pseudo-label's training sample is stored as a content-addressed artifact (``sample_id``)
@@ -172,8 +173,9 @@ class DetectProcessor:
         except SkyloopError:
             self.ctx.progress.add("unreadable_normal_samples")
             return
-        self.normal.add(score["source"], boxes, plane.shape[:2])
-        self.ctx.progress.add("normal_samples")
+        provisional = not score["calibrated"]  # its calibration window: not yet scored
+        self.normal.add(score["source"], boxes, plane.shape[:2], provisional)
+        self.ctx.progress.add("provisional_normal_samples" if provisional else "normal_samples")
 
     def _crossmatch(self, images: list[ImageRecord]) -> list[list[CrossMatch]]:
         if not images:
@@ -195,9 +197,11 @@ class DetectProcessor:
         """The label status, its reason and the boxes a pseudo-label would train on: the
         baseline's boxes unlike the source's normal ones, adjacent ones merged (an extended
         anomaly that extraction split is one box)."""
-        novel = self.normal.novel(score["source"], baseline, shape)
+        source = score["source"]
+        novel = self.normal.novel(source, baseline, shape)
         if novel is None:
-            have, need = self.normal.size(score["source"]), self.normal.params.min_reference
+            have = max(self.normal.size(source), self.normal.size(source, provisional=True))
+            need = self.normal.params.min_reference
             return "rejected", f"normal boxes of its source: {have} of {need} needed", []
         unusual = [box for box, flag in zip(baseline, novel, strict=True) if flag]
         boxes = merge_adjacent(unusual, self.ctx.settings.learning.label_merge_gap_px)
@@ -209,6 +213,8 @@ class DetectProcessor:
             boxes,
             matches,
         )
+        if self.normal.provisional(source):
+            reason += "; normal boxes from the calibration window"
         return status, reason, boxes
 
     def _candidate(

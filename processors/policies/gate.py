@@ -5,11 +5,14 @@ Pure (no I/O). :class:`ModelGate` compares a candidate model's measurements with
 - no NaN or infinite output at all (``nan_outputs == 0``);
 - the 99th percentile of per-image latency at most ``max_latency_p99_ms`` (default 2000 ms) and
   at most ``max_latency_ratio`` (default 3.0) times production's when production's is known;
-- for detectors, ``map50`` on the held-out set not below production's minus
-  ``map50_tolerance`` (default 0.02); a first detector (no production detector yet) needs at
-  least ``min_map50`` (default 0.3): the held-out boxes are the baseline's own (source
-  extraction makes the pseudo-labels), so comparing with the baseline would be circular;
-- an error rate (outputs that failed) at most ``max_error_rate`` (default 0.01).
+- an error rate (outputs that failed) at most ``max_error_rate`` (default 0.01);
+- for detectors, a comparison *with power* against what serves now (the production detector,
+  or source extraction before any) on the same held-out images: at least ``min_held_out``
+  (default 30) of them, else the verdict *waits* (``waiting``: neither passed nor failed; the
+  trainer says so with ``budget.deferred`` and judges again on a larger dataset); then the
+  lower bound of the paired bootstrap interval of the mAP50 difference (challenger minus
+  incumbent, :func:`processors.yolo.comparison.compare_map50`: ``map50_diff_low``) must be
+  above 0, and the challenger's mAP50 at least ``min_map50`` (default 0.3) in any case.
 
 A measurement that the rule needs and that is missing fails the gate with that reason: a gate
 never passes by default. The verdict's ``evidence`` holds every measurement that was judged,
@@ -17,14 +20,17 @@ prefixed ``candidate_`` / ``production_``, for ``model.gate_passed`` / ``model.g
 
 Example:
     >>> gate = ModelGate()
-    >>> ok = gate.judge("detector", {"map50": 0.61, "latency_p99_ms": 40.0, "nan_outputs": 0.0},
-    ...                 {"map50": 0.60, "latency_p99_ms": 35.0})
+    >>> better = {"map50": 0.61, "latency_p99_ms": 40.0, "nan_outputs": 0.0,
+    ...           "held_out_images": 120.0, "map50_diff_low": 0.04, "map50_diff_high": 0.2}
+    >>> ok = gate.judge("detector", better, {"map50": 0.49, "latency_p99_ms": 35.0})
     >>> ok.passed, ok.reasons
     (True, [])
-    >>> bad = gate.judge("detector", {"map50": 0.2, "latency_p99_ms": 40.0, "nan_outputs": 3.0},
-    ...                  {"map50": 0.6})
-    >>> bad.passed, bad.reasons
-    (False, ['3 NaN outputs', 'map50 0.200 < production 0.600 - 0.02'])
+    >>> noise = gate.judge("detector", {**better, "map50_diff_low": -0.01}, {"map50": 0.49})
+    >>> noise.passed, noise.reasons[0].split(": ")[1]
+    (False, '95 % interval of the difference [-0.010, 0.200] not above 0')
+    >>> few = gate.judge("detector", {**better, "held_out_images": 5.0}, {"map50": 0.49})
+    >>> few.passed, few.waiting, few.reasons
+    (False, True, ['5 held-out images < 30 needed: the gate waits for more'])
     >>> [v.passed for v in gate.update(GateObservation("scorer", {"latency_p99_ms": 9.0}))]
     [False]
 """
@@ -49,9 +55,12 @@ class GateObservation:
 
 @dataclass(frozen=True)
 class GateVerdict:
+    """``waiting``: a detector with too few held-out images, judged neither way (not passed)."""
+
     passed: bool
     reasons: list[str] = field(default_factory=list)
     evidence: dict[str, float] = field(default_factory=dict)
+    waiting: bool = False
 
     @property
     def reason(self) -> str:
@@ -60,8 +69,9 @@ class GateVerdict:
 
 @dataclass(frozen=True)
 class ModelGate:
-    map50_tolerance: float = 0.02
     min_map50: float = 0.3
+    min_held_out: int = 30
+    level: float = 0.95
     max_latency_p99_ms: float = 2000.0
     max_latency_ratio: float = 3.0
     max_error_rate: float = 0.01
@@ -100,18 +110,38 @@ class ModelGate:
         errors = candidate.get("error_rate", 0.0)
         if errors > self.max_error_rate:
             reasons.append(f"error rate {errors:.3f} > {self.max_error_rate}")
+        waiting = False
         if kind == "detector":
-            score = candidate.get("map50")
-            if score is None or not math.isfinite(score):
-                reasons.append("map50 not measured")
-            else:
-                floor = production.get("map50")
-                if floor is not None and score < floor - self.map50_tolerance:
-                    reasons.append(
-                        f"map50 {score:.3f} < production {floor:.3f} - {self.map50_tolerance:g}"
-                    )
-                elif floor is None and score < self.min_map50:
-                    reasons.append(f"map50 {score:.3f} < {self.min_map50:g} (first detector)")
+            waiting = self._judge_detector(candidate, production, reasons)
         evidence = {f"candidate_{k}": float(v) for k, v in candidate.items()}
         evidence |= {f"production_{k}": float(v) for k, v in production.items()}
+        if waiting:
+            return GateVerdict(False, reasons[-1:], evidence, waiting=True)
         return GateVerdict(not reasons, reasons, evidence)
+
+    def _judge_detector(
+        self, candidate: Mapping[str, float], incumbent: Mapping[str, float], reasons: list[str]
+    ) -> bool:
+        """Append the detector rule's reasons; True when the gate must wait for more images."""
+        held = candidate.get("held_out_images")
+        if held is None or not math.isfinite(held) or held < self.min_held_out:
+            shown = "no" if held is None else f"{held:.0f}"
+            reasons.append(
+                f"{shown} held-out images < {self.min_held_out} needed: the gate waits for more"
+            )
+            return True
+        score, low = candidate.get("map50"), candidate.get("map50_diff_low")
+        if score is None or not math.isfinite(score):
+            reasons.append("map50 not measured")
+        elif score < self.min_map50:
+            reasons.append(f"map50 {score:.3f} < {self.min_map50:g}")
+        if low is None or not math.isfinite(low):
+            reasons.append("map50 interval against the incumbent not measured")
+        elif not low > 0:
+            high = candidate.get("map50_diff_high", float("nan"))
+            reasons.append(
+                f"map50 {float('nan') if score is None else score:.3f} vs incumbent "
+                f"{incumbent.get('map50', float('nan')):.3f}: {self.level * 100:g} % interval of "
+                f"the difference [{low:.3f}, {high:.3f}] not above 0"
+            )
+        return False

@@ -182,6 +182,12 @@ class TrajectoryRow:
     production_map50: float | None
     gate: str
     role: str
+    interval: tuple[float, float] | None = None  # the gate's, of the mAP50 difference
+
+
+def _interval(metrics: Mapping[str, float]) -> tuple[float, float] | None:
+    low, high = metrics.get("candidate_map50_diff_low"), metrics.get("candidate_map50_diff_high")
+    return None if low is None or high is None else (low, high)
 
 
 def learning_trajectory(registry: Sequence[RegistryRow]) -> list[TrajectoryRow]:
@@ -207,6 +213,7 @@ def learning_trajectory(registry: Sequence[RegistryRow]) -> list[TrajectoryRow]:
             production_map50=r.metrics.get("production_map50"),
             gate=r.gate,
             role=r.role,
+            interval=_interval(r.metrics),
         )
         for n, r in enumerate(detectors, start=1)
     ]
@@ -229,6 +236,7 @@ def trajectory_section(
             "Held-out images",
             "Held-out mAP50",
             "Production mAP50 at gate",
+            "Difference interval",
             "Gate",
             "Role",
         ],
@@ -241,6 +249,7 @@ def trajectory_section(
                 number(t.held_out_images, 0),
                 number(t.map50),
                 number(t.production_map50),
+                f"[{t.interval[0]:+.3f}, {t.interval[1]:+.3f}]" if t.interval else None,
                 t.gate,
                 t.role,
             )
@@ -253,7 +262,10 @@ def trajectory_section(
         "Held-out mAP50 is what the gate judged: boxes on the held-out split of the dataset "
         "(images chosen by hash of their id, never trained on), whose boxes are pseudo-labels "
         "from source extraction on the image's pixels, not ground truth; — where no gate "
-        "measured it.",
+        "measured it. Production mAP50 is the incumbent's on the same images (the production "
+        "detector, or source extraction before any); a detector passes only when the lower "
+        "bound of the paired bootstrap interval of the difference is above 0, so production's "
+        "held-out score only falls through a rollback (role `rolled back`).",
     ]
     if measured:
         first, last = measured[0], measured[-1]

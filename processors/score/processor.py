@@ -10,9 +10,11 @@ the production / shadow / canary model slots. The production model is ``state.pr
 when set (a promoted slot; if its weights cannot be loaded it is logged and the configured
 backbone goes on serving under its own version), else the configured backbone.
 
-A served record carries its image when it is a candidate (the detect processor localizes it)
-and, for a share ``normal_sample_fraction`` of the calibrated unflagged ones (by hash of image
-id), so that the detect processor learns which boxes the source's normal images contain.
+A served record carries its image when it is a candidate (the detect processor localizes it),
+when it is uncalibrated (its source's calibration window: the images that define the source's
+normal for the scorer) and, for a share ``normal_sample_fraction`` of the calibrated unflagged
+ones (by hash of image id), so that the detect processor learns which boxes the source's
+normal images contain from the start of a stream, not only after hundreds of images.
 
 Bootstrap: while a source has no calibration under the production model, its images are
 scored ``calibrated=false`` (never candidates) and their embeddings form the controller's
@@ -282,10 +284,12 @@ class ScoreProcessor:
                 )
                 if assignment.served and (
                     verdict.is_candidate
-                    or (verdict.calibrated and is_normal_sample(rec["image_id"], normal_share))
+                    or not verdict.calibrated
+                    or is_normal_sample(rec["image_id"], normal_share)
                 ):
-                    # the detect processor localizes the served candidates, and learns from a
-                    # sample of the others which boxes the source's normal images have
+                    # the detect processor localizes the served candidates, and learns which
+                    # boxes the source's normal images have from its calibration window (the
+                    # images that define normal for the scorer too) and a sample of the others
                     score["image"] = rec
                 messages.setdefault(i, []).append(
                     OutMessage(

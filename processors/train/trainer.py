@@ -11,8 +11,14 @@ that request it:
 
 1. reads the request's dataset manifest (:class:`~processors.core.datasets.DatasetManifest`) and
    its training samples from the artifact store; a dataset too small to train (fewer than
-   ``MIN_TRAIN`` training or no held-out sample) is answered with ``budget.deferred`` (the
-   samples wait for the next request);
+   ``MIN_TRAIN`` training or no held-out sample), or with fewer held-out samples than the gate
+   needs (``gate_min_held_out``), is answered with ``budget.deferred`` saying so (the samples
+   wait for the next request, whose dataset holds them and more);
+   before training, production is checked for regression: when what it replaced (the previous
+   production detector, else source extraction) is better on this dataset's held-out samples
+   by the gate's bootstrap bound (:func:`~processors.train.judging.regression`), the trainer
+   emits ``model.rolled_back`` of production with the evidence (the fold restores the
+   previous one) and trains from the restored one;
 2. writes a YOLO dataset from the *training* samples only (the validation split that picks the
    best epoch is a hash-chosen slice of them; held-out samples never train or select);
 3. trains in a separate, bounded process (:func:`processors.train.training.train_detector`:
@@ -20,11 +26,14 @@ that request it:
    weights when there is one, else from scratch, for ``train_epochs``, or as many epochs as
    ``train_min_steps`` optimizer steps take on a small dataset, and no more than
    ``train_max_steps`` take on a large one (:func:`~processors.train.training.epochs_for`);
-4. evaluates the new model and production (when there is one) on the held-out samples: mAP50
-   against their pseudo-label boxes, p99 latency per image, non-finite outputs;
+4. evaluates the new model and the incumbent (the production detector, else source
+   extraction) on the same held-out samples: mAP50 against their pseudo-label boxes, the
+   paired bootstrap interval of the difference, p99 latency per image, non-finite outputs
+   (:func:`~processors.train.judging.judge_challenger`);
 5. stores the weights and a model card (dataset, parent, metrics, code version) and emits
    ``model.registered``, then the gate's verdict ``model.gate_passed`` / ``model.gate_failed``
-   (:class:`~processors.policies.gate.ModelGate`), each caused by the one before.
+   (:class:`~processors.policies.gate.ModelGate`: the interval's lower bound above 0), each
+   caused by the one before.
 
 From there the controller's lifecycle runs the detector through shadow and canary to promotion
 or rollback. Event ids are derived from the request's, so a trainer restarted mid-way makes the
@@ -35,7 +44,6 @@ the request) carrying the reason, so the log says why nothing was promoted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import shutil
@@ -47,8 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
 from processors.core.control import ControlState, decision_id, new_event
@@ -57,13 +63,12 @@ from processors.core.events import EventType
 from processors.core.exceptions import SkyloopError, TrainingCancelledError
 from processors.core.kafka import ControlFollower, make_producer, produce_control_event
 from processors.core.progress import ProgressFile
-from processors.core.records import Box, ControlEventRecord
+from processors.core.records import ControlEventRecord
 from processors.core.registry import ModelCard, code_version, register
 from processors.core.rollouts import ModelSlot
-from processors.policies.gate import ModelGate
+from processors.train.judging import Evaluation, evaluate_detector, judge_challenger, regression
 from processors.train.training import epochs_for, train_detector
 from processors.yolo.dataset import DetectionSample, write_yolo_dataset
-from processors.yolo.evaluation import map50
 from processors.yolo.samples import TrainingSample
 
 __all__ = ["MIN_TRAIN", "Evaluation", "Trainer", "answer_request", "evaluate_detector"]
@@ -75,50 +80,6 @@ MIN_TRAIN = 8
 EVAL_CONF = 0.01  # boxes kept for mAP (the curve needs the low-confidence ones too)
 VAL_FRACTION = 0.15
 TRAIN_BATCH = 8
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    map50: float
-    latency_p99_ms: float
-    nan_outputs: int
-    images: int
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            "map50": self.map50,
-            "latency_p99_ms": self.latency_p99_ms,
-            "nan_outputs": float(self.nan_outputs),
-            "held_out_images": float(self.images),
-        }
-
-
-def evaluate_detector(localizer: object, samples: list[TrainingSample]) -> Evaluation:
-    """mAP50 of ``localizer`` (a ``predict([plane]) -> [[Box]]``) on ``samples``' boxes.
-
-    The localizer should keep low-confidence boxes (mAP ranks them; a serving threshold would
-    cut the precision-recall curve short). One warm-up prediction is not timed: the first call
-    fuses the model, which no image served later pays for.
-    """
-    predictions: list[list[Box]] = []
-    latencies: list[float] = []
-    nan = 0
-    if samples:
-        with contextlib.suppress(SkyloopError):  # a failure is counted below, per image
-            localizer.predict([samples[0].plane])  # type: ignore[attr-defined]
-    for sample in samples:
-        started = time.perf_counter()
-        try:
-            boxes = localizer.predict([sample.plane])[0]  # type: ignore[attr-defined]
-        except SkyloopError:
-            nan += 1  # non-finite outputs (DetectorError) or a failure: no boxes, counted
-            boxes = []
-        latencies.append((time.perf_counter() - started) * 1000)
-        predictions.append(boxes)
-    truths = [[{**b, "label": "source"} for b in s.boxes] for s in samples]
-    labelled = [[{**b, "label": "source"} for b in p] for p in predictions]
-    score = map50(labelled, truths) if any(truths) else float("nan")  # type: ignore[arg-type]
-    return Evaluation(score, float(np.percentile(latencies, 99)), nan, len(samples))
 
 
 def _in_val(image_id: str) -> bool:
@@ -184,15 +145,31 @@ def answer_request(
     manifest = DatasetManifest.from_bytes(store.get_bytes(manifest_id))
     train = [TrainingSample.from_bytes(store.get_bytes(i)) for i in manifest.train]
     held = [TrainingSample.from_bytes(store.get_bytes(i)) for i in manifest.held_out]
+    wanted = settings.rollout.gate_min_held_out
+    reason = None
     if len(train) < MIN_TRAIN or not held:
         reason = f"dataset too small to train: {len(train)} training, {len(held)} held-out"
+    elif len(held) < wanted:
+        reason = f"the gate waits for held-out images: {len(held)} of {wanted} needed"
+    if reason is not None:
         params = {"reason": reason, "extra": {"manifest": manifest_id}}
+        evidence = {
+            "train_samples": float(len(train)),
+            "held_out_images": float(len(held)),
+            "min_held_out": float(wanted),
+        }
         deferred = _event(
             EventType.BUDGET_DEFERRED, "detector", params, request, request["event_id"],
-            superseded=superseded,
+            evidence=evidence, superseded=superseded,
         )  # fmt: skip
         return [deferred]
+    config_dir = settings.data_dir / "ultralytics"  # one per process, fixed at first use
     production = state.detector.production
+    answered: list[ControlEventRecord] = []
+    rollback = _regression(request, state, store, settings, held, workdir, superseded)
+    if rollback is not None:  # production is worse than what it replaced: that serves again
+        answered.append(rollback)
+        production = state.detector.replaced
     parent = _weights_file(store, production, workdir) if production else None
     val = [s for s in train if _in_val(s.image_id)] or train[:1]
     fit = [s for s in train if s not in val]
@@ -225,19 +202,16 @@ def answer_request(
     except TrainingCancelledError:
         raise
     except SkyloopError as exc:
-        return [_training_failed(request, exc, superseded, {"manifest": manifest_id})]
+        return [*answered, _training_failed(request, exc, superseded, {"manifest": manifest_id})]
     from processors.yolo.yolo import YoloLocalizer
 
-    # one ultralytics state folder per process (it is fixed at first use), outside workdir
-    config_dir = settings.data_dir / "ultralytics"
-    candidate = evaluate_detector(
-        YoloLocalizer(result.weights, conf=EVAL_CONF, config_dir=config_dir), held
+    judgement = judge_challenger(
+        settings,
+        YoloLocalizer(result.weights, conf=EVAL_CONF, config_dir=config_dir),
+        YoloLocalizer(parent, conf=EVAL_CONF, config_dir=config_dir) if parent else None,
+        held,
     )
-    baseline = None
-    if parent is not None:
-        baseline = evaluate_detector(
-            YoloLocalizer(parent, conf=EVAL_CONF, config_dir=config_dir), held
-        )
+    candidate = judgement.challenger
     weights = store.put_bytes(result.weights.read_bytes())
     version = f"yolo@{weights[:12]}"
     metrics = {
@@ -262,18 +236,69 @@ def answer_request(
         caused_by=[request["event_id"], *superseded],
         event_id=decision_id(ISSUER, request["event_id"], EventType.MODEL_REGISTERED),
     )
-    gate = ModelGate(
-        map50_tolerance=settings.rollout.gate_map50_tolerance,
-        min_map50=settings.rollout.gate_min_map50,
-        max_latency_p99_ms=settings.rollout.gate_max_latency_p99_ms,
-    )
-    verdict = gate.judge("detector", candidate.metrics(), baseline.metrics() if baseline else None)
+    verdict = judgement.verdict
     kind = EventType.MODEL_GATE_PASSED if verdict.passed else EventType.MODEL_GATE_FAILED
     params = {"model_version": version, "reason": verdict.reason}
     judged = _event(
         kind, version, params, request, registered["event_id"], evidence=verdict.evidence
     )
-    return [registered, judged]
+    return [*answered, registered, judged]
+
+
+def _regression(
+    request: ControlEventRecord,
+    state: ControlState,
+    store: ArtifactStore,
+    settings: Settings,
+    held: list[TrainingSample],
+    workdir: Path,
+    superseded: Sequence[str],
+) -> ControlEventRecord | None:
+    """``model.rolled_back`` of the production detector when what it replaced (the previous
+    production detector, else source extraction) is better on this dataset's held-out images
+    (:func:`~processors.train.judging.regression`); None otherwise or without production."""
+    production, previous = state.detector.production, state.detector.replaced
+    current = _weights_file(store, production, workdir) if production else None
+    if production is None or current is None:
+        return None
+    from processors.yolo.yolo import YoloLocalizer
+
+    config_dir = settings.data_dir / "ultralytics"
+    earlier = _weights_file(store, previous, workdir) if previous else None
+    comparison = regression(
+        settings,
+        YoloLocalizer(current, conf=EVAL_CONF, config_dir=config_dir),
+        YoloLocalizer(earlier, conf=EVAL_CONF, config_dir=config_dir) if earlier else None,
+        held,
+    )
+    if comparison is None:
+        return None
+    restored = previous.version if previous and earlier else "source extraction"
+    c = comparison
+    reason = (
+        f"worse than {restored} on {c.images} later held-out images: mAP50 {c.incumbent:.3f} "
+        f"vs {c.challenger:.3f}, {c.level * 100:g} % interval of the difference "
+        f"[{c.low:.3f}, {c.high:.3f}] above 0"
+    )
+    evidence = {
+        "held_out_images": float(c.images),
+        "production_map50": c.incumbent,
+        "previous_map50": c.challenger,
+        "map50_diff_low": c.low,
+        "map50_diff_high": c.high,
+        "interval_level": c.level,
+        "previous_is_baseline": 0.0 if earlier else 1.0,
+    }
+    params = {"model_version": production.version, "reason": reason}
+    return _event(
+        EventType.MODEL_ROLLED_BACK,
+        production.version,
+        params,
+        request,
+        request["event_id"],
+        evidence=evidence,
+        superseded=superseded,
+    )
 
 
 def _file_id(sample: TrainingSample) -> str:

@@ -28,6 +28,7 @@ SPEC = WorkerSpec(
         EventType.MODEL_GATE_PASSED,
         EventType.MODEL_GATE_FAILED,
         EventType.BUDGET_DEFERRED,
+        EventType.MODEL_ROLLED_BACK,
     ),
     settings_sections=("train", "rollout"),
     group="train",

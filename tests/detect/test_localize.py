@@ -125,7 +125,7 @@ def test_real_ztf_difference_cutouts_show_the_alert_at_the_centre() -> None:
 
 
 def test_doctests() -> None:
-    from processors.detect import localize
+    from processors.yolo import extraction as localize
 
     result = doctest.testmod(localize, raise_on_error=False)
     assert result.attempted >= 2 and result.failed == 0

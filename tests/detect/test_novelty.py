@@ -87,3 +87,19 @@ def test_bad_parameters_are_refused() -> None:
         NoveltyParams(alpha=0.0)
     with pytest.raises(ValueError, match="capacity"):
         NoveltyParams(min_reference=100, capacity=50)
+
+
+def test_a_provisional_reference_judges_until_the_served_one_is_full() -> None:
+    box = {"label": "source", "confidence": 0.8, "x1": 10.0, "y1": 10.0, "x2": 15.0, "y2": 15.0}
+    streak = {**box, "x1": 2.0, "x2": 62.0, "y2": 14.0}
+    normal = NormalBoxes(NoveltyParams(min_reference=10))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.uniform(5, 50, 2)
+        shifted = {**box, "x1": x, "x2": x + 5.0, "y1": y, "y2": y + 5.0}
+        normal.add("sky", [shifted], (64, 64), provisional=True)  # type: ignore[list-item]
+    assert normal.provisional("sky") and normal.size("sky", provisional=True) == 20
+    assert normal.novel("sky", [streak, box], (64, 64)) == [True, False]  # type: ignore[list-item]
+    normal.add("sky", [streak] * 10, (64, 64))  # type: ignore[list-item]
+    assert not normal.provisional("sky")  # the served reference judges now: streaks are normal
+    assert normal.novel("sky", [streak], (64, 64)) == [False]  # type: ignore[list-item]

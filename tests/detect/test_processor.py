@@ -215,3 +215,19 @@ def test_no_pseudo_label_before_the_source_has_normal_boxes(detector: Detector) 
     assert candidate["boxes"]  # localized all the same
     assert candidate["label_status"] == "rejected" and candidate["sample_id"] is None
     assert "normal boxes of its source: 0 of 64" in candidate["label_reason"]
+
+
+def test_the_calibration_window_judges_until_the_served_sample_is_large_enough(
+    detector: Detector,
+) -> None:
+    """Uncalibrated scores carrying their images (a source's calibration window) fill a
+    provisional reference: the source's first candidate is judged at once, and says so."""
+    (away,) = anomalies(1)
+    away = {**away, "ra": 10.0, "dec": -89.0}
+    window = normal_samples(150)
+    for score in window:
+        score["calibrated"] = False
+    detector.produce([*window, score_of(away, candidate=True)])  # type: ignore[arg-type]
+    ((_, candidate),) = detector.read(1)
+    assert candidate["label_status"] == "pseudo_label", candidate["label_reason"]
+    assert candidate["label_reason"].endswith("; normal boxes from the calibration window")

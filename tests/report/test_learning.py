@@ -103,13 +103,14 @@ def test_learning_sections_show_what_was_seeded(
         "Held-out images",
         "Held-out mAP50",
         "Production mAP50 at gate",
+        "Difference interval",
         "Gate",
         "Role",
     ]
     assert trajectory[1:] == [
-        ["1", "`yolo@1`", "—", "40", "9", "0.420", "—", "passed", "production"],
-        ["2", "`yolo@2`", "yolo@1", "95", "—", "0.580", "0.420", "passed", "rolled back"],
-        ["3", "`yolo@3`", "yolo@1", "130", "—", "0.210", "0.420", "failed", "rejected"],
+        ["1", "`yolo@1`", "—", "40", "9", "0.420", "—", "—", "passed", "production"],
+        ["2", "`yolo@2`", "yolo@1", "95", "—", "0.580", "0.420", "—", "passed", "rolled back"],
+        ["3", "`yolo@3`", "yolo@1", "130", "—", "0.210", "0.420", "—", "failed", "rejected"],
     ]
     figure = out / "report-2025-03-14-map50.png"
     assert figure in summary.plots and f"]({figure.name})" in md

@@ -255,8 +255,10 @@ def check_good_and_bad_images(scorer: Scorer, lite0: Backbone) -> None:
         assert out.partition == partition_for(record["source"], PARTITIONS)
         assert score["role"] == "production" and score["model_version"] == lite0.version
         assert score["backbone"] == "efficientnet_lite0"
-        # no calibration yet: reference-window scores, never candidates
+        # no calibration yet: reference-window scores, never candidates; their pixels travel
+        # (the detect processor learns the source's normal boxes from the calibration window)
         assert not score["calibrated"] and not score["is_candidate"]
+        assert score.get("image") is not None and score["image"]["image_id"] == record["image_id"]
         assert [d["detector"] for d in score["detectors"]] == ["energy"]
         assert np.isfinite(score["detectors"][0]["raw"])
         assert score["control_offset"] == -1

@@ -154,7 +154,7 @@ def test_a_training_that_fails_is_answered_with_the_reason(
     ``model.gate_failed`` saying why, naming the dataset; nothing is registered."""
     store = ArtifactStore(settings.artifacts_dir)
     request = _request(store, 40)
-    bounded = settings.model_copy(update={"train_timeout_s": 0.5})
+    bounded = settings.model_copy(update={"train_timeout_s": 0.5, "gate_min_held_out": 2})
     events = answer_request(
         request, ControlState(), store, bounded, tmp_path / "work", superseded=["older"]
     )

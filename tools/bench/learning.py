@@ -2,8 +2,9 @@
 
 Usage (from the repository root)::
 
-    python tools/bench/learning.py                   # 3 retrain cycles, ~15-30 min on 2 cores
+    python tools/bench/learning.py                   # 3 retrain cycles, ~35 min on 2 cores
     python tools/bench/learning.py --cycles 4 --keep runs/learning
+    python tools/bench/learning.py --smoke           # 1 short cycle: only to see the columns
 
 Runs ``skyloop run`` (every processor a process, the embedded broker, the trainer worker) on a
 synthetic stream of difference cutouts with known anomalies (streaks, blobs, bad columns) whose
@@ -15,10 +16,15 @@ detector (the first one from scratch), registers and gates it on the held-out ps
 When ``--cycles`` detectors have been registered and judged, the run is stopped and every
 detector is evaluated here on **truth**: the anomalous images of the held-out split (by hash of
 image id: none of them ever trained a model), class-agnostic mAP50 against their truth boxes.
-Printed per cycle: the version, its training samples, the gate's decision and its mAP50 on the
-held-out pseudo-labels, and its mAP50 on held-out truth; plus the source-extraction baseline on
-the same images, and the pseudo-labels' own box quality against truth (mean IoU, recall and
-precision at IoU 0.5, mAP50 treating the pseudo-label boxes as predictions).
+Printed per cycle: the version, its training samples, the gate's interval of the mAP50
+difference (challenger minus incumbent, on the held-out pseudo-labels), the incumbent's (the
+production detector it was trained from, or source extraction) and the challenger's mAP50 on
+held-out truth, and what the controller (or the trainer) decided: gate failed, rolled back
+with the reason, promoted, still in rollout; plus how often the gate waited for held-out
+images, the source-extraction baseline on the same images, and the pseudo-labels' own box
+quality against truth (mean IoU, recall and precision at IoU 0.5, mAP50 treating the
+pseudo-label boxes as predictions). ``--smoke`` trains for a few steps and gates on 8 held-out
+images: its figures mean nothing, it shows that a cycle runs and prints.
 """
 
 from __future__ import annotations
@@ -65,6 +71,13 @@ SETTINGS = {
     "SKYLOOP_CANARY_OUTPUTS": "32",
     "SKYLOOP_CANARY_HEALTH_WINDOW": "16",
     "SKYLOOP_CANARY_FRACTION": "0.5",
+}
+SMOKE = {
+    "SKYLOOP_TRAIN_EPOCHS": "2",
+    "SKYLOOP_TRAIN_MIN_STEPS": "10",
+    "SKYLOOP_TRAIN_MAX_STEPS": "40",
+    "SKYLOOP_GATE_MIN_HELD_OUT": "8",
+    "SKYLOOP_CANARY_MIN_LABELS": "4",
 }
 
 
@@ -154,17 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--evaluate", type=Path, help="only evaluate the run kept in this folder (no new run)"
     )
+    parser.add_argument("--smoke", action="store_true", help="a short cycle; figures mean nothing")
     args = parser.parse_args(argv)
+    settings = {**SETTINGS, **(SMOKE if args.smoke else {})}
     if args.evaluate is not None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
         return evaluate(args.evaluate, env, time.monotonic())
     data = args.keep or Path(tempfile.mkdtemp(prefix="skyloop-learning-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
-    env.update(SETTINGS, HF_HUB_OFFLINE="1")
+    env.update(settings, HF_HUB_OFFLINE="1")
     print(f"learning: {args.stream}, until {args.cycles} detectors are judged; data in {data}")
     print(
         "settings: "
-        + " ".join(f"{k.removeprefix('SKYLOOP_').lower()}={v}" for k, v in SETTINGS.items())
+        + " ".join(f"{k.removeprefix('SKYLOOP_').lower()}={v}" for k, v in settings.items())
     )
     started = time.monotonic()
     run = subprocess.Popen(
@@ -206,6 +221,29 @@ def main(argv: list[str] | None = None) -> int:
     return evaluate(data, env, started)
 
 
+def _params(event: dict[str, Any]) -> dict[str, Any]:
+    params = event["params"]
+    return json.loads(params) if isinstance(params, str) else dict(params)
+
+
+def _decision(version: str, events: list[dict[str, Any]]) -> str:
+    """What happened to ``version``: its last lifecycle step, with the reason."""
+    steps = {
+        EventType.MODEL_GATE_FAILED: "gate failed",
+        EventType.MODEL_ROLLED_BACK: "rolled back",
+        EventType.MODEL_PROMOTED: "promoted",
+        EventType.MODEL_CANARY_STARTED: "in canary",
+        EventType.MODEL_SHADOW_STARTED: "in shadow",
+        EventType.MODEL_GATE_PASSED: "gate passed",
+    }
+    mine = [e for e in events if e["subject"] == version and e["type"] in steps]
+    if not mine:
+        return "-"
+    last = mine[-1]
+    reason = _params(last).get("reason") or ""
+    return f"{steps[last['type']]} ({last['issued_by']}): {reason}"[:160]
+
+
 def evaluate(data: Path, env: dict[str, str], started: float) -> int:
     """Every registered detector on the held-out truth of the run kept in ``data``."""
     run_dir = Path((data / "latest").read_text().strip())
@@ -227,29 +265,41 @@ def evaluate(data: Path, env: dict[str, str], started: float) -> int:
 
     store = ArtifactStore(run_dir / "artifacts")
     registered = {e["subject"]: e for e in events if e["type"] == EventType.MODEL_REGISTERED}
-    gates = {
-        e["subject"]: e
-        for e in events
-        if e["type"] in (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED)
-    }
-    print("\ncycle  version            train samples  gate    mAP50 pseudo-labels  mAP50 truth")
-    for cycle, (version, event) in enumerate(registered.items(), start=1):
-        params = (
-            json.loads(event["params"]) if isinstance(event["params"], str) else event["params"]
-        )
+    on_truth: dict[str | None, float] = {None: map50(baseline, truths) if truth else float("nan")}
+    for version, event in registered.items():
+        params = _params(event)
         weights = data / f"{version.replace('@', '-')}.pt"  # ultralytics needs the suffix
         weights.write_bytes(store.get_bytes(params["artifact_id"]))
         localizer = YoloLocalizer(weights, conf=0.01, config_dir=data / "ultralytics")
         predicted = (
             [[_source(b) for b in boxes] for boxes in localizer.predict(planes)] if planes else []
         )
-        on_truth = map50(predicted, truths) if truths else float("nan")
-        gate = gates.get(version)
-        verdict = "-" if gate is None else gate["type"].removeprefix("model.gate_")
-        evidence = event["evidence"]
+        on_truth[version] = map50(predicted, truths) if truths else float("nan")
+    waits = [e for e in events if e["type"] == EventType.BUDGET_DEFERRED]
+    print(f"gate waits for held-out images (budget.deferred): {len(waits)}")
+    print(
+        "\ncycle  version            train  gate interval (pseudo)  incumbent         "
+        "truth: incumbent  challenger  decision"
+    )
+    for cycle, (version, event) in enumerate(registered.items(), start=1):
+        parent = (_params(event).get("extra") or {}).get("parent")
+        gate = next(
+            (
+                e
+                for e in events
+                if e["subject"] == version
+                and e["type"] in (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED)
+            ),
+            None,
+        )
+        evidence = gate["evidence"] if gate else {}
+        low, high = evidence.get("map50_diff_low"), evidence.get("map50_diff_high")
+        interval = "-" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+        incumbent = parent or "source extraction"
         print(
-            f"{cycle:>5}  {version:<18} {evidence.get('train_samples', 0):>13.0f}  {verdict:<6}  "
-            f"{evidence.get('map50', float('nan')):>19.3f}  {on_truth:>11.3f}"
+            f"{cycle:>5}  {version:<18} {event['evidence'].get('train_samples', 0):>5.0f}  "
+            f"{interval:<22}  {incumbent[:16]:<16}  {on_truth.get(parent, float('nan')):>16.3f}  "
+            f"{on_truth[version]:>10.3f}  {_decision(version, events)}"
         )
     quality, pseudo_map, normal = _pseudo_label_quality(run_dir)
     if quality is not None:

@@ -175,11 +175,39 @@ class RolloutSettings(Section):
         le=1.0,
         description="scorers: Spearman rho with production, same images",
     )
-    gate_map50_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    canary_min_labels: int = Field(
+        default=30,
+        ge=4,
+        description="detectors: canary-served pseudo-labels before its quality is judged",
+    )
+    gate_map50_tolerance: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="no longer read (the gate compares on a bootstrap interval); kept so "
+        "existing configurations load",
+    )
     gate_min_map50: float = Field(
         default=0.3,
         ge=0.0,
         le=1.0,
-        description="held-out mAP50 a first detector needs to pass its gate",
+        description="held-out mAP50 any detector needs to pass its gate",
     )
     gate_max_latency_p99_ms: float = Field(default=2000.0, gt=0.0)
+    gate_min_held_out: int = Field(
+        default=30,
+        ge=2,
+        description="held-out images a detector is judged on; fewer: the gate waits",
+    )
+    gate_interval_level: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1.0,
+        description="two-sided level of the paired bootstrap interval of the mAP50 difference",
+    )
+    gate_bootstrap_resamples: int = Field(
+        default=1000, ge=100, description="paired bootstrap resamples of the held-out images"
+    )
+    gate_bootstrap_seed: int = Field(
+        default=0, ge=0, description="seed of the bootstrap (the verdict is deterministic)"
+    )
