@@ -23,7 +23,7 @@ import faust
 
 from processors.controller.consumer import RewindingApp
 from processors.controller.service import ControlService
-from processors.controller.tables import FaustTable
+from processors.controller.tables import TABLES, FaustTable
 from processors.core.config import Settings
 from processors.core.kafka import faust_credentials
 from processors.core.progress import ProgressFile
@@ -66,9 +66,16 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
 
     scores_topic, dlq_topic = topic("scores"), topic("images.dlq")
     candidates_topic = topic("candidates")
-    table = app.Table("controller", partitions=partitions, key_type=str, value_type=bytes)
-    windows = app.Table("lane_windows", partitions=partitions, key_type=str, value_type=bytes)
-    service = ControlService(settings, bootstrap, progress, FaustTable(table), FaustTable(windows))
+    table, windows = (
+        app.Table(name, partitions=partitions, key_type=str, value_type=bytes) for name in TABLES
+    )
+    service = ControlService(
+        settings,
+        bootstrap,
+        progress,
+        FaustTable(table, progress),
+        FaustTable(windows, progress, lambda _: "window"),
+    )
     service.start()  # replays control.events before the agents see their first record
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
