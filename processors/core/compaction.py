@@ -11,9 +11,9 @@ high watermark is right only for one-record batches, and Faust's recovery reads 
 
 Invariants: the table a changelog rebuilds (last value per key, tombstones delete) is the same
 before and after; afterwards a topic holds at most one record per live key. Nothing may write
-the topics meanwhile. The kept records are checked by reading the new topic back; a mismatch
-raises :class:`~processors.core.exceptions.StackError` (the rotation then stops the run; its
-resume rebuilds the state from ClickHouse: ARCHITECTURE.md, "Guarantees").
+the topics meanwhile. The kept records are checked by reading the new topic back; a failure
+raises :class:`~processors.core.exceptions.StackError`, which ends ``skyloop run`` unfinished
+(``--resume`` continues it from ClickHouse: ARCHITECTURE.md, "Guarantees").
 """
 
 from __future__ import annotations
