@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from processors.controller.tables import changelog_topics
-from processors.core.compaction import compact
+from processors.core.compaction import compact_in_child
 from processors.core.config import Settings
 from processors.core.retention import HotLog, groups_past
 from processors.core.stack import EmbeddedBroker
@@ -52,5 +52,7 @@ def hot_log(
         [resolve(w).group for w in HOT_LOG_CONSUMERS],
         lambda rotate: sup.recycle("controller", rotate),
         out,
-        compact=lambda: compact(settings, broker.bootstrap_servers, changelog_topics(settings)),
+        compact=lambda: compact_in_child(
+            settings, broker.bootstrap_servers, changelog_topics(settings)
+        ),
     )

@@ -9,6 +9,10 @@ memory), creates it again with the same partition count, and writes the kept rec
 in its own partition, in the order of their last offsets, each its own record batch (the broker's
 high watermark is right only for one-record batches, and Faust's recovery reads up to it).
 
+It suits tables kept in memory (Faust's ``memory://`` store, the controller's), which restore
+from a changelog's first offset: a store that persists its changelog offsets (RocksDB) would
+find them past the end of the rewritten topic.
+
 Invariants: the table a changelog rebuilds (last value per key, tombstones delete) is the same
 before and after; afterwards a topic holds at most one record per live key. Nothing may write
 the topics meanwhile. The kept records are checked by reading the new topic back; a failure
@@ -18,11 +22,14 @@ raises :class:`~processors.core.exceptions.StackError`, which ends ``skyloop run
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -32,7 +39,14 @@ from processors.core.config import Settings
 from processors.core.exceptions import StackError
 from processors.core.kafka import kafka_security
 
-__all__ = ["Compacted", "compact", "latest_per_key", "read_changelog"]
+__all__ = [
+    "Compacted",
+    "client_config",
+    "compact",
+    "compact_in_child",
+    "latest_per_key",
+    "read_changelog",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +70,17 @@ def _size(records: Iterable[Record]) -> int:
 
 
 def read_changelog(
-    settings: Settings, bootstrap: str, topic: str, quiet_s: float = 0.5, timeout_s: float = 120
+    config: Mapping[str, Any], topic: str, quiet_s: float = 0.5, timeout_s: float = 120
 ) -> dict[int, list[Record]]:
     """Every record of ``topic`` per partition, in offset order.
 
     Reads until every partition reported its end and nothing came for ``quiet_s`` (the end alone
     is not trusted: the broker's high watermark is wrong after batched writes). Joins no group.
+    ``config``: the client's (``bootstrap.servers`` and security, :func:`client_config`).
     """
     consumer = Consumer(
         {
-            **kafka_security(settings),
-            "bootstrap.servers": bootstrap,
+            **config,
             "group.id": f"skyloop-compaction-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -133,11 +147,10 @@ def _recreate(admin: AdminClient, topic: str, partitions: int, timeout_s: float)
         future.result()
 
 
-def _write(settings: Settings, bootstrap: str, topic: str, kept: dict[int, list[Record]]) -> None:
+def _write(config: Mapping[str, Any], topic: str, kept: dict[int, list[Record]]) -> None:
     producer = Producer(
         {
-            **kafka_security(settings),
-            "bootstrap.servers": bootstrap,
+            **config,
             "acks": "all",
             "linger.ms": 0,
             "batch.num.messages": 1,  # one record per batch: the high watermark stays right
@@ -161,21 +174,26 @@ def _write(settings: Settings, bootstrap: str, topic: str, kept: dict[int, list[
         raise StackError(f"compaction: writing {topic} back failed: {failed[:3]}")
 
 
+def client_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """What a client of ``bootstrap`` needs: the address and the security settings."""
+    return {**kafka_security(settings), "bootstrap.servers": bootstrap}
+
+
 def compact(
-    settings: Settings, bootstrap: str, topics: Iterable[str], timeout_s: float = 30
+    config: Mapping[str, Any], topics: Iterable[str], timeout_s: float = 30
 ) -> list[Compacted]:
     """Compact each existing topic of ``topics`` (module docstring); its writer must be down."""
-    admin = AdminClient({**kafka_security(settings), "bootstrap.servers": bootstrap})
+    admin = AdminClient(dict(config))
     existing = admin.list_topics(timeout=timeout_s).topics
     done = []
     for topic in topics:
         if topic not in existing:
             continue
-        before = read_changelog(settings, bootstrap, topic)
+        before = read_changelog(config, topic)
         kept = {p: latest_per_key(records) for p, records in before.items()}
         _recreate(admin, topic, len(existing[topic].partitions), timeout_s)
-        _write(settings, bootstrap, topic, kept)
-        after = read_changelog(settings, bootstrap, topic)
+        _write(config, topic, kept)
+        after = read_changelog(config, topic)
         if {p: [r[:2] for r in rs] for p, rs in after.items()} != {
             p: [r[:2] for r in rs] for p, rs in kept.items()
         }:
@@ -190,3 +208,41 @@ def compact(
         log.info("compaction: %s", result)
         done.append(result)
     return done
+
+
+def compact_in_child(
+    settings: Settings, bootstrap: str, topics: Iterable[str], timeout_s: float = 300
+) -> list[Compacted]:
+    """:func:`compact` in a child process (``python -m processors.core.compaction``).
+
+    Why: the records read pass through the caller's heap and librdkafka's fetch buffers; in the
+    long-lived supervisor of ``skyloop run`` that kept 5 to 13 MB more after each rotation
+    (measured, BENCHMARKS.md). A child returns it all when it exits.
+    """
+    job = {"config": client_config(settings, bootstrap), "topics": list(topics)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "processors.core.compaction"],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"compaction: not done in {timeout_s:.0f}s") from exc
+    if done.returncode != 0:
+        raise StackError(f"compaction failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    lines = done.stdout.strip().splitlines()
+    return [Compacted(**item) for item in json.loads(lines[-1] if lines else "[]")]
+
+
+def main() -> int:
+    """The child's side of :func:`compact_in_child`: a job on stdin, the results on stdout."""
+    job = json.loads(sys.stdin.read())
+    print(json.dumps([asdict(c) for c in compact(job["config"], job["topics"])]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from processors.controller.tables import changelog_topics
-from processors.core.compaction import compact, latest_per_key
+from processors.core.compaction import compact_in_child, latest_per_key
 from processors.core.records import ScoreRecord
 from tests.controller.test_restart import Run, records  # noqa: F401  (the fixture)
 
@@ -48,7 +48,7 @@ def test_compaction_between_stops_keeps_the_tables_and_the_decisions(
             compacted.stop()
             (compacted.data / "progress" / "stats.json").unlink(missing_ok=True)
             before = {name: compacted.table(name) for name in ("controller", "lane_windows")}
-            results.extend(compact(compacted.settings, kafka_bootstrap, topics))
+            results.extend(compact_in_child(compacted.settings, kafka_bootstrap, topics))
             for name, topic in zip(("controller", "lane_windows"), topics, strict=True):
                 kept = compacted.read(topic)
                 keys = Counter(key for key, _ in kept)

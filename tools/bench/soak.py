@@ -14,7 +14,8 @@ of the pipeline's processes and of the whole machine (``/proc``), and the images
 warm-up (the first ``--warmup`` fraction of the samples is left out) as first / last / max and
 the drift of a least-squares line through it over the run, in percent; throughput per sample
 interval (first and second half of the run); the broker's RSS (``tansu``: what the hot log
-holds) and the run's total RSS over the second half, with the hot-log rotations; and, from
+holds) and the run's total RSS over the second half, with the hot-log rotations and the
+broker's RSS after each (its floor) with the slope of a line through them; and, from
 ClickHouse, each drift onset with the
 first ``drift.detected`` after it and the first recalibration caused by it (``never`` when
 none came before the next onset).
