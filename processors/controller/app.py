@@ -5,9 +5,12 @@ Consumes ``scores`` and ``images.dlq`` (4 partitions each, both keyed by source,
 scores and dead letters meet in one partition and one agent actor). Keeps its state in
 changelog-backed tables (:mod:`processors.controller.tables`): ``controller`` (per-source heads
 with their per-(model, source) lanes, and the lanes' rings of recent images, the calibration
-reference windows among them) and ``lane_windows`` (closed tumbling windows of lane
-statistics). Tables restore from their changelogs on restart; the embedded broker restores them
-correctly only with ``producer_max_batch_size=1`` (ARCHITECTURE.md, "The local stack").
+reference windows among them, the rollout tracks, the learning dataset in chunks) and
+``lane_windows`` (closed tumbling windows of lane statistics). Tables restore from their
+changelogs on restart; the embedded broker restores them correctly only with
+``producer_max_batch_size=1`` and never compacts them: the hot log's rotation does, with this app
+stopped (ARCHITECTURE.md, "The local stack"). Every changelog record is counted in the progress
+file by table and key kind.
 
 What it emits and in which order is :mod:`processors.controller.service`'s contract; what it decides
 is :mod:`processors.controller.controller`'s. A timer (every second) lifts the controller's expired
