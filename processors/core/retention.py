@@ -348,11 +348,14 @@ class HotLog:
             before = broker_rss_bytes(self.broker_pid())
 
             compacted: list[Compacted] = []
+            compact_s = [0.0]
 
             def rotate() -> None:  # with the controller down; it starts in the open epoch
                 rotate_topics(self.settings, self.bootstrap)
                 if self.compact is not None:
+                    start = time.monotonic()
                     compacted.extend(self.compact())
+                    compact_s[0] = time.monotonic() - start
                 self._open(rot, now)
 
             self.around(rotate)
@@ -362,7 +365,7 @@ class HotLog:
                 f"; changelogs {sum(c.records_before for c in compacted)} -> "
                 f"{sum(c.records_after for c in compacted)} records, "
                 f"{sum(c.bytes_before for c in compacted) / 2**20:.1f} -> "
-                f"{sum(c.bytes_after for c in compacted) / 2**20:.1f} MB"
+                f"{sum(c.bytes_after for c in compacted) / 2**20:.1f} MB in {compact_s[0]:.1f}s"
                 if compacted
                 else ""
             )
