@@ -3,7 +3,8 @@ the run's broker, supervisor and stop condition (ARCHITECTURE.md, "The local sta
 
 Drained means: the run's stop condition holds with ingest held (everything it delivered was
 handled by every stage, counted from delivery), and every other reader group has committed at
-least what the sink has (the controller's candidates and dead letters included).
+least what the sink has (the controller's candidates and dead letters included). While the
+controller is down for the rotation, its changelogs are compacted (latest value per key).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from processors.controller.tables import changelog_topics
+from processors.core.compaction import compact_in_child
 from processors.core.config import Settings
 from processors.core.retention import HotLog, groups_past
 from processors.core.stack import EmbeddedBroker
@@ -49,4 +52,7 @@ def hot_log(
         [resolve(w).group for w in HOT_LOG_CONSUMERS],
         lambda rotate: sup.recycle("controller", rotate),
         out,
+        compact=lambda: compact_in_child(
+            settings, broker.bootstrap_servers, changelog_topics(settings)
+        ),
     )

@@ -5,9 +5,12 @@ Consumes ``scores`` and ``images.dlq`` (4 partitions each, both keyed by source,
 scores and dead letters meet in one partition and one agent actor). Keeps its state in
 changelog-backed tables (:mod:`processors.controller.tables`): ``controller`` (per-source heads
 with their per-(model, source) lanes, and the lanes' rings of recent images, the calibration
-reference windows among them) and ``lane_windows`` (closed tumbling windows of lane
-statistics). Tables restore from their changelogs on restart; the embedded broker restores them
-correctly only with ``producer_max_batch_size=1`` (ARCHITECTURE.md, "The local stack").
+reference windows among them, the rollout tracks, the learning dataset in chunks) and
+``lane_windows`` (closed tumbling windows of lane statistics). Tables restore from their
+changelogs on restart; the embedded broker restores them correctly only with
+``producer_max_batch_size=1`` and never compacts them: the hot log's rotation does, with this app
+stopped (ARCHITECTURE.md, "The local stack"). Every changelog record is counted in the progress
+file by table and key kind.
 
 What it emits and in which order is :mod:`processors.controller.service`'s contract; what it decides
 is :mod:`processors.controller.controller`'s. A timer (every second) lifts the controller's expired
@@ -23,7 +26,7 @@ import faust
 
 from processors.controller.consumer import RewindingApp
 from processors.controller.service import ControlService
-from processors.controller.tables import FaustTable
+from processors.controller.tables import TABLES, FaustTable
 from processors.core.config import Settings
 from processors.core.kafka import faust_credentials
 from processors.core.progress import ProgressFile
@@ -66,9 +69,16 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
 
     scores_topic, dlq_topic = topic("scores"), topic("images.dlq")
     candidates_topic = topic("candidates")
-    table = app.Table("controller", partitions=partitions, key_type=str, value_type=bytes)
-    windows = app.Table("lane_windows", partitions=partitions, key_type=str, value_type=bytes)
-    service = ControlService(settings, bootstrap, progress, FaustTable(table), FaustTable(windows))
+    table, windows = (
+        app.Table(name, partitions=partitions, key_type=str, value_type=bytes) for name in TABLES
+    )
+    service = ControlService(
+        settings,
+        bootstrap,
+        progress,
+        FaustTable(table, progress),
+        FaustTable(windows, progress, lambda _: "window"),
+    )
     service.start()  # replays control.events before the agents see their first record
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]

@@ -43,9 +43,12 @@ __all__ = ["LearningLoop", "LearningState"]
 
 @dataclass
 class LearningState:
-    """Durable (JSON in the stats table): the dataset and the request history."""
+    """Durable (in the controller's table, :mod:`processors.controller.learning_table`): the
+    dataset and the request history. ``added`` counts the samples ever added: ``samples`` are
+    the last ``len(samples)`` of them (sample ``j`` is the ``added - len(samples) + j``-th)."""
 
     samples: list[tuple[str, str]] = field(default_factory=list)  # (image_id, sample_id)
+    added: int = 0
     new_samples: int = 0
     requests: list[str] = field(default_factory=list)  # ISO times, the trailing day's
     manifest: str | None = None
@@ -58,6 +61,7 @@ class LearningState:
     def from_bytes(cls, data: bytes) -> LearningState:
         raw = json.loads(data)
         raw["samples"] = [tuple(pair) for pair in raw.get("samples", [])]
+        raw.setdefault("added", len(raw["samples"]))  # written before the count existed
         return cls(**raw)
 
 
@@ -79,6 +83,7 @@ class LearningLoop:
         if any(i == image_id for i, _ in self.state.samples):
             return []
         self.state.samples.append((image_id, sample_id))
+        self.state.added += 1
         del self.state.samples[: max(0, len(self.state.samples) - self.max_samples)]
         self.state.new_samples += 1
         requests = [datetime.fromisoformat(t) for t in self.state.requests]

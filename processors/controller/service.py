@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from processors.controller.controller import Controller, ControllerConfig, Emit
-from processors.controller.learning import LearningLoop, LearningState
+from processors.controller.learning import LearningLoop
+from processors.controller.learning_table import LearningTable
 from processors.controller.lifecycle import Lifecycle
 from processors.controller.state import SourceState, StatsWindow
 from processors.controller.tables import ChangelogTable, TableRing, head_key, load_head
@@ -72,9 +73,6 @@ log = logging.getLogger(__name__)
 
 WINDOWS_KEPT = 60
 ROLLOUTS_KEY = "rollouts"  # the lifecycle's tracks (processors.controller.lifecycle), partition 0
-LEARNING_KEY = (
-    "learning"  # the learning loop's dataset (processors.controller.learning), partition 0
-)
 
 
 def dead_letter_source(letter: DeadLetter) -> str | None:
@@ -123,6 +121,7 @@ class ControlService:
         )
         self._lifecycle_loaded = False
         self._learning_loaded = False
+        self.learning_table = LearningTable(table)
         # the hot log's epoch of the data topics (core/retention.py): offsets restart at 0 in
         # each, so the guard's positions are per epoch ("scores#3"); epoch 0 keeps "scores"
         self.epoch = live_epoch(settings.progress_dir)
@@ -235,7 +234,7 @@ class ControlService:
             touched[src.source] = partition
             self.progress.add("candidates")
         if touched:
-            self.table.put(LEARNING_KEY, self.learning.state.to_bytes(), 0)
+            self.learning_table.save(self.learning.state)
         self._save(touched)
 
     def _label_boxes(self, candidate: CandidateRecord) -> list[Box] | None:
@@ -255,9 +254,7 @@ class ControlService:
     def _learning(self) -> LearningLoop:
         """The learning loop, its dataset restored from the table on first use after a start."""
         if not self._learning_loaded:
-            raw = self.table.get(LEARNING_KEY)
-            if raw is not None:
-                self.learning.state = LearningState.from_bytes(raw)
+            self.learning.state = self.learning_table.load()
             self._learning_loaded = True
         return self.learning
 

@@ -7,36 +7,53 @@ changelog messages share one topic partition per source and keep their order:
 - ``ring|<source>|<model>|<block>`` → a block of :data:`BLOCK` consecutive ring slots (slot =
   ``seq % capacity``), each a :meth:`RingEntry.to_bytes` or empty.
 
+Beside them, on partition 0: ``rollouts`` (the lifecycle's tracks) and ``learning`` with its
+chunks ``learning|<c>`` (:mod:`processors.controller.learning_table`).
+
 The service handles records in batches and, for each source it touched, writes the ring blocks
 that changed and then the head (:meth:`TableRing.flush`, then the head), on the source's
 partition. A head on the changelog therefore implies every ring entry it counts is there too,
 and a restarted worker rebuilds both from the changelog before its agents see a record. Writing
 blocks once per batch rather than one slot per record divides the changelog messages (each one a
 produce request on the embedded broker, which needs ``producer_max_batch_size=1``) by about the
-batch size.
+batch size. Measured at ~30 images/s on one source (BENCHMARKS.md): 2.7 KB of ring per image
+(each entry written about once: 1,280 float16 features and its ids), 60 bytes of head. The
+embedded broker never compacts; the hot log's rotation does (:mod:`processors.core.compaction`).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
 from processors.controller.state import RingEntry, SourceState
+from processors.core.config import Settings
+from processors.core.progress import ProgressFile
 
 __all__ = [
     "BLOCK",
+    "TABLES",
     "ChangelogTable",
     "DictTable",
     "FaustTable",
     "TableRing",
+    "changelog_topics",
     "head_key",
     "load_head",
     "ring_key",
 ]
 
 BLOCK = 16
+TABLES = ("controller", "lane_windows")
+"""The controller app's tables (:func:`processors.controller.app.build_app`)."""
 _LEN = struct.Struct("<I")
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """The tables' changelog topics: Faust names them ``<app id>-<table>-changelog``, and the
+    app id is the controller's group (``<group_prefix>.stats``)."""
+    return [f"{settings.group('stats')}-{name}-changelog" for name in TABLES]
 
 
 def head_key(source: str) -> str:
@@ -57,16 +74,37 @@ class ChangelogTable(Protocol):
     def delete(self, key: str, partition: int) -> None: ...
 
 
+def key_kind(key: str) -> str:
+    """What a ``controller`` table key holds: ``source``, ``ring``, ``rollouts``, ``learning``."""
+    return key.split("|", 1)[0]
+
+
 class FaustTable:
     """A Faust table written with an explicit changelog partition.
 
     ``table[key] = value`` takes the partition of the event being processed; records handled
     in batches have no single current event, so writes name the partition (the source's, which
-    is the partition of every record that changes its state).
+    is the partition of every record that changes its state). With a ``progress`` file, every
+    changelog record is counted there by ``kind(key)``: ``changelog.<table>.<kind>.records``
+    and ``.bytes`` (key and value), which is what the table makes the broker hold.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(
+        self,
+        table: Any,
+        progress: ProgressFile | None = None,
+        kind: Callable[[str], str] = key_kind,
+    ) -> None:
         self.table = table
+        self.progress = progress
+        self.kind = kind
+        self.name = str(getattr(table, "name", "table"))
+
+    def _count(self, key: str, value: bytes | None) -> None:
+        if self.progress is not None:
+            prefix = f"changelog.{self.name}.{self.kind(key)}"
+            self.progress.add(f"{prefix}.records")
+            self.progress.add(f"{prefix}.bytes", len(key) + len(value or b""))
 
     def get(self, key: str) -> bytes | None:
         value = self.table.data.get(key)
@@ -75,10 +113,12 @@ class FaustTable:
     def put(self, key: str, value: bytes, partition: int) -> None:
         self.table.data[key] = value
         self.table.send_changelog(partition, key, value)
+        self._count(key, value)
 
     def delete(self, key: str, partition: int) -> None:
         self.table.data.pop(key, None)
         self.table.send_changelog(partition, key, None, value_serializer="raw")
+        self._count(key, None)
 
 
 class DictTable:

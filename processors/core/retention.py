@@ -14,7 +14,9 @@ the supervisor (:class:`HotLog`, driven by ``skyloop run``) rotates the data top
 3. **release**: every batch-loop consumer finishes its batch, commits, unsubscribes and polls
    until it has no partition left, then acknowledges; the controller (Faust) is stopped;
 4. **rotate**: the data topics are deleted (their memory and committed offsets go with them)
-   and created again, empty, with their partition counts;
+   and created again, empty, with their partition counts; the controller's changelogs are
+   compacted to their latest value per key (:mod:`processors.core.compaction`), so its state
+   held by the broker stays bounded by its live keys;
 5. **open**: the consumers subscribe again and start from offset 0 (no committed offset, so
    ``auto.offset.reset=earliest``); the controller is started again (it rewinds partitions
    without a commit to their earliest offset); ingest goes on.
@@ -37,13 +39,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from confluent_kafka.admin import AdminClient
 
+from processors.core.compaction import Compacted
 from processors.core.config import Settings
 from processors.core.exceptions import StackError
 from processors.core.kafka import ensure_topics, kafka_security
@@ -260,7 +263,8 @@ class HotLog:
     ``drained()`` is the run's stop condition with ingest held; ``consumers`` are the progress
     names of the batch-loop workers that must acknowledge a release; ``around(rotate)`` runs
     ``rotate`` with the Faust controller down (``Supervisor.recycle``; the identity when there
-    is none). :meth:`tick` never blocks for long; call it from the supervisor's loop.
+    is none); ``compact`` (optional) compacts its changelogs then, after the data topics are
+    rotated. :meth:`tick` never blocks for long; call it from the supervisor's loop.
     """
 
     def __init__(
@@ -274,6 +278,7 @@ class HotLog:
         around: Callable[[Callable[[], None]], object],
         out: TextIO | None = None,
         drain_timeout_s: float = 300.0,
+        compact: Callable[[], Sequence[Compacted]] | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
@@ -284,6 +289,8 @@ class HotLog:
         self.around = around
         self.out = out
         self.drain_timeout_s = drain_timeout_s
+        self.compact = compact
+        self.compacted: list[Compacted] = []
         self.bound = settings.broker.log_retention_bytes
         self.max_age_s = settings.broker.log_retention_s
         self.floor = broker_rss_bytes(broker_pid())
@@ -340,16 +347,32 @@ class HotLog:
                 return
             before = broker_rss_bytes(self.broker_pid())
 
+            compacted: list[Compacted] = []
+            compact_s = [0.0]
+
             def rotate() -> None:  # with the controller down; it starts in the open epoch
                 rotate_topics(self.settings, self.bootstrap)
+                if self.compact is not None:
+                    start = time.monotonic()
+                    compacted.extend(self.compact())
+                    compact_s[0] = time.monotonic() - start
                 self._open(rot, now)
 
             self.around(rotate)
             self.rotations += 1
+            self.compacted = compacted
+            kept = (
+                f"; changelogs {sum(c.records_before for c in compacted)} -> "
+                f"{sum(c.records_after for c in compacted)} records, "
+                f"{sum(c.bytes_before for c in compacted) / 2**20:.1f} -> "
+                f"{sum(c.bytes_after for c in compacted) / 2**20:.1f} MB in {compact_s[0]:.1f}s"
+                if compacted
+                else ""
+            )
             self._say(
                 f"hot log: rotated epoch {rot.epoch} "
                 f"(broker {before / 2**20:.0f} -> {self.floor / 2**20:.0f} MB, "
-                f"{time.monotonic() - rot.started:.1f}s)"
+                f"{time.monotonic() - rot.started:.1f}s{kept})"
             )
 
     def _open(self, rot: Rotation, now: float) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
+from processors.core.compaction import Compacted, client_config, compact_in_child, read_changelog
 from processors.core.config import Settings, load_settings
 from processors.core.control import ControlState
 from processors.core.kafka import ensure_topics, make_consumer, make_producer
@@ -103,6 +104,27 @@ def test_rotation_waits_for_every_group_and_loses_nothing(
     runners = [Runner(p, settings, bootstrap, progress_dir=progress) for p in (fast, slow)]
     threads = [_start(r) for r in runners]
     first = _produce(settings, bootstrap, 0, 60)
+    # a table's changelog: 5 keys written 3 times each; compacted while its writer is down
+    changelog = f"{settings.group('stats')}-table-changelog"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(changelog, 4, 1)])[changelog].result()
+    writer = make_producer(settings, bootstrap, **{"linger.ms": 0})
+    for round_ in range(3):
+        for key in range(5):
+            writer.produce(changelog, key=b"k%d" % key, value=b"v%d" % round_, partition=key % 4)
+            assert writer.flush(10) == 0  # one record per batch, as Faust writes them
+    down: list[bool] = [False]
+    compacted_down: list[bool] = []
+
+    def around(rotate: Callable[[], None]) -> None:
+        down[0] = True  # the controller is stopped around the rotation
+        rotate()
+        down[0] = False
+
+    def compact_changelog() -> list[Compacted]:
+        compacted_down.append(down[0])
+        return compact_in_child(settings, bootstrap, [changelog])
+
     hotlog = HotLog(
         settings,
         bootstrap,
@@ -110,7 +132,8 @@ def test_rotation_waits_for_every_group_and_loses_nothing(
         lambda: broker.pid,
         lambda: len(fast.seen) >= len(first) and len(slow.seen) >= len(first),
         ["fast", "slow"],
-        lambda rotate: rotate(),
+        around,
+        compact=compact_changelog,
     )
     hotlog.floor = 0  # the whole broker counts as held: a rotation is due at once
     assert _wait(lambda: len(fast.seen) == len(first))
@@ -118,13 +141,18 @@ def test_rotation_waits_for_every_group_and_loses_nothing(
     # the lagging group blocks the rotation: nothing deleted, the records still there
     assert not _wait(lambda: hotlog.rotations > 0, hotlog, timeout_s=5)
     assert read_signal(progress) == (1, "hold")
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     assert settings.topic("images.raw") in admin.list_topics(timeout=10).topics
     slow.gate.set()
     assert _wait(lambda: hotlog.rotations == 1, hotlog), "the rotation never happened"
     assert read_signal(progress) == (1, "open")
     assert sorted(fast.seen) == sorted(first) and sorted(slow.seen) == sorted(first)
     assert hotlog.floor < held, "deleting the topics gave no memory back"
+    assert compacted_down == [True], "the changelog was not compacted, or not while down"
+    kept = read_changelog(client_config(settings, bootstrap), changelog)
+    assert sorted(r[:2] for rs in kept.values() for r in rs) == [
+        (b"k%d" % key, b"v2") for key in range(5)
+    ]
+    assert [(c.records_before, c.records_after) for c in hotlog.compacted] == [(15, 5)]
     # the next epoch: consumers start again from offset 0 of the new topics, each record once
     second = _produce(settings, bootstrap, 60, 30)
     both = sorted(first + second)

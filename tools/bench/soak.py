@@ -14,7 +14,8 @@ of the pipeline's processes and of the whole machine (``/proc``), and the images
 warm-up (the first ``--warmup`` fraction of the samples is left out) as first / last / max and
 the drift of a least-squares line through it over the run, in percent; throughput per sample
 interval (first and second half of the run); the broker's RSS (``tansu``: what the hot log
-holds) and the run's total RSS over the second half, with the hot-log rotations; and, from
+holds) and the run's total RSS over the second half, with the hot-log rotations and the
+broker's RSS after each (its floor) with the slope of a line through them; and, from
 ClickHouse, each drift onset with the
 first ``drift.detected`` after it and the first recalibration caused by it (``never`` when
 none came before the next onset).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,10 @@ from tools.bench.procstat import children, cpu_seconds, machine_busy_seconds, rs
 __all__ = ["main"]
 
 
+ROTATED = re.compile(r"hot log: rotated epoch \d+ \(broker \d+ -> (\d+) MB")
+"""A rotation's line in the run's output: the broker's RSS after it (its floor)."""
+
+
 def _trend_pct(values: list[float]) -> float:
     """Change over the run of a least-squares line through ``values``, in % of its mean."""
     y = np.asarray(values, dtype=float)
@@ -65,7 +71,15 @@ def _hot_log_summary(kept: list[tuple[float, dict[str, float], int]], run_log: P
         return
     broker = [rss.get("tansu", 0.0) for _, rss, _ in half]
     total = [sum(rss.values()) for _, rss, _ in half]
-    rotations = sum("hot log: rotated" in line for line in run_log.read_text().splitlines())
+    lines = run_log.read_text().splitlines()
+    rotations = sum("hot log: rotated" in line for line in lines)
+    floors = [float(m.group(1)) for m in map(ROTATED.search, lines) if m]
+    if len(floors) >= 2:
+        slope = float(np.polyfit(np.arange(len(floors)), floors, 1)[0])
+        print(
+            f"broker (tansu) RSS after each rotation (MB): {', '.join(f'{f:.0f}' for f in floors)}"
+            f"; slope {slope:+.1f} MB per rotation"
+        )
     print(
         f"broker (tansu) RSS, second half (MB): first {broker[0]:.0f}, last {broker[-1]:.0f}, "
         f"max {max(broker):.0f}, trend {_trend_pct(broker):+.1f}%; hot-log rotations {rotations}"
