@@ -78,16 +78,15 @@ def _stream_of(
             " WHERE role = 'production' OR (role = 'canary' AND calibrated)) AS s "
             "ON s.image_id = i.image_id ORDER BY n"
         ).result_rows
-        events = dict(
-            client.query("SELECT type, count() FROM control_events FINAL GROUP BY type").result_rows
-        )
+        counts = client.query("SELECT type, count() FROM control_events FINAL GROUP BY type")
+        events = {str(row[0]): int(row[1]) for row in counts.result_rows}
     finally:
         client.close()
     truth = np.array([bool(r[1]) for r in rows])
     segments = [str(r[2]) for r in rows]
     flagged = np.array([bool(r[3]) for r in rows])
     calibrated = np.array([bool(r[4]) for r in rows])
-    return flagged, calibrated, truth, segments, {str(k): int(v) for k, v in events.items()}
+    return flagged, calibrated, truth, segments, events
 
 
 def run_policy(policy: str, stream: str, images: int, root: Path) -> PolicyRun:

@@ -85,7 +85,7 @@ def embed_stream(spec: str, images: int, cache_dir: Path | None = None) -> Strea
         out.features.astype(np.float32),
         energy_score(out.logits),
         np.array([bool(i.truth and i.truth["is_anomaly"]) for i in items]),
-        [(i.truth or {}).get("segment") or "" for i in items],
+        [(i.truth["segment"] if i.truth else None) or "" for i in items],
     )
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

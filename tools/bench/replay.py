@@ -49,7 +49,7 @@ def _score(i: int, rng: np.random.Generator) -> ScoreRecord:
         }
         for d in ("mahalanobis", "energy", "knn")
     ]
-    return ScoreRecord(  # type: ignore[typeddict-item]
+    return ScoreRecord(
         image_id=f"{i:064x}",
         source=("synthetic", "hubble")[i % 2],
         model_version="efficientnet_lite0@bench",

@@ -112,7 +112,7 @@ def _measure(rows: int, batch: int, landing: bool, rounds_dir: Path) -> tuple[fl
         inside: list[float] = []
         original = sink.process
 
-        def timed(batch, state):  # type: ignore[no-untyped-def]
+        def timed(batch, state):
             if not first:
                 first.append(time.perf_counter())
             t = time.perf_counter()
@@ -135,7 +135,7 @@ def _measure(rows: int, batch: int, landing: bool, rounds_dir: Path) -> tuple[fl
 
     client = connect(settings.resolved_clickhouse_dsn)
     try:
-        stored = int(client.command("SELECT count() FROM scores FINAL"))
+        stored = int(str(client.command("SELECT count() FROM scores FINAL")))
     finally:
         client.close()
     if stored != rows:
