@@ -13,6 +13,7 @@ from processors.core.config import Settings
 from processors.policies.decay import ThresholdDecay
 from processors.policies.drift import DriftTests
 from processors.policies.health import HealthPolicy
+from processors.policies.sequential import SequentialTest
 from processors.policies.sources import ErrorBackoff, Rebalance
 
 __all__ = ["ControllerConfig"]
@@ -22,7 +23,8 @@ __all__ = ["ControllerConfig"]
 class ControllerConfig:
     """Policy parameters; :meth:`from_settings` maps the typed settings onto them.
 
-    ``policy``: the lane policy's registered name (the ``control_policy`` setting).
+    ``policy``: the lane policy's registered name (the ``control_policy`` setting);
+    ``sequential``: the CUSUMs' parameters, None to judge windows only.
     """
 
     policy: str = "skyloop"
@@ -31,11 +33,13 @@ class ControllerConfig:
     target_fpr: float = 0.05
     vote_k: int = 2
     max_trim: float = 0.1
+    threshold_rule: str = "conformal"
     drift_window: int = 64
     drift_min_reference: int = 64
     drift_step: int = 16
     drift_consecutive: int = 2
     drift_tests: DriftTests = field(default_factory=DriftTests)
+    sequential: SequentialTest | None = field(default_factory=SequentialTest)
     decay: ThresholdDecay = field(default_factory=ThresholdDecay)
     rebalance: Rebalance = field(default_factory=Rebalance)
     backoff: ErrorBackoff = field(default_factory=ErrorBackoff)
@@ -55,6 +59,7 @@ class ControllerConfig:
             target_fpr=s.calibration.target_fpr,
             vote_k=s.calibration.vote_k,
             max_trim=s.calibration.max_trim,
+            threshold_rule=s.calibration.threshold_rule,
             drift_window=s.drift.window,
             drift_min_reference=s.drift.min_reference,
             drift_step=s.drift.step,
@@ -64,6 +69,15 @@ class ControllerConfig:
                 psi_min=s.drift.psi_min,
                 feature_p=s.drift.feature_p,
                 flag_p=s.drift.flag_p,
+            ),
+            sequential=(
+                SequentialTest(
+                    k=s.drift.sequential_k,
+                    arl=s.drift.sequential_arl,
+                    horizon=s.drift.sequential_horizon,
+                )
+                if s.drift.sequential
+                else None
             ),
             decay=ThresholdDecay(
                 decay=s.decay.rate,

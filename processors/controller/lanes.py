@@ -6,13 +6,15 @@ of its scores drives (the controller decides *when*, see :mod:`processors.contro
 - every score with an embedding → the lane's ring (dedupe by image id), :meth:`Lanes.add`;
 - :meth:`Lanes.calibrate`: a ``calibration.updated`` from ring entries (reference trimmed, with
   a drift profile), resetting the lane's epoch;
-- :meth:`Lanes.drift`: every ``drift_step`` served scores the last ``drift_window`` are judged
-  against the profile (:class:`~processors.policies.drift.DriftPolicy`) and ``consecutive``
-  disjoint disagreeing windows → ``drift.detected`` → ``calibration.updated`` caused by it,
-  from the images since the change began (:func:`~processors.policies.drift.change_point` over
-  the epoch's feature projections and scores), as soon as ``drift_min_reference`` of them
-  exist; a lane whose calibration window can grow by half (up to ``reference_max_size``) while
-  its windows agree → a refining ``calibration.updated`` on the larger window;
+- :meth:`Lanes.drift`: every served score steps the two CUSUMs
+  (:mod:`~processors.policies.sequential`); every ``drift_step`` the last ``drift_window`` are
+  judged against the profile (:class:`~processors.policies.drift.DriftPolicy`). A CUSUM alarm
+  (change start: its onset) or ``consecutive`` disjoint disagreeing windows (change start:
+  :func:`~processors.policies.drift.change_point` over the epoch) → ``drift.detected`` →
+  ``calibration.updated`` caused by it, from the change start, as soon as
+  ``drift_min_reference`` images follow it; while nothing leans, a refining
+  ``calibration.updated`` on a window half as large again (up to ``reference_max_size``),
+  ending at the images the tests cleared (:mod:`~processors.policies.refine`), never newer;
 - :meth:`Lanes.decay`: ``threshold.decayed`` (:class:`~processors.policies.decay.ThresholdDecay`);
 - :meth:`Lanes.baseline`: the configured lane policy's ``threshold.set`` (benchmark plug-ins).
 
@@ -41,6 +43,8 @@ from processors.policies.decay import DecayObservation
 from processors.policies.drift import DriftPolicy, DriftWindow, Hysteresis, change_point
 from processors.policies.plugins import LaneObservation, LanePolicy
 from processors.policies.profile import DriftProfile
+from processors.policies.refine import Clearance, refine_span
+from processors.policies.sequential import Cusum
 
 __all__ = ["Lanes", "Ring"]
 
@@ -75,6 +79,7 @@ class Lanes:
         self.policy = policy
         self.drift_policy = DriftPolicy(config.drift_tests)
         self._profiles: OrderedDict[str, DriftProfile] = OrderedDict()
+        self._sorted: OrderedDict[str, np.ndarray] = OrderedDict()
 
     # -- the ring and calibrations -----------------------------------------------------------
     def add(self, lane: LaneState, score: ScoreRecord, served: bool) -> bool:
@@ -103,9 +108,9 @@ class Lanes:
         lane.seq += 1
         return True
 
-    def _entries(self, lane: LaneState, start: int) -> list[RingEntry]:
-        cap = self.config.ring_capacity
-        entries = [self.ring.get(lane.source, lane.model, s, cap) for s in range(start, lane.seq)]
+    def _entries(self, lane: LaneState, start: int, end: int | None = None) -> list[RingEntry]:
+        cap, stop = self.config.ring_capacity, lane.seq if end is None else end
+        entries = [self.ring.get(lane.source, lane.model, s, cap) for s in range(start, stop)]
         return [e for e in entries if e is not None and e.seq >= start]
 
     def adopt(self, lane: LaneState, control: ControlState) -> None:
@@ -117,6 +122,7 @@ class Lanes:
         lane.base_thresholds = dict(cal.thresholds)
         lane.thresholds = dict(cal.thresholds)
         lane.epoch_start, lane.reference_rows = lane.seq, self.config.reference_size
+        lane.clearance = Clearance(lane.seq, lane.seq).to_dict()
 
     def profile(self, profile_id: str) -> DriftProfile:
         if profile_id not in self._profiles:
@@ -125,12 +131,29 @@ class Lanes:
                 self._profiles.popitem(last=False)
         return self._profiles[profile_id]
 
+    def sorted_scores(self, profile_id: str) -> np.ndarray:
+        """The profile's held-out ensemble scores, sorted (what the sequential test ranks in)."""
+        if profile_id not in self._sorted:
+            self._sorted[profile_id] = np.sort(self.profile(profile_id).scores)
+            while len(self._sorted) > 64:
+                self._sorted.popitem(last=False)
+        return self._sorted[profile_id]
+
     def calibrate(
-        self, lane: LaneState, start: int, reason: str, caused_by: list[str], at: datetime
+        self,
+        lane: LaneState,
+        start: int,
+        reason: str,
+        caused_by: list[str],
+        at: datetime,
+        end: int | None = None,
     ) -> Emit:
-        """A ``calibration.updated`` from the lane's ring entries since ``start``."""
+        """A ``calibration.updated`` from the lane's ring entries in ``[start, end)``.
+
+        ``end`` defaults to the newest entry; a refine ends at the cleared images.
+        """
         cfg = self.config
-        entries = self._entries(lane, start)
+        entries = self._entries(lane, start, end)
         plan = plan_calibration(
             np.stack([e.feature_array() for e in entries]),
             np.array([e.energy for e in entries]),
@@ -138,6 +161,7 @@ class Lanes:
             cfg.target_fpr,
             cfg.vote_k,
             max_trim=cfg.max_trim,
+            threshold_rule=cfg.threshold_rule,
         )
         reference, profile = plan.reference.to_bytes(), plan.profile.to_bytes()
         profile_id = artifact_id_of(profile)
@@ -167,15 +191,18 @@ class Lanes:
         lane.reference_rows = len(entries)
         lane.base_thresholds, lane.thresholds = dict(plan.thresholds), dict(plan.thresholds)
         lane.epoch_start = start if reason != "refine" else lane.epoch_start
+        if reason != "refine":  # the reference itself is the new epoch's cleared baseline
+            lane.clearance = Clearance(entries[-1].seq + 1, entries[-1].seq + 1).to_dict()
         lane.pending_from = lane.pending_cause = None
         lane.served = lane.window = 0
-        lane.hysteresis = {}
+        lane.hysteresis, lane.sequential = {}, {}
         lane.policy = self.policy.start(max(plan.thresholds.values()))
         return Emit(event, (reference, profile))
 
     # -- skyloop's own corrections -----------------------------------------------------------
-    def drift(self, lane: LaneState, at: datetime) -> list[Emit]:
-        """One served score: judge a window when due, else refine when the epoch allows."""
+    def drift(self, lane: LaneState, score: float, at: datetime) -> list[Emit]:
+        """One served score (the newest ring entry): the sequential test, a window when due,
+        else a refinement from cleared images when nothing leans."""
         cfg = self.config
         lane.window += 1
         hysteresis = Hysteresis.from_dict(
@@ -185,16 +212,29 @@ class Lanes:
                 "spacing": max(cfg.drift_window // cfg.drift_step, 1),
             }
         )
+        leaning = False
+        test = self.config.sequential
+        if test is not None and lane.profile_id is not None:
+            cusum = Cusum.from_dict(lane.sequential) if lane.sequential else Cusum()
+            reference = self.sorted_scores(lane.profile_id)
+            alarm = test.observe(cusum, score, reference, lane.seq - 1)
+            lane.sequential = cusum.to_dict()
+            if alarm is not None:  # (reason, evidence, onset): the onset is the change start
+                return self._raise(lane, alarm[0], alarm[1], alarm[2], lane.seq - 1, alarm[2], at)
+            leaning = cusum.leaning(test.threshold(reference.size))
         if lane.window >= cfg.drift_step and lane.served >= cfg.drift_window:
-            return self._judge(lane, hysteresis, at)
-        # Refine: the epoch's data can fill a reference twice as large, and nothing disagrees.
-        rows = int(lane.reference_rows * self.REFINE_GROWTH)
-        grown = rows <= cfg.reference_max_size and lane.seq - lane.epoch_start >= rows
-        if grown and hysteresis.streak == 0:
-            return [self.calibrate(lane, lane.seq - rows, "refine", [], at)]
+            return self._judge(lane, hysteresis, leaning, at)
+        # Refine: the cleared images fill a reference half as large again, and nothing leans.
+        cleared = Clearance.from_dict(lane.clearance or {}).cleared_to
+        rows = (lane.reference_rows, self.REFINE_GROWTH, cfg.reference_max_size)
+        span = refine_span(cleared, lane.epoch_start, *rows)
+        if span and hysteresis.streak == 0 and not leaning:
+            return [self.calibrate(lane, span[0], "refine", [], at, end=span[1])]
         return []
 
-    def _judge(self, lane: LaneState, hysteresis: Hysteresis, at: datetime) -> list[Emit]:
+    def _judge(
+        self, lane: LaneState, hysteresis: Hysteresis, leaning: bool, at: datetime
+    ) -> list[Emit]:
         cfg = self.config
         lane.window = 0
         window = [
@@ -219,30 +259,45 @@ class Lanes:
         )
         lane.hysteresis = hysteresis.to_dict()
         if not drifts:
+            disagreed = bool(hysteresis.trail and hysteresis.trail[-1])
+            clearance = Clearance.from_dict(lane.clearance or {})
+            lag = cfg.drift_consecutive * cfg.drift_window
+            clearance.judged(window[-1].seq + 1, not (disagreed or leaning), lag)
+            lane.clearance = clearance.to_dict()
             return []
         verdict = drifts[0]
+        evidence = {**verdict.evidence(), "windows": float(cfg.drift_consecutive)}
+        start = self._change_start(lane, profile)
+        return self._raise(lane, verdict.reason, evidence, window[0].seq, window[-1].seq, start, at)
+
+    def _raise(
+        self,
+        lane: LaneState,
+        reason: str,
+        evidence: dict[str, float],
+        from_seq: int,
+        to_seq: int,
+        start: int,
+        at: datetime,
+    ) -> list[Emit]:
+        """``drift.detected`` (the evidence over seqs ``from_seq..to_seq``), then the
+        recalibration from ``start`` (the change point) once enough images follow it."""
+        cfg = self.config
         lane.drifts += 1
         drift_event = decision_event(
             EventType.DRIFT_DETECTED,
             lane.source,
             {
                 "model_version": lane.model,
-                "reason": verdict.reason,
-                "extra": {
-                    "window_from_seq": str(window[0].seq),
-                    "window_to_seq": str(window[-1].seq),
-                },
+                "reason": reason,
+                "extra": {"window_from_seq": str(from_seq), "window_to_seq": str(to_seq)},
             },
             at=at,
             parts=(lane.model, lane.source, lane.calibration_id, lane.seq),
-            evidence={
-                **verdict.evidence(),
-                "windows": float(cfg.drift_consecutive),
-                "served_under_calibration": float(lane.served),
-            },
+            evidence={**evidence, "served_under_calibration": float(lane.served)},
             caused_by=[lane.calibration_id] if lane.calibration_id else [],
         )
-        lane.pending_from = self._change_start(lane, profile)
+        lane.pending_from = start
         lane.pending_cause = drift_event["event_id"]
         emits = [Emit(drift_event)]
         if lane.seq - lane.pending_from >= cfg.drift_min_reference:

@@ -8,7 +8,8 @@ off. Nothing here decides anything; :mod:`processors.controller.controller` does
   score, whether it was flagged, the calibration that scored it). A lane keeps its last
   ``capacity`` entries in a ring (slot = ``seq % capacity``): the calibration reference window
   and the post-drift data a recalibration is built from, one table key per entry.
-- :class:`LaneState`: a (model, source)'s calibration, drift window, hysteresis and decay.
+- :class:`LaneState`: a (model, source)'s calibration, drift window, hysteresis, sequential
+  statistics, the images cleared for refinement, and decay.
 - :class:`SourceState`: a source's lanes, the last applied input offsets (the idempotency guard:
   a redelivered record at or below them is skipped; kept per hot-log epoch of a topic, whose
   offsets restart at 0: ``scores#3:2``), and the windows of the rebalancing and back-off
@@ -127,6 +128,8 @@ class LaneState:
     drifts: int = 0
     pending_from: int | None = None
     pending_cause: str | None = None
+    clearance: dict[str, int] = field(default_factory=dict)
+    sequential: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, float] = field(default_factory=dict)
     stats: StatsWindow = field(default_factory=StatsWindow)
     windows: list[str] = field(default_factory=list)

@@ -47,9 +47,48 @@ from processors.ood.ensemble import (
 from processors.ood.reference import ReferenceSet
 from processors.policies.profile import DriftProfile, build_profile
 
-__all__ = ["CalibrationPlan", "far_out_rows", "plan_calibration", "score_row"]
+__all__ = [
+    "THRESHOLD_RULES",
+    "CalibrationPlan",
+    "conformal_threshold",
+    "far_out_rows",
+    "plan_calibration",
+    "score_row",
+]
 
 FENCE_IQR = 3.0
+THRESHOLD_RULES = ("conformal", "nearest")
+
+
+def conformal_threshold(vote_statistic: NDArray[np.floating], target_fpr: float) -> float:
+    """The split-conformal threshold for a flag rate of ``target_fpr`` on new images.
+
+    ``vote_statistic``: each calibration row's ``vote_k``-th largest calibrated score (in-sample,
+    on the grid ``j / n``). With ``r = ceil((n + 1)(1 - target_fpr))`` the threshold is the grid
+    midpoint just above the ``r``-th smallest value, ``v_(r) + 0.5 / n`` (``r > n``: ``1 + 0.5 /
+    n``, nothing is flagged). For a new image exchangeable with the calibration rows (both held
+    out from the fit), its rank among the ``n + 1`` is uniform, so ``P(flag) <= (n + 1 - r) /
+    (n + 1) <= target_fpr`` if the rows' scores were symmetric with the image's; a row's
+    in-sample score counts the ``n - 1`` other rows below it where the image's counts all ``n``
+    (at most ``1 / n`` lower), which can add one rank: ``target_fpr - 1 / (n + 1) <= P(flag)
+    <= target_fpr + 1 / (n + 1)`` (ties only lower it), over the calibration draw and the
+    image, for any distribution. It does not bound one calibration's own rate, which scatters
+    like Beta(n + 1 - r, r) around it (at ``n = 64`` the 5-95 % range is about 0.02-0.10):
+    refinement narrows that.
+
+    >>> conformal_threshold(np.arange(64) / 64, 0.05)  # r = 62: v_(62) = 61/64
+    0.9609375
+    >>> conformal_threshold(np.arange(10) / 10, 0.05)  # r = 11 > n: flag nothing
+    1.05
+    """
+    v = np.sort(np.asarray(vote_statistic, dtype=np.float64))
+    n = v.shape[0]
+    if n < 1 or not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"need n >= 1 and target_fpr in (0, 1), got {n}, {target_fpr!r}")
+    r = int(np.ceil((n + 1) * (1.0 - target_fpr) - 1e-9))
+    if r > n:
+        return 1.0 + 0.5 / n
+    return float(v[r - 1] + 0.5 / n)
 
 
 def score_row(score: ScoreRecord) -> tuple[NDArray[np.float32], float] | None:
@@ -138,25 +177,38 @@ def plan_calibration(
     *,
     max_trim: float = 0.1,
     profile_components: int = 8,
+    threshold_rule: str = "conformal",
 ) -> CalibrationPlan:
     """Trim far-out rows, fit the ensemble, pick thresholds for a k-of-3 vote at ``target_fpr``.
 
     ``features`` ``(n, d)`` and ``energy`` ``(n,)`` are the reference window in stream order.
-    Deterministic in its inputs. Raises ``ReferenceSetError`` when too few rows remain.
+    ``threshold_rule``: ``conformal`` (:func:`conformal_threshold`, a flag rate at most the
+    target on new images) or ``nearest`` (the in-sample rate nearest the target,
+    :meth:`~processors.ood.ensemble.OODEnsemble.thresholds_for_fpr`: about ``1 / n`` above
+    it on new images). Deterministic in its inputs. Raises ``ReferenceSetError`` when too few
+    rows remain.
     """
+    if not 1 <= vote_k <= 3:
+        raise ValueError(f"vote_k must be in 1..3, got {vote_k!r}")
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {threshold_rule!r}")
     x = np.asarray(features, dtype=np.float32)
     e = np.asarray(energy, dtype=np.float64)
     trimmed = far_out_rows(x, e, vote_k, max_trim)
     keep = np.setdiff1d(np.arange(x.shape[0]), np.asarray(trimmed, dtype=np.intp))
     reference = ReferenceSet(x[keep], e[keep], model_version)
     ensemble = OODEnsemble.fit(reference)
-    thresholds = ensemble.thresholds_for_fpr(target_fpr, vote_k)
     fit_rows, cal_rows = split_reference(len(reference), 0.5)
     # Held out: the calibration part of the kept rows, plus every other trimmed row, so that
     # outliers are as frequent in the profile as in the window (and in the stream).
     held = np.concatenate([keep[cal_rows], np.asarray(trimmed[::2], dtype=np.intp)])
     calibrated = ensemble.calibrate(ensemble.raw_scores(x[held], e[held]))
     matrix = np.column_stack([calibrated[name] for name in ensemble.DETECTORS])
+    if threshold_rule == "conformal":  # the first len(cal_rows) held rows are the calibration
+        vote = -np.sort(-matrix[: len(cal_rows)], axis=1)[:, vote_k - 1]
+        thresholds = dict.fromkeys(ensemble.DETECTORS, conformal_threshold(vote, target_fpr))
+    else:
+        thresholds = ensemble.thresholds_for_fpr(target_fpr, vote_k)
     profile = build_profile(
         reference.features[fit_rows], x[held], matrix, vote_k, profile_components
     )

@@ -7,6 +7,8 @@ flat keys, e.g. ``drift_step (32) must be <= drift_window``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from processors.core.config.sections_io import Section
@@ -82,6 +84,13 @@ class CalibrationSettings(Section):
     max_trim: float = Field(
         default=0.1, ge=0.0, le=0.5, description="at most this share of a window trimmed as far-out"
     )
+    threshold_rule: Literal["conformal", "nearest"] = Field(
+        default="conformal",
+        description=(
+            "conformal: a flag rate at most target_fpr on new images (finite-sample bound); "
+            "nearest: the in-sample rate nearest the target"
+        ),
+    )
 
 
 class DriftSettings(Section):
@@ -99,6 +108,16 @@ class DriftSettings(Section):
         default=0.002, gt=0.0, lt=1.0, description="KS p bound on feature projections (Bonferroni)"
     )
     flag_p: float = Field(default=0.002, gt=0.0, lt=1.0, description="binomial flag-rate bound")
+    sequential: bool = Field(default=True, description="two CUSUMs on per-image p-values")
+    sequential_k: float = Field(
+        default=0.75, gt=0.0, description="CUSUM allowance, in standard deviations of z"
+    )
+    sequential_arl: float = Field(
+        default=1e6, gt=1.0, description="stationary run length the CUSUM threshold is set for"
+    )
+    sequential_horizon: int = Field(
+        default=4096, ge=16, description="images per epoch the run length is simulated over"
+    )
 
     @model_validator(mode="after")
     def _step_within_window(self) -> DriftSettings:
