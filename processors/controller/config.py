@@ -75,6 +75,7 @@ class ControllerConfig:
                     k=s.drift.sequential_k,
                     arl=s.drift.sequential_arl,
                     horizon=s.drift.sequential_horizon,
+                    feature_k=s.drift.sequential_feature_k,
                 )
                 if s.drift.sequential
                 else None

@@ -140,7 +140,7 @@ class Controller:
         if correcting:
             if production and not control.has_operator_threshold(src.source):
                 emits += lanes.decay(lane, at)
-            emits += lanes.drift(lane, score["ensemble_score"], at)
+            emits += lanes.drift(lane, [d["score"] for d in score["detectors"]], at)
         elif production:
             emits += lanes.baseline(lane, score["is_candidate"], at)
         return emits

@@ -44,7 +44,7 @@ from processors.policies.drift import DriftPolicy, DriftWindow, Hysteresis, chan
 from processors.policies.plugins import LaneObservation, LanePolicy
 from processors.policies.profile import DriftProfile
 from processors.policies.refine import Clearance, refine_span
-from processors.policies.sequential import Cusum
+from processors.policies.sequential import observe_lane, reference_votes, vote_statistic
 
 __all__ = ["Lanes", "Ring"]
 
@@ -79,7 +79,7 @@ class Lanes:
         self.policy = policy
         self.drift_policy = DriftPolicy(config.drift_tests)
         self._profiles: OrderedDict[str, DriftProfile] = OrderedDict()
-        self._sorted: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._sorted: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     # -- the ring and calibrations -----------------------------------------------------------
     def add(self, lane: LaneState, score: ScoreRecord, served: bool) -> bool:
@@ -131,10 +131,13 @@ class Lanes:
                 self._profiles.popitem(last=False)
         return self._profiles[profile_id]
 
-    def sorted_scores(self, profile_id: str) -> np.ndarray:
-        """The profile's held-out ensemble scores, sorted (what the sequential test ranks in)."""
+    def sorted_reference(self, profile_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The profile's held-out vote statistics and projections (per column), sorted: what
+        the sequential test ranks each image in."""
         if profile_id not in self._sorted:
-            self._sorted[profile_id] = np.sort(self.profile(profile_id).scores)
+            profile = self.profile(profile_id)
+            votes = reference_votes(profile.calibrated, profile.vote_k)
+            self._sorted[profile_id] = (votes, np.sort(profile.projections, axis=0))
             while len(self._sorted) > 64:
                 self._sorted.popitem(last=False)
         return self._sorted[profile_id]
@@ -200,9 +203,10 @@ class Lanes:
         return Emit(event, (reference, profile))
 
     # -- skyloop's own corrections -----------------------------------------------------------
-    def drift(self, lane: LaneState, score: float, at: datetime) -> list[Emit]:
-        """One served score (the newest ring entry): the sequential test, a window when due,
-        else a refinement from cleared images when nothing leans."""
+    def drift(self, lane: LaneState, calibrated: list[float], at: datetime) -> list[Emit]:
+        """One served score (the newest ring entry; ``calibrated``: its detectors' calibrated
+        scores): the sequential test, a window when due, else a refinement from cleared images
+        when nothing leans."""
         cfg = self.config
         lane.window += 1
         hysteresis = Hysteresis.from_dict(
@@ -212,16 +216,22 @@ class Lanes:
                 "spacing": max(cfg.drift_window // cfg.drift_step, 1),
             }
         )
-        leaning = False
-        test = self.config.sequential
-        if test is not None and lane.profile_id is not None:
-            cusum = Cusum.from_dict(lane.sequential) if lane.sequential else Cusum()
-            reference = self.sorted_scores(lane.profile_id)
-            alarm = test.observe(cusum, score, reference, lane.seq - 1)
-            lane.sequential = cusum.to_dict()
+        leaning, test = False, self.config.sequential
+        entry = self.ring.get(lane.source, lane.model, lane.seq - 1, cfg.ring_capacity)
+        if test is not None and lane.profile_id is not None and entry is not None:
+            profile = self.profile(lane.profile_id)
+            votes, projections = self.sorted_reference(lane.profile_id)
+            alarm, leaning = observe_lane(
+                test,
+                lane.sequential,
+                float(vote_statistic(np.array(calibrated), profile.vote_k)[0]),
+                votes,
+                profile.project(entry.feature_array()[None, :])[0],
+                projections,
+                lane.seq - 1,
+            )
             if alarm is not None:  # (reason, evidence, onset): the onset is the change start
                 return self._raise(lane, alarm[0], alarm[1], alarm[2], lane.seq - 1, alarm[2], at)
-            leaning = cusum.leaning(test.threshold(reference.size))
         if lane.window >= cfg.drift_step and lane.served >= cfg.drift_window:
             return self._judge(lane, hysteresis, leaning, at)
         # Refine: the cleared images fill a reference half as large again, and nothing leans.

@@ -4,9 +4,12 @@ Pure (no I/O, no clock). A window test judges 64 images at a time and forgets; a
 single window can prove (a detector going blind: at a 5 % target, no flag in 64 images still
 has p = 0.04) is never raised. The sequential test accumulates the evidence across windows.
 
-**Per image.** A served image's ensemble score ``s`` is ranked among the calibration's held-out
-ensemble scores (the drift profile's, ``m`` of them): ``u = (#{> s} + (#{= s} + 1) / 2) /
-(m + 1)``, a conformal (mid-rank) p-value, and ``z = Phi^-1(1 - u)``: high scores, high ``z``.
+**Per image.** A served image's vote statistic ``s`` (its ``vote_k``-th largest calibrated
+score: it is flagged exactly when ``s`` passes the threshold, so a flood or a collapse of flags
+is a shift of ``s``; the ensemble mean can stay put while two detectors fall and one rises) is
+ranked among the calibration's held-out ones (the drift profile's, ``m`` of them, centred by
+:func:`reference_votes`): ``u = (#{> s} + (#{= s} + 1) / 2) / (m + 1)``, a conformal
+(mid-rank) p-value, and ``z = Phi^-1(1 - u)``: high scores, high ``z``.
 On images exchangeable with the held-out ones, ``u`` depends on ranks only, so the statistic's
 whole distribution is free of the detectors, the features and the data.
 
@@ -32,6 +35,13 @@ down to a grid (:data:`SIZE_GRID`; a smaller reference is the more conservative)
 test's ``h`` per grid size is tabled (:data:`DEFAULT_THRESHOLDS`), others are simulated once
 and cached.
 
+**Features too** (:func:`observe_lane`): the image's projection on each of the drift profile's
+principal components is ranked among the held-out images' the same way, with two CUSUMs per
+component at ``arl x components`` (Bonferroni; :data:`FEATURE_THRESHOLDS`) and a larger
+allowance, ``feature_k`` = 1.0: the inputs can move while the votes have not yet (a gain change
+shifts a component before the flags notice), but a real night's "normal" drifts slowly along
+them too (at k = 0.75 the shared ZTF night raised one at alert 716).
+
 A statistic above half its threshold is *leaning*: refinement waits (see
 :mod:`processors.policies.refine`).
 
@@ -53,7 +63,7 @@ Example (a calibrated detector's scores are uniform on normal data; a blind one 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,11 +72,14 @@ from scipy.special import ndtri
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "FEATURE_COMPONENTS",
+    "FEATURE_THRESHOLDS",
     "SIZE_GRID",
     "Cusum",
     "SequentialTest",
     "cusum_threshold",
     "mid_rank_p",
+    "observe_lane",
 ]
 
 SIZE_GRID = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
@@ -91,6 +104,46 @@ DEFAULT_THRESHOLDS = {
 }
 
 
+FEATURE_COMPONENTS = 8  # the drift profile's principal components (calibration's default)
+# h of SequentialTest().for_components(8) per grid size (k 1.0, arl 8e6, 32,000 replications,
+# seed 21), as cusum_threshold computes it; below 32 held-out images the feature CUSUMs are off.
+FEATURE_THRESHOLDS = {
+    32: 10.8885,
+    48: 9.607,
+    64: 9.3654,
+    96: 8.9347,
+    128: 8.3732,
+    192: 7.9073,
+    256: 8.0009,
+    384: 7.8925,
+    512: 7.934,
+    768: 7.8676,
+    1024: 7.5309,
+    2048: 7.6338,
+}
+
+
+def vote_statistic(calibrated: NDArray[np.float64], vote_k: int) -> NDArray[np.float64]:
+    """Each row's ``vote_k``-th largest calibrated score: the image is flagged exactly when this
+    is above the (common) threshold, so its distribution carries the flag rate at any one."""
+    rows = np.atleast_2d(np.asarray(calibrated, dtype=np.float64))
+    return np.asarray(-np.sort(-rows, axis=1)[:, vote_k - 1])
+
+
+def reference_votes(calibrated: NDArray[np.float64], vote_k: int) -> NDArray[np.float64]:
+    """The profile's held-out vote statistics, sorted and centred for new images.
+
+    A held-out row's calibrated score counts the other calibration rows below it, a new
+    image's counts all of them: on the grid ``j / n`` a row's sits between 0 and 1 step below
+    the image's rank among both, so each reference value moves up half a step (``n`` from the
+    grid: the smallest gap between a detector's distinct held-out scores).
+    """
+    rows = np.asarray(calibrated, dtype=np.float64)
+    gaps = np.diff(np.unique(rows[:, 0]))
+    step = float(gaps.min()) if gaps.size else 0.0
+    return np.sort(vote_statistic(rows, vote_k) + step / 2.0)
+
+
 def mid_rank_p(score: float, sorted_reference: NDArray[np.float64]) -> float:
     """``(#{ref > s} + (#{ref = s} + 1) / 2) / (m + 1)``: in ``(0, 1)``, small for high scores."""
     m = sorted_reference.shape[0]
@@ -101,7 +154,12 @@ def mid_rank_p(score: float, sorted_reference: NDArray[np.float64]) -> float:
 
 @functools.lru_cache(maxsize=64)
 def cusum_threshold(
-    size: int, k: float, arl: float, horizon: int, replications: int, seed: int
+    size: int,
+    k: float,
+    arl: float,
+    horizon: int,
+    replications: int,
+    seed: int,
 ) -> float:
     """``h`` with P(max of either CUSUM over ``horizon`` images > h) ≤ ``horizon / arl``.
 
@@ -139,10 +197,11 @@ class SequentialTest:
     horizon: int = 4096
     replications: int = 16000
     seed: int = 20
+    feature_k: float = 1.0  # the feature projections' allowance; 0: no feature CUSUMs
 
     def __post_init__(self) -> None:
-        if not self.k > 0.0:
-            raise ValueError(f"k must be > 0, got {self.k!r}")
+        if not self.k > 0.0 or self.feature_k < 0.0:
+            raise ValueError(f"need k > 0 and feature_k >= 0, got {self.k!r}, {self.feature_k!r}")
         if not self.arl > self.horizon >= 1:
             raise ValueError(f"need arl > horizon >= 1, got {self.arl!r}, {self.horizon!r}")
         if self.horizon / self.arl < 2.0 / self.replications:
@@ -153,7 +212,21 @@ class SequentialTest:
         grid = max((g for g in SIZE_GRID if g <= size), default=SIZE_GRID[0])
         if self == SequentialTest():
             return DEFAULT_THRESHOLDS[grid]
+        if self == SequentialTest().for_components(FEATURE_COMPONENTS):
+            return FEATURE_THRESHOLDS.get(grid, float("inf"))  # off below 32 held-out images
         return cusum_threshold(grid, self.k, self.arl, self.horizon, self.replications, self.seed)
+
+    def for_components(self, components: int) -> SequentialTest:
+        """The test of each of ``components`` feature projections (allowance ``feature_k``;
+        Bonferroni: ``arl`` times ``components``, twice the replications for the rarer
+        quantile, its own seed)."""
+        return replace(
+            self,
+            k=self.feature_k or self.k,
+            arl=self.arl * components,
+            replications=2 * self.replications,
+            seed=self.seed + 1,
+        )
 
     @staticmethod
     def z(score: float, sorted_reference: NDArray[np.float64]) -> float:
@@ -179,7 +252,42 @@ class SequentialTest:
             "reference_size": float(sorted_reference.shape[0]),
             "images_since_onset": float(seq + 1 - onset),
         }
-        return f"sequential: score {direction}", evidence, onset
+        return f"sequential: vote {direction}", evidence, onset
+
+
+def observe_lane(
+    test: SequentialTest,
+    state: dict[str, Any],
+    vote: float,
+    sorted_votes: NDArray[np.float64],
+    projection: NDArray[np.float64],
+    sorted_projections: NDArray[np.float64],
+    seq: int,
+) -> tuple[tuple[str, dict[str, float], int] | None, bool]:
+    """Step a lane's CUSUMs (``state``, updated in place) with image ``seq``: its vote
+    statistic against the held-out ones, and each feature projection against the held-out
+    images' (``sorted_projections``: ``(m, k)``, each column sorted). Returns (the alarm:
+    reason, evidence, onset seq; or None) and whether anything leans. The vote CUSUMs run at
+    ``test``; the ``k`` projections' at :meth:`SequentialTest.for_components`, so the chance of
+    a false alarm within ``horizon`` images is at most ``2 horizon / arl`` in all."""
+    votes = Cusum.from_dict(state.get("vote") or {})
+    columns = sorted_projections.shape[1]
+    alarm = test.observe(votes, vote, sorted_votes, seq)
+    leaning = votes.leaning(test.threshold(sorted_votes.shape[0]))
+    if not test.feature_k:
+        state["vote"] = votes.to_dict()
+        return alarm, leaning or alarm is not None
+    per_pc = test.for_components(columns)
+    h_pc = per_pc.threshold(sorted_projections.shape[0])
+    pcs = [Cusum.from_dict(d) for d in state.get("pc") or [{}] * columns]
+    for j, cusum in enumerate(pcs):
+        found = per_pc.observe(cusum, float(projection[j]), sorted_projections[:, j], seq)
+        if found is not None and alarm is None:
+            way = "up" if found[0].endswith("flood") else "down"
+            alarm = (f"sequential: feature component {j} shifted {way}", *found[1:])
+        leaning = leaning or cusum.leaning(h_pc)
+    state["vote"], state["pc"] = votes.to_dict(), [c.to_dict() for c in pcs]
+    return alarm, leaning or alarm is not None
 
 
 @dataclass

@@ -65,6 +65,7 @@ _FLAT_KEYS = [
     "drift_sequential_k",
     "drift_sequential_arl",
     "drift_sequential_horizon",
+    "drift_sequential_feature_k",
     "threshold_decay",
     "threshold_decay_every",
     "threshold_floor",

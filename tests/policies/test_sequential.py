@@ -25,6 +25,8 @@ from processors.policies.sequential import (
     Cusum,
     SequentialTest,
     cusum_threshold,
+    observe_lane,
+    reference_votes,
 )
 
 
@@ -102,6 +104,22 @@ def test_a_collapse_and_a_flood_are_caught_within_64_images(direction: str) -> N
         assert abs(alarm[1] - onset) <= 16  # the onset estimate: the excursion's first image
         delays.append(at - onset)
     assert max(delays) < 64, delays
+
+
+def test_a_lane_raises_a_shifted_feature_component_and_names_it() -> None:
+    """Votes stay uniform; component 3 of 8 moves by 1.5 standard deviations at image 200."""
+    test, rng = SequentialTest(), np.random.default_rng(3)
+    votes = reference_votes(rng.integers(0, 64, size=(70, 3)) / 64, 2)
+    projections = np.sort(rng.normal(size=(70, 8)), axis=0)
+    state: dict[str, object] = {}
+    for seq in range(600):
+        x = rng.normal(size=8)
+        x[3] += 1.5 if seq >= 200 else 0.0
+        alarm, _ = observe_lane(test, state, rng.uniform(), votes, x, projections, seq)
+        if alarm is not None:
+            break
+    assert alarm is not None and alarm[0] == "sequential: feature component 3 shifted up"
+    assert 200 <= seq < 264 and abs(alarm[2] - 200) <= 16
 
 
 def test_the_cusum_state_survives_a_round_trip() -> None:

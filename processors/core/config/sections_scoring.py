@@ -118,6 +118,9 @@ class DriftSettings(Section):
     sequential_horizon: int = Field(
         default=4096, ge=16, description="images per epoch the run length is simulated over"
     )
+    sequential_feature_k: float = Field(
+        default=1.0, ge=0.0, description="feature projections' CUSUM allowance (0: off)"
+    )
 
     @model_validator(mode="after")
     def _step_within_window(self) -> DriftSettings:
