@@ -11,7 +11,10 @@ writes the state back. The controller orders the decisions; :mod:`processors.con
 - every score with an embedding → its lane's ring (dedupe by image id);
 - a lane without a calibration, once its ring holds ``reference_size`` images → the first
   ``calibration.updated`` (reference from those images, trimmed, with a drift profile);
-- a served score of the lane's current calibration → the drift window; every ``drift_step``
+- a served score of the lane's current calibration → the sequential test (two CUSUMs on its
+  vote statistic's and feature projections' conformal p-values,
+  :mod:`~processors.policies.sequential`: an alarm → ``drift.detected`` from the CUSUM's
+  onset) and the drift window; every ``drift_step``
   scores the last ``drift_window`` are judged against the profile
   (:func:`~processors.policies.drift.judge_window`) and ``consecutive`` disjoint disagreeing
   windows → ``drift.detected`` → ``calibration.updated`` caused by it, from the images since
@@ -19,9 +22,10 @@ writes the state back. The controller orders the decisions; :mod:`processors.con
   projections and scores: the windows that raised the alarm, without the pre-drift images
   before them, which would otherwise stay in every reference of the new epoch), as soon as
   ``drift_min_reference`` of them exist (recovery does not wait for a full window);
-- a lane whose calibration window can grow by half (up to ``reference_max_size``) while its
-  windows agree → a refining ``calibration.updated`` on the larger window: 128, 192, 288, ...
-  images (a young or post-drift calibration is noisy; each refinement narrows it);
+- a lane whose calibration window can grow by half (up to ``reference_max_size``) while
+  nothing leans → a refining ``calibration.updated`` on the larger window: 128, 192, 288, ...
+  images (a young or post-drift calibration is noisy; each refinement narrows it), ending at
+  the images the drift tests cleared (:mod:`~processors.policies.refine`), never the newest;
 - production scores: threshold decay (``threshold.decayed`` every ``decay.every`` images),
   source rebalancing (``source.weights_set``) and error back-off (``source.paused``); dead
   letters count as errors for back-off and health;

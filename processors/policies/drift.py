@@ -20,8 +20,8 @@ A window *disagrees* with the calibration when any test fires:
 - **flag rate**: the window's flagged fraction against the rate the calibration expects at the
   thresholds in force (decayed ones included), a two-sided exact binomial test with
   ``p < flag_p`` (default 0.002). It sees a flood of flags at once; a collapse to none is
-  seen by the score and feature tests first (no flag in 64 images at a 5 % target has
-  p = 0.04, never significant alone).
+  seen by the sequential test (:mod:`processors.policies.sequential`) and the score and
+  feature tests first (no flag in 64 images at a 5 % target has p = 0.04, never significant).
 
 The bounds are strict because windows are judged often (every ``drift_step`` images, see
 :class:`Hysteresis`): at 0.002 per test, three tests and two disjoint windows, stationary
