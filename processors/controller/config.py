@@ -24,7 +24,8 @@ class ControllerConfig:
     """Policy parameters; :meth:`from_settings` maps the typed settings onto them.
 
     ``policy``: the lane policy's registered name (the ``control_policy`` setting);
-    ``sequential``: the CUSUMs' parameters, None to judge windows only.
+    ``sequential``: the CUSUMs' parameters, None to judge windows only; ``threshold_rule``:
+    a drift recalibration's (the others take ``nearest``).
     """
 
     policy: str = "skyloop"

@@ -164,7 +164,7 @@ class Lanes:
             cfg.target_fpr,
             cfg.vote_k,
             max_trim=cfg.max_trim,
-            threshold_rule=cfg.threshold_rule,
+            threshold_rule=cfg.threshold_rule if reason == "drift" else "nearest",
         )
         reference, profile = plan.reference.to_bytes(), plan.profile.to_bytes()
         profile_id = artifact_id_of(profile)

@@ -87,8 +87,9 @@ class CalibrationSettings(Section):
     threshold_rule: Literal["conformal", "nearest"] = Field(
         default="conformal",
         description=(
-            "conformal: a flag rate at most target_fpr on new images (finite-sample bound); "
-            "nearest: the in-sample rate nearest the target"
+            "a drift recalibration's thresholds; conformal: a flag rate within target_fpr "
+            "+- 1/(n+1) on new images; nearest: the in-sample rate nearest the target (as "
+            "every other calibration)"
         ),
     )
 
