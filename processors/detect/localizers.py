@@ -5,7 +5,7 @@ shadow, canary; see :mod:`processors.core.rollouts`) to loaded YOLO models and l
 image with all of them:
 
 - the **baseline** (source extraction on the image's own pixels,
-  :func:`processors.detect.localize.extract_boxes`) always runs: it is cheap, it is what serves
+  :func:`processors.yolo.extraction.extract_boxes`) always runs: it is cheap, it is what serves
   before any detector does, and its boxes are the pseudo-labels' (from pixels, not from a
   model's predictions);
 - the **served** boxes are the canary's for an image its traffic fraction routes there (the
@@ -37,7 +37,7 @@ from processors.core.artifacts import ArtifactError, ArtifactStore
 from processors.core.exceptions import SkyloopError
 from processors.core.records import Box
 from processors.core.rollouts import ModelSlot, Rollout, routes_to_canary
-from processors.detect.localize import extract_boxes
+from processors.yolo.extraction import extract_boxes
 
 __all__ = ["BASELINE", "Localization", "LocalizerSet", "Output"]
 

@@ -53,9 +53,9 @@ from processors.core.records import (
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.detect.crossmatch_stage import CrossMatchStage
 from processors.detect.labels import LabelStatus, PseudoLabelPolicy
-from processors.detect.localize import extract_boxes, merge_adjacent
 from processors.detect.localizers import Localization, LocalizerSet
 from processors.detect.novelty import NormalBoxes, NoveltyParams
+from processors.yolo.extraction import extract_boxes, merge_adjacent
 from processors.yolo.raster import record_plane
 from processors.yolo.samples import TrainingSample
 

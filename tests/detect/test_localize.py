@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from processors.core.exceptions import BadImageError
-from processors.detect.localize import (
+from processors.yolo.evaluation import box_quality
+from processors.yolo.extraction import (
     ExtractionParams,
     boxes_at,
     extract_boxes,
     localize_record,
     snr_confidence,
 )
-from processors.yolo.evaluation import box_quality
 from tests.detect.blobs import blob_image, blob_set, fits_record
 
 ZTF_STREAM = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ztf-stream"

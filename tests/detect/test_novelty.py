@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from processors.core.records import Box
-from processors.detect.localize import extract_boxes
 from processors.detect.novelty import NormalBoxes, NoveltyParams, box_features
 from processors.ingest.sources.items import to_record
 from processors.ingest.synthetic.sky import SyntheticSky
+from processors.yolo.extraction import extract_boxes
 from processors.yolo.raster import record_plane
 
 

@@ -18,11 +18,11 @@ from processors.core.exceptions import (
     TrainingError,
     TrainingTimeoutError,
 )
-from processors.detect.localize import extract_boxes
 from processors.train import training
 from processors.train.training import MAX_EPOCHS, epochs_for, train_detector
 from processors.yolo.dataset import DetectionSample, write_yolo_dataset
 from processors.yolo.evaluation import box_quality, map50
+from processors.yolo.extraction import extract_boxes
 from processors.yolo.yolo import YoloLocalizer
 from tests.detect.blobs import blob_set
 

@@ -50,8 +50,8 @@ from processors.core.clickhouse import connect
 from processors.core.datasets import is_held_out
 from processors.core.events import EventType
 from processors.core.records import Box
-from processors.detect.localize import extract_boxes
 from processors.yolo.evaluation import box_quality, map50
+from processors.yolo.extraction import extract_boxes
 from processors.yolo.raster import record_plane
 from processors.yolo.samples import TrainingSample
 
