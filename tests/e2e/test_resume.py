@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from processors.core.progress import read_progress
+from tools.chaos.live import broker_pid, processes_with
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,7 @@ def _env(marker: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
     # a short ingest lead leaves images ingested but not yet scored when the kill comes
     env.update(
-        SKYLOOP_E2E_MARKER=marker,
+        SKYLOOP_CHAOS_MARKER=marker,  # how tools.chaos.live finds the run's processes
         HF_HUB_OFFLINE="1",
         SKYLOOP_INGEST_MAX_LAG="48",
         SKYLOOP_BATCH_SIZE="16",
@@ -54,41 +55,15 @@ def _env(marker: str) -> dict[str, str]:
     return env
 
 
-def _pids(marker: str) -> list[int]:
-    needle = f"SKYLOOP_E2E_MARKER={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except (FileNotFoundError, PermissionError, ProcessLookupError):
-            continue
-    return found
-
-
-def _broker_pid(marker: str) -> int | None:
-    """The run's Tansu broker (not the guard that started it)."""
-    for pid in _pids(marker):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"--storage-engine" in cmdline and b"processors.core.guard" not in cmdline:
-            return pid
-    return None
-
-
 def _kill_everything(marker: str) -> int:
     """SIGSTOP then SIGKILL every process of the run (the tree started under ``marker``)."""
-    pids = _pids(marker)
+    pids = processes_with(marker)
     for sig in (signal.SIGSTOP, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
     deadline = time.monotonic() + 20
-    while _pids(marker) and time.monotonic() < deadline:
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     return len(pids)
 
@@ -282,7 +257,7 @@ def test_memory_broker_death_mid_run_is_recovered(tmp_path: Path) -> None:
                     break
             assert time.monotonic() < deadline, "the run never got going"
             time.sleep(0.3)
-        pid = _broker_pid(marker)
+        pid = broker_pid(marker)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
