@@ -15,6 +15,7 @@ import pytest
 
 from processors.core.clickhouse import connect
 from processors.core.progress import read_progress
+from tools.chaos.live import MARKER_VAR, processes_with
 
 pytestmark = pytest.mark.e2e
 
@@ -23,25 +24,8 @@ IMAGES = 160
 
 def _env(marker: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
-    env.update({"SKYLOOP_E2E_MARKER": marker, "HF_HUB_OFFLINE": "1"}, **extra)
+    env.update({MARKER_VAR: marker, "HF_HUB_OFFLINE": "1"}, **extra)
     return env
-
-
-def _processes_with(marker: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``marker`` (children inherit it)."""
-    found = []
-    needle = f"SKYLOOP_E2E_MARKER={marker}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                stat = (entry / "stat").read_text()
-                if stat.split(") ", 1)[1].split()[0] != "Z":
-                    found.append(int(entry.name))
-        except (FileNotFoundError, PermissionError, ProcessLookupError):
-            continue
-    return found
 
 
 def _skyloop(*args: str, env: dict[str, str], timeout: float = 60) -> str:
@@ -77,7 +61,7 @@ def test_run_passes_every_image_through_every_stage(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not _processes_with(marker), "processes outlived skyloop run"
+    assert not processes_with(marker), "processes outlived skyloop run"
     report_path = Path(re.search(r"^report: (.+)$", done.stdout, re.M).group(1))  # type: ignore[union-attr]
     run_dir = Path((data / "latest").read_text().strip())
 
@@ -163,7 +147,7 @@ def test_ctrl_c_drains_what_was_ingested_reports_and_stops_every_process(
                     break
             assert time.monotonic() < deadline, "the run never got going"
             time.sleep(0.5)
-        assert len(_processes_with(marker)) >= 6  # skyloop, broker, 4 workers, ingest
+        assert len(processes_with(marker)) >= 6  # skyloop, broker, 4 workers, ingest
         signals = [
             line.strip()
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
@@ -188,9 +172,9 @@ def test_ctrl_c_drains_what_was_ingested_reports_and_stops_every_process(
     assert ingest["done"] and sink["images"] == ingest["images"] > 0
     assert sink["scores"] == sink["images"]
     deadline = time.monotonic() + 10
-    while _processes_with(marker) and time.monotonic() < deadline:
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _processes_with(marker), "stray processes after Ctrl-C"
+    assert not processes_with(marker), "stray processes after Ctrl-C"
     out = _skyloop(
         "sql",
         "SELECT count() FROM images FINAL",

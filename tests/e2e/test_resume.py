@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from processors.core.progress import read_progress
-from tools.chaos.live import broker_pid, processes_with
+from tools.chaos.live import MARKER_VAR, broker_pid, processes_with
 
 pytestmark = pytest.mark.e2e
 
@@ -46,8 +46,8 @@ def _folder(path: Path, n: int) -> Path:
 def _env(marker: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
     # a short ingest lead leaves images ingested but not yet scored when the kill comes
+    env[MARKER_VAR] = marker  # how tools.chaos.live finds the run's processes
     env.update(
-        SKYLOOP_CHAOS_MARKER=marker,  # how tools.chaos.live finds the run's processes
         HF_HUB_OFFLINE="1",
         SKYLOOP_INGEST_MAX_LAG="48",
         SKYLOOP_BATCH_SIZE="16",

@@ -32,6 +32,7 @@ from astropy.io.fits.verify import VerifyWarning
 from PIL import Image
 
 from processors.core.clickhouse import connect
+from tools.chaos.live import MARKER_VAR, processes_with
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZTF_ALERTS_ENV = "SKYLOOP_ZTF_ALERTS_DIR"
@@ -103,24 +104,8 @@ def _expected(folder: Path, mode: str) -> Expected:
 
 def _env(marker: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
-    env.update({"SKYLOOP_E2E_MARKER": marker, "HF_HUB_OFFLINE": "1"})
+    env.update({MARKER_VAR: marker, "HF_HUB_OFFLINE": "1"})
     return env
-
-
-def _survivors(marker: str) -> list[int]:
-    """Live processes started by the run (they inherit its marker in their environment)."""
-    needle = f"SKYLOOP_E2E_MARKER={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            alive = (entry / "stat").read_text().split(") ", 1)[1].split()[0] != "Z"
-            if alive and needle in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, IndexError):
-            continue
-    return found
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -150,7 +135,7 @@ def test_every_readable_packet_is_scored_once_and_reported(
     )
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not _survivors(marker), "processes outlived skyloop run"
+    assert not processes_with(marker), "processes outlived skyloop run"
 
     # the summary names what the source read, published and failed
     assert (

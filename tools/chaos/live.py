@@ -24,15 +24,27 @@ from tools.chaos.checker import Verdict, check, load_stored
 from tools.chaos.monitor import Monitor
 from tools.chaos.tap import Tap
 
-__all__ = ["WORKERS", "LiveRun", "broker_pid", "chaos_env", "processes_with", "worker_pid"]
+__all__ = [
+    "MARKER_VAR",
+    "WORKERS",
+    "LiveRun",
+    "broker_pid",
+    "chaos_env",
+    "processes_with",
+    "worker_pid",
+]
 
 WORKERS = ("sink", "controller", "detect", "train", "score")
 """The restartable workers of ``skyloop run`` (ingest is not restarted: its death ends a run)."""
 EXTRA = b"SKYLOOP_CHAOS_EXTRA=1"
+MARKER_VAR = "SKYLOOP_RUN_MARKER"
+"""The environment variable that marks a run's process tree (children inherit it)."""
 
 
 def processes_with(marker: str) -> list[int]:
-    needle = f"SKYLOOP_CHAOS_MARKER={marker}".encode()
+    """The pids of the live (not zombie) processes whose environment has ``MARKER_VAR=marker``:
+    a run started with that marker and every process it started."""
+    needle = f"{MARKER_VAR}={marker}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -41,7 +53,7 @@ def processes_with(marker: str) -> list[int]:
             alive = (entry / "stat").read_text().split(") ", 1)[1].split()[0] != "Z"
             if alive and needle in (entry / "environ").read_bytes():
                 found.append(int(entry.name))
-        except (FileNotFoundError, PermissionError, ProcessLookupError):
+        except (OSError, IndexError):  # gone, not ours, or an unreadable stat
             continue
     return found
 
@@ -78,8 +90,8 @@ def chaos_env(marker: str, durable: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
     if durable:
         env["SKYLOOP_BROKER_DURABLE"] = "true"
+    env[MARKER_VAR] = marker
     env.update(
-        SKYLOOP_CHAOS_MARKER=marker,
         SKYLOOP_REFERENCE_SIZE="30",
         SKYLOOP_BATCH_SIZE="16",
         HF_HUB_OFFLINE="1",

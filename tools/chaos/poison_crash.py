@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from processors.core.progress import read_progress
+from tools.chaos.live import MARKER_VAR
 from tools.chaos.scenarios import Outcome, worker_pid
 
 __all__ = ["FAULT", "poison_crash"]
@@ -48,8 +49,8 @@ def poison_crash(images: int, work: Path, timeout_s: float = 900.0) -> Outcome:
     data = work / "data"
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
+    env[MARKER_VAR] = marker
     env.update(
-        SKYLOOP_CHAOS_MARKER=marker,
         SKYLOOP_REFERENCE_SIZE="30",
         SKYLOOP_BATCH_SIZE="16",
         SKYLOOP_FAULTS=f"score:kill:images.raw/{PARTITION}/{offset}",
