@@ -29,12 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from processors.report.flag_rates import FLAG_BAND
 from tools.bench.policy_sim import Replay
 
 __all__ = ["BAND", "WINDOW", "ChangeScore", "StationaryScore", "score_change", "score_stationary"]
 
 WINDOW = 128
-BAND = (0.25, 2.5)
+BAND = FLAG_BAND  # the report's band: a window in band here is one in band there
 WIDE_BAND = (0.4, 2.0)  # the Hubble criterion: whole stream, drift included
 EFFECT = 64
 DETECTED, CALIBRATED = "drift.detected", "calibration.updated"
