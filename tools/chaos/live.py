@@ -100,7 +100,8 @@ def chaos_env(marker: str, durable: bool = False) -> dict[str, str]:
 
 
 def _descendants(root: int) -> list[int]:
-    """The pids below ``root`` (through ``/proc/PID/task/TID/children``)."""
+    """The pids below ``root`` (through ``/proc/PID/task/TID/children``), each listed before
+    its own descendants."""
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -176,7 +177,9 @@ class LiveRun:
     def _pids(self) -> dict[str, int | None]:
         """Every worker's and the broker's pid, from one walk of the run's process tree (the
         monitor calls this five times a second: a scan of all of /proc each time would cost a
-        good part of a core)."""
+        good part of a core). A worker is its topmost matching process: a child it forks has its
+        command line until it execs, and must not be taken for a restart (the walk lists every
+        process before its descendants)."""
         found: dict[str, int | None] = dict.fromkeys((*WORKERS, "broker"))
         if self.proc is None:
             return found
@@ -188,10 +191,10 @@ class LiveRun:
                 continue
             if b"processors.core.guard" in cmdline or state == "Z":
                 continue
-            if b"--storage-engine" in cmdline:
+            if b"--storage-engine" in cmdline and found["broker"] is None:
                 found["broker"] = pid
             for worker in WORKERS:
-                if f"worker\0{worker}\0".encode() in cmdline:
+                if f"worker\0{worker}\0".encode() in cmdline and found[worker] is None:
                     found[worker] = pid
         return found
 
