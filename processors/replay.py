@@ -287,6 +287,10 @@ def run_replay(
 
         slot, shadow, version = _model_slot(settings, bootstrap, model)
         inner: Any = ScoreProcessor()
+        # decisions pinned to one state: nothing to wait for from a live controller
+        settings = settings.model_copy(
+            update={"score": settings.score.model_copy(update={"max_control_lag": 0})}
+        )
 
         def pin(state: ControlState) -> ControlState:
             return pin_model(state, slot)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 BATCH_WAIT_S = 0.2
+COMMIT_INTERVAL_S = 0.5
 
 
 def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> faust.App:
@@ -52,6 +53,8 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
         store="memory://",
         producer_max_batch_size=1,  # the embedded broker restores tables only with this
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        # its committed offsets are how far behind the scorers see it (processors.score.control_lag)
+        broker_commit_interval=COMMIT_INTERVAL_S,
         topic_partitions=partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,

@@ -138,6 +138,7 @@ class Runner:
         consumer = make_consumer(settings, self.bootstrap, settings.group(name))
         self.ctx.extra["follower"] = follower
         self.ctx.extra["producer"] = producer
+        self.ctx.extra["stopped"] = self.stop.is_set
         try:
             if not follower.wait_caught_up(timeout_s=60):
                 log.warning("%s: control log not caught up after 60 s; continuing", name)

@@ -33,9 +33,11 @@ and commits the one in hand first) and resumes on ``pipeline.resumed``.
 Guarantees: every consumed message yields a dead letter or exactly one served score (plus
 unserved ones); a control event acknowledged before an image was produced is applied before
 that image is scored (each batch first waits until the follower has applied the control log up
-to its end); decisions depend only on the image, its features and the ControlState snapshot
-stamped as ``control_offset``; ensembles are refit from content-addressed artifacts, so every
-scorer instance with the same settings makes bit-identical decisions.
+to its end, and before that, while the controller has more than ``score.max_control_lag``
+scores to read, for it: :mod:`processors.score.control_lag`); decisions depend only on the
+image, its features and the ControlState snapshot stamped as ``control_offset``; ensembles
+are refit from content-addressed artifacts, so every scorer instance with the same settings
+makes bit-identical decisions.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from processors.core.records import TOPICS, ImageRecord, ScoreRecord
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.ood.ensemble import energy_score
 from processors.score.backbone import Backbone, BackboneOutput
+from processors.score.control_lag import ControlLag
 from processors.score.decisions import EnsembleCache, MathThreads, Verdict, decide
 from processors.score.embedding import BatchEmbedder, StageTimes
 from processors.score.models import BackboneCache, backbone_spec_from_settings
@@ -104,6 +107,7 @@ class ScoreProcessor:
         # reference window counts them (redelivered or re-published images count once).
         self._uncalibrated_sent: dict[tuple[str, str], set[str]] = {}
         self._embedder: BatchEmbedder | None = None
+        self._control_lag: ControlLag | None = None
 
     def setup(self, ctx: RunContext) -> None:
         s = ctx.settings
@@ -115,15 +119,21 @@ class ScoreProcessor:
         self.ensembles = EnsembleCache(store)
         self.math_threads = MathThreads(s.ood.threads)
         self._embedder = BatchEmbedder(ctx.codec, s.score.chunks, self.times)
+        self._control_lag = ControlLag(s, ctx.bootstrap)
         log.info("score: %r, %d chunk(s) per batch", self.backbone, s.score.chunks)
 
     def close(self) -> None:
         if self._embedder is not None:
             self._embedder.close()
+        if self._control_lag is not None:
+            self._control_lag.close()
 
     # -- the step ----------------------------------------------------------------------------
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
         started = time.perf_counter()
+        if self._control_lag is not None:  # first let the controller read what we served
+            self._control_lag.hold(self._stopped)
+            self.ctx.progress.set("control_lag_waited_s", round(self._control_lag.waited_s, 3))
         state = self._caught_up(state)
         self.times.control += time.perf_counter() - started
         production_slot = state.production
@@ -307,6 +317,10 @@ class ScoreProcessor:
         self.ctx.progress.add("scored", n)
         self.times.encode += time.perf_counter() - t_encode
         return messages
+
+    def _stopped(self) -> bool:
+        stopped = self.ctx.extra.get("stopped")
+        return bool(stopped()) if stopped is not None else False
 
     def _caught_up(self, state: ControlState) -> ControlState:
         """The follower's state once every control event already in the log is applied.

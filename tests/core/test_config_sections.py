@@ -39,6 +39,8 @@ _FLAT_KEYS = [
     "score_chunks",
     "ood_threads",
     "calibration_wait_s",
+    "max_control_lag",
+    "control_stall_s",
     "sink_batch_size",
     "sink_batch_max_bytes",
     "sink_batch_max_wait_ms",

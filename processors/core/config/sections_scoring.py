@@ -49,6 +49,20 @@ class ScoreSettings(Section):
     calibration_wait_s: float = Field(
         default=120.0, ge=0, description="scorer wait for a calibration"
     )
+    max_control_lag: int = Field(
+        default=256,
+        ge=0,
+        description=(
+            "the scorer waits before a batch while the controller has this many more scores "
+            "to read, so a correction acts within about this many images of its evidence "
+            "(0: never waits)"
+        ),
+    )
+    control_stall_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a controller whose position has not moved for this long is not waited for",
+    )
 
 
 class OodSettings(Section):

@@ -1,0 +1,136 @@
+"""Control lag: the scorer waits while the controller has over ``max_control_lag`` scores unread.
+
+Why: a correction (a refinement, a drift recalibration, a threshold decay) is drawn from the
+scores the controller has read, and acts on the images scored after the scorer applies it. When
+images arrive far faster than the controller reads scores (a night of alerts replayed at full
+speed, a burst after an outage), an unbounded scorer serves hundreds of images under a
+calibration the controller has already replaced, and *which* images get the new one depends on
+the machine's load, not on the stream. Measured on the ZTF night (ARCHITECTURE.md, "Control
+lag"): a run on a faster machine scored its last 111 alerts two refinements late and flagged
+13.5 % of them against a 5 % target.
+
+:class:`ControlLag` measures the controller's lag on ``scores`` (high watermark minus the
+controller group's committed offset, summed over partitions) with its own client, which never
+joins the group, and :meth:`ControlLag.hold` waits before a batch, checking every
+``interval_s``, until the lag is back under the bound. So a decision drawn from score ``n`` is
+in force (the scorer also waits for the control log's end before each batch) before the scorer
+has served more than about ``n + max_control_lag + batch`` images.
+
+Never blocks for long: a controller that has never committed (none runs yet, or none at all,
+as in a replay that only rescores) is not waited for; one whose committed offsets do not move
+for ``stall_s`` is declared stalled, the scorer goes on (a warning, the ``stalled`` count) and
+waits again only once the controller has moved. ``max_control_lag = 0`` disables it.
+
+The embedded broker (Tansu 0.6) reports a partition's high watermark as its last batch's first
+offset + 1, so there the lag reads up to one produced batch short (at most ``batch.size`` - 1
+per partition); a real Kafka reports it exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from processors.core.config import Settings
+from processors.core.kafka import kafka_security
+from processors.core.records import TOPICS
+
+__all__ = ["CONTROLLER_GROUP", "ControlLag"]
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_GROUP = "stats"  # the controller app's id (kept from when the worker was called stats)
+
+
+class ControlLag:
+    """See the module docstring. Not thread-safe: one per scorer loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        interval_s: float = 0.1,
+        stall_s: float | None = None,
+    ) -> None:
+        self.max_lag = settings.score.max_control_lag
+        self.stall_s = settings.score.control_stall_s if stall_s is None else stall_s
+        self.interval_s = interval_s
+        self.partitions = [
+            TopicPartition(settings.topic("scores"), p) for p in range(TOPICS["scores"].partitions)
+        ]
+        self._client: Consumer | None = None
+        if self.max_lag > 0:
+            self._client = Consumer(
+                {
+                    **kafka_security(settings),
+                    "bootstrap.servers": bootstrap,
+                    "group.id": settings.group(CONTROLLER_GROUP),
+                    "enable.auto.commit": False,
+                }
+            )
+        self.waited_s = 0.0
+        self.stalled = 0  # times the controller was declared stalled
+        self._stalled_at: int | None = None  # its committed total when declared stalled
+
+    def measure(self) -> tuple[int, int] | None:
+        """``(lag, committed)``: scores not yet committed by the controller, and its committed
+        total; None while it has committed nothing (no controller to wait for)."""
+        assert self._client is not None
+        lag = committed_total = 0
+        committed_any = False
+        for tp in self._client.committed(self.partitions, timeout=10):
+            _low, high = self._client.get_watermark_offsets(tp, timeout=10, cached=False)
+            if tp.offset < 0:
+                lag += high  # a partition it has not committed on yet: all of it is ahead
+                continue
+            committed_any = True
+            committed_total += tp.offset
+            lag += max(high - tp.offset, 0)
+        return (lag, committed_total) if committed_any else None
+
+    def hold(self, stopped: Callable[[], bool]) -> float:
+        """Wait while the controller's lag is over the bound; returns the seconds waited."""
+        if self._client is None:
+            return 0.0
+        started = time.monotonic()
+        progress_at, last_committed = started, -1
+        while not stopped():
+            try:
+                measured = self.measure()
+            except KafkaException as exc:  # never block scoring on a failed measurement
+                log.warning("score: could not measure the controller's lag: %s", exc)
+                break
+            if measured is None:
+                break
+            lag, committed = measured
+            if self._stalled_at is not None:
+                if committed == self._stalled_at:
+                    break  # still stalled: score on without it
+                log.info("score: the controller moves again; waiting for it when ahead")
+                self._stalled_at = None
+            if lag <= self.max_lag:
+                break
+            now = time.monotonic()
+            if committed != last_committed:
+                progress_at, last_committed = now, committed
+            elif now - progress_at >= self.stall_s:
+                log.warning(
+                    "score: the controller committed nothing in %.0f s with %d scores unread; "
+                    "scoring on without waiting for it",
+                    self.stall_s,
+                    lag,
+                )
+                self._stalled_at, self.stalled = committed, self.stalled + 1
+                break
+            time.sleep(self.interval_s)
+        waited = time.monotonic() - started
+        self.waited_s += waited
+        return waited
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
