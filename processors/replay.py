@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 from processors.core.codec import default_codec
@@ -43,6 +43,7 @@ from processors.core.exceptions import CodecError, ConfigError, SkyloopError
 from processors.core.kafka import ControlFollower
 from processors.core.records import TOPICS
 from processors.core.runner import InMessage, OutMessage, RunContext, Runner, StopSignal
+from processors.resume_log import SqlRows
 
 __all__ = [
     "ReplayBoundary",
@@ -161,6 +162,8 @@ class ReplaySummary:
     """From the first record read to the last batch done: the group join and the idle wait
     that ends a replay are not in it."""
     first_at: float | None = None
+    cold: int = 0
+    """Images rescored from ClickHouse: stored, selected, no longer in the hot log."""
 
     @property
     def per_second(self) -> float:
@@ -192,6 +195,7 @@ class _Replay:
         self.pin = pin
         self.shadow_role = shadow_role
         self.codec = default_codec()
+        self.seen: set[str] = set()  # image ids handed to ``inner`` (the cold pass skips them)
 
     def setup(self, ctx: RunContext) -> None:
         if self.pin is not None:
@@ -223,6 +227,8 @@ class _Replay:
         self.summary.skipped += len(batch) - len(chosen)
         if not chosen:
             return []
+        if self.pin is not None:  # a rescore: remember which images it scored
+            self.seen.update(self._image_id(m) for m in chosen)
         outputs = self.inner.process(chosen, self.pin(state) if self.pin else state)
         self.summary.replayed += len(chosen)
         if self.shadow_role:
@@ -230,6 +236,14 @@ class _Replay:
         self.summary.outputs += len(outputs)
         self.summary.busy_seconds = time.monotonic() - self.summary.first_at
         return list(outputs)
+
+    def _image_id(self, msg: InMessage) -> str:
+        if msg.key:  # ingest keys images by id; an outside producer may not
+            return msg.key.decode(errors="replace")
+        try:
+            return str(self.codec.decode(msg.value, "skyloop.ImageRecord")["image_id"])
+        except CodecError:
+            return ""
 
     def _as_shadow(self, out: OutMessage) -> OutMessage:
         if out.topic != "scores":
@@ -278,8 +292,11 @@ def run_replay(
     truncate: bool = False,
     batch_size: int | None = None,
     out: TextIO = sys.stderr,
+    cold: SqlRows | None = None,
 ) -> ReplaySummary:
-    """Replay until the boundary (module docstring); progress on ``out`` every second."""
+    """Replay until the boundary (module docstring); progress on ``out`` every second. A
+    rescore with ``cold`` (ClickHouse's rows) then scores the selected images stored before the
+    start that the hot log no longer held (:mod:`processors.replay_cold`)."""
     started = time.monotonic()
     processor_name = f"replay.{name}"
     if mode == "rescore":
@@ -328,8 +345,31 @@ def run_replay(
     runner.run()
     stop.event.set()
     watchdog.join(5)
+    if mode == "rescore" and cold is not None:
+        summary.cold = _cold_pass(settings, bootstrap, replay, boundary, selection, cold, out)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _cold_pass(
+    settings: Settings,
+    bootstrap: str,
+    replay: _Replay,
+    boundary: ReplayBoundary,
+    selection: ReplaySelection | None,
+    sql: SqlRows,
+    out: TextIO,
+) -> int:
+    from processors.replay_cold import ColdPass, cold_ids, selection_sql
+
+    chosen = selection or ReplaySelection()
+    before = datetime.fromtimestamp(boundary.started_ms / 1000, tz=UTC)
+    where = selection_sql(before, chosen.since, chosen.until, chosen.sources)
+    ids = cold_ids(sql, where, replay.seen)
+    out.write(f"replay rescore: {len(ids)} stored images older than the hot log\n")
+    replayed_before = replay.summary.replayed
+    ColdPass(settings, bootstrap, replay.name, replay).run(sql, ids)
+    return replay.summary.replayed - replayed_before
 
 
 def _watch(

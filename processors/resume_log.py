@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from processors.core.codec import default_codec
 from processors.core.config import Settings
@@ -45,7 +45,16 @@ from processors.core.kafka import produce_control_event as _produce_event
 from processors.core.records import TOPICS, ControlEventRecord, ControlParams, ImageRecord
 from processors.sink.query_token import TOKEN_HEADER, endpoint
 
-__all__ = ["EVENTS_SQL", "Rebuilt", "SinkSql", "events_from_rows", "rebuild", "stored_events"]
+__all__ = [
+    "EVENTS_SQL",
+    "Rebuilt",
+    "SinkSql",
+    "SqlRows",
+    "events_from_rows",
+    "rebuild",
+    "stored_events",
+    "stored_images",
+]
 
 SKIP_FILE = "resume/stored.txt"
 """The skip list, relative to the run folder: ``id <hex>`` and ``key <source>\\t<key>`` lines."""
@@ -67,6 +76,12 @@ _IMAGE_COLUMNS = (
 _PAGE = 256
 _LIST_PAGE = 100_000
 _EVENT = "skyloop.ControlEvent"
+
+
+class SqlRows(Protocol):
+    """Anything that answers a SELECT with its rows as dicts (the sink's endpoint, a client)."""
+
+    def rows(self, sql: str) -> list[dict[str, Any]]: ...
 
 
 class SinkSql:
@@ -194,7 +209,7 @@ def _image(r: dict[str, Any]) -> ImageRecord:
     )
 
 
-def _stored_images(sql: SinkSql, ids: list[str]) -> Iterator[ImageRecord]:
+def stored_images(sql: SqlRows, ids: list[str]) -> Iterator[ImageRecord]:
     """The stored images of ``ids``, in that order, a page at a time (bounded memory)."""
     for start in range(0, len(ids), _PAGE):
         page = ids[start : start + _PAGE]
@@ -285,7 +300,7 @@ def rebuild(settings: Settings, bootstrap: str, run_dir: Path) -> Rebuilt:
 
     partitions = TOPICS["images.raw"].partitions
     reproduced = 0
-    for record in _stored_images(sql, ids):
+    for record in stored_images(sql, ids):
         producer.produce(
             settings.topic("images.raw"),
             key=record["image_id"].encode(),

@@ -121,3 +121,67 @@ def test_records_produced_after_the_start_are_not_replayed(
     )
     thread.join()
     assert summary.replayed == 8
+
+
+def _rotate(settings: Settings, bootstrap: str, topic: str) -> None:
+    """Delete ``topic`` and create it again, empty, as the hot log's rotation does."""
+    from confluent_kafka.admin import AdminClient
+
+    from processors.core.kafka import ensure_topics
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics([settings.topic(topic)], operation_timeout=10).values():
+        future.result(timeout=15)
+    deadline = time.monotonic() + 15
+    while settings.topic(topic) in admin.list_topics(timeout=5).topics:
+        assert time.monotonic() < deadline, f"{topic} was not deleted"
+        time.sleep(0.2)
+    ensure_topics(settings, bootstrap)
+
+
+def test_rescore_reads_what_the_hot_log_no_longer_holds_from_clickhouse(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from processors.replay_cold import ClickHouseRows
+
+    settings = settings.model_copy(
+        update={
+            "reference_size": 20,
+            "calibration_wait_s": 0.0,
+            "clickhouse_dsn": f"chdb://{tmp_path / 'ch'}",
+        }
+    )
+    _ingest(settings, kafka_bootstrap, 16)
+    stored = run_replay(settings, kafka_bootstrap, "rebuild", name="store", idle_s=3.0)
+    assert stored.replayed == 16  # ClickHouse holds them all
+    old = {r["image_id"]: r["source"] for r in _read_all(settings, kafka_bootstrap, "images.raw")}
+    _rotate(settings, kafka_bootstrap, "images.raw")
+    _ingest(settings, kafka_bootstrap, 6)  # the same sources again: their first 6 images
+    hot = {r["image_id"] for r in _read_all(settings, kafka_bootstrap, "images.raw", idle_s=1.0)}
+    assert len(hot) == 6 and hot < set(old)
+    cold = ClickHouseRows(str(settings.clickhouse.dsn))
+    try:
+        out = io.StringIO()
+        summary = run_replay(
+            settings, kafka_bootstrap, "rescore", name="c1", idle_s=3.0, out=out, cold=cold
+        )
+        assert (summary.replayed, summary.cold) == (16, 10)
+        assert "10 stored images older than the hot log" in out.getvalue()
+        scores = _read_all(settings, kafka_bootstrap, "scores")
+        assert sorted(s["image_id"] for s in scores) == sorted(old)  # each exactly once
+        # a selection applies to the cold tier too
+        synthetic = {i for i, source in old.items() if source == "synthetic"}
+        picked = run_replay(
+            settings,
+            kafka_bootstrap,
+            "rescore",
+            name="c2",
+            selection=ReplaySelection(sources=frozenset({"synthetic"})),
+            idle_s=3.0,
+            out=out,
+            cold=cold,
+        )
+        assert picked.replayed == len(synthetic)
+        assert picked.cold == len(synthetic - hot) > 0
+    finally:
+        cold.close()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from processors.cli.common import add_common, live_bootstrap, settings, utc
+from processors.cli.common import add_common, live_bootstrap, run_dir, settings, utc
 from processors.core.exceptions import ConfigError
 
 __all__ = ["add_parsers", "cmd_replay"]
@@ -27,11 +27,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         until=utc(args.until, "--until") if args.until else None,
         sources=frozenset(args.source) if args.source else None,
     )
+    cold: Any = None
     if resolved.kafka.bootstrap_servers is not None:
         bootstrap = resolved.kafka.bootstrap_servers
+        if mode == "rescore" and not args.hot_only:
+            from processors.replay_cold import ClickHouseRows
+
+            cold = ClickHouseRows(resolved.resolved_clickhouse_dsn)
     else:
         bootstrap, prefix = live_bootstrap(args)
         resolved = resolved.model_copy(update={"topic_prefix": prefix})
+        if mode == "rescore" and not args.hot_only:
+            from processors.resume_log import SinkSql
+
+            cold = SinkSql(run_dir(args))  # the live sink owns the run's chdb
     name = args.name or (
         f"rebuild-{int(time.time())}" if mode == "rebuild" else f"rescore-{int(time.time())}"
     )
@@ -44,11 +53,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         model=args.model,
         idle_s=args.idle,
         truncate=args.truncate,
+        cold=cold,
     )
     print(
         f"replay {summary.mode} done in {summary.seconds:.1f}s: {summary.replayed} records "
         f"replayed ({summary.per_second:.0f}/s), {summary.skipped} skipped, "
         f"{summary.outputs} outputs; group {summary.group}"
+        + (f"; {summary.cold} of them from ClickHouse (older than the hot log)" if cold else "")
         + (f"; model {summary.model_version}" if summary.model_version else "")
     )
     return 0
@@ -73,6 +84,14 @@ def add_parsers(sub: Any) -> None:
     replay.add_argument("--since", help="only images observed at or after this ISO 8601 time")
     replay.add_argument("--until", help="only images observed before this ISO 8601 time")
     replay.add_argument("--source", action="append", help="only this source (repeatable)")
+    replay.add_argument(
+        "--hot-only",
+        action="store_true",
+        help=(
+            "rescore only what the hot log holds; by default the selected images ClickHouse "
+            "stored that the hot log no longer holds are rescored too (the cold tier)"
+        ),
+    )
     replay.add_argument(
         "--rebuild-clickhouse",
         action="store_true",
