@@ -63,6 +63,7 @@ from processors.core.supervisor import Supervisor
 from processors.local_hotlog import hot_log
 from processors.local_restarts import RestartedTruth
 from processors.resume import WORKERS, RunArgs, Stack, mark_finished
+from processors.run_progress import Counts, RunProgress, Totals
 from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.topology import resolve
 
@@ -161,22 +162,19 @@ def _quarantined(progress: Path) -> dict[str, int]:
     }
 
 
-def _line(
-    n: int | None,
-    ingest: dict[str, Any],
-    sink: dict[str, Any],
-    elapsed: float,
-    remaining: float | None = None,
-) -> str:
-    of_n = f"/{n}" if n is not None else ""
-    left = f" ({remaining:.0f}s of ingest left)" if remaining is not None and remaining > 0 else ""
-    paused = "  PAUSED" if ingest.get("paused") else ""
-    return (
-        f"\r[{elapsed:6.1f}s]{left} ingested "
-        f"{ingest.get('published', 0) + ingest.get('dead_letters', 0)}{of_n}"
-        f"  scored {sink.get('scores', 0)}  candidates {sink.get('candidates', 0)}"
-        f"  dead letters {sink.get('dlq_source', 0) + sink.get('dlq_images', 0)}"
-        f"  control events {sink.get('control_events', 0)}{paused}   "
+def _counts(
+    totals: Totals, ingest: dict[str, Any], score: dict[str, Any], sink: dict[str, Any]
+) -> Counts:
+    """One reading of the run for its progress display (:mod:`processors.run_progress`)."""
+    return Counts(
+        ingest=ingest.get("published", 0) + ingest.get("dead_letters", 0),
+        published=ingest.get("published", 0),
+        score=totals.add("score", int(score.get("consumed", 0))),
+        store=sink.get("scores", 0) + sink.get("dlq_images", 0),
+        candidates=sink.get("candidates", 0),
+        dead_letters=sink.get("dlq_source", 0) + sink.get("dlq_images", 0),
+        control_events=sink.get("control_events", 0),
+        paused=bool(ingest.get("paused")),
     )
 
 
@@ -282,18 +280,21 @@ def run_local(
                 stack_.start_ingest()
                 drained = partial(_drained, truth, progress)  # the memory log: rotated
                 hotlog = None if durable else hot_log(settings, broker, sup, progress, out, drained)
+                view = RunProgress(out, images)
                 try:
-                    _follow(
-                        stack_, progress, images, duration_s, started, timeout_s, logs, out, hotlog
-                    )
+                    _follow(stack_, progress, view, duration_s, started, timeout_s, logs, hotlog)
                 except KeyboardInterrupt:
                     interrupted = True
+                    view.close()
                     out.write(
                         "\nskyloop: stopping ingestion; every stage finishes what was ingested "
                         "(Ctrl-C again to abort)\n"
                     )
                     sup.stop("ingest")
-                    _follow(stack_, progress, images, None, started, timeout_s, logs, out, hotlog)
+                    view = RunProgress(out, images)
+                    _follow(stack_, progress, view, None, started, timeout_s, logs, hotlog)
+                finally:
+                    view.close()
                 ingest_seconds = time.monotonic() - ingest_started
                 stack_.count_stored_as_ingested()
                 out.write("\nskyloop: all stages done; stopping processors\n")
@@ -331,19 +332,18 @@ def run_local(
 def _follow(
     stack_: Stack,
     progress: Path,
-    images: int | None,
+    view: RunProgress,
     duration_s: float | None,
     started: float,
     timeout_s: float,
     logs: Path,
-    out: TextIO,
     hotlog: HotLog | None = None,
 ) -> None:
-    """Show progress until every stage has handled every ingested item (and, with ``hotlog``,
-    rotate the memory broker's data topics when they are due)."""
+    """Show progress on ``view`` until every stage has handled every ingested item (and, with
+    ``hotlog``, rotate the memory broker's data topics when they are due)."""
     sup, truth = stack_.sup, stack_.truth
     ingest_started = time.monotonic()
-    last_line = 0.0
+    totals = Totals()
     while True:
         ingest, sink, controller = (
             _progress(progress, n) for n in ("ingest", "sink", "controller")
@@ -351,13 +351,8 @@ def _follow(
         sink = truth.sink(sink)
         now = time.monotonic()
         remaining = None if duration_s is None else duration_s - (now - ingest_started)
-        line = _line(images, ingest, sink, now - started, remaining)
-        if out.isatty():
-            out.write(line)
-            out.flush()
-        elif now - last_line >= 5:
-            out.write(line.strip("\r ") + "\n")
-            last_line = now
+        counts = _counts(totals, ingest, _progress(progress, "score"), sink)
+        view.show(now, now - started, counts, remaining)
         train = _progress(progress, "train")
         if _done(ingest, sink, truth.controller(controller, sink), train, _quarantined(progress)):
             return

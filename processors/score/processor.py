@@ -130,10 +130,10 @@ class ScoreProcessor:
 
     # -- the step ----------------------------------------------------------------------------
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
-        started = time.perf_counter()
         if self._control_lag is not None:  # first let the controller read what we served
-            self._control_lag.hold(self._stopped)
+            self._control_lag.hold(self._stopped)  # not scoring time: outside the latency
             self.ctx.progress.set("control_lag_waited_s", round(self._control_lag.waited_s, 3))
+        started = time.perf_counter()
         state = self._caught_up(state)
         self.times.control += time.perf_counter() - started
         production_slot = state.production

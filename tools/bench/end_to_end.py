@@ -27,6 +27,7 @@ from processors.core.config import load_settings
 from processors.local import run_local
 from processors.score.backbone import Backbone, BackboneSpec
 from tools.bench.backbone import measure_backbone_throughput
+from tools.bench.machine import device_lines
 from tools.bench.procstat import CpuSampler
 
 __all__ = ["main"]
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     backbone = Backbone(BackboneSpec())
+    for line in device_lines(backbone):
+        print(line)
     raw = measure_backbone_throughput(backbone, args.batch, args.iters)
     del backbone  # free the cores' caches and memory for the pipeline's own scorer
 

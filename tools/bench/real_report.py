@@ -7,8 +7,6 @@ commit whose ``processors`` (the policy) ran, and the controller's drift paramet
 
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -16,28 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from tools.bench.machine import cpu_line
 from tools.bench.plants import describe
 from tools.bench.real_metrics import ChangeScore, StationaryScore
 
 __all__ = ["machine_lines", "print_changes", "print_stationary"]
-
-_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def _cpu() -> str:
-    model, flags = platform.processor() or "unknown CPU", set[str]()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    have = " ".join(f for f in _FEATURES if f in flags) or "none of " + " ".join(_FEATURES)
-    return f"CPU: {model}, {cores} cores; features: {have}"
 
 
 def _commit() -> str:
@@ -70,7 +51,7 @@ def machine_lines(backbone: Any, config: Any) -> list[str]:
 
     precision = "bf16 autocast" if backbone.bf16 else "float32"
     return [
-        _cpu(),
+        cpu_line(),
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; backbone "
         f"{backbone.version} on {backbone.device}, {precision}, channels_last="
         f"{backbone.channels_last}",
