@@ -176,11 +176,13 @@ class Stack:
                 raise SkyloopError(f"timed out after {timeout_s:.0f}s waiting for {names}")
             time.sleep(0.2)
 
-    def start_workers(self) -> None:
+    def start_workers(self, wait: bool = True) -> None:
         """Start every worker; on a lost log the sink first, then the log rebuilt, then the rest.
 
         A continued run (``--resume``) gets a skip list either way: a durable broker kept its
-        log, but ingest still reads its sources from their start.
+        log, but ingest still reads its sources from their start. ``wait=False`` (a fresh run
+        only: its ingest needs nothing from the workers, the broker keeps what it publishes)
+        returns without waiting for them to be ready; :meth:`wait_ready` does that.
         """
         if self.resumed or self.continued:
             self.note_ingest_time()
@@ -195,6 +197,8 @@ class Stack:
         if not self.resumed:
             for name in WORKERS:
                 self.sup.start(name, name, env=self.env_for(name))
+            if not wait and not self.continued:
+                return
             self._ready(WORKERS)
             if self.continued:
                 self.stored = write_skip_list(self.run_dir)
@@ -213,6 +217,10 @@ class Stack:
         for name in rest:
             self.sup.start(name, name, env=self.env_for(name))
         self._ready(rest)
+
+    def wait_ready(self) -> None:
+        """Wait until every worker is ready (restarting those that die meanwhile)."""
+        self._ready(WORKERS)
 
     def start_ingest(self) -> None:
         """Start ingest with what is left of the run's images or duration (module docstring)."""

@@ -140,13 +140,15 @@ class Runner:
         self.ctx.extra["producer"] = producer
         self.ctx.extra["stopped"] = self.stop.is_set
         try:
+            # join the group first: the broker answers a first join only after a delay (the
+            # embedded one: half the session timeout), which then overlaps the model's loading
+            topics = [settings.topic(t) for t in self.processor.inputs]
+            consumer.subscribe(topics)
             if not follower.wait_caught_up(timeout_s=60):
                 log.warning("%s: control log not caught up after 60 s; continuing", name)
             self.processor.setup(self.ctx)
             if self.quarantine.record.died:
                 log.warning("%s: died with messages in flight; those go one at a time", name)
-            topics = [settings.topic(t) for t in self.processor.inputs]
-            consumer.subscribe(topics)
             prefix_len = len(settings.kafka.topic_prefix)
             bases: dict[str, str] = {}  # topic name -> base name, computed once per topic
             self.ctx.progress.set("ready", True)

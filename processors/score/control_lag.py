@@ -74,7 +74,9 @@ class ControlLag:
             )
         self.waited_s = 0.0
         self.stalled = 0  # times the controller was declared stalled
+        self.measured = 0  # measurements taken (each asks the broker 1 + partitions questions)
         self._stalled_at: int | None = None  # its committed total when declared stalled
+        self._headroom = 0  # scores that may still be produced before the bound can be reached
 
     def measure(self) -> tuple[int, int] | None:
         """``(lag, committed)``: scores not yet committed by the controller, and its committed
@@ -92,9 +94,17 @@ class ControlLag:
             lag += max(high - tp.offset, 0)
         return (lag, committed_total) if committed_any else None
 
-    def hold(self, stopped: Callable[[], bool]) -> float:
-        """Wait while the controller's lag is over the bound; returns the seconds waited."""
+    def hold(self, stopped: Callable[[], bool], produced: int = 0) -> float:
+        """Wait while the controller's lag is over the bound; returns the seconds waited.
+
+        ``produced``: score records produced since the last call. The lag grows by at most
+        that, so while the headroom left by the last measurement covers it the broker is not
+        asked (a batch normally costs no round trip at all).
+        """
         if self._client is None:
+            return 0.0
+        self._headroom -= produced
+        if self._headroom > 0 and self._stalled_at is None:
             return 0.0
         started = time.monotonic()
         progress_at, last_committed = started, -1
@@ -104,9 +114,12 @@ class ControlLag:
             except KafkaException as exc:  # never block scoring on a failed measurement
                 log.warning("score: could not measure the controller's lag: %s", exc)
                 break
+            self.measured += 1
             if measured is None:
+                self._headroom = 0
                 break
             lag, committed = measured
+            self._headroom = self.max_lag - lag
             if self._stalled_at is not None:
                 if committed == self._stalled_at:
                     break  # still stalled: score on without it

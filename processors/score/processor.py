@@ -108,6 +108,7 @@ class ScoreProcessor:
         self._uncalibrated_sent: dict[tuple[str, str], set[str]] = {}
         self._embedder: BatchEmbedder | None = None
         self._control_lag: ControlLag | None = None
+        self._produced = 0  # score records of the last batch (the control lag grows by them)
 
     def setup(self, ctx: RunContext) -> None:
         s = ctx.settings
@@ -131,7 +132,7 @@ class ScoreProcessor:
     # -- the step ----------------------------------------------------------------------------
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
         if self._control_lag is not None:  # first let the controller read what we served
-            self._control_lag.hold(self._stopped)  # not scoring time: outside the latency
+            self._control_lag.hold(self._stopped, self._produced)  # outside the latency
             self.ctx.progress.set("control_lag_waited_s", round(self._control_lag.waited_s, 3))
         started = time.perf_counter()
         state = self._caught_up(state)
@@ -172,7 +173,9 @@ class ScoreProcessor:
                 outputs.setdefault(embedded.positions[row], []).extend(messages)
         self.times.batches += 1
         self.times.images += len(records)
-        return [m for i in sorted(outputs) for m in outputs[i]]
+        produced = [m for i in sorted(outputs) for m in outputs[i]]
+        self._produced = sum(m.topic == "scores" for m in produced)
+        return produced
 
     @property
     def default_backbone(self) -> Backbone:
