@@ -360,15 +360,24 @@ def _cold_pass(
     sql: SqlRows,
     out: TextIO,
 ) -> int:
-    from processors.replay_cold import ColdPass, cold_ids, selection_sql
+    import json
 
+    from processors.replay_cold import ColdPass, cold_ids, hot_ids, marker_path, selection_sql
+
+    marker = marker_path(settings, replay.summary.group)
+    if marker.is_file():
+        out.write("replay rescore: its ClickHouse part was done by an earlier run of this name\n")
+        return 0
     chosen = selection or ReplaySelection()
     before = datetime.fromtimestamp(boundary.started_ms / 1000, tz=UTC)
     where = selection_sql(before, chosen.since, chosen.until, chosen.sources)
-    ids = cold_ids(sql, where, replay.seen)
+    hot = replay.seen | hot_ids(settings, bootstrap, boundary.started_ms)
+    ids = cold_ids(sql, where, hot)
     out.write(f"replay rescore: {len(ids)} stored images older than the hot log\n")
     replayed_before = replay.summary.replayed
     ColdPass(settings, bootstrap, replay.name, replay).run(sql, ids)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"images": len(ids), "before": before.isoformat()}) + "\n")
     return replay.summary.replayed - replayed_before
 
 

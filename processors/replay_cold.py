@@ -8,21 +8,25 @@ not score, oldest first, and runs them through the same pinned scorer, producing
 outputs with the same keys.
 
 Invariants: each selected image stored before the start is scored once by the replay, by the
-hot pass when the hot log still holds it, else here (the hot pass's image ids are excluded);
-images are read from ClickHouse in pages (``PAGE`` at a time, so memory is bounded) through
-:class:`~processors.resume_log.SqlRows` (the live sink's endpoint, or a client of the
-configured DSN); outputs are produced and flushed page by page. Nothing is committed: rerunning
-a cold pass scores the same images again, and ClickHouse keeps one row per identity, so it is
-idempotent but not resumable midway. A stored image whose pixels no longer decode becomes a
-dead letter as on the hot path (origin offset -1: it did not come from the log).
+hot pass when the hot log still holds it, else here: the ids of every image the hot log holds
+from before the start (:func:`hot_ids`, read by key, whatever the replay's group had already
+committed) are excluded. Images are read from ClickHouse in pages (``PAGE`` at a time, so memory
+is bounded) through :class:`~processors.resume_log.SqlRows` (the live sink's endpoint, or a
+client of the configured DSN); outputs are produced and flushed page by page. A finished cold
+pass leaves a marker (:func:`marker_path`), so the same replay run again does nothing, as its
+hot pass does; one interrupted midway has no marker and scores its cold images again (ClickHouse
+keeps one row per identity). A stored image whose pixels no longer decode becomes a dead letter
+as on the hot path (origin offset -1: it did not come from the log).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from processors.core.codec import default_codec
@@ -33,7 +37,15 @@ from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, ImageRecord
 from processors.resume_log import SqlRows, stored_images
 
-__all__ = ["PAGE", "ClickHouseRows", "ColdPass", "cold_ids", "selection_sql"]
+__all__ = [
+    "PAGE",
+    "ClickHouseRows",
+    "ColdPass",
+    "cold_ids",
+    "hot_ids",
+    "marker_path",
+    "selection_sql",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +115,51 @@ def cold_ids(sql: SqlRows, where: str, hot: set[str]) -> list[str]:
             break
         last = rows[-1]["image_id"]
     return [image_id for _at_, image_id in sorted(ids)]
+
+
+def hot_ids(settings: Settings, bootstrap: str, before_ms: int, idle_s: float = 2.0) -> set[str]:
+    """Keys (image ids) of the ``images.raw`` records stamped before ``before_ms``.
+
+    Read from each partition's start by a client outside every group; a partition ends at its
+    first record stamped at or after ``before_ms``, the scan when no older record came for
+    ``idle_s`` (never from end offsets, ARCHITECTURE.md, "The local stack")."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from processors.core.kafka import kafka_security
+
+    topic = settings.topic("images.raw")
+    partitions = range(TOPICS["images.raw"].partitions)
+    client = Consumer(
+        {
+            **kafka_security(settings),
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{settings.kafka.group_prefix}.replay-scan",
+            "enable.auto.commit": False,
+        }
+    )
+    client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    ids: set[str] = set()
+    open_partitions, last = set(partitions), time.monotonic()
+    try:
+        while open_partitions and time.monotonic() - last < idle_s:
+            for message in client.consume(1000, 0.2):
+                if message.error() is not None or message.partition() not in open_partitions:
+                    continue
+                if message.timestamp()[1] >= before_ms:
+                    open_partitions.discard(message.partition())
+                    continue
+                last = time.monotonic()
+                key = message.key()
+                if key:
+                    ids.add(key.decode(errors="replace"))
+    finally:
+        client.close()
+    return ids
+
+
+def marker_path(settings: Settings, group: str) -> Path:
+    """Where a finished cold pass of the replay whose group is ``group`` is recorded."""
+    return settings.data_dir / "replays" / f"{group}.cold.json"
 
 
 @dataclass

@@ -169,6 +169,12 @@ def test_rescore_reads_what_the_hot_log_no_longer_holds_from_clickhouse(
         assert "10 stored images older than the hot log" in out.getvalue()
         scores = _read_all(settings, kafka_bootstrap, "scores")
         assert sorted(s["image_id"] for s in scores) == sorted(old)  # each exactly once
+        # run again under its name, the replay is finished: nothing from either tier
+        again = run_replay(
+            settings, kafka_bootstrap, "rescore", name="c1", idle_s=3.0, out=out, cold=cold
+        )
+        assert (again.replayed, again.cold) == (0, 0)
+        assert "done by an earlier run of this name" in out.getvalue()
         # a selection applies to the cold tier too
         synthetic = {i for i, source in old.items() if source == "synthetic"}
         picked = run_replay(
