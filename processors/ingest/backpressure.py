@@ -16,11 +16,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from processors.core.config import Settings
-from processors.core.kafka import kafka_security
-from processors.core.records import TOPICS
+from processors.core.group_lag import GroupProbe
 
 __all__ = ["ScoreLag"]
 
@@ -31,28 +30,15 @@ class ScoreLag:
     def __init__(self, settings: Settings, bootstrap: str, interval_s: float = 0.25) -> None:
         self.max_lag = settings.ingest.max_lag
         self.interval_s = interval_s
-        self.partitions = [
-            TopicPartition(settings.topic("images.raw"), p)
-            for p in range(TOPICS["images.raw"].partitions)
-        ]
-        self._client = Consumer(
-            {
-                **kafka_security(settings),
-                "bootstrap.servers": bootstrap,
-                "group.id": settings.group("score"),
-                "enable.auto.commit": False,
-            }
-        )
+        self._probe = GroupProbe(settings, bootstrap, settings.group("score"), "images.raw")
         self.waited_s = 0.0
 
     def lag(self) -> int:
         """Images produced to ``images.raw`` that the score group has not committed yet."""
-        total = 0
-        for tp in self._client.committed(self.partitions, timeout=10):
-            low, high = self._client.get_watermark_offsets(tp, timeout=10, cached=False)
-            done = tp.offset if tp.offset >= 0 else low
-            total += max(high - done, 0)
-        return total
+        return sum(
+            max(p.high - (p.committed if p.committed >= 0 else p.low), 0)
+            for p in self._probe.positions()
+        )
 
     def hold(self, stopped: Callable[[], bool]) -> float:
         """Wait while the lag is over the bound; returns the seconds waited."""
@@ -72,4 +58,4 @@ class ScoreLag:
         return waited
 
     def close(self) -> None:
-        self._client.close()
+        self._probe.close()

@@ -21,9 +21,8 @@ as in a replay that only rescores) is not waited for; one whose committed offset
 for ``stall_s`` is declared stalled, the scorer goes on (a warning, the ``stalled`` count) and
 waits again only once the controller has moved. ``max_control_lag = 0`` disables it.
 
-The embedded broker (Tansu 0.6) reports a partition's high watermark as its last batch's first
-offset + 1, so there the lag reads up to one produced batch short (at most ``batch.size`` - 1
-per partition); a real Kafka reports it exactly.
+The lag is read by :class:`~processors.core.group_lag.GroupProbe` (on the embedded broker up to
+a produced batch short per partition; a real Kafka reports it exactly).
 """
 
 from __future__ import annotations
@@ -32,11 +31,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from processors.core.config import Settings
-from processors.core.kafka import kafka_security
-from processors.core.records import TOPICS
+from processors.core.group_lag import GroupProbe
 
 __all__ = ["CONTROLLER_GROUP", "ControlLag"]
 
@@ -59,19 +57,10 @@ class ControlLag:
         self.max_lag = settings.score.max_control_lag
         self.stall_s = settings.score.control_stall_s if stall_s is None else stall_s
         self.interval_s = interval_s
-        self.partitions = [
-            TopicPartition(settings.topic("scores"), p) for p in range(TOPICS["scores"].partitions)
-        ]
-        self._client: Consumer | None = None
+        self._probe: GroupProbe | None = None
         if self.max_lag > 0:
-            self._client = Consumer(
-                {
-                    **kafka_security(settings),
-                    "bootstrap.servers": bootstrap,
-                    "group.id": settings.group(CONTROLLER_GROUP),
-                    "enable.auto.commit": False,
-                }
-            )
+            group = settings.group(CONTROLLER_GROUP)
+            self._probe = GroupProbe(settings, bootstrap, group, "scores")
         self.waited_s = 0.0
         self.stalled = 0  # times the controller was declared stalled
         self.measured = 0  # measurements taken (each asks the broker 1 + partitions questions)
@@ -81,17 +70,16 @@ class ControlLag:
     def measure(self) -> tuple[int, int] | None:
         """``(lag, committed)``: scores not yet committed by the controller, and its committed
         total; None while it has committed nothing (no controller to wait for)."""
-        assert self._client is not None
+        assert self._probe is not None
         lag = committed_total = 0
         committed_any = False
-        for tp in self._client.committed(self.partitions, timeout=10):
-            _low, high = self._client.get_watermark_offsets(tp, timeout=10, cached=False)
-            if tp.offset < 0:
-                lag += high  # a partition it has not committed on yet: all of it is ahead
+        for p in self._probe.positions():
+            if p.committed < 0:
+                lag += p.high  # a partition it has not committed on yet: all of it is ahead
                 continue
             committed_any = True
-            committed_total += tp.offset
-            lag += max(high - tp.offset, 0)
+            committed_total += p.committed
+            lag += max(p.high - p.committed, 0)
         return (lag, committed_total) if committed_any else None
 
     def hold(self, stopped: Callable[[], bool], produced: int = 0) -> float:
@@ -101,7 +89,7 @@ class ControlLag:
         that, so while the headroom left by the last measurement covers it the broker is not
         asked (a batch normally costs no round trip at all).
         """
-        if self._client is None:
+        if self._probe is None:
             return 0.0
         self._headroom -= produced
         if self._headroom > 0 and self._stalled_at is None:
@@ -145,5 +133,5 @@ class ControlLag:
         return waited
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        if self._probe is not None:
+            self._probe.close()
