@@ -30,7 +30,7 @@ from processors.controller.tables import TABLES, FaustTable
 from processors.core.config import Settings
 from processors.core.kafka import faust_credentials
 from processors.core.progress import ProgressFile
-from processors.core.records import TOPICS
+from processors.core.records import CONTROLLER_GROUP, TOPICS
 
 __all__ = ["build_app"]
 
@@ -47,7 +47,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     app = RewindingApp(
         # the app id, kept from when the worker was called stats: it names the consumer group
         # and the tables' changelog topics, so offsets and restored tables stay valid
-        settings.group("stats"),
+        settings.group(CONTROLLER_GROUP),
         broker=f"kafka://{bootstrap}",
         broker_credentials=faust_credentials(settings),
         store="memory://",

@@ -16,6 +16,7 @@ import argparse
 from typing import Any
 
 from processors.core.events import EventType
+from processors.core.records import CONTROLLER_GROUP
 from processors.core.worker import WHOLE_LOG, WorkerSpec
 
 __all__ = ["SPEC", "run"]
@@ -51,7 +52,7 @@ SPEC = WorkerSpec(
         EventType.MODEL_ROLLED_BACK,
     ),
     settings_sections=("calibration", "drift", "decay", "sources", "health", "rollout", "learning"),
-    group="stats",
+    group=CONTROLLER_GROUP,
     run="processors.controller.worker:run",
 )
 

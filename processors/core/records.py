@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
+    "CONTROLLER_GROUP",
     "DEAD_LETTER_RAW_MAX",
     "TOPICS",
     "Box",
@@ -239,3 +240,8 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("images.dlq", "skyloop.DeadLetter", 4),
     )
 }
+
+CONTROLLER_GROUP = "stats"
+"""The controller's consumer group (its Faust app id) before ``group_prefix``: kept from when
+the worker was called stats, so committed offsets and changelog topics stay valid; the scorer
+reads the controller's position on ``scores`` under it."""

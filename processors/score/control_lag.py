@@ -35,12 +35,11 @@ from confluent_kafka import KafkaException
 
 from processors.core.config import Settings
 from processors.core.group_lag import GroupProbe
+from processors.core.records import CONTROLLER_GROUP
 
-__all__ = ["CONTROLLER_GROUP", "ControlLag"]
+__all__ = ["ControlLag"]
 
 log = logging.getLogger(__name__)
-
-CONTROLLER_GROUP = "stats"  # the controller app's id (kept from when the worker was called stats)
 
 
 class ControlLag:

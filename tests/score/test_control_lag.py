@@ -11,8 +11,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from processors.core.config import Settings
 from processors.core.kafka import ensure_topics, make_producer
-from processors.core.records import TOPICS
-from processors.score.control_lag import CONTROLLER_GROUP, ControlLag
+from processors.core.records import CONTROLLER_GROUP, TOPICS
+from processors.score.control_lag import ControlLag
 
 
 def _with_lag(settings: Settings, bound: int, stall_s: float) -> Settings:
