@@ -32,9 +32,10 @@ from typing import Any
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.kafka import ControlFollower, make_producer, partition_for
-from processors.core.processor import InMessage, OutMessage, RunContext
+from processors.core.processor import InMessage, RunContext
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, ImageRecord
+from processors.core.runner import produce_outputs
 from processors.resume_log import SqlRows, stored_images
 
 __all__ = [
@@ -192,7 +193,7 @@ class ColdPass:
             self.processor.setup(ctx)
             for batch in self._batches(stored_images(sql, ids), ctx):
                 outputs = self.processor.process(batch, follower.state)
-                self._produce(outputs, producer)
+                produce_outputs(producer, self.settings, self.name, outputs, self.delivery_errors)
                 done += len(batch)
                 log.info("replay: %d of %d stored images rescored", done, len(ids))
         finally:
@@ -214,19 +215,3 @@ class ColdPass:
                 batch = []
         if batch:
             yield batch
-
-    def _produce(self, outputs: list[OutMessage], producer: Any) -> None:
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                self.delivery_errors.append(str(err))
-
-        for out in outputs:
-            kwargs: dict[str, Any] = {"key": out.key, "value": out.value, "on_delivery": delivered}
-            if out.partition is not None:
-                kwargs["partition"] = out.partition
-            producer.produce(self.settings.topic(out.topic), **kwargs)
-            producer.poll(0)
-        if producer.flush(60) != 0 or self.delivery_errors:
-            from processors.core.processor import DeliveryError
-
-            raise DeliveryError(f"replay: outputs not delivered: {self.delivery_errors[:3]}")

@@ -38,6 +38,7 @@ import socket
 import time
 import traceback
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,15 @@ from processors.core.progress import ProgressFile
 from processors.core.quarantine import InFlight, Quarantine
 from processors.core.retention import Released
 
-__all__ = ["InMessage", "OutMessage", "Processor", "RunContext", "Runner", "StopSignal"]
+__all__ = [
+    "InMessage",
+    "OutMessage",
+    "Processor",
+    "RunContext",
+    "Runner",
+    "StopSignal",
+    "produce_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +132,9 @@ class Runner:
         self.quarantine = Quarantine(
             self.ctx, InFlight(record), settings.batch.poison_attempts, settings.batch.poison_limit
         )
-        self._delivery_errors: list[str] = []
+        self._delivery_errors: list[str] = []  # why outputs were not delivered, if any
         self._paused = False
         self._hotlog = Released(progress_dir)  # hot-log rotations (core/retention.py)
-
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._delivery_errors.append(str(err))
 
     def run(self) -> None:
         settings, name = self.settings, self.processor.name
@@ -352,18 +357,31 @@ class Runner:
         BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
 
     def _produce(self, outputs: list[OutMessage], producer: Any) -> None:
-        """Produce ``outputs`` in order and flush; a delivery error raises (nothing committed)."""
-        name, settings = self.processor.name, self.settings
-        for out in outputs:
-            kwargs: dict[str, Any] = {
-                "key": out.key,
-                "value": out.value,
-                "on_delivery": self._on_delivery,
-            }
-            if out.partition is not None:
-                kwargs["partition"] = out.partition
-            producer.produce(settings.topic(out.topic), **kwargs)
-            producer.poll(0)
-            MESSAGES_OUT.labels(name, out.topic).inc()
-        if producer.flush(60) != 0 or self._delivery_errors:
-            raise DeliveryError(f"{name}: outputs not delivered: {self._delivery_errors[:3]}")
+        produce_outputs(
+            producer, self.settings, self.processor.name, outputs, self._delivery_errors
+        )
+
+
+def produce_outputs(
+    producer: Any,
+    settings: Settings,
+    name: str,
+    outputs: Sequence[OutMessage],
+    errors: list[str],
+) -> None:
+    """Produce ``outputs`` in order and flush; a delivery error (collected in ``errors``)
+    raises :class:`DeliveryError`, so the caller commits nothing (at-least-once)."""
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for out in outputs:
+        kwargs: dict[str, Any] = {"key": out.key, "value": out.value, "on_delivery": delivered}
+        if out.partition is not None:
+            kwargs["partition"] = out.partition
+        producer.produce(settings.topic(out.topic), **kwargs)
+        producer.poll(0)
+        MESSAGES_OUT.labels(name, out.topic).inc()
+    if producer.flush(60) != 0 or errors:
+        raise DeliveryError(f"{name}: outputs not delivered: {errors[:3]}")
