@@ -195,7 +195,6 @@ class _Replay:
         self.pin = pin
         self.shadow_role = shadow_role
         self.codec = default_codec()
-        self.seen: set[str] = set()  # image ids handed to ``inner`` (the cold pass skips them)
 
     def setup(self, ctx: RunContext) -> None:
         if self.pin is not None:
@@ -227,8 +226,6 @@ class _Replay:
         self.summary.skipped += len(batch) - len(chosen)
         if not chosen:
             return []
-        if self.pin is not None:  # a rescore: remember which images it scored
-            self.seen.update(self._image_id(m) for m in chosen)
         outputs = self.inner.process(chosen, self.pin(state) if self.pin else state)
         self.summary.replayed += len(chosen)
         if self.shadow_role:
@@ -236,14 +233,6 @@ class _Replay:
         self.summary.outputs += len(outputs)
         self.summary.busy_seconds = time.monotonic() - self.summary.first_at
         return list(outputs)
-
-    def _image_id(self, msg: InMessage) -> str:
-        if msg.key:  # ingest keys images by id; an outside producer may not
-            return msg.key.decode(errors="replace")
-        try:
-            return str(self.codec.decode(msg.value, "skyloop.ImageRecord")["image_id"])
-        except CodecError:
-            return ""
 
     def _as_shadow(self, out: OutMessage) -> OutMessage:
         if out.topic != "scores":
@@ -371,8 +360,7 @@ def _cold_pass(
     chosen = selection or ReplaySelection()
     before = datetime.fromtimestamp(boundary.started_ms / 1000, tz=UTC)
     where = selection_sql(before, chosen.since, chosen.until, chosen.sources)
-    hot = replay.seen | hot_ids(settings, bootstrap, boundary.started_ms)
-    ids = cold_ids(sql, where, hot)
+    ids = cold_ids(sql, where, hot_ids(settings, bootstrap, boundary.started_ms))
     out.write(f"replay rescore: {len(ids)} stored images older than the hot log\n")
     replayed_before = replay.summary.replayed
     ColdPass(settings, bootstrap, replay.name, replay).run(sql, ids)

@@ -9,8 +9,8 @@ outputs with the same keys.
 
 Invariants: each selected image stored before the start is scored once by the replay, by the
 hot pass when the hot log still holds it, else here: the ids of every image the hot log holds
-from before the start (:func:`hot_ids`, read by key, whatever the replay's group had already
-committed) are excluded. Images are read from ClickHouse in pages (``PAGE`` at a time, so memory
+from before the start (:func:`hot_ids`, whatever the replay's group had already committed)
+are excluded. Images are read from ClickHouse in pages (``PAGE`` at a time, so memory
 is bounded) through :class:`~processors.resume_log.SqlRows` (the live sink's endpoint, or a
 client of the configured DSN); outputs are produced and flushed page by page. A finished cold
 pass leaves a marker (:func:`marker_path`), so the same replay run again does nothing, as its
@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 from processors.core.codec import default_codec
 from processors.core.config import Settings
+from processors.core.exceptions import CodecError
 from processors.core.kafka import ControlFollower, make_producer, partition_for
 from processors.core.processor import InMessage, RunContext
 from processors.core.progress import ProgressFile
@@ -119,7 +121,8 @@ def cold_ids(sql: SqlRows, where: str, hot: set[str]) -> list[str]:
 
 
 def hot_ids(settings: Settings, bootstrap: str, before_ms: int, idle_s: float = 2.0) -> set[str]:
-    """Keys (image ids) of the ``images.raw`` records stamped before ``before_ms``.
+    """Image ids of the ``images.raw`` records stamped before ``before_ms`` (the key, or the
+    decoded record's id when it has none).
 
     Read from each partition's start by a client outside every group; a partition ends at its
     first record stamped at or after ``before_ms``, the scan when no older record came for
@@ -140,6 +143,7 @@ def hot_ids(settings: Settings, bootstrap: str, before_ms: int, idle_s: float = 
     )
     client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     ids: set[str] = set()
+    codec = default_codec()
     open_partitions, last = set(partitions), time.monotonic()
     try:
         while open_partitions and time.monotonic() - last < idle_s:
@@ -151,8 +155,11 @@ def hot_ids(settings: Settings, bootstrap: str, before_ms: int, idle_s: float = 
                     continue
                 last = time.monotonic()
                 key = message.key()
-                if key:
+                if key:  # ingest keys images by id
                     ids.add(key.decode(errors="replace"))
+                    continue
+                with suppress(CodecError):  # unreadable: dead-lettered when first consumed
+                    ids.add(str(codec.decode(message.value() or b"", _IMAGE)["image_id"]))
     finally:
         client.close()
     return ids
