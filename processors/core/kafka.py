@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -181,11 +182,15 @@ def ensure_topics(
         configs = settings.kafka.bootstrap_servers is not None
     conf, watch = watched({**kafka_security(settings), "bootstrap.servers": bootstrap})
     admin = AdminClient(conf)
-    try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
-    except KafkaException as exc:  # a refused login or handshake: say which settings decide it
-        admin.poll(0.5)  # serves the error callbacks that tell why
-        raise explain(settings, bootstrap, watch, exc) from exc
+    deadline = time.monotonic() + timeout_s
+    while True:  # in short asks, so that a refused login or handshake fails at once
+        try:
+            existing = set(admin.list_topics(timeout=min(1.0, timeout_s)).topics)
+            break
+        except KafkaException as exc:  # say which settings decide it
+            admin.poll(0.2)  # serves the error callbacks that tell why
+            if watch.refused() or time.monotonic() >= deadline:
+                raise explain(settings, bootstrap, watch, exc) from exc
     wanted = [
         NewTopic(
             settings.topic(spec.name),

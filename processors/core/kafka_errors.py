@@ -24,6 +24,8 @@ from processors.core.exceptions import ConfigError, StackError
 
 __all__ = ["Watch", "explain", "watched"]
 
+_REFUSALS = (KafkaError._AUTHENTICATION, KafkaError._SSL)
+
 
 class Watch:
     """The error callback of one client (``{"error_cb": watch}``): keeps the distinct errors."""
@@ -37,6 +39,12 @@ class Watch:
         with self._lock:
             if all(e.code() != error.code() for e in self.errors):
                 self.errors.append(error)
+
+    def refused(self) -> bool:
+        """Whether the broker refused the login or the TLS handshake (trying again cannot
+        help), as opposed to not answering yet."""
+        with self._lock:
+            return any(e.code() in _REFUSALS for e in self.errors)
 
     def text(self) -> str:
         with self._lock:

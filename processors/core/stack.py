@@ -72,8 +72,12 @@ class EmbeddedBroker:
         port: int | None = None,
         storage_dir: Path | None = None,
         authentication: bool = False,
+        advertised_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        """The port the broker names in its metadata, where clients connect after bootstrap:
+        its own, or that of a listener in front of it (a TLS and SASL gateway)."""
         self.authentication = authentication
         """Started with ``--authentication`` (SASL required). Tansu 0.6.0 keeps no SCRAM
         credentials in its memory or S3 storage, so such a broker refuses every user: it serves
@@ -130,6 +134,7 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = None
         storage = "memory://tansu/"
@@ -144,7 +149,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     storage,
                     *(["--authentication"] if self.authentication else []),

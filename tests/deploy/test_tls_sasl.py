@@ -1,14 +1,18 @@
-"""TLS and SASL against a broker: clear errors from the embedded one, the full path against one
-that serves them.
+"""TLS and SASL: clear errors from the embedded broker, and the whole client path over SASL_SSL.
 
 The embedded broker (Tansu 0.6.0) cannot serve TLS or accept any SASL login: its ``--cert`` and
 ``--key`` exclude each other and it never wraps a connection in TLS, and with
 ``--authentication`` it requires SCRAM but its storage engine keeps no credentials, so every
 user is unknown. What it can show is real: how our clients report a refused login, a broker
 that hangs up on an unauthenticated client, and a TLS handshake with a broker that does not
-speak TLS. The full path (producer and consumer over SASL_SSL, and a wrong password) runs
-against a broker that serves it, named by ``SKYLOOP_TEST_SASL_SSL_BOOTSTRAP`` (with
-``..._USERNAME``, ``..._PASSWORD``, ``..._MECHANISM`` and ``..._CA``).
+speak TLS.
+
+The full path (librdkafka's producer, consumer and admin client, and the controller worker's
+Faust app over aiokafka, with SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN logins, and wrong
+passwords) runs against the embedded broker behind :class:`SaslSslGateway`, a SASL_SSL
+listener written for these tests, or against a real Kafka named by
+``SKYLOOP_TEST_SASL_SSL_BOOTSTRAP`` (with ``..._USERNAME``, ``..._PASSWORD``, ``..._MECHANISM``
+and ``..._CA``).
 """
 
 from __future__ import annotations
@@ -17,15 +21,33 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from processors.controller.controller import ControllerConfig
+from processors.core.artifacts import ArtifactStore
+from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.exceptions import ConfigError, StackError
-from processors.core.kafka import ensure_topics, faust_credentials, make_consumer, make_producer
-from processors.core.stack import EmbeddedBroker
+from processors.core.kafka import (
+    ensure_topics,
+    faust_credentials,
+    make_consumer,
+    make_producer,
+    partition_for,
+)
+from processors.core.records import TOPICS
+from processors.core.stack import EmbeddedBroker, free_port
+from tests.deploy.sasl_ssl_gateway import SaslSslGateway
+from tools.bench.policy_sim import StreamFeatures
+from tools.bench.policy_sim import replay as simulate
 
 SASL = {
     "kafka_security_protocol": "SASL_PLAINTEXT",
@@ -34,13 +56,17 @@ SASL = {
     "kafka_sasl_password": "not-the-password",
 }
 REAL = "SKYLOOP_TEST_SASL_SSL_BOOTSTRAP"
+CODEC = default_codec()
 
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
+    """A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
+    return _tls_files(tmp_path)
 
-    Made with the openssl command (the cryptography package is not a dependency)."""
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Made with the openssl command (the cryptography package is not a dependency)."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a test certificate")
     ca, ca_key = tmp_path / "ca.pem", tmp_path / "ca.key"
@@ -63,8 +89,10 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_a_refused_login_is_a_clear_error(tmp_path: Path) -> None:
     with EmbeddedBroker(log_path=tmp_path / "tansu.log", authentication=True) as broker:
         settings = Settings(**SASL)  # type: ignore[arg-type]
+        started = time.monotonic()
         with pytest.raises(ConfigError) as err:
-            ensure_topics(settings, broker.bootstrap_servers, timeout_s=5)
+            ensure_topics(settings, broker.bootstrap_servers, timeout_s=60)
+        assert time.monotonic() - started < 30, "a refused login is final: no waiting it out"
     message = str(err.value)
     assert "the broker refused the SASL login" in message
     assert "kafka_sasl_mechanism=SCRAM-SHA-512" in message
@@ -113,29 +141,76 @@ def test_faust_trusts_the_configured_ca(tls_files: tuple[Path, Path, Path]) -> N
     assert {"commonName": "skyloop test CA"} in subjects
 
 
-def _real_settings(password: str | None = None) -> Settings:
-    return Settings(
-        kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism=os.environ.get(f"{REAL}_MECHANISM", "SCRAM-SHA-512"),  # type: ignore[arg-type]
-        kafka_sasl_username=os.environ.get(f"{REAL}_USERNAME", "skyloop"),
-        kafka_sasl_password=password or os.environ.get(f"{REAL}_PASSWORD", ""),
-        kafka_ssl_ca_location=os.environ.get(f"{REAL}_CA") or None,
-        topic_prefix=f"tls{uuid.uuid4().hex[:8]}.",
-    )
+@dataclass(frozen=True)
+class SecureKafka:
+    """A Kafka that requires SASL_SSL: where it listens, its CA, and a user's login."""
+
+    bootstrap: str
+    ca: Path | None
+    username: str
+    password: str
+    mechanism: str
+    gateway: SaslSslGateway | None = None
+    """The gateway in front of the embedded broker (it counts logins and refusals), if so."""
+
+    def settings(self, password: str | None = None, mechanism: str | None = None) -> Settings:
+        """Client settings for this Kafka, on topics and groups of their own."""
+        token = uuid.uuid4().hex[:8]
+        return Settings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism=mechanism or self.mechanism,
+            kafka_sasl_username=self.username,
+            kafka_sasl_password=password or self.password,
+            kafka_ssl_ca_location=self.ca,
+            topic_prefix=f"tls{token}.",
+            group_prefix=f"tls{token}",
+        )
+
+    def env(self, settings: Settings) -> dict[str, str]:
+        """The same settings as a worker's environment."""
+        kafka = settings.kafka
+        env = {
+            "SKYLOOP_BOOTSTRAP_SERVERS": self.bootstrap,
+            "SKYLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "SKYLOOP_KAFKA_SASL_MECHANISM": str(kafka.sasl_mechanism),
+            "SKYLOOP_KAFKA_SASL_USERNAME": self.username,
+            "SKYLOOP_KAFKA_SASL_PASSWORD": self.password,
+            "SKYLOOP_TOPIC_PREFIX": kafka.topic_prefix,
+            "SKYLOOP_GROUP_PREFIX": kafka.group_prefix,
+        }
+        if self.ca is not None:
+            env["SKYLOOP_KAFKA_SSL_CA_LOCATION"] = str(self.ca)
+        return env
 
 
-@pytest.mark.skipif(
-    REAL not in os.environ,
-    reason=(
-        "needs a Kafka broker serving SASL_SSL (TLS and a SCRAM login) at $"
-        + REAL
-        + ": the embedded Tansu 0.6.0 cannot (--cert and --key exclude each other, no TLS "
-        "listener, no SCRAM credential storage)"
-    ),
-)
-def test_the_pipeline_clients_over_tls_and_sasl() -> None:
-    bootstrap = os.environ[REAL]
-    settings = _real_settings()
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A Kafka serving SASL_SSL: the one named by $SKYLOOP_TEST_SASL_SSL_BOOTSTRAP, or the
+    embedded broker behind :class:`SaslSslGateway` (TLS with a test CA, SCRAM and PLAIN logins
+    checked by the gateway, the log kept by the broker)."""
+    if REAL in os.environ:
+        yield SecureKafka(
+            os.environ[REAL],
+            Path(os.environ[f"{REAL}_CA"]) if os.environ.get(f"{REAL}_CA") else None,
+            os.environ.get(f"{REAL}_USERNAME", "skyloop"),
+            os.environ.get(f"{REAL}_PASSWORD", ""),
+            os.environ.get(f"{REAL}_MECHANISM", "SCRAM-SHA-512"),
+        )
+        return
+    ca, cert, key = _tls_files(tmp_path_factory.mktemp("tls"))
+    gateway_port = free_port()
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log, advertised_port=gateway_port) as broker:
+        gateway = SaslSslGateway(broker.port, cert, key, {"skyloop": "s3cret"}, gateway_port)
+        with gateway:
+            yield SecureKafka(
+                gateway.bootstrap_servers, ca, "skyloop", "s3cret", "SCRAM-SHA-512", gateway
+            )
+
+
+def test_the_pipeline_clients_over_tls_and_sasl(secure_kafka: SecureKafka) -> None:
+    settings = secure_kafka.settings()
+    bootstrap = secure_kafka.bootstrap
     ensure_topics(settings, bootstrap)
     producer = make_producer(settings, bootstrap)
     producer.produce(settings.topic("images.dlq"), key=b"k", value=b"over TLS", partition=0)
@@ -152,5 +227,83 @@ def test_the_pipeline_clients_over_tls_and_sasl() -> None:
         assert values == [b"over TLS"]
     finally:
         consumer.close()
-    with pytest.raises(ConfigError, match="refused the SASL login"):
-        ensure_topics(_real_settings("wrong-password"), bootstrap, timeout_s=10)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="refused the SASL login") as err:
+        ensure_topics(secure_kafka.settings("wrong-password"), bootstrap, timeout_s=60)
+    assert time.monotonic() - started < 30, "a refused login is final: no waiting it out"
+    assert "wrong-password" not in str(err.value)
+    if secure_kafka.gateway is not None:  # it answered the logins, not the broker
+        assert secure_kafka.gateway.logins >= 2 and secure_kafka.gateway.refusals >= 1
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "PLAIN"])
+def test_the_other_login_mechanisms(secure_kafka: SecureKafka, mechanism: str) -> None:
+    if secure_kafka.gateway is None:
+        pytest.skip("a real broker serves the mechanisms it was configured with")
+    ensure_topics(secure_kafka.settings(mechanism=mechanism), secure_kafka.bootstrap)
+    with pytest.raises(ConfigError, match=f"kafka_sasl_mechanism={mechanism}"):
+        settings = secure_kafka.settings("wrong-password", mechanism)
+        ensure_topics(settings, secure_kafka.bootstrap, timeout_s=30)
+
+
+def test_the_controller_worker_over_tls_and_sasl(secure_kafka: SecureKafka, tmp_path: Path) -> None:
+    """The Faust side (aiokafka: its consumer group, its tables' changelogs) and the control
+    log's librdkafka producer, in the real worker process: scores in, a calibration out."""
+    settings = secure_kafka.settings()
+    bootstrap = secure_kafka.bootstrap
+    ensure_topics(settings, bootstrap)
+    rng = np.random.default_rng(5)
+    n = 400
+    stream = StreamFeatures(
+        rng.gamma(2.0, 1.0, size=(n, 32)).astype(np.float32),
+        rng.normal(-8.0, 0.5, n),
+        np.zeros(n, bool),
+        [""] * n,
+    )
+    store = ArtifactStore(tmp_path / "sim")
+    records = simulate(stream, ControllerConfig(), keep_records=True, store=store).records
+    producer = make_producer(settings, bootstrap)
+    partition = partition_for("sim", TOPICS["scores"].partitions)
+    for record in records:
+        producer.produce(
+            settings.topic("scores"),
+            key=record["image_id"].encode(),
+            value=CODEC.encode(record, "skyloop.ScoreRecord"),
+            partition=partition,
+        )
+    assert producer.flush(30) == 0
+
+    data = tmp_path / "worker"
+    data.mkdir()
+    env = {
+        **os.environ,
+        **secure_kafka.env(settings),
+        "SKYLOOP_DATA_DIR": str(data),
+        "SKYLOOP_PROGRESS_DIR": str(data / "progress"),
+    }
+    logins = secure_kafka.gateway.logins if secure_kafka.gateway is not None else 0
+    with open(data / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "processors.cli", "worker", "controller"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    consumer = make_consumer(settings, bootstrap, f"{settings.kafka.topic_prefix}events")
+    consumer.subscribe([settings.topic("control.events")])
+    try:
+        events: list[dict[str, object]] = []
+        deadline = time.monotonic() + 90
+        while not events and time.monotonic() < deadline:
+            assert worker.poll() is None, (data / "worker.log").read_text()[-3000:]
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                events.append(CODEC.decode(msg.value() or b"", "skyloop.ControlEvent"))
+    finally:
+        consumer.close()
+        worker.terminate()
+        worker.wait(30)
+    log_tail = (data / "worker.log").read_text()[-3000:]
+    assert [e["type"] for e in events] == ["calibration.updated"], log_tail
+    if secure_kafka.gateway is not None:  # the worker's clients, and the reader, logged in
+        assert secure_kafka.gateway.logins >= logins + 3
