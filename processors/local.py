@@ -139,7 +139,7 @@ def _drained(truth: RestartedTruth, progress: Path) -> bool:
     ingest, sink, controller = (_progress(progress, n) for n in ("ingest", "sink", "controller"))
     sink = truth.sink(sink)
     return _done(
-        {**ingest, "done": True},
+        {**truth.ingest(ingest), "done": True},
         sink,
         truth.controller(controller, sink),
         _progress(progress, "train"),
@@ -364,6 +364,7 @@ def _follow(
         counts = _counts(totals, ingest, _progress(progress, "score"), sink)
         view.show(now, now - started, counts, remaining)
         train = _progress(progress, "train")
+        ingest = truth.ingest(ingest)
         if _done(ingest, sink, truth.controller(controller, sink), train, _quarantined(progress)):
             return
         stack_.heal_broker()  # before the processors: its death is theirs too

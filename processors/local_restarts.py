@@ -18,6 +18,7 @@ from processors.core.config import Settings
 from processors.core.kafka import kafka_security
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
+from processors.resume_log import Stored
 from processors.sink.query_token import TOKEN_HEADER, endpoint
 from processors.topology import resolve
 
@@ -60,6 +61,15 @@ class RestartedTruth:
         self._sink_cache: tuple[float, dict[str, Any]] = (0.0, {})
         self.forced = False
         """Read the truth for every processor: the broker's log was rebuilt (processors.resume)."""
+        self.stored: Stored | None = None
+        """What ClickHouse held when a resume wrote its skip list: ingest skips it, so its own
+        counts leave it out, while the sink's counts read from ClickHouse include it."""
+
+    def ingest(self, progress: dict[str, Any]) -> dict[str, Any]:
+        """Ingest's counts on the sink's footing: with what a resume found stored added, so
+        that the stop condition waits for every image this ingest publishes, not only for as
+        many as it published (the stored ones would make up the difference)."""
+        return progress if self.stored is None else self.stored.with_ingested(progress)
 
     def _restarted(self, name: str) -> bool:
         child = self.sup.children.get(name)

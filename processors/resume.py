@@ -201,13 +201,13 @@ class Stack:
                 return
             self._ready(WORKERS)
             if self.continued:
-                self.stored = write_skip_list(self.run_dir)
+                self.stored = self.truth.stored = write_skip_list(self.run_dir)
             return
         self.sup.start("sink", "sink", env=self.env_for("sink"))
         self._ready(("sink",))
         self.out.write("skyloop: rebuilding the broker's log from ClickHouse...\n")
         r = rebuild(self.settings, self.broker.bootstrap_servers, self.run_dir)
-        self.stored = r.stored
+        self.stored = self.truth.stored = r.stored
         self.out.write(
             f"skyloop: control log rebuilt ({r.events} events, state {r.fingerprint[:12]}), "
             f"{r.reproduced} stored images re-produced for scoring, {r.stored.images} images "
@@ -281,11 +281,7 @@ class Stack:
         path = self.progress / "ingest.json"
         if self.stored is None or not path.is_file():
             return
-        counts = json.loads(path.read_text())
-        before = {"images": self.stored.images, "dead_letter_keys": self.stored.dead_letters}
-        for key, n in before.items():
-            counts[key] = int(counts.get(key, 0)) + n
-        counts["stored_before_resume"] = before
+        counts = self.stored.with_ingested(json.loads(path.read_text()))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(counts, sort_keys=True))
         tmp.replace(path)

@@ -230,6 +230,27 @@ class Stored:
     """Distinct source dead letters (items a source could not read)."""
     skip_file: Path
 
+    def with_ingested(self, counts: dict[str, Any]) -> dict[str, Any]:
+        """Ingest's progress ``counts`` with what was stored before it (and skipped by it) added:
+        every item of the run once, as ClickHouse counts them. Counts that already include
+        them (``stored_before_resume`` set) are returned as they are.
+
+        >>> Stored(160, 1, Path("skip")).with_ingested({"images": 80, "done": True})["images"]
+        240
+        """
+        if "stored_before_resume" in counts:
+            return counts
+        before = {"images": self.images, "dead_letter_keys": self.dead_letters}
+        published = {
+            "images": int(counts.get("images", counts.get("published", 0))),
+            "dead_letter_keys": int(counts.get("dead_letter_keys", counts.get("dead_letters", 0))),
+        }
+        return {
+            **counts,
+            **{key: published[key] + n for key, n in before.items()},
+            "stored_before_resume": before,
+        }
+
 
 @dataclass(frozen=True)
 class Rebuilt:

@@ -188,7 +188,7 @@ def test_resume_after_the_whole_run_was_killed(tmp_path: Path, broker: str) -> N
     resumed = _run(["--resume", "--data-dir", str(data)], env, tmp_path / "second.txt")
     out, _ = resumed.communicate(timeout=600)
     err = (tmp_path / "second.txt").read_text()
-    assert resumed.returncode == 0, err[-3000:]
+    assert resumed.returncode == 0, err[-3000:] + out[-3000:]
     assert f"run folder {run_dir} (resumed)" in err
     if broker == "memory":
         assert f"state {fingerprint[:12]}" in err, err  # the control log folds as it did
