@@ -31,7 +31,8 @@ import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
@@ -43,6 +44,7 @@ from processors.core.exceptions import CodecError, ConfigError, SkyloopError
 from processors.core.kafka import ControlFollower
 from processors.core.records import TOPICS
 from processors.core.runner import InMessage, OutMessage, RunContext, Runner, StopSignal
+from processors.replay_progress import ReplayProgress, ReplayReading
 from processors.resume_log import SqlRows
 
 __all__ = [
@@ -283,7 +285,8 @@ def run_replay(
     out: TextIO = sys.stderr,
     cold: SqlRows | None = None,
 ) -> ReplaySummary:
-    """Replay until the boundary (module docstring); progress on ``out`` every second. A
+    """Replay until the boundary (module docstring); progress on ``out``
+    (:mod:`processors.replay_progress`). A
     rescore with ``cold`` (ClickHouse's rows) then scores the selected images stored before the
     start that the hot log no longer held (:mod:`processors.replay_cold`)."""
     started = time.monotonic()
@@ -327,17 +330,70 @@ def run_replay(
         batch_size=batch_size or (2000 if mode == "rebuild" else None),
         max_wait_s=0.5,
     )
-    watchdog = threading.Thread(
-        target=_watch, args=(boundary, stop, summary, started, out), daemon=True
-    )
-    watchdog.start()
-    runner.run()
-    stop.event.set()
-    watchdog.join(5)
-    if mode == "rescore" and cold is not None:
-        summary.cold = _cold_pass(settings, bootstrap, replay, boundary, selection, cold, out)
+    view = ReplayProgress(out, mode)
+    total = _hot_estimate(settings, bootstrap, summary.group, topics)
+
+    def hot() -> ReplayReading:
+        if boundary.finished():
+            stop.event.set()
+        return ReplayReading(
+            "hot log", summary.consumed, summary.replayed, summary.skipped, total, True
+        )
+
+    try:
+        with _watching(view, hot, started):
+            runner.run()
+        if mode == "rescore" and cold is not None:
+            summary.cold = _cold_pass(
+                settings, bootstrap, replay, boundary, selection, cold, view, started
+            )
+    finally:
+        view.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _hot_estimate(
+    settings: Settings, bootstrap: str, group: str, topics: Sequence[str]
+) -> int | None:
+    """About how many records the replay's group has left on ``topics`` (watermarks against its
+    committed offsets); None when the broker does not tell."""
+    from confluent_kafka import KafkaException
+
+    from processors.core.group_lag import GroupProbe
+
+    total = 0
+    for base in topics:
+        probe = GroupProbe(settings, bootstrap, group, base, timeout_s=5.0)
+        try:
+            total += sum(p.high - max(p.committed, p.low) for p in probe.positions())
+        except KafkaException:
+            return None
+        finally:
+            probe.close()
+    return total
+
+
+@contextmanager
+def _watching(
+    view: ReplayProgress, reading: Callable[[], ReplayReading], started: float
+) -> Iterator[None]:
+    """Shows ``reading()`` on ``view`` twice a second while the block runs."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            view.show(time.monotonic(), time.monotonic() - started, reading())
+            done.wait(0.5)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        view.show(time.monotonic(), time.monotonic() - started, reading())
 
 
 def _cold_pass(
@@ -347,7 +403,8 @@ def _cold_pass(
     boundary: ReplayBoundary,
     selection: ReplaySelection | None,
     sql: SqlRows,
-    out: TextIO,
+    view: ReplayProgress,
+    started: float,
 ) -> int:
     import json
 
@@ -355,39 +412,30 @@ def _cold_pass(
 
     marker = marker_path(settings, replay.summary.group)
     if marker.is_file():
-        out.write("replay rescore: its ClickHouse part was done by an earlier run of this name\n")
+        view.note("replay rescore: its ClickHouse part was done by an earlier run of this name")
         return 0
     chosen = selection or ReplaySelection()
     before = datetime.fromtimestamp(boundary.started_ms / 1000, tz=UTC)
     where = selection_sql(before, chosen.since, chosen.until, chosen.sources)
     ids = cold_ids(sql, where, hot_ids(settings, bootstrap, boundary.started_ms))
-    out.write(f"replay rescore: {len(ids)} stored images older than the hot log\n")
-    replayed_before = replay.summary.replayed
-    ColdPass(settings, bootstrap, replay.name, replay).run(sql, ids)
+    view.note(f"replay rescore: {len(ids)} stored images older than the hot log")
+    summary = replay.summary
+    consumed, replayed_before, skipped = summary.consumed, summary.replayed, summary.skipped
+
+    def reading() -> ReplayReading:
+        return ReplayReading(
+            "ClickHouse",
+            summary.consumed - consumed,
+            summary.replayed - replayed_before,
+            summary.skipped - skipped,
+            len(ids),
+        )
+
+    with _watching(view, reading, started):
+        ColdPass(settings, bootstrap, replay.name, replay).run(sql, ids)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"images": len(ids), "before": before.isoformat()}) + "\n")
     return replay.summary.replayed - replayed_before
-
-
-def _watch(
-    boundary: ReplayBoundary,
-    stop: StopSignal,
-    summary: ReplaySummary,
-    started: float,
-    out: TextIO,
-) -> None:
-    while not stop.is_set():
-        if boundary.finished():
-            stop.event.set()
-        elapsed = time.monotonic() - started
-        out.write(
-            f"\rreplay {summary.mode}: {summary.replayed} replayed, {summary.skipped} skipped "
-            f"of {summary.consumed} read ({summary.replayed / max(elapsed, 1e-9):.0f}/s, "
-            f"{elapsed:.0f}s)   " + ("\n" if not out.isatty() else "")
-        )
-        out.flush()
-        stop.event.wait(1.0)
-    out.write("\n")
 
 
 def _truncate(settings: Settings) -> None:

@@ -1,0 +1,168 @@
+"""What ``skyloop replay`` shows while it runs: records read, replayed and skipped, their rates,
+what is left and the time left, for each of its phases (the hot log, then ClickHouse's cold
+tier).
+
+On a terminal, a live table (rich) redrawn twice a second; otherwise (a log, CI) one plain line
+every ``interval_s`` seconds. Rates are over the last ``window_s`` seconds. What is left of the
+hot log is an estimate: the topics' high watermarks when the replay started, less what it has
+read (the embedded broker's watermark is short by up to a batch per partition, ARCHITECTURE.md,
+"The local stack"), shown with a ``~``; the cold tier's is exact (the stored ids it selected).
+
+Invariant: a reading's counts never go down within a phase (they come from one
+:class:`~processors.replay.ReplaySummary`, which only adds).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+__all__ = ["ReplayProgress", "ReplayReading", "plain_line"]
+
+
+@dataclass(frozen=True)
+class ReplayReading:
+    """One reading of a replay phase."""
+
+    phase: str
+    """``hot log`` or ``ClickHouse``."""
+    read: int
+    replayed: int
+    skipped: int
+    total: int | None = None
+    """What the phase has to read: exact for the cold tier, an estimate for the hot log."""
+    estimated: bool = False
+
+    @property
+    def left(self) -> int | None:
+        return None if self.total is None else max(self.total - self.read, 0)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def plain_line(
+    mode: str, reading: ReplayReading, read_rate: float, replay_rate: float, elapsed_s: float
+) -> str:
+    """The one-line form.
+
+    >>> line = plain_line("rescore", ReplayReading("hot log", 900, 850, 50, 1200, True), 75.0,
+    ...     70.4, 12.3)
+    >>> line.split(" | ")[0]
+    '[  12.3s] replay rescore, hot log: read 900/~1200 75/s'
+    >>> line.split(" | ")[1:]
+    ['replayed 850 70/s', 'skipped 50', 'left 4s']
+    """
+    of = "" if reading.total is None else f"/{'~' if reading.estimated else ''}{reading.total}"
+    eta = reading.left / read_rate if reading.left is not None and read_rate > 0 else None
+    return (
+        f"[{elapsed_s:6.1f}s] replay {mode}, {reading.phase}: read {reading.read}{of} "
+        f"{read_rate:.0f}/s | replayed {reading.replayed} {replay_rate:.0f}/s | skipped "
+        f"{reading.skipped} | left {_duration(eta)}"
+    )
+
+
+class ReplayProgress:
+    """Shows a replay's progress on ``out``: live on a terminal, plain lines otherwise."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        mode: str,
+        *,
+        live: bool | None = None,
+        interval_s: float = 5.0,
+        window_s: float = 10.0,
+    ) -> None:
+        self.out = out
+        self.mode = mode
+        self.interval_s = interval_s
+        self.window_s = window_s
+        self._samples: deque[tuple[float, ReplayReading]] = deque()
+        self._last_line: float | None = None
+        self._last: tuple[ReplayReading, float, float, float] | None = None
+        self._live: Any = None
+        if live if live is not None else out.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=out, force_terminal=True)
+            self._live = Live(console=console, refresh_per_second=2, transient=False)
+            self._live.start()
+
+    def _rates(self, now: float, reading: ReplayReading) -> tuple[float, float]:
+        if self._samples and self._samples[-1][1].phase != reading.phase:
+            self._samples.clear()  # a new phase counts from its own start
+        self._samples.append((now, reading))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        if t1 <= t0:
+            return 0.0, 0.0
+        return (last.read - first.read) / (t1 - t0), (last.replayed - first.replayed) / (t1 - t0)
+
+    def show(self, now: float, elapsed_s: float, reading: ReplayReading) -> None:
+        """Take one reading (``now``: a monotonic clock) and show it when due; the first
+        reading of a phase is always shown, after the last one of the phase before."""
+        if self._last is not None and self._last[0].phase != reading.phase:
+            if self._live is None:
+                self._line()
+            self._last_line = None
+        read_rate, replay_rate = self._rates(now, reading)
+        self._last = (reading, read_rate, replay_rate, elapsed_s)
+        if self._live is not None:
+            self._live.update(self._table(reading, read_rate, replay_rate, elapsed_s))
+        elif self._last_line is None or now - self._last_line >= self.interval_s:
+            self._line()
+            self._last_line = now
+
+    def note(self, text: str) -> None:
+        """A line of its own (above the live table on a terminal)."""
+        if self._live is not None:
+            self._live.console.print(text, highlight=False, markup=False)
+        else:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def _line(self) -> None:
+        if self._last is not None:
+            self.out.write(plain_line(self.mode, *self._last) + "\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        """Show the last reading (plain lines) or stop the live display (its last frame stays
+        on the terminal)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        elif self._last is not None and self._last_line is not None:
+            self._line()
+
+    def _table(
+        self, reading: ReplayReading, read_rate: float, replay_rate: float, elapsed_s: float
+    ) -> Any:
+        from rich.table import Table
+
+        left = reading.left
+        eta = left / read_rate if left is not None and read_rate > 0 else None
+        table = Table(
+            title=f"skyloop replay {self.mode}  {reading.phase}  {_duration(elapsed_s)} "
+            f"elapsed, {_duration(eta)} left",
+            min_width=64,
+        )
+        for column in ("", "done", "per second", "left"):
+            table.add_column(column, justify="left" if not column else "right")
+        estimate = "~" if reading.estimated else ""
+        shown_left = "" if left is None else f"{estimate}{left}"
+        table.add_row("read", str(reading.read), f"{read_rate:.1f}", shown_left)
+        table.add_row("replayed", str(reading.replayed), f"{replay_rate:.1f}", "")
+        table.add_row("skipped", str(reading.skipped), "", "")
+        return table
