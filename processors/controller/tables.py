@@ -5,7 +5,10 @@ changelog messages share one topic partition per source and keep their order:
 
 - ``source|<source>`` → :meth:`SourceState.to_bytes` (the head);
 - ``ring|<source>|<model>|<block>`` → a block of :data:`BLOCK` consecutive ring slots (slot =
-  ``seq % capacity``), each a :meth:`RingEntry.to_bytes` or empty.
+  ``seq % capacity``), each a :meth:`RingEntry.to_bytes` or empty;
+- ``ring|<source>|<model>|<block>|<i>`` → slot ``i`` of that block alone (a loose slot), written
+  since the block was last written whole; a slot's entry is the one with the higher ``seq`` of
+  the block's and the loose slot's.
 
 Beside them, on partition 0: ``rollouts`` (the lifecycle's tracks) and ``learning`` with its
 chunks ``learning|<c>`` (:mod:`processors.controller.learning_table`).
@@ -16,9 +19,13 @@ partition. A head on the changelog therefore implies every ring entry it counts 
 and a restarted worker rebuilds both from the changelog before its agents see a record. Writing
 blocks once per batch rather than one slot per record divides the changelog messages (each one a
 produce request on the embedded broker, which needs ``producer_max_batch_size=1``) by about the
-batch size. Measured at ~30 images/s on one source (BENCHMARKS.md): 2.7 KB of ring per image
-(each entry written about once: 1,280 float16 features and its ids), 60 bytes of head. The
-embedded broker never compacts; the hot log's rotation does (:mod:`processors.core.compaction`).
+batch size. A batch that changes fewer than half a block's slots writes them as loose slots
+instead, and the block is written whole (its loose slots deleted after it) when all of it would
+be loose: a slow source, one image per batch, then writes about two entries per image instead
+of a whole block of 16. Measured at ~30 images/s on one source (BENCHMARKS.md): 2.7 KB of ring per
+image (each entry written about once: 1,280 float16 features and its ids), 60 bytes of head.
+The embedded broker never compacts; the hot log's rotation does
+(:mod:`processors.core.compaction`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = [
     "FaustTable",
     "TableRing",
     "changelog_topics",
+    "folded",
     "head_key",
     "load_head",
     "ring_key",
@@ -60,8 +68,9 @@ def head_key(source: str) -> str:
     return f"source|{source}"
 
 
-def ring_key(source: str, model: str, block: int) -> str:
-    return f"ring|{source}|{model}|{block}"
+def ring_key(source: str, model: str, block: int, slot: int | None = None) -> str:
+    """The key of a ring block, or of one of its slots written alone (a loose slot)."""
+    return f"ring|{source}|{model}|{block}" + ("" if slot is None else f"|{slot}")
 
 
 class ChangelogTable(Protocol):
@@ -163,14 +172,28 @@ class TableRing:
     def __init__(self, table: ChangelogTable) -> None:
         self.table = table
         self._blocks: dict[tuple[str, str, int], list[bytes | None]] = {}
-        self._dirty: set[tuple[str, str, int]] = set()
+        self._dirty: dict[tuple[str, str, int], set[int]] = {}
+        """Per touched block, its slots changed since the last flush."""
+        self._loose: dict[tuple[str, str, int], set[int]] = {}
+        """Per block, its slots on the table as loose slots (see the module docstring)."""
         self._ids: dict[tuple[str, str], dict[str, int]] = {}
 
     def _block(self, source: str, model: str, block: int) -> list[bytes | None]:
         key = (source, model, block)
         if key not in self._blocks:
             raw = self.table.get(ring_key(source, model, block))
-            self._blocks[key] = _unpack(raw) if raw is not None else [None] * BLOCK
+            slots: list[bytes | None] = _unpack(raw) if raw is not None else [None] * BLOCK
+            loose = set()
+            for i in range(BLOCK):
+                alone = self.table.get(ring_key(source, model, block, i))
+                if alone is None:
+                    continue
+                loose.add(i)
+                kept = slots[i]
+                if kept is None or _seq(alone) > _seq(kept):
+                    slots[i] = alone
+            self._blocks[key] = slots
+            self._loose[key] = loose
         return self._blocks[key]
 
     def _slot(self, source: str, model: str, seq: int, capacity: int) -> bytes | None:
@@ -199,7 +222,7 @@ class TableRing:
             if ids.get(previous.image_id) == previous.seq:
                 del ids[previous.image_id]
         block[slot % BLOCK] = entry.to_bytes()
-        self._dirty.add((source, model, slot // BLOCK))
+        self._dirty.setdefault((source, model, slot // BLOCK), set()).add(slot % BLOCK)
         ids[entry.image_id] = entry.seq
 
     def get(self, source: str, model: str, seq: int, capacity: int) -> RingEntry | None:
@@ -213,12 +236,43 @@ class TableRing:
         return self._index(source, model, capacity).get(image_id)
 
     def flush(self, source: str, partition: int) -> int:
-        """Write ``source``'s changed blocks to the table; returns how many."""
-        written = sorted(key for key in self._dirty if key[0] == source)
-        for key in written:
-            self.table.put(ring_key(*key), _pack(self._blocks[key]), partition)
-            self._dirty.discard(key)
-        return len(written)
+        """Write ``source``'s changed slots to the table: as loose slots when fewer than half
+        of their block changed and the block is not all loose then, else as the whole block
+        followed by the deletion of its loose slots (a stale loose slot left by a crash in
+        between loses to the block's newer entry); returns how many records were written."""
+        written = 0
+        for key in sorted(k for k in self._dirty if k[0] == source):
+            changed, loose, slots = self._dirty.pop(key), self._loose[key], self._blocks[key]
+            if len(changed) * 2 < BLOCK and len(changed | loose) < BLOCK:
+                for i in sorted(changed):
+                    entry = slots[i]
+                    assert entry is not None  # a changed slot holds what put wrote
+                    self.table.put(ring_key(*key, i), entry, partition)
+                loose |= changed
+                written += len(changed)
+                continue
+            self.table.put(ring_key(*key), _pack(slots), partition)
+            for i in sorted(loose):
+                self.table.delete(ring_key(*key, i), partition)
+            written += 1 + len(loose)
+            loose.clear()
+        return written
+
+
+def folded(data: MutableMapping[str, bytes]) -> dict[str, bytes]:
+    """The table ``data`` with every loose slot folded into its block: equal for two tables
+    that hold the same ring, whatever batches wrote them (checks, compaction)."""
+    ring = TableRing(DictTable(dict(data)))
+    out = {key: value for key, value in data.items() if key_kind(key) != "ring"}
+    for key in data:
+        if key_kind(key) == "ring":
+            _, source, model, block, *_slot = key.split("|")
+            out[ring_key(source, model, int(block))] = _pack(ring._block(source, model, int(block)))
+    return out
+
+
+def _seq(entry: bytes) -> int:
+    return RingEntry.from_bytes(entry).seq
 
 
 def load_head(table: ChangelogTable, source: str) -> SourceState:
