@@ -10,7 +10,6 @@ from typing import Any
 from processors.core.clickhouse import connect
 from processors.core.config import Settings
 from processors.core.progress import read_progress
-from processors.report.daily import generate_report
 from processors.report.ledger import Ledger, compute_ledger
 
 __all__ = ["RunReport", "read_processes", "report_run", "write_run_report"]
@@ -42,6 +41,8 @@ def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunRepor
     ingest = read_progress(run_dir / "progress", "ingest")
     client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
     try:
+        from processors.report.daily import generate_report  # matplotlib, when a report is due
+
         summary = generate_report(
             client,
             run_dir / "report",

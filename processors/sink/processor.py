@@ -42,7 +42,6 @@ from processors.core.exceptions import CodecError, StoreUnavailableError
 from processors.core.fold_guard import RefusedEvent
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
-from processors.report.daily import generate_report
 from processors.report.run_report import read_processes
 from processors.report.schedule import ReportSchedule, interim_report_for, report_stem
 from processors.sink.landing import LANDING_TABLE, Peeked, ScoreLanding
@@ -170,6 +169,8 @@ class SinkProcessor:
         mine = self.ctx.progress.path  # the run's progress folder holds every process's file
         progress = mine.parent if mine is not None else None
         try:
+            from processors.report.daily import generate_report  # matplotlib: ~1 s at start
+
             generate_report(
                 self.client,
                 self.reports_dir,
