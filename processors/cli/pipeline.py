@@ -169,8 +169,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             client.close()
 
     deadline = time.monotonic() + args.wait
+
+    def topics() -> None:  # each try within what is left of --wait (at least 3 s, at most 15)
+        left = deadline - time.monotonic()
+        ensure_topics(resolved, bootstrap, timeout_s=min(max(left, 3.0), 15.0))
+
     for what, step in (
-        ("topics", lambda: ensure_topics(resolved, bootstrap)),
+        ("topics", topics),
         ("migrations", migrate),
     ):
         while True:
