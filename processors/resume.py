@@ -56,6 +56,10 @@ RUN_FILE = "run.json"
 FINISHED = "finished"
 WORKERS = ("sink", "controller", "detect", "train", "score")
 """The workers started before ingest, in this order (names of :mod:`processors.topology`)."""
+FIRST = ("score", "controller")
+"""A fresh run's first workers: the scorer, and the controller that calibrates its first
+images. The others start once the scorer is ready, so that its start (torch, the model) does
+not share the cores with five imports at once."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ class Stack:
         A continued run (``--resume``) gets a skip list either way: a durable broker kept its
         log, but ingest still reads its sources from their start. ``wait=False`` (a fresh run
         only: its ingest needs nothing from the workers, the broker keeps what it publishes)
-        returns without waiting for them to be ready; :meth:`wait_ready` does that.
+        starts only the :data:`FIRST` workers and returns without waiting; :meth:`wait_ready`
+        starts the others and waits.
         """
         if self.resumed or self.continued:
             self.note_ingest_time()
@@ -195,9 +200,10 @@ class Stack:
             (self.run_dir / "sink.json").unlink(missing_ok=True)
             self.truth.forced = True
         if not self.resumed:
-            for name in WORKERS:
+            early = not wait and not self.continued
+            for name in FIRST if early else WORKERS:
                 self.sup.start(name, name, env=self.env_for(name))
-            if not wait and not self.continued:
+            if early:
                 return
             self._ready(WORKERS)
             if self.continued:
@@ -219,7 +225,15 @@ class Stack:
         self._ready(rest)
 
     def wait_ready(self) -> None:
-        """Wait until every worker is ready (restarting those that die meanwhile)."""
+        """Start the workers :meth:`start_workers` left for later once the scorer is ready (at
+        once if the wait is interrupted, so that a Ctrl-C drains as usual), then wait until
+        every worker is ready (restarting those that die meanwhile)."""
+        try:
+            self._ready(("score",))
+        finally:
+            for name in WORKERS:
+                if name not in self.sup.children:
+                    self.sup.start(name, name, env=self.env_for(name))
         self._ready(WORKERS)
 
     def start_ingest(self) -> None:
