@@ -31,8 +31,7 @@ import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
@@ -44,7 +43,7 @@ from processors.core.exceptions import CodecError, ConfigError, SkyloopError
 from processors.core.kafka import ControlFollower
 from processors.core.records import TOPICS
 from processors.core.runner import InMessage, OutMessage, RunContext, Runner, StopSignal
-from processors.replay_progress import ReplayProgress, ReplayReading
+from processors.replay_progress import ReplayProgress, ReplayReading, watching
 from processors.resume_log import SqlRows
 
 __all__ = [
@@ -341,7 +340,7 @@ def run_replay(
         )
 
     try:
-        with _watching(view, hot, started):
+        with watching(view, hot, started):
             runner.run()
         if mode == "rescore" and cold is not None:
             summary.cold = _cold_pass(
@@ -372,28 +371,6 @@ def _hot_estimate(
         finally:
             probe.close()
     return total
-
-
-@contextmanager
-def _watching(
-    view: ReplayProgress, reading: Callable[[], ReplayReading], started: float
-) -> Iterator[None]:
-    """Shows ``reading()`` on ``view`` twice a second while the block runs."""
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            view.show(time.monotonic(), time.monotonic() - started, reading())
-            done.wait(0.5)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(5)
-        view.show(time.monotonic(), time.monotonic() - started, reading())
 
 
 def _cold_pass(
@@ -431,7 +408,7 @@ def _cold_pass(
             len(ids),
         )
 
-    with _watching(view, reading, started):
+    with watching(view, reading, started):
         ColdPass(settings, bootstrap, replay.name, replay).run(sql, ids)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"images": len(ids), "before": before.isoformat()}) + "\n")

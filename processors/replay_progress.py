@@ -14,11 +14,15 @@ Invariant: a reading's counts never go down within a phase (they come from one
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-__all__ = ["ReplayProgress", "ReplayReading", "plain_line"]
+__all__ = ["ReplayProgress", "ReplayReading", "plain_line", "watching"]
 
 
 @dataclass(frozen=True)
@@ -166,3 +170,26 @@ class ReplayProgress:
         table.add_row("replayed", str(reading.replayed), f"{replay_rate:.1f}", "")
         table.add_row("skipped", str(reading.skipped), "", "")
         return table
+
+
+@contextmanager
+def watching(
+    view: ReplayProgress, reading: Callable[[], ReplayReading], started: float
+) -> Iterator[None]:
+    """Shows ``reading()`` on ``view`` twice a second, from a thread of its own, while the block
+    runs, and once more when it ends (``started``: the replay's start, a monotonic time)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            view.show(time.monotonic(), time.monotonic() - started, reading())
+            done.wait(0.5)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        view.show(time.monotonic(), time.monotonic() - started, reading())

@@ -56,10 +56,11 @@ RUN_FILE = "run.json"
 FINISHED = "finished"
 WORKERS = ("sink", "controller", "detect", "train", "score")
 """The workers started before ingest, in this order (names of :mod:`processors.topology`)."""
-FIRST = ("score", "controller")
-"""A fresh run's first workers: the scorer, and the controller that calibrates its first
-images. The others start once the scorer is ready, so that its start (torch, the model) does
-not share the cores with five imports at once."""
+FIRST = ("score", "controller", "sink")
+"""A fresh run's first workers: the scorer, the controller that calibrates its first images,
+and the sink (it answers ``skyloop sql`` during the run). Detect and train start once the
+scorer is ready, so that its start (torch, the model) does not share the cores with five
+imports at once."""
 
 
 @dataclass(frozen=True)

@@ -9,26 +9,42 @@ answer is ``(columns, rows)`` with JSON-ready values, and either way the SQL is 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from processors.core.exceptions import ConfigError, SkyloopError
+from processors.core.exceptions import ConfigError, SkyloopError, StackError
 from processors.sink.query_token import TOKEN_HEADER, endpoint
 from processors.sink.sql_guard import DIRECT, QueryRefused, answer, read_only
 
 __all__ = ["events_query", "query"]
 
 
-def query(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
+def query(
+    run_dir: Path, sql: str, locked_wait_s: float = 15.0
+) -> tuple[list[str], list[list[Any]]]:
     """Answer read-only SQL from a run's ClickHouse: via the live sink if it runs, else chdb.
 
     Either way the query runs under :mod:`processors.sink.sql_guard`: a write, a schema or
     settings change, or a reach outside the database raises :class:`QueryRefused` (exit code
     2), naming what was refused. A stale ``sink.json`` (the sink is gone) falls back to the
-    files; another failure raises :class:`SkyloopError` with ClickHouse's message.
+    files. Files another process holds (a sink starting, or stopping at the end of a run) are
+    asked again, the sink's endpoint first, for up to ``locked_wait_s``; another failure
+    raises :class:`SkyloopError` with ClickHouse's message.
     """
+    deadline = time.monotonic() + locked_wait_s
+    while True:
+        try:
+            return _query_once(run_dir, sql)
+        except StackError:  # the chdb files are held by another process
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _query_once(run_dir: Path, sql: str) -> tuple[list[str], list[list[Any]]]:
     marker = run_dir / "sink.json"
     if marker.is_file():
         port, token = endpoint(marker)
