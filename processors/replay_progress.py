@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+from processors.run_progress import Rates, short_duration, start_live
 
 __all__ = ["ReplayProgress", "ReplayReading", "plain_line", "watching"]
 
@@ -43,16 +44,6 @@ class ReplayReading:
         return None if self.total is None else max(self.total - self.read, 0)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def plain_line(
     mode: str, reading: ReplayReading, read_rate: float, replay_rate: float, elapsed_s: float
 ) -> str:
@@ -70,7 +61,7 @@ def plain_line(
     return (
         f"[{elapsed_s:6.1f}s] replay {mode}, {reading.phase}: read {reading.read}{of} "
         f"{read_rate:.0f}/s | replayed {reading.replayed} {replay_rate:.0f}/s | skipped "
-        f"{reading.skipped} | left {_duration(eta)}"
+        f"{reading.skipped} | left {short_duration(eta)}"
     )
 
 
@@ -89,29 +80,16 @@ class ReplayProgress:
         self.out = out
         self.mode = mode
         self.interval_s = interval_s
-        self.window_s = window_s
-        self._samples: deque[tuple[float, ReplayReading]] = deque()
+        self._rates = Rates(window_s)
         self._last_line: float | None = None
         self._last: tuple[ReplayReading, float, float, float] | None = None
-        self._live: Any = None
-        if live if live is not None else out.isatty():
-            from rich.console import Console
-            from rich.live import Live
+        self._live: Any = start_live(out, live)
 
-            console = Console(file=out, force_terminal=True)
-            self._live = Live(console=console, refresh_per_second=2, transient=False)
-            self._live.start()
-
-    def _rates(self, now: float, reading: ReplayReading) -> tuple[float, float]:
-        if self._samples and self._samples[-1][1].phase != reading.phase:
-            self._samples.clear()  # a new phase counts from its own start
-        self._samples.append((now, reading))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
-            self._samples.popleft()
-        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
-        if t1 <= t0:
-            return 0.0, 0.0
-        return (last.read - first.read) / (t1 - t0), (last.replayed - first.replayed) / (t1 - t0)
+    def _rates_of(self, now: float, reading: ReplayReading) -> tuple[float, float]:
+        if self._last is not None and self._last[0].phase != reading.phase:
+            self._rates.clear()  # a new phase counts from its own start
+        self._rates.add(now, reading)
+        return self._rates.per_second("read"), self._rates.per_second("replayed")
 
     def show(self, now: float, elapsed_s: float, reading: ReplayReading) -> None:
         """Take one reading (``now``: a monotonic clock) and show it when due; the first
@@ -120,7 +98,7 @@ class ReplayProgress:
             if self._live is None:
                 self._line()
             self._last_line = None
-        read_rate, replay_rate = self._rates(now, reading)
+        read_rate, replay_rate = self._rates_of(now, reading)
         self._last = (reading, read_rate, replay_rate, elapsed_s)
         if self._live is not None:
             self._live.update(self._table(reading, read_rate, replay_rate, elapsed_s))
@@ -158,8 +136,8 @@ class ReplayProgress:
         left = reading.left
         eta = left / read_rate if left is not None and read_rate > 0 else None
         table = Table(
-            title=f"skyloop replay {self.mode}  {reading.phase}  {_duration(elapsed_s)} "
-            f"elapsed, {_duration(eta)} left",
+            title=f"skyloop replay {self.mode}  {reading.phase}  {short_duration(elapsed_s)} "
+            f"elapsed, {short_duration(eta)} left",
             min_width=64,
         )
         for column in ("", "done", "per second", "left"):

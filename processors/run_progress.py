@@ -20,7 +20,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["STAGES", "Counts", "RunProgress", "Totals", "eta_s", "plain_line"]
+__all__ = [
+    "STAGES",
+    "Counts",
+    "Rates",
+    "RunProgress",
+    "Totals",
+    "eta_s",
+    "plain_line",
+    "short_duration",
+    "start_live",
+]
 
 STAGES = ("ingest", "score", "store")
 """The stages shown, in pipeline order; each is behind the one before it."""
@@ -73,23 +83,42 @@ class Totals:
         return self._base.get(key, 0) + reading
 
 
-class _Rates:
-    """Per-second rates of the stages over a sliding window of readings."""
+class Rates:
+    """Per-second rates of a reading's counts (its attributes, by name) over a sliding window
+    of readings; also the replay's (:mod:`processors.replay_progress`)."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
-        self._samples: deque[tuple[float, Counts]] = deque()
+        self._samples: deque[tuple[float, Any]] = deque()
 
-    def add(self, now: float, counts: Counts) -> None:
-        self._samples.append((now, counts))
+    def add(self, now: float, reading: Any) -> None:
+        self._samples.append((now, reading))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
 
-    def per_second(self, stage: str) -> float:
+    def clear(self) -> None:
+        """Forget every reading (counts that start again from zero)."""
+        self._samples.clear()
+
+    def per_second(self, name: str) -> float:
         if len(self._samples) < 2:
             return 0.0
         (t0, first), (t1, last) = self._samples[0], self._samples[-1]
-        return max(last.stage(stage) - first.stage(stage), 0) / (t1 - t0) if t1 > t0 else 0.0
+        moved = max(int(getattr(last, name)) - int(getattr(first, name)), 0)
+        return moved / (t1 - t0) if t1 > t0 else 0.0
+
+
+def start_live(out: TextIO, live: bool | None) -> Any:
+    """A started rich live display on ``out`` when ``live`` (default: ``out`` is a terminal),
+    else None."""
+    if not (live if live is not None else out.isatty()):
+        return None
+    from rich.console import Console
+    from rich.live import Live
+
+    display = Live(console=Console(file=out, force_terminal=True), refresh_per_second=2)
+    display.start()
+    return display
 
 
 def eta_s(
@@ -112,7 +141,8 @@ def eta_s(
     return None
 
 
-def _duration(seconds: float | None) -> str:
+def short_duration(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s``, ``7s``; ``-`` for None (not known)."""
     if seconds is None:
         return "-"
     minutes, secs = divmod(round(seconds), 60)
@@ -159,7 +189,7 @@ def plain_line(
         f"[{elapsed_s:6.1f}s] "
         + " | ".join(parts)
         + f" | candidates {counts.candidates}  dead letters {counts.dead_letters}"
-        + f"  control events {counts.control_events}  left {_duration(eta)}{paused}"
+        + f"  control events {counts.control_events}  left {short_duration(eta)}{paused}"
     )
 
 
@@ -178,16 +208,9 @@ class RunProgress:
         self.out = out
         self.total = total
         self.interval_s = interval_s
-        self._rates = _Rates(window_s)
+        self._rates = Rates(window_s)
         self._last_line: float | None = None
-        self._live: Any = None
-        if live if live is not None else out.isatty():
-            from rich.console import Console
-            from rich.live import Live
-
-            console = Console(file=out, force_terminal=True)
-            self._live = Live(console=console, refresh_per_second=2, transient=False)
-            self._live.start()
+        self._live: Any = start_live(out, live)
 
     def show(
         self, now: float, elapsed_s: float, counts: Counts, ingest_left_s: float | None = None
@@ -214,7 +237,7 @@ class RunProgress:
     ) -> Any:
         from rich.table import Table
 
-        title = f"skyloop run  {_duration(elapsed_s)} elapsed, {_duration(eta)} left"
+        title = f"skyloop run  {short_duration(elapsed_s)} elapsed, {short_duration(eta)} left"
         table = Table(
             title=title + ("  [bold red]PAUSED[/]" if counts.paused else ""), min_width=64
         )
