@@ -261,7 +261,8 @@ class TableRing:
 
 def folded(data: MutableMapping[str, bytes]) -> dict[str, bytes]:
     """The table ``data`` with every loose slot folded into its block: equal for two tables
-    that hold the same ring, whatever batches wrote them (checks, compaction)."""
+    that hold the same ring, whatever batches wrote them (the restart and compaction tests
+    compare two runs' tables this way)."""
     ring = TableRing(DictTable(dict(data)))
     out = {key: value for key, value in data.items() if key_kind(key) != "ring"}
     for key in data:
