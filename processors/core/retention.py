@@ -131,9 +131,11 @@ class Released:
         self.every_s = every_s
         self.settle_s = settle_s
         self._next = 0.0
-        # epochs opened before our start are not ours; one being released is
+        # epochs opened before our start are not ours to release; one being held or released
+        # is: a consumer restarted during a rotation's hold (a crash, kill -9) must still let
+        # go of it, or the rotation waits out its whole drain timeout with ingest held
         epoch, phase = read_signal(progress_dir)
-        self._done = epoch if phase != RELEASE else epoch - 1
+        self._done = epoch if phase == OPEN else epoch - 1
 
     def asked(self) -> bool:
         if self.progress_dir is None or time.monotonic() < self._next:

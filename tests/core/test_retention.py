@@ -275,6 +275,24 @@ def test_ingest_holds_flushed_until_the_epoch_opens(tmp_path: Path) -> None:
     assert held == [True]
 
 
+@pytest.mark.parametrize("phase_at_start", ["hold", "release"])
+def test_a_consumer_restarted_during_a_rotation_still_releases_it(
+    tmp_path: Path, phase_at_start: str
+) -> None:
+    """A batch loop killed and restarted while epoch 2 is held (or being released) must answer
+    that epoch's release; epochs opened before its start are not asked of it."""
+    from processors.core.retention import Released, write_signal
+
+    write_signal(tmp_path, 1, "open")
+    assert not Released(tmp_path, every_s=0).asked()  # epoch 1 opened before the start
+    write_signal(tmp_path, 2, phase_at_start)
+    restarted = Released(tmp_path, every_s=0)
+    write_signal(tmp_path, 2, "release")
+    assert restarted.asked()
+    write_signal(tmp_path, 2, "open")
+    assert not Released(tmp_path, every_s=0).asked()
+
+
 def test_the_controllers_offset_guard_starts_over_in_each_epoch() -> None:
     """Offsets restart at 0 in a rotated topic: a position of the old epoch must not make the
     controller skip the new epoch's records, and old epochs' positions are dropped."""

@@ -19,6 +19,12 @@ broker's RSS after each (its floor) with the slope of a line through them; and, 
 ClickHouse, each drift onset with the
 first ``drift.detected`` after it and the first recalibration caused by it (``never`` when
 none came before the next onset).
+
+With ``--kill-every S`` it also ``kill -9``s one processor every S seconds, chosen at random
+(``--seed``) among the restartable ones (scorer, controller, sink, detector, trainer), the way
+an OOM killer or a crash would; the run restarts it and goes on. The end then lists the kills,
+and the report always ends with the disk the data dir uses and the run's ledger line (every
+ingested image accounted for, from the run's own summary).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +56,10 @@ from processors.core.progress import read_progress
 from tools.bench.procstat import children, cpu_seconds, machine_busy_seconds, rss_mb
 
 __all__ = ["main"]
+
+KILLABLE = ("score", "controller", "sink", "detect", "train")
+"""The processors ``--kill-every`` chooses from: those the run restarts (ingest's death ends the
+run, and the broker's is the chaos tool's ``--kill-broker``)."""
 
 
 ROTATED = re.compile(r"hot log: rotated epoch \d+ \(broker \d+ -> (\d+) MB")
@@ -91,6 +103,31 @@ def _hot_log_summary(kept: list[tuple[float, dict[str, float], int]], run_log: P
     )
 
 
+def _kill_one(pid: int, rng: random.Random, t: float) -> str | None:
+    """``kill -9`` one restartable processor of the run at random; its description, or None."""
+    alive = sorted((name, child) for child, name in children(pid).items() if name in KILLABLE)
+    if not alive:
+        return None
+    name, child = rng.choice(alive)
+    try:
+        os.kill(child, signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    return f"t={t:.0f}s kill -9 {name} (pid {child})"
+
+
+def _disk_mb(path: Path) -> float:
+    """Bytes under ``path`` (files only, links not followed), in MB."""
+    total = 0
+    for entry in path.rglob("*"):
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                total += entry.stat().st_size
+        except OSError:
+            continue
+    return total / 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="30m")
@@ -104,7 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the hot log's bound (SKYLOOP_LOG_RETENTION_BYTES; 0: unbounded)",
     )
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        default=0.0,
+        help="seconds between kill -9s of a random restartable processor (0: none)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="the kills' random seed")
     args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    rng = random.Random(seed)
+    kills: list[str] = []
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="skyloop-soak-"))
     seg = args.segment
     source = (
@@ -124,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         str(data),
     ]
     print(f"soak: {' '.join(cmd[2:])}", flush=True)
+    if args.kill_every:
+        print(f"soak: kill -9 of a random processor every {args.kill_every:.0f}s, seed {seed}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if args.retention_bytes is not None:
         env["SKYLOOP_LOG_RETENTION_BYTES"] = str(args.retention_bytes)
@@ -135,9 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[tuple[float, dict[str, float], int]] = []
     cpu: list[tuple[float, float]] = []  # (our processes' CPU s, the machine's busy CPU s)
     started = time.monotonic()
+    last_kill = started
     try:
         while proc.poll() is None:
             time.sleep(args.every)
+            now = time.monotonic()
+            killing = now - started < duration_seconds(args.duration)
+            if args.kill_every and killing and now - last_kill >= args.kill_every:
+                last_kill = now
+                killed = _kill_one(proc.pid, rng, now - started)
+                if killed:
+                    kills.append(killed)
+                    print(f"soak: {killed}", flush=True)
             latest = data / "latest"
             if not latest.is_file():
                 continue
@@ -252,7 +310,18 @@ def main(argv: list[str] | None = None) -> int:
         fixed = "never" if fix is None else f"{(fix - start).total_seconds():.1f}s later"
         print(f"  image {n} → {seg}: detected {detected}, recalibrated {fixed}")
     print(f"corrected {corrected} of {len(onsets)} drifts")
-    return 0
+    if args.kill_every:
+        print(f"kills ({len(kills)}, seed {seed}):")
+        for line in kills:
+            print(f"  {line}")
+    run_log = (data / "soak-run.log").read_text().splitlines()
+    for line in run_log:
+        if "restarts" in line.lower() and "restarted" not in line:
+            print(line.strip())
+    print(f"disk used by the data dir: {_disk_mb(data):.0f} MB")
+    ledger = [line.strip() for line in run_log if line.strip().startswith("ledger:")]
+    print(ledger[-1] if ledger else "ledger: (no ledger line in the run's output)")
+    return proc.returncode or 0
 
 
 if __name__ == "__main__":
