@@ -131,6 +131,7 @@ def _done(
         and sink.get("candidates", 0) + held.get("candidates", 0) >= sink.get("candidate_scores", 0)
         and sink.get("control_events", 0) + held.get("control_events", 0) >= events
         and controller.get("consumed", 0) >= sink.get("scores", 0)
+        and sink.get("revisions", 0) >= controller.get("revisions", 0)
     )
 
 

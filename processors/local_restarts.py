@@ -34,6 +34,7 @@ SELECT
     AS candidate_scores,
   (SELECT uniqExact(image_id) FROM candidates) AS candidates,
   (SELECT uniqExact(event_id) FROM control_events) AS control_events,
+  (SELECT uniqExact(tuple(image_id, model_version, revision)) FROM score_revisions) AS revisions,
   (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))
     FROM dead_letters WHERE startsWith(original_topic, 'source:')) AS dlq_source,
   (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))

@@ -40,6 +40,7 @@ class ControllerConfig:
     drift_step: int = 16
     drift_consecutive: int = 2
     drift_tests: DriftTests = field(default_factory=DriftTests)
+    revise: bool = True
     sequential: SequentialTest | None = field(default_factory=SequentialTest)
     decay: ThresholdDecay = field(default_factory=ThresholdDecay)
     rebalance: Rebalance = field(default_factory=Rebalance)
@@ -65,6 +66,7 @@ class ControllerConfig:
             drift_min_reference=s.drift.min_reference,
             drift_step=s.drift.step,
             drift_consecutive=s.drift.consecutive,
+            revise=s.drift.revise,
             drift_tests=DriftTests(
                 ks_p=s.drift.ks_p,
                 psi_min=s.drift.psi_min,

@@ -50,15 +50,18 @@ timers read event times too, but windows that mix partitions depend on their int
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from processors.controller.config import ControllerConfig
 from processors.controller.emit import ISSUER, Emit
 from processors.controller.guards import Guards
 from processors.controller.lanes import Lanes, Ring
+from processors.controller.revisions import Revisions
 from processors.controller.state import SourceState
 from processors.core.control import ControlState
 from processors.core.records import DeadLetter, ScoreRecord
+from processors.ood.reference import ReferenceSet
 from processors.policies.health import HealthState
 from processors.policies.plugins import lane_policy
 from processors.policies.profile import DriftProfile
@@ -74,12 +77,21 @@ class Controller:
     """
 
     def __init__(
-        self, config: ControllerConfig, ring: Ring, load_profile: Callable[[str], DriftProfile]
+        self,
+        config: ControllerConfig,
+        ring: Ring,
+        load_profile: Callable[[str], DriftProfile],
+        load_reference: Callable[[str], ReferenceSet] | None = None,
     ) -> None:
+        if load_reference is None:  # revisions refit the recalibration's stored reference
+            config = replace(config, revise=False)
         self.config = config
         self.ring = ring
         self.policy = lane_policy(config.policy)
         self.lanes = Lanes(config, ring, load_profile, self.policy)
+        self.revisions = (
+            Revisions(self.lanes.entries, load_reference) if load_reference is not None else None
+        )
         self.guards = Guards(config)
 
     @property
@@ -129,6 +141,8 @@ class Controller:
                 emits.append(lanes.calibrate(lane, lane.pending_from, "drift", cause, at))
             return emits
         calibration_id = score.get("calibration_id")
+        if served and score["calibrated"] and self.revisions is not None:
+            emits += self.revisions.on_served(lane, calibration_id, at)
         if not (served and score["calibrated"]) or calibration_id not in (
             None,
             lane.calibration_id,

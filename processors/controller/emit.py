@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from processors.core.events import EventType, decision_id, new_event
-from processors.core.records import ControlEventRecord, ControlParams
+from processors.core.records import ControlEventRecord, ControlParams, ScoreRevision
 from processors.ood.ensemble import OODEnsemble
 
 __all__ = ["DETECTORS", "ISSUER", "Emit", "decision_event"]
@@ -23,10 +23,14 @@ DETECTORS = OODEnsemble.DETECTORS
 
 @dataclass(frozen=True)
 class Emit:
-    """An event to emit, after storing ``artifacts`` (content-addressed bytes it names)."""
+    """An event to emit, after storing ``artifacts`` (content-addressed bytes it names) and
+    producing ``records`` (the decisions a ``decisions.revised`` event revised, to
+    ``scores.revised``; produced again when the event is already in the log: they are keyed,
+    and the warehouse keeps one row per image and revision)."""
 
     event: ControlEventRecord
     artifacts: tuple[bytes, ...] = ()
+    records: tuple[ScoreRevision, ...] = ()
 
 
 def decision_event(

@@ -33,6 +33,7 @@ import numpy as np
 
 from processors.controller.config import ControllerConfig
 from processors.controller.emit import DETECTORS, Emit, decision_event
+from processors.controller.revisions import begin
 from processors.controller.state import LaneState, RingEntry
 from processors.core.artifacts import artifact_id_of
 from processors.core.control import ControlState
@@ -108,7 +109,9 @@ class Lanes:
         lane.seq += 1
         return True
 
-    def _entries(self, lane: LaneState, start: int, end: int | None = None) -> list[RingEntry]:
+    def entries(self, lane: LaneState, start: int, end: int | None = None) -> list[RingEntry]:
+        """The lane's ring entries with seq in ``[start, end)`` (``end``: the newest) it still
+        holds, oldest first."""
         cap, stop = self.config.ring_capacity, lane.seq if end is None else end
         entries = [self.ring.get(lane.source, lane.model, s, cap) for s in range(start, stop)]
         return [e for e in entries if e is not None and e.seq >= start]
@@ -156,7 +159,7 @@ class Lanes:
         ``end`` defaults to the newest entry; a refine ends at the cleared images.
         """
         cfg = self.config
-        entries = self._entries(lane, start, end)
+        entries = self.entries(lane, start, end)
         plan = plan_calibration(
             np.stack([e.feature_array() for e in entries]),
             np.array([e.energy for e in entries]),
@@ -167,13 +170,13 @@ class Lanes:
             threshold_rule=cfg.threshold_rule if reason == "drift" else "nearest",
         )
         reference, profile = plan.reference.to_bytes(), plan.profile.to_bytes()
-        profile_id = artifact_id_of(profile)
+        profile_id, reference_id = artifact_id_of(profile), artifact_id_of(reference)
         event = decision_event(
             EventType.CALIBRATION_UPDATED,
             lane.source,
             {
                 "model_version": lane.model,
-                "artifact_id": artifact_id_of(reference),
+                "artifact_id": reference_id,
                 "target_fpr": cfg.target_fpr,
                 "vote_k": cfg.vote_k,
                 "thresholds": plan.thresholds,
@@ -190,6 +193,8 @@ class Lanes:
             caused_by=caused_by or ([lane.calibration_id] if lane.calibration_id else []),
         )
         self._profiles[profile_id] = plan.profile
+        if reason == "drift" and cfg.revise:  # the images since the change point, decided again
+            begin(lane, entries, lane.calibration_id, event, plan, cfg.target_fpr)
         lane.calibration_id, lane.profile_id = event["event_id"], profile_id
         lane.reference_rows = len(entries)
         lane.base_thresholds, lane.thresholds = dict(plan.thresholds), dict(plan.thresholds)
@@ -249,7 +254,7 @@ class Lanes:
         lane.window = 0
         window = [
             e
-            for e in self._entries(lane, lane.seq - cfg.drift_window)
+            for e in self.entries(lane, lane.seq - cfg.drift_window)
             if e.calibration_id == lane.calibration_id
         ]
         if len(window) < cfg.drift_window // 2 or lane.profile_id is None:
@@ -321,7 +326,7 @@ class Lanes:
         pre-drift context; a subtle drift may be confirmed long after it began.
         """
         cfg = self.config
-        recent = self._entries(lane, max(lane.seq - cfg.ring_capacity, lane.epoch_start, 0))
+        recent = self.entries(lane, max(lane.seq - cfg.ring_capacity, lane.epoch_start, 0))
         # Scores count only under the current calibration (the reference images were scored
         # uncalibrated, at 0): elsewhere they take the profile's mean, adding no step.
         typical = float(profile.scores.mean())

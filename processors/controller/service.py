@@ -42,7 +42,7 @@ from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
 from processors.core.events import EventType
-from processors.core.exceptions import CodecError, SkyloopError
+from processors.core.exceptions import CodecError, SkyloopError, StackError
 from processors.core.kafka import (
     ControlFollower,
     make_producer,
@@ -63,6 +63,7 @@ from processors.core.metrics import (
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, Box, CandidateRecord, DeadLetter, ScoreRecord
 from processors.core.retention import epoch_topic, live_epoch
+from processors.ood.reference import load_reference
 from processors.policies.profile import load_profile
 from processors.policies.retrain import RetrainTrigger
 from processors.yolo.samples import TrainingSample
@@ -108,6 +109,7 @@ class ControlService:
             ControllerConfig.from_settings(settings),
             self.ring,
             lambda profile_id: load_profile(self.store, profile_id),
+            lambda reference_id: load_reference(self.store, reference_id),
         )
         self.lifecycle = Lifecycle.from_settings(settings.rollout)
         self.learning = LearningLoop(
@@ -294,6 +296,7 @@ class ControlService:
         for emit in emits:
             event = emit.event
             event_id = event["event_id"]
+            self._produce_revisions(emit)
             already = self.follower is not None and self.follower.has_event(event_id)
             if already or event_id in self._emitted:
                 self.progress.add("events_already_logged")
@@ -315,6 +318,23 @@ class ControlService:
             if thresholds and event["type"] != EventType.SOURCE_WEIGHTS_SET:
                 THRESHOLD.labels(event["subject"], model).set(max(thresholds.values()))
             log.info("controller: %s %s %s", event["type"], event["subject"], event["evidence"])
+
+    def _produce_revisions(self, emit: Emit) -> None:
+        """An emit's revised decisions to ``scores.revised``, keyed and partitioned as their
+        scores were; before the event, so the log never names revisions not yet produced."""
+        if not emit.records:
+            return
+        topic = self.settings.topic("scores.revised")
+        for record in emit.records:
+            self.producer.produce(
+                topic,
+                key=record["image_id"].encode(),
+                value=self.codec.encode(record, "skyloop.ScoreRevision"),
+                partition=partition_for(record["source"], self._partitions),
+            )
+            self.progress.add("revisions")
+        if self.producer.flush(30) != 0:
+            raise StackError("revised decisions were not delivered within 30 s")
 
     def _roll_window(self, src: SourceState, score: ScoreRecord, partition: int) -> None:
         """Close the lane's tumbling stats window when this score starts a new one."""

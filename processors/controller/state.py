@@ -133,6 +133,11 @@ class LaneState:
     policy: dict[str, float] = field(default_factory=dict)
     stats: StatsWindow = field(default_factory=StatsWindow)
     windows: list[str] = field(default_factory=list)
+    revision: dict[str, Any] = field(default_factory=dict)
+    """The revision waiting since the last drift's recalibration
+    (:class:`~processors.policies.revision.PendingRevision` as a dict; empty: none)."""
+    revisions: int = 0
+    """Revisions made on this lane; the next one is numbered ``revisions + 1``."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LaneState:

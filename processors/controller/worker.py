@@ -27,7 +27,7 @@ SPEC = WorkerSpec(
     summary="calibrates, detects drift, decays thresholds, steers sources, runs model rollouts",
     mode="faust app",
     consumes=("scores", "images.dlq", "candidates"),
-    produces=("control.events",),
+    produces=("control.events", "scores.revised"),
     # tables (changelog-backed): per-source heads with their lanes and reference rings; the
     # closed windows of lane statistics. Artifacts: calibration references, training datasets.
     state=("Faust table controller", "Faust table lane_windows", "artifact store"),
@@ -35,6 +35,7 @@ SPEC = WorkerSpec(
     emits=(
         EventType.CALIBRATION_UPDATED,
         EventType.DRIFT_DETECTED,
+        EventType.DECISIONS_REVISED,
         EventType.THRESHOLD_SET,
         EventType.THRESHOLD_DECAYED,
         EventType.SOURCE_WEIGHTS_SET,

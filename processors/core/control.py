@@ -392,7 +392,8 @@ def _put(mapping: Mapping[str, V], key: str, value: V) -> Mapping[str, V]:
     return MappingProxyType({**mapping, key: value})
 
 
-#: event type -> handler; a type absent here (``retrain.requested``, ``budget.deferred``, a type
+#: event type -> handler; a type absent here (``retrain.requested``, ``budget.deferred``,
+#: ``decisions.revised``: it corrects stored decisions, not what anyone decides next; a type
 #: from a newer version) is counted and changes nothing else
 FOLD: Mapping[EventType, Handler] = MappingProxyType(
     {

@@ -10,6 +10,7 @@ type                                                        model
 ``threshold.set``, ``threshold.decayed``                    :class:`ThresholdParams`
 ``calibration.updated``                                     :class:`CalibrationParams`
 ``drift.detected``                                          :class:`DriftParams`
+``decisions.revised``                                       :class:`RevisionParams`
 ``source.weights_set``                                      :class:`WeightsParams`
 ``source.paused``, ``pipeline.paused``                      :class:`PauseParams`
 ``retrain.requested``                                       :class:`RetrainParams`
@@ -62,6 +63,7 @@ __all__ = [
     "PauseParams",
     "ReasonParams",
     "RetrainParams",
+    "RevisionParams",
     "ThresholdParams",
     "WeightsParams",
     "params_of",
@@ -215,6 +217,31 @@ class DriftParams(EventParams):
 
 
 @dataclass(frozen=True)
+class RevisionParams(EventParams):
+    """Served decisions of ``model_version`` on the subject source decided again under the
+    calibration ``extra["calibration"]`` (the drift's recalibration); ``artifact_id`` names the
+    list of revised decisions, ``extra["revision"]`` is the lane's revision number."""
+
+    TYPES: ClassVar[tuple[EventType, ...]] = (EventType.DECISIONS_REVISED,)
+    model_version: str | None = None
+    artifact_id: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, p: ControlParams) -> RevisionParams:
+        return cls(p.get("model_version") or None, p.get("artifact_id"), dict(p.get("extra") or {}))
+
+    def problems(self) -> list[str]:
+        revision = self.extra.get("revision", "")
+        found = (
+            []
+            if revision.isdigit() and int(revision) >= 1
+            else [f"extra.revision {revision!r} is not a number >= 1"]
+        )
+        return found + ([] if self.extra.get("calibration") else ["extra.calibration missing"])
+
+
+@dataclass(frozen=True)
 class WeightsParams(EventParams):
     """Source weights (finite, >= 0): all of them (subject ``pipeline``) or one source's."""
 
@@ -309,6 +336,7 @@ PARAMS_MODELS: Mapping[EventType, type[EventParams]] = {
         ThresholdParams,
         CalibrationParams,
         DriftParams,
+        RevisionParams,
         WeightsParams,
         PauseParams,
         RetrainParams,

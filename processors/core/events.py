@@ -46,6 +46,7 @@ class EventType(StrEnum):
     CALIBRATION_UPDATED = "calibration.updated"
     CALIBRATION_REQUESTED = "calibration.requested"
     DRIFT_DETECTED = "drift.detected"
+    DECISIONS_REVISED = "decisions.revised"
     SOURCE_WEIGHTS_SET = "source.weights_set"
     SOURCE_PAUSED = "source.paused"
     SOURCE_RESUMED = "source.resumed"

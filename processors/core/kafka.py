@@ -149,7 +149,7 @@ def retention_configs(settings: Settings, name: str) -> dict[str, str]:
 
     >>> from processors.core.config import Settings
     >>> retention_configs(Settings(log_retention_bytes=2**30, log_retention_s=3600), "scores")
-    {'retention.bytes': '67108864', 'segment.bytes': '16777216', 'retention.ms': '3600000'}
+    {'retention.bytes': '53687091', 'segment.bytes': '13421772', 'retention.ms': '3600000'}
     """
     if name == "control.events":
         return {"retention.bytes": "-1", "retention.ms": "-1"}

@@ -26,6 +26,7 @@ __all__ = [
     "ImageFormat",
     "ImageRecord",
     "ScoreRecord",
+    "ScoreRevision",
     "TopicSpec",
     "dead_letter",
 ]
@@ -86,6 +87,25 @@ class ScoreRecord(TypedDict):
     calibration_id: str | None
     # the scored image, on served candidates only (what detect localizes); absent elsewhere
     image: NotRequired[ImageRecord | None]
+
+
+class ScoreRevision(TypedDict):
+    """A served decision decided again after a drift (``scores.revised``; the schema's docs)."""
+
+    image_id: str
+    source: str
+    model_version: str
+    revision: int
+    detectors: list[DetectorScore]
+    ensemble_score: float
+    votes_for: int
+    votes_needed: int
+    is_candidate: bool
+    was_candidate: bool
+    calibration_id: str
+    revised_calibration_id: str | None
+    revision_event_id: str
+    revised_at: datetime
 
 
 class Box(TypedDict):
@@ -222,7 +242,9 @@ class TopicSpec:
 
     ``control.events`` has exactly one partition: the log is one total order. ``images.dlq``
     has as many as ``scores`` and is keyed the same way (by source), so the controller's
-    per-source state sees a source's dead letters and scores in one partition.
+    per-source state sees a source's dead letters and scores in one partition. ``scores.revised``
+    is keyed like ``scores`` (the image, on its source's partition): a revision lands where its
+    image's score did.
     """
 
     name: str
@@ -235,6 +257,7 @@ TOPICS: dict[str, TopicSpec] = {
     for spec in (
         TopicSpec("images.raw", "skyloop.ImageRecord", 4),
         TopicSpec("scores", "skyloop.ScoreRecord", 4),
+        TopicSpec("scores.revised", "skyloop.ScoreRevision", 4),
         TopicSpec("candidates", "skyloop.CandidateRecord", 4),
         TopicSpec("control.events", "skyloop.ControlEvent", 1),
         TopicSpec("images.dlq", "skyloop.DeadLetter", 4),

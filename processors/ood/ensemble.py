@@ -18,6 +18,7 @@ refit, and last-bit differences in raw scores cannot move a calibration point ac
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "MIN_PART_SIZE",
     "MIN_REFERENCE_SIZE",
     "EnergyDetector",
+    "Judgement",
     "KnnDetector",
     "MahalanobisDetector",
     "OODEnsemble",
@@ -50,6 +52,19 @@ __all__ = [
 
 MIN_PART_SIZE = 10
 MIN_REFERENCE_SIZE = 2 * MIN_PART_SIZE
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What :meth:`OODEnsemble.judge` decides for ``n`` rows: per detector the raw and
+    calibrated scores and the votes; per row the votes, the verdict and the mean score."""
+
+    raw: dict[str, FloatArray]
+    calibrated: dict[str, FloatArray]
+    votes: dict[str, NDArray[np.bool_]]
+    votes_for: NDArray[np.int64]
+    is_candidate: NDArray[np.bool_]
+    ensemble_score: FloatArray
 
 
 def split_reference(n: int, fit_fraction: float) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
@@ -244,6 +259,22 @@ class OODEnsemble:
             np.sum([votes[name] for name in self.DETECTORS], axis=0, dtype=np.int64)
         )
         return votes, votes_for, np.asarray(votes_for >= vote_k)
+
+    def judge(
+        self,
+        features: NDArray[Any],
+        energy: NDArray[Any],
+        thresholds: Mapping[str, float],
+        vote_k: int,
+    ) -> Judgement:
+        """Raw scores, calibration, votes and the mean score of ``(n, d)`` rows in one call:
+        the whole decision a scorer (or a revision) makes from features and energies."""
+        raw = self.raw_scores(features, energy)
+        calibrated = self.calibrate(raw)
+        votes, votes_for, candidate = self.decide(calibrated, thresholds, vote_k)
+        return Judgement(
+            raw, calibrated, votes, votes_for, candidate, self.ensemble_score(calibrated)
+        )
 
     def ensemble_score(self, calibrated: Mapping[str, NDArray[Any]]) -> FloatArray:
         """Mean calibrated score over the three detectors, in ``[0, 1]``."""

@@ -14,6 +14,7 @@ __all__ = [
     "CONTROL_EVENT_COUNTS",
     "DRIFT_DETECTIONS",
     "PAUSES",
+    "REVISIONS",
     "THRESHOLD_EVENTS",
 ]
 
@@ -41,6 +42,21 @@ LIMIT {{limit:UInt32}}
 """
 """``drift.detected`` events of the window with the evidence that raised them; a statistic
 the drift test did not compute is NULL (a missing map key would read as 0)."""
+
+REVISIONS = f"""
+SELECT at, subject, ifNull(model_version, '') AS model_version,
+       toUInt32(evidence['revision']) AS revision, toUInt32(evidence['images']) AS images,
+       toUInt32(evidence['flags_before']) AS flags_before,
+       toUInt32(evidence['flags_after']) AS flags_after,
+       toUInt32(evidence['withdrawn']) AS withdrawn, toUInt32(evidence['added']) AS added,
+       JSONExtractString(params, 'extra', 'calibration') AS calibration, event_id
+FROM control_events FINAL
+WHERE type = 'decisions.revised' AND {in_window("at")}
+ORDER BY at, kafka_offset, event_id
+LIMIT {{limit:UInt32}}
+"""
+"""``decisions.revised`` events of the window with their evidence: the images decided again
+since a drift's change point, their flags as served and as revised, withdrawn and added."""
 
 CALIBRATIONS = f"""
 SELECT subject, model_version, sum(n) AS calibrations,

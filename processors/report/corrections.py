@@ -31,6 +31,7 @@ from processors.report.correction_queries import (
     CONTROL_EVENT_COUNTS,
     DRIFT_DETECTIONS,
     PAUSES,
+    REVISIONS,
     THRESHOLD_EVENTS,
 )
 from processors.report.markdown import clip, formatted, number, percent, table, utc, when
@@ -225,6 +226,46 @@ def _drift_lines(rows: Sequence[Mapping[str, Any]], total: int) -> list[str]:
     ]
 
 
+def _revision_lines(rows: Sequence[Mapping[str, Any]], total: int) -> list[str]:
+    if not rows:
+        return []
+    lines = ["### Revisions since a change point", ""]
+    lines += table(
+        [
+            "Time (UTC)",
+            "Subject",
+            "Model",
+            "Revision",
+            "Images",
+            "Flags as served → revised",
+            "Withdrawn",
+            "Added",
+        ],
+        [
+            (
+                when(r["at"]),
+                r["subject"],
+                r["model_version"],
+                r["revision"],
+                r["images"],
+                f"{r['flags_before']} → {r['flags_after']}",
+                r["withdrawn"],
+                r["added"],
+            )
+            for r in rows
+        ],
+    )
+    return [
+        *lines,
+        *_more(len(rows), total),
+        "",
+        "After a drift's recalibration, the images served between the change point and the "
+        "first image scored under it are decided again under it (its own reference images "
+        "cross-fitted). The live decisions stay as published; `scores_revised` and "
+        "`candidates_revised` (a `withdrawn` column) hold the corrected catalogue.",
+    ]
+
+
 def _calibration_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if not rows:
         return []
@@ -343,7 +384,9 @@ def self_correction_section(
     )
     pauses = sum(per_type.get(kind, 0) for kind in _PAUSE_TYPES)
     threshold_lines, written = _threshold_lines(query, window, figure)
+    revisions = per_type.get(EventType.DECISIONS_REVISED, 0)
     for part in (
+        _revision_lines(query(REVISIONS, limited) if revisions else [], revisions),
         _calibration_lines(query(CALIBRATIONS, window)),
         _pause_lines(query(PAUSES, limited), pauses),
         threshold_lines,

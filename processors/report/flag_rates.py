@@ -42,6 +42,7 @@ FLAG_BAND = (0.25, 2.5)
 _MARK_STYLES: dict[str, tuple[str, str]] = {
     "calibration.updated": ("#e377c2", "-"),
     "drift.detected": ("#d62728", "-"),
+    "decisions.revised": ("#2ca02c", ":"),
     "threshold.decayed": ("#9467bd", ":"),
     "threshold.set": ("#8c564b", "-."),
     "source.weights_set": ("#17becf", ":"),
@@ -55,16 +56,23 @@ _OTHER_STYLE = ("#7f7f7f", "-.")
 
 @dataclass(frozen=True)
 class FlagWindow:
-    """One window of a source: images, flags and the time of its last image."""
+    """One window of a source: images, flags as served, the time span, and the flags once
+    every revision is applied (``revised_flagged``; None: not known, taken as served)."""
 
     n: int
     flagged: int
     first_at: datetime
     last_at: datetime
+    revised_flagged: int | None = None
 
     @property
     def rate(self) -> float:
         return self.flagged / self.n if self.n else 0.0
+
+    @property
+    def revised_rate(self) -> float:
+        flagged = self.flagged if self.revised_flagged is None else self.revised_flagged
+        return flagged / self.n if self.n else 0.0
 
 
 @dataclass(frozen=True)
@@ -203,7 +211,8 @@ def flag_rate_lines(
     targets: Mapping[str, Sequence[tuple[datetime, float]]],
     window: int,
 ) -> list[str]:
-    """A table per source: full windows, how many had a target and how many were in band."""
+    """A table per source: full windows, how many had a target, how many were in band as
+    served and once revised (the stored catalogue, ``scores_revised``)."""
     rows: list[tuple[Any, ...]] = []
     lo, hi = FLAG_BAND
     for source in sorted(windows):
@@ -211,6 +220,7 @@ def flag_rate_lines(
         judged = [(w, target_at(targets.get(source, []), w.last_at)) for w in full]
         with_target = [(w, t) for w, t in judged if t is not None]
         inside = sum(1 for w, t in with_target if lo * t <= w.rate <= hi * t)
+        revised = sum(1 for w, t in with_target if lo * t <= w.revised_rate <= hi * t)
         rates = [w.rate for w in full]
         rows.append(
             (
@@ -218,11 +228,20 @@ def flag_rate_lines(
                 len(full),
                 len(with_target),
                 inside,
+                revised,
                 percent(min(rates)) if rates else None,
                 percent(max(rates)) if rates else None,
             )
         )
     return table(
-        ["Source", f"Windows of {window}", "With a target", "In band", "Min rate", "Max rate"],
+        [
+            "Source",
+            f"Windows of {window}",
+            "With a target",
+            "In band as served",
+            "In band revised",
+            "Min rate",
+            "Max rate",
+        ],
         rows,
     )

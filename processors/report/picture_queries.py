@@ -67,19 +67,21 @@ ORDER BY source
 
 FLAG_WINDOWS = f"""
 SELECT source, intDiv(rn - 1, {{window:UInt32}}) AS w, count() AS n,
-       sum(is_candidate) AS flagged, min(scored_at) AS first_at, max(scored_at) AS last_at
+       sum(live_is_candidate) AS flagged, sum(is_candidate) AS revised_flagged,
+       min(scored_at) AS first_at, max(scored_at) AS last_at
 FROM (
-    SELECT source, is_candidate, scored_at,
+    SELECT source, is_candidate, live_is_candidate, scored_at,
            row_number() OVER (PARTITION BY source ORDER BY scored_at, image_id) AS rn
-    FROM scores FINAL
+    FROM scores_revised
     WHERE role = 'production' AND calibrated = 1 AND {in_window("scored_at")}
 )
 GROUP BY source, w
 ORDER BY source, w
 """
 """Calibrated production scores per source in consecutive windows of ``window`` images in
-scoring order (ties by image id): size, flags and time span of each window; the last window
-of a source may be partial."""
+scoring order (ties by image id): size, flags as served and after every revision
+(``scores_revised``), and time span of each window; the last window of a source may be
+partial."""
 
 TARGET_RATES = """
 SELECT subject AS source, at, JSONExtractFloat(params, 'target_fpr') AS target_fpr,

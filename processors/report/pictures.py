@@ -81,7 +81,13 @@ def flag_rate_section(
     windows: dict[str, list[FlagWindow]] = {}
     for r in query(q.FLAG_WINDOWS, {**window, "window": size}):
         windows.setdefault(r["source"], []).append(
-            FlagWindow(int(r["n"]), int(r["flagged"]), utc(r["first_at"]), utc(r["last_at"]))
+            FlagWindow(
+                int(r["n"]),
+                int(r["flagged"]),
+                utc(r["first_at"]),
+                utc(r["last_at"]),
+                int(r["revised_flagged"]),
+            )
         )
     targets: dict[str, list[tuple[datetime, float]]] = {}
     for r in query(q.TARGET_RATES, window):

@@ -26,6 +26,7 @@ from processors.report.correction_queries import (
     CONTROL_EVENT_COUNTS,
     DRIFT_DETECTIONS,
     PAUSES,
+    REVISIONS,
     THRESHOLD_EVENTS,
 )
 from processors.report.sql import in_window
@@ -322,6 +323,7 @@ QUERIES: dict[str, str] = {
     "control_events": CONTROL_EVENTS,
     "control_event_counts": CONTROL_EVENT_COUNTS,
     "drift_detections": DRIFT_DETECTIONS,
+    "revisions": REVISIONS,
     "calibrations": CALIBRATIONS,
     "pauses": PAUSES,
     "threshold_events": THRESHOLD_EVENTS,

@@ -27,6 +27,7 @@ from processors.core.control import Calibration, ControlState
 from processors.core.records import DetectorScore
 from processors.ood.ensemble import OODEnsemble
 from processors.ood.reference import load_reference
+from processors.ood.verdicts import detector_scores
 
 __all__ = ["EnsembleCache", "MathThreads", "Verdict", "decide"]
 
@@ -138,8 +139,6 @@ def decide(
             continue
         ensemble = ensembles.get(cal)
         idx = np.asarray(rows)
-        raw = ensemble.raw_scores(features[idx], energy[idx])
-        calibrated = ensemble.calibrate(raw)
         thresholds = {
             name: (
                 state.threshold_for(model_version, source, name, cal.thresholds[name])
@@ -148,24 +147,14 @@ def decide(
             )
             for name in ensemble.DETECTORS
         }
-        votes, votes_for, candidate = ensemble.decide(calibrated, thresholds, cal.vote_k)
-        mean_score = ensemble.ensemble_score(calibrated)
+        judged = ensemble.judge(features[idx], energy[idx], thresholds, cal.vote_k)
         for j, i in enumerate(rows):
             verdicts[i] = Verdict(
-                detectors=[
-                    DetectorScore(
-                        detector=name,
-                        raw=float(raw[name][j]),
-                        score=float(calibrated[name][j]),
-                        threshold=float(thresholds[name]),
-                        vote=bool(votes[name][j]),
-                    )
-                    for name in ensemble.DETECTORS
-                ],
-                ensemble_score=float(mean_score[j]),
-                votes_for=int(votes_for[j]),
+                detectors=detector_scores(judged, thresholds, j),
+                ensemble_score=float(judged.ensemble_score[j]),
+                votes_for=int(judged.votes_for[j]),
                 votes_needed=int(cal.vote_k),
-                is_candidate=bool(candidate[j]),
+                is_candidate=bool(judged.is_candidate[j]),
                 calibrated=True,
                 calibration_id=cal.event_id,
             )

@@ -1,8 +1,8 @@
 """The explicit column lists of the ClickHouse tables the sink writes, in insert order.
 
-One tuple per table (``images``, ``scores``, ``candidates``, ``control_events``,
-``dead_letters``), matching the migrations of ``infra/clickhouse``; every table ends with the
-Kafka coordinates of the record it came from. The row functions of
+One tuple per table (``images``, ``scores``, ``score_revisions``, ``candidates``,
+``control_events``, ``dead_letters``), matching the migrations of ``infra/clickhouse``; every
+table ends with the Kafka coordinates of the record it came from. The row functions of
 :mod:`processors.sink.rows` build their tuples in exactly this order. Columns filled by
 ClickHouse (``ingested_at``) are not listed.
 """
@@ -15,6 +15,7 @@ __all__ = [
     "DEAD_LETTER_COLUMNS",
     "IMAGE_COLUMNS",
     "KAFKA_COLUMNS",
+    "REVISION_COLUMNS",
     "SCORE_COLUMNS",
 ]
 
@@ -111,5 +112,25 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "processor",
     "at",
     "source",
+    *KAFKA_COLUMNS,
+)
+REVISION_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "source",
+    "model_version",
+    "revision",
+    "scores",
+    "raw_scores",
+    "thresholds",
+    "votes",
+    "ensemble_score",
+    "votes_for",
+    "votes_needed",
+    "is_candidate",
+    "was_candidate",
+    "calibration_id",
+    "revised_calibration_id",
+    "revision_event_id",
+    "revised_at",
     *KAFKA_COLUMNS,
 )

@@ -1,6 +1,7 @@
 """The sink processor: every topic → its ClickHouse table.
 
-Consumes ``images.raw``, ``scores``, ``candidates``, ``control.events`` and ``images.dlq``.
+Consumes ``images.raw``, ``scores``, ``scores.revised``, ``candidates``, ``control.events`` and
+``images.dlq``.
 Produces nothing on Kafka; writes rows with :class:`ClickHouseWriter` (tables created from
 ``infra/clickhouse`` migrations at start). Guarantees: the runner commits a batch's offsets only
 after ``process`` returned, i.e. after every row of the batch is in ClickHouse; redelivered
@@ -97,6 +98,7 @@ class SinkProcessor:
                 "dlq_images",
                 "dlq_other",
                 "control_events",
+                "revisions",
             )
         }
 
@@ -134,6 +136,10 @@ class SinkProcessor:
             )
         elif topic == "candidates":
             seen["candidates"].add(record["image_id"])
+        elif topic == "scores.revised":
+            seen["revisions"].add(
+                f"{record['image_id']}|{record['model_version']}|{record['revision']}"
+            )
         elif topic == "control.events":
             seen["control_events"].add(record["event_id"])
         elif topic == "images.dlq":

@@ -28,12 +28,14 @@ from processors.core.records import (
     DeadLetter,
     ImageRecord,
     ScoreRecord,
+    ScoreRevision,
 )
 from processors.sink.columns import (
     CANDIDATE_COLUMNS,
     CONTROL_EVENT_COLUMNS,
     DEAD_LETTER_COLUMNS,
     IMAGE_COLUMNS,
+    REVISION_COLUMNS,
     SCORE_COLUMNS,
 )
 
@@ -42,6 +44,7 @@ __all__ = [
     "CONTROL_EVENT_COLUMNS",
     "DEAD_LETTER_COLUMNS",
     "IMAGE_COLUMNS",
+    "REVISION_COLUMNS",
     "SCORE_COLUMNS",
     "TABLE_FOR_SCHEMA",
     "TABLE_FOR_TOPIC",
@@ -56,6 +59,7 @@ __all__ = [
     "dead_letter_row",
     "image_row",
     "params_json",
+    "revision_row",
     "score_row",
     "table_for_topic",
     "to_row",
@@ -145,6 +149,31 @@ def score_row(record: ScoreRecord, at: KafkaCoordinates) -> Row:
         float(record["latency_ms"]),
         int(record["control_offset"]),
         _utc(record["scored_at"]),
+        *at,
+    )
+
+
+def revision_row(record: ScoreRevision, at: KafkaCoordinates) -> Row:
+    """Row of ``score_revisions``: the detector maps as in :func:`score_row`."""
+    detectors = record["detectors"]
+    return (
+        record["image_id"],
+        record["source"],
+        record["model_version"],
+        int(record["revision"]),
+        {d["detector"]: float(d["score"]) for d in detectors},
+        {d["detector"]: float(d["raw"]) for d in detectors},
+        {d["detector"]: float(d["threshold"]) for d in detectors if d["threshold"] is not None},
+        {d["detector"]: int(bool(d["vote"])) for d in detectors},
+        float(record["ensemble_score"]),
+        int(record["votes_for"]),
+        int(record["votes_needed"]),
+        int(bool(record["is_candidate"])),
+        int(bool(record["was_candidate"])),
+        record["calibration_id"],
+        record.get("revised_calibration_id"),
+        record["revision_event_id"],
+        _utc(record["revised_at"]),
         *at,
     )
 
@@ -267,6 +296,13 @@ TABLE_FOR_TOPIC: dict[str, TableSpec] = {
     for spec in (
         TableSpec("images.raw", TOPICS["images.raw"].schema, "images", IMAGE_COLUMNS, image_row),
         TableSpec("scores", TOPICS["scores"].schema, "scores", SCORE_COLUMNS, score_row),
+        TableSpec(
+            "scores.revised",
+            TOPICS["scores.revised"].schema,
+            "score_revisions",
+            REVISION_COLUMNS,
+            revision_row,
+        ),
         TableSpec(
             "candidates",
             TOPICS["candidates"].schema,

@@ -17,7 +17,14 @@ SPEC = WorkerSpec(
     name="sink",
     summary="writes every topic into ClickHouse, serves `skyloop sql`, writes run-time reports",
     mode="batch loop",
-    consumes=("images.raw", "scores", "candidates", "control.events", "images.dlq"),
+    consumes=(
+        "images.raw",
+        "scores",
+        "scores.revised",
+        "candidates",
+        "control.events",
+        "images.dlq",
+    ),
     produces=("images.dlq",),
     # one ClickHouse table per topic; recent ids counting distinct ids; run-time reports
     state=("ClickHouse tables", "dedupe windows", "reports"),

@@ -18,6 +18,7 @@ from processors.controller.tables import DictTable, TableRing
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState, new_event, replay
 from processors.core.records import ControlEventRecord, DeadLetter, ScoreRecord
+from processors.ood.reference import load_reference
 from processors.policies.health import HealthPolicy
 from processors.policies.profile import load_profile
 from processors.policies.sources import ErrorBackoff
@@ -74,14 +75,19 @@ def test_a_controller_restarted_from_its_persisted_state_continues_identically(
 
     table = DictTable()  # what the Faust table holds
     ring = TableRing(table)
-    first = Controller(config, ring, lambda i: load_profile(store, i))
+    first = Controller(
+        config, ring, lambda i: load_profile(store, i), lambda i: load_reference(store, i)
+    )
     head = SourceState(records[0]["source"])
     cut = 900
     emitted = run(first, head, records[:cut])
     ring.flush(head.source, partition=0)  # what the service does at the end of a batch
     # a new process: the head from its bytes, the ring from the table, no cache
     restarted = Controller(
-        config, TableRing(DictTable(dict(table.data))), lambda i: load_profile(store, i)
+        config,
+        TableRing(DictTable(dict(table.data))),
+        lambda i: load_profile(store, i),
+        lambda i: load_reference(store, i),
     )
     emitted += run(restarted, SourceState.from_bytes(head.to_bytes()), records[cut:])
     assert [e["event_id"] for e in emitted] == [e["event_id"] for e in whole.events]
@@ -206,3 +212,52 @@ def test_an_operator_request_recalibrates_the_source_from_its_latest_images() ->
     answer = [e for e in emitted if request["event_id"] in e["caused_by"]]
     assert len(answer) == 1 and answer[0]["params"]["reason"] == "operator"
     assert state.calibration_requests == {}  # the fold saw the request answered
+
+
+def test_a_drift_revises_the_decisions_served_since_its_change_point() -> None:
+    """A flood after the onset: the live decisions flag far above the target until the
+    recalibration is in force; the revision decides those images again under it (the
+    recalibration's own reference images cross-fitted), withdraws most of the flood, and the
+    stored decisions after the onset are back under the band's top."""
+    onset, target = 1000, ControllerConfig().target_fpr
+    s = stream(1800, seed=3, shift_at=onset, shift=4.0)
+    result = simulate(s, ControllerConfig())
+    revised_events = [e for e in result.events if e["type"] == "decisions.revised"]
+    assert len(revised_events) == 1
+    event = revised_events[0]
+    drift = next(e for e in result.events if e["type"] == "drift.detected")
+    recalibration = next(
+        e
+        for e in result.events
+        if e["type"] == "calibration.updated" and drift["event_id"] in e["caused_by"]
+    )
+    assert event["caused_by"] == [recalibration["event_id"], drift["event_id"]]
+    assert event["params"]["extra"]["calibration"] == recalibration["event_id"]
+    records = result.revisions
+    assert len(records) == event["evidence"]["images"] > 0
+    assert {r["revision"] for r in records} == {1}
+    assert {r["calibration_id"] for r in records} == {recalibration["event_id"]}
+    assert all(r["revision_event_id"] == event["event_id"] for r in records)
+    seqs = sorted(int(r["image_id"].removeprefix("img")) for r in records)
+    # from about the change point to the last image served under the old calibration
+    assert onset - 64 <= seqs[0] <= onset + 64
+    first_new = int(np.flatnonzero(result.calibrated & (np.arange(len(s.energy)) > seqs[-1]))[0])
+    assert seqs[-1] < first_new
+    window = slice(seqs[0], seqs[-1] + 1)
+    live = float(result.flagged[window].mean())
+    stored = float(result.revised[window].mean())  # type: ignore[index]
+    assert live > 2.5 * target  # the flood, as served
+    assert stored <= 2.5 * target  # the catalogue, corrected
+    assert event["evidence"]["withdrawn"] >= 0.8 * event["evidence"]["flags_before"]
+    assert event["evidence"]["flag_rate_before"] == pytest.approx(live)
+    # the revision is a decision like any other: the same scores give the same one
+    again = simulate(s, ControllerConfig())
+    assert [r["image_id"] for r in again.revisions] == [r["image_id"] for r in records]
+    assert [r["is_candidate"] for r in again.revisions] == [r["is_candidate"] for r in records]
+
+
+def test_revision_can_be_turned_off() -> None:
+    s = stream(1800, seed=3, shift_at=1000)
+    result = simulate(s, ControllerConfig(revise=False))
+    assert not result.revisions
+    assert not [e for e in result.events if e["type"] == "decisions.revised"]

@@ -184,6 +184,16 @@ class Run:
         offsets = SourceState.from_bytes(head).offsets
         return all(offsets.get(f"scores:{p}", -1) >= last for p, last in self.last.items())
 
+    def revisions(self) -> set[tuple[str, int, bool]]:
+        """(image, revision, revised verdict) of every ``scores.revised`` record."""
+        return {
+            (r["image_id"], r["revision"], r["is_candidate"])
+            for r in (
+                CODEC.decode(value, "skyloop.ScoreRevision")
+                for _key, value in self.read(self.settings.topic("scores.revised"))
+            )
+        }
+
     def events(self) -> list[dict[str, Any]]:
         return [
             CODEC.decode(value, "skyloop.ControlEvent")
@@ -232,3 +242,7 @@ def test_a_killed_worker_restores_its_tables_and_emits_nothing_twice(
     assert first["params"]["artifact_id"] == clean_events[0]["params"]["artifact_id"]
     assert killed.controller_state() == clean.controller_state()
     assert killed.table("lane_windows") == clean.table("lane_windows")
+    # the drift's revision: the same decisions revised, however often a restart produced them
+    assert "decisions.revised" in kinds
+    revised = [clean.revisions(), killed.revisions()]
+    assert revised[0] and revised[0] == revised[1]

@@ -68,6 +68,7 @@ _FLAT_KEYS = [
     "drift_sequential_arl",
     "drift_sequential_horizon",
     "drift_sequential_feature_k",
+    "drift_revise",
     "threshold_decay",
     "threshold_decay_every",
     "threshold_floor",

@@ -317,6 +317,28 @@ def add_corrections(data: Dataset) -> Dataset:
     )
     _event(
         data,
+        "rev-1",
+        day + timedelta(hours=2, seconds=30),
+        "decisions.revised",
+        "synth-a",
+        {
+            "model_version": "m1",
+            "artifact_id": "e" * 64,
+            "reason": "drift",
+            "extra": {"revision": "1", "calibration": "c-1", "from_seq": "900", "to_seq": "1019"},
+        },
+        {
+            "images": 120.0,
+            "flags_before": 23.0,
+            "flags_after": 5.0,
+            "withdrawn": 19.0,
+            "added": 1.0,
+            "revision": 1.0,
+        },
+        caused_by=("c-1", "x-1"),
+    )
+    _event(
+        data,
         "o-1",
         day + timedelta(hours=3),
         "threshold.set",

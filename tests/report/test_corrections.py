@@ -61,6 +61,7 @@ def test_section_reports_the_days_corrections(
     counts = {(r[0], r[1]): r[2] for r in _rows(section)}
     assert counts == {
         ("calibration.updated", "controller"): "3",
+        ("decisions.revised", "controller"): "1",
         ("drift.detected", "controller"): "1",  # the next day's drift is left out
         ("pipeline.paused", "controller"): "1",
         ("pipeline.resumed", "controller"): "1",
@@ -82,6 +83,11 @@ def test_section_reports_the_days_corrections(
             "0.410",
             "19.0% vs 1.2%",
         ]
+    ]
+
+    revisions = _rows(_section(section, "Revisions since a change point", "###"))
+    assert revisions == [
+        ["2025-03-14 02:00:30", "synth-a", "m1", "1", "120", "23 → 5", "19", "1"]
     ]
 
     calibrations = _rows(_section(section, "Calibrations", "###"))

@@ -38,8 +38,9 @@ from processors.controller.state import MemoryRing, SourceState
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState
 from processors.core.events import EventType
-from processors.core.records import ControlEventRecord, ScoreRecord
+from processors.core.records import ControlEventRecord, ScoreRecord, ScoreRevision
 from processors.ood.ensemble import energy_score
+from processors.ood.reference import load_reference
 from processors.policies.profile import load_profile
 from processors.score.decisions import EnsembleCache, decide
 
@@ -107,6 +108,10 @@ class Replay:
     events: list[ControlEventRecord] = field(default_factory=list)
     event_at: list[int] = field(default_factory=list)  # stream index that triggered each event
     records: list[ScoreRecord] = field(default_factory=list)  # with keep_records
+    revisions: list[ScoreRevision] = field(default_factory=list)  # scores.revised, in order
+    revised: NDArray[np.bool_] | None = None
+    """The stored decisions once every revision is applied (the warehouse's scores_revised);
+    ``flagged`` stays the live ones."""
 
 
 def _record(
@@ -148,7 +153,12 @@ def replay(
     ``keep_records``: keep every score record (to replay them elsewhere, e.g. through Kafka).
     """
     store = store or ArtifactStore(Path(tempfile.mkdtemp(prefix="skyloop-sim-")))
-    controller = Controller(config, MemoryRing(), lambda i: load_profile(store, i))
+    controller = Controller(
+        config,
+        MemoryRing(),
+        lambda i: load_profile(store, i),
+        lambda i: load_reference(store, i),
+    )
     ensembles = EnsembleCache(store)
     source = SourceState(SOURCE)
     state = ControlState.initial()
@@ -186,10 +196,14 @@ def replay(
                 emitted.append(emit)
                 out.events.append(emit.event)
                 out.event_at.append(int(i))
+                out.revisions.extend(emit.records)
         if emitted:
             initial = state.calibration_for(MODEL, SOURCE) is None
             # The scorer waits for a source's first calibration; later ones arrive with lag.
             pending.append((b + 1 if initial else b + 1 + lag, emitted))
+    out.revised = out.flagged.copy()
+    for revision in out.revisions:  # in order: a later revision of an image replaces one
+        out.revised[int(revision["image_id"].removeprefix("img"))] = revision["is_candidate"]
     return out
 
 

@@ -136,6 +136,13 @@ class DriftSettings(Section):
     sequential_feature_k: float = Field(
         default=1.0, ge=0.0, description="feature projections' CUSUM allowance (0: off)"
     )
+    revise: bool = Field(
+        default=True,
+        description=(
+            "after a drift's recalibration, decide the images served since the change point "
+            "again under it (scores.revised, a decisions.revised event)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _step_within_window(self) -> DriftSettings:
