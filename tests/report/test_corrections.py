@@ -86,9 +86,7 @@ def test_section_reports_the_days_corrections(
     ]
 
     revisions = _rows(_section(section, "Revisions since a change point", "###"))
-    assert revisions == [
-        ["2025-03-14 02:00:30", "synth-a", "m1", "1", "120", "23 → 5", "19", "1"]
-    ]
+    assert revisions == [["2025-03-14 02:00:30", "synth-a", "m1", "1", "120", "23 → 5", "19", "1"]]
 
     calibrations = _rows(_section(section, "Calibrations", "###"))
     assert [r[:4] + r[6:] for r in calibrations] == [
