@@ -16,6 +16,9 @@ share of all windows from the first calibration on, drift included, in ``[0.4, 2
 the calibration then in force (how hard the
 change hits: a flood, a collapse, or nothing); and whether a ``refine`` calibration emitted
 before the detection took its reference past the change (a refine that absorbed the change).
+The window figures come twice: as served (the live decisions) and as stored once every
+revision since a change point is applied (``Replay.revised``, the warehouse's
+``scores_revised``).
 
 Invariant: every figure is a function of the replay's per-image flags and its events (with
 ``event_at``, the stream index that triggered each); stream index == the lane's ``seq``
@@ -79,6 +82,9 @@ class ChangeScore:
     whole: tuple[int, int]  # windows from the first calibration on in WIDE_BAND x target
     effect: float  # flag rate of the first EFFECT images after the change
     after_rates: list[float]
+    after_revised: tuple[int, int] = (0, 0)  # the after windows once revisions are applied
+    whole_revised: tuple[int, int] = (0, 0)
+    after_rates_revised: list[float] | None = None
 
 
 def score_change(
@@ -98,6 +104,7 @@ def score_change(
         reaches = int((params.get("extra") or {}).get("reference_to_seq", -1))
         refine_past += reaches >= change
     first = first_calibrated(result)
+    stored = result.flagged if result.revised is None else result.revised
     before = list(range(change - WINDOW, first - 1, -WINDOW))
     after = list(range(change + settle, n - WINDOW + 1, WINDOW))
     tiled = list(range(first, n - WINDOW + 1, WINDOW))
@@ -114,6 +121,9 @@ def score_change(
         whole=_in_band(result.flagged, tiled, target, WIDE_BAND),
         effect=float(result.flagged[change : change + EFFECT].mean()),
         after_rates=[float(result.flagged[s : s + WINDOW].mean()) for s in after],
+        after_revised=_in_band(stored, after, target),
+        whole_revised=_in_band(stored, tiled, target, WIDE_BAND),
+        after_rates_revised=[float(stored[s : s + WINDOW].mean()) for s in after],
     )
 
 

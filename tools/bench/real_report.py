@@ -77,35 +77,43 @@ def print_changes(scores: list[ChangeScore]) -> None:
         return
     print(
         "\n| kind | stream | change / images | delay | false alarms before | refines past "
-        "change | in band before | in band after | whole stream in [0.4, 2] x | flag rate, first "
-        "64 after | after windows |"
+        "change | in band before | in band after (revised) | whole stream in [0.4, 2] x "
+        "(revised) | flag rate, first 64 after | after windows | after windows, revised |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in scores:
         rates = " ".join(f"{r:.3f}" for r in c.after_rates)
+        revised = " ".join(f"{r:.3f}" for r in c.after_rates_revised or [])
         print(
             f"| {c.kind} | {c.stream} | {c.change} / {c.images} | {_delay(c)} | "
-            f"{c.false_alarms} | {c.refine_past} | {_band(c.before)} | {_band(c.after)} | "
-            f"{_band(c.whole)} | {c.effect:.3f} | {rates} |"
+            f"{c.false_alarms} | {c.refine_past} | {_band(c.before)} | {_band(c.after)} "
+            f"({_band(c.after_revised)}) | {_band(c.whole)} ({_band(c.whole_revised)}) | "
+            f"{c.effect:.3f} | {rates} | {revised} |"
         )
     by_kind: dict[str, list[ChangeScore]] = defaultdict(list)
     for c in scores:
         by_kind[c.kind].append(c)
     print(
         "\n| kind | change | streams | detected | missed | delay per stream | mean delay | "
-        "false alarms | streams with a refine past the change | in band before | in band after |"
+        "false alarms | streams with a refine past the change | in band before | in band after "
+        "| in band after, revised |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, group in by_kind.items():
         delays = [c.delay for c in group if c.delay is not None]
         mean = f"{np.mean(delays):.0f}" if delays else "-"
         before = (sum(c.before[0] for c in group), sum(c.before[1] for c in group))
         after = (sum(c.after[0] for c in group), sum(c.after[1] for c in group))
+        after_revised = (
+            sum(c.after_revised[0] for c in group),
+            sum(c.after_revised[1] for c in group),
+        )
         print(
             f"| {kind} | {describe(kind)} | {len(group)} | {len(delays)} | "
             f"{len(group) - len(delays)} | {', '.join(f'{c.stream} {_delay(c)}' for c in group)}"
             f" | {mean} | {sum(c.false_alarms for c in group)} | "
-            f"{sum(c.refine_past > 0 for c in group)} | {_band(before)} | {_band(after)} |"
+            f"{sum(c.refine_past > 0 for c in group)} | {_band(before)} | {_band(after)} | "
+            f"{_band(after_revised)} |"
         )
 
 
