@@ -330,9 +330,12 @@ class HotLog:
                 write_signal(self.progress_dir, self.epoch, HOLD)
             return
         if now - rot.started > self.drain_timeout_s:
-            self._say(f"hot log: epoch {rot.epoch} did not drain; kept (nothing deleted)")
+            self._say(
+                f"hot log: epoch {rot.epoch} did not drain in {self.drain_timeout_s:.0f}s; kept "
+                "(nothing deleted); the next rotation is due at once"
+            )
             self.aborted += 1
-            self._open(rot, now)
+            self._open(rot, now, keep_floor=True)
             return
         if rot.phase == HOLD:
             held = ingest.get("hotlog_held") == rot.epoch or ingest.get("done") or not ingest_alive
@@ -377,9 +380,14 @@ class HotLog:
                 f"{time.monotonic() - rot.started:.1f}s{kept})"
             )
 
-    def _open(self, rot: Rotation, now: float) -> None:
+    def _open(self, rot: Rotation, now: float, keep_floor: bool = False) -> None:
+        """Open the next epoch. ``keep_floor`` (a drain that gave up): what the broker holds
+        was not deleted, so the floor stays where it was and the bound stays measured from it:
+        a stage that cannot keep up (a crash-looping sink) holds ingest through rotation after
+        rotation instead of letting the broker grow by one bound per timeout."""
         time.sleep(0.2)  # the allocator hands freed pages back
-        self.floor = broker_rss_bytes(self.broker_pid())
+        if not keep_floor:
+            self.floor = broker_rss_bytes(self.broker_pid())
         self.epoch_started = time.monotonic()
         self.current = None
         write_signal(self.progress_dir, rot.epoch, OPEN)

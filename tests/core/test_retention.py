@@ -192,6 +192,8 @@ def test_unacknowledged_release_deletes_nothing(
     hotlog.floor = 0
     assert _wait(lambda: hotlog.aborted == 1, hotlog, timeout_s=20)
     assert hotlog.rotations == 0 and read_signal(progress) == (1, "open")
+    # nothing was deleted, so the bound is still measured from the old floor: due at once
+    assert hotlog.floor == 0 and hotlog.due(time.monotonic())
     reader = Counting("reader")
     runner = Runner(reader, settings, bootstrap, progress_dir=progress)
     thread = _start(runner)
