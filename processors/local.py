@@ -8,7 +8,7 @@ every stage has handled every item (read from the processors' progress files) �
 children → stop the broker → write the report from ClickHouse. Each run gets its own folder
 ``<data_dir>/runs/<UTC time>/`` (nothing of an earlier run is overwritten); ``<data_dir>/latest``
 names the newest, for ``skyloop sql``; while the broker runs, ``<run>/stack.json`` names it, for
-``skyloop control``, with the run's query token (mode 0600; :mod:`processors.sink.query_token`)
+``skyloop control``, with the run's query token (mode 0600; :mod:`processors.core.query_token`)
 and each worker's Prometheus port (``"metrics"``; also as ``<run>/prometheus-targets.json``,
 :mod:`processors.core.metrics_targets`). With ``alert_webhook_url`` set, pauses and rollbacks
 are posted there (:mod:`processors.core.alerts`). The summary ends with the run's ledger
@@ -57,6 +57,7 @@ from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ensure_topics
 from processors.core.metrics_targets import assign_ports, clear_targets, write_targets
 from processors.core.progress import read_progress
+from processors.core.query_token import TOKEN_ENV, new_token, write_private
 from processors.core.retention import HotLog
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
@@ -64,7 +65,6 @@ from processors.local_hotlog import hot_log
 from processors.local_restarts import RestartedTruth
 from processors.resume import WORKERS, RunArgs, Stack, mark_finished
 from processors.run_progress import Counts, RunProgress, Totals
-from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.topology import resolve
 
 if TYPE_CHECKING:
@@ -128,7 +128,8 @@ def _done(
         >= ingest.get("dead_letter_keys", ingest.get("dead_letters", 0))
         and sink.get("scores", 0) + sink.get("dlq_images", 0) + held.get("scores", 0)
         >= sink.get("images", 0)
-        and sink.get("candidates", 0) + held.get("candidates", 0) >= sink.get("candidate_scores", 0)
+        and sink.get("candidates", 0) + held.get("candidates", 0)
+        >= sink.get("candidate_scores", 0) + sink.get("revised_in", 0)
         and sink.get("control_events", 0) + held.get("control_events", 0) >= events
         and controller.get("consumed", 0) >= sink.get("scores", 0)
         and sink.get("revisions", 0) >= controller.get("revisions", 0)
@@ -160,7 +161,7 @@ def _quarantined(progress: Path) -> dict[str, int]:
     return {
         "images": n(sink, "images.raw"),
         "scores": n(sink, "scores"),
-        "candidates": n(sink, "candidates") + n(detect, "scores"),
+        "candidates": n(sink, "candidates") + n(detect, "scores") + n(detect, "scores.revised"),
         "control_events": n(sink, "control.events"),
     }
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from processors.core.config import Settings
 from processors.core.kafka import kafka_security
+from processors.core.query_token import TOKEN_HEADER, endpoint
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.resume_log import Stored
-from processors.sink.query_token import TOKEN_HEADER, endpoint
 from processors.topology import resolve
 
 __all__ = ["RestartedTruth"]
@@ -35,6 +35,8 @@ SELECT
   (SELECT uniqExact(image_id) FROM candidates) AS candidates,
   (SELECT uniqExact(event_id) FROM control_events) AS control_events,
   (SELECT uniqExact(tuple(image_id, model_version, revision)) FROM score_revisions) AS revisions,
+  (SELECT uniqExact(image_id) FROM score_revisions WHERE is_candidate AND NOT was_candidate)
+    AS revised_in,
   (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))
     FROM dead_letters WHERE startsWith(original_topic, 'source:')) AS dlq_source,
   (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))

@@ -43,8 +43,8 @@ from processors.core.exceptions import CodecError, ConfigError, SkyloopError
 from processors.core.kafka import ControlFollower
 from processors.core.records import TOPICS
 from processors.core.runner import InMessage, OutMessage, RunContext, Runner, StopSignal
+from processors.core.warehouse_rows import SqlRows
 from processors.replay_progress import ReplayProgress, ReplayReading, watching
-from processors.resume_log import SqlRows
 
 __all__ = [
     "ReplayBoundary",

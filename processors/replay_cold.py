@@ -11,7 +11,7 @@ Invariants: each selected image stored before the start is scored once by the re
 hot pass when the hot log still holds it, else here: the ids of every image the hot log holds
 from before the start (:func:`hot_ids`, whatever the replay's group had already committed)
 are excluded. Images are read from ClickHouse in pages (``PAGE`` at a time, so memory
-is bounded) through :class:`~processors.resume_log.SqlRows` (the live sink's endpoint, or a
+is bounded) through :class:`~processors.core.warehouse_rows.SqlRows` (the live sink's endpoint, or a
 client of the configured DSN); outputs are produced and flushed page by page. A finished cold
 pass leaves a marker (:func:`marker_path`), so the same replay run again does nothing, as its
 hot pass does; one interrupted midway has no marker and scores its cold images again (ClickHouse
@@ -38,11 +38,10 @@ from processors.core.processor import InMessage, RunContext
 from processors.core.progress import ProgressFile
 from processors.core.records import TOPICS, ImageRecord
 from processors.core.runner import produce_outputs
-from processors.resume_log import SqlRows, stored_images
+from processors.core.warehouse_rows import SqlRows, stored_images
 
 __all__ = [
     "PAGE",
-    "ClickHouseRows",
     "ColdPass",
     "cold_ids",
     "hot_ids",
@@ -55,23 +54,6 @@ log = logging.getLogger(__name__)
 PAGE = 256
 _ID_PAGE = 100_000
 _IMAGE = "skyloop.ImageRecord"
-
-
-class ClickHouseRows:
-    """:class:`~processors.resume_log.SqlRows` over a ClickHouse client of ``dsn`` (a server,
-    or a chdb folder no other process holds)."""
-
-    def __init__(self, dsn: str) -> None:
-        from processors.core.clickhouse import connect
-
-        self._client = connect(dsn)
-
-    def rows(self, sql: str) -> list[dict[str, Any]]:
-        result = self._client.query(sql)
-        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def _quote(text: str) -> str:

@@ -25,16 +25,11 @@ empty, from the folded control state.
 
 from __future__ import annotations
 
-import base64
 import json
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from processors.core.codec import default_codec
 from processors.core.config import Settings
@@ -42,18 +37,15 @@ from processors.core.control import ControlState, replay
 from processors.core.exceptions import SkyloopError
 from processors.core.kafka import ControlFollower, make_producer, partition_for
 from processors.core.kafka import produce_control_event as _produce_event
-from processors.core.records import TOPICS, ControlEventRecord, ControlParams, ImageRecord
-from processors.sink.query_token import TOKEN_HEADER, endpoint
+from processors.core.records import TOPICS, ControlEventRecord, ControlParams
+from processors.core.warehouse_rows import SinkSql, stored_images
 
 __all__ = [
     "EVENTS_SQL",
     "Rebuilt",
-    "SinkSql",
-    "SqlRows",
     "events_from_rows",
     "rebuild",
     "stored_events",
-    "stored_images",
 ]
 
 SKIP_FILE = "resume/stored.txt"
@@ -68,70 +60,7 @@ AND (image_id NOT IN (SELECT image_id FROM scores WHERE {_SERVED})
          AND image_id NOT IN (SELECT image_id FROM candidates)))
 """
 """Stored images to score again: no served score (or a flag without its candidate row)."""
-_IMAGE_COLUMNS = (
-    "image_id, source, survey, ra, dec, observed_at, fetched_at, toString(format) AS format, "
-    "width, height, bands, base64Encode(pixels) AS pixels, uri, provenance, truth_is_anomaly, "
-    "truth_kind, truth_segment, truth_boxes"
-)
-_PAGE = 256
-_LIST_PAGE = 100_000
 _EVENT = "skyloop.ControlEvent"
-
-
-class SqlRows(Protocol):
-    """Anything that answers a SELECT with its rows as dicts (the sink's endpoint, a client)."""
-
-    def rows(self, sql: str) -> list[dict[str, Any]]: ...
-
-
-class SinkSql:
-    """SQL over the run's ClickHouse through the live sink's endpoint (``<run>/sink.json``).
-
-    Never opens the chdb files itself: one OS process may hold a chdb path, and the sink does.
-    The endpoint bounds each answer (200,000 rows), so long lists are read in pages
-    (:meth:`pages`).
-    """
-
-    def __init__(self, run_dir: Path, timeout_s: float = 120.0) -> None:
-        self.run_dir = run_dir
-        self.timeout_s = timeout_s
-
-    def rows(self, sql: str) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                port, token = endpoint(self.run_dir / "sink.json")
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/sql",
-                    data=sql.encode(),
-                    method="POST",
-                    headers={TOKEN_HEADER: token},
-                )
-                with urllib.request.urlopen(request, timeout=120) as response:
-                    body = json.loads(response.read())
-                return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
-            except urllib.error.HTTPError as exc:
-                raise SkyloopError(f"resume: ClickHouse refused a query: {exc.read()!r}") from None
-            except (OSError, ValueError, KeyError):
-                if time.monotonic() > deadline:
-                    raise SkyloopError(
-                        f"resume: the sink of {self.run_dir} did not answer SQL within "
-                        f"{self.timeout_s:.0f}s"
-                    ) from None
-                time.sleep(0.3)
-
-    def pages(self, select: str, where: str = "1") -> Iterator[dict[str, Any]]:
-        """Rows of ``SELECT {select} FROM images WHERE {where}``, by ``image_id`` in pages."""
-        last = ""
-        while True:
-            rows = self.rows(
-                f"SELECT {select} FROM images WHERE ({where}) AND image_id > '{last}' "
-                f"ORDER BY image_id LIMIT {_LIST_PAGE}"
-            )
-            yield from rows
-            if len(rows) < _LIST_PAGE:
-                return
-            last = rows[-1]["image_id"]
 
 
 def _utc(text: str | datetime) -> datetime:
@@ -172,53 +101,6 @@ def events_from_rows(rows: list[dict[str, Any]]) -> list[ControlEventRecord]:
             )
         )
     return events
-
-
-def _image(r: dict[str, Any]) -> ImageRecord:
-    truth = None
-    if r["truth_is_anomaly"] is not None:
-        boxes = [
-            dict(zip(("label", "confidence", "x1", "y1", "x2", "y2"), b, strict=True))
-            for b in r.get("truth_boxes") or []
-        ]
-        truth = {
-            "is_anomaly": bool(r["truth_is_anomaly"]),
-            "kind": r["truth_kind"],
-            "segment": r["truth_segment"],
-            "boxes": boxes,
-        }
-    return cast(
-        ImageRecord,
-        {
-            "image_id": r["image_id"],
-            "source": r["source"],
-            "survey": r["survey"],
-            "ra": r["ra"],
-            "dec": r["dec"],
-            "observed_at": _utc(r["observed_at"]),
-            "fetched_at": _utc(r["fetched_at"]),
-            "format": r["format"],
-            "pixels": base64.b64decode(r["pixels"]) if r["pixels"] else None,
-            "uri": r["uri"],
-            "width": int(r["width"]),
-            "height": int(r["height"]),
-            "bands": int(r["bands"]),
-            "provenance": dict(r["provenance"] or {}),
-            "truth": truth,
-        },
-    )
-
-
-def stored_images(sql: SqlRows, ids: list[str]) -> Iterator[ImageRecord]:
-    """The stored images of ``ids``, in that order, a page at a time (bounded memory)."""
-    for start in range(0, len(ids), _PAGE):
-        page = ids[start : start + _PAGE]
-        quoted = ",".join(f"'{i}'" for i in page if all(c in "0123456789abcdef" for c in i))
-        rows = sql.rows(f"SELECT {_IMAGE_COLUMNS} FROM images FINAL WHERE image_id IN ({quoted})")
-        by_id = {r["image_id"]: r for r in rows}
-        for image_id in page:
-            if image_id in by_id:
-                yield _image(by_id[image_id])
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def _rotate(settings: Settings, bootstrap: str, topic: str) -> None:
 def test_rescore_reads_what_the_hot_log_no_longer_holds_from_clickhouse(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    from processors.replay_cold import ClickHouseRows
+    from processors.core.warehouse_rows import ClickHouseRows
 
     settings = settings.model_copy(
         update={

@@ -10,8 +10,8 @@
 --                       revised; live_is_candidate: the decision as served);
 --   candidates_revised  every candidates row, withdrawn = 1 when its latest revision no longer
 --                       flags it.
--- A revision that flags an image the live decision did not has no candidates row (it was never
--- localized): it appears in scores_revised with is_candidate = 1 and live_is_candidate = 0.
+-- A revision that flags an image the live decision did not (a candidate it adds) gets its
+-- candidates row from detect, which reads the image's pixels back from the images table.
 -- The hourly aggregates (version 3) count the live decisions: revisions do not feed them.
 -- Idempotent (IF NOT EXISTS), as every migration must be.
 

@@ -31,14 +31,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if resolved.kafka.bootstrap_servers is not None:
         bootstrap = resolved.kafka.bootstrap_servers
         if mode == "rescore" and not args.hot_only:
-            from processors.replay_cold import ClickHouseRows
+            from processors.core.warehouse_rows import ClickHouseRows
 
             cold = ClickHouseRows(resolved.resolved_clickhouse_dsn)
     else:
         bootstrap, prefix = live_bootstrap(args)
         resolved = resolved.model_copy(update={"topic_prefix": prefix})
         if mode == "rescore" and not args.hot_only:
-            from processors.resume_log import SinkSql
+            from processors.core.warehouse_rows import SinkSql
 
             cold = SinkSql(run_dir(args))  # the live sink owns the run's chdb
     name = args.name or (

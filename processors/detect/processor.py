@@ -23,6 +23,14 @@ keyed by image_id on the source's partition, with:
 
 Localization runs only on candidates (a few per cent of images), never on every image.
 
+It also consumes ``scores.revised``: an image a drift's revision flags that its live decision
+did not (a candidate the revision added) becomes a candidate the same way. Its score never
+carried its pixels, so they are read from the warehouse (:mod:`processors.core.warehouse_rows`:
+the local run's sink, or the configured ClickHouse); a warehouse that does not answer fails the
+batch, which the runner retries; an image it does not hold becomes a candidate without boxes
+(``pending``, the reason says why). A revision that withdraws a candidate produces nothing: its
+``decisions.revised`` event and the warehouse's ``candidates_revised`` view say so.
+
 Guarantees: one candidate per (image_id, model_version) per delivery of its score (at least
 once; ClickHouse dedupes; a sample is content-addressed, so a redelivery stores nothing new);
 undecodable scores go to the dead-letter topic; a candidate whose image cannot be read, or a
@@ -39,7 +47,7 @@ from datetime import UTC, datetime
 
 from processors.core.artifacts import ArtifactStore
 from processors.core.control import ControlState
-from processors.core.exceptions import CodecError, SkyloopError
+from processors.core.exceptions import CodecError, SkyloopError, StoreUnavailableError
 from processors.core.kafka import partition_for
 from processors.core.records import (
     TOPICS,
@@ -49,8 +57,10 @@ from processors.core.records import (
     DetectorOutput,
     ImageRecord,
     ScoreRecord,
+    ScoreRevision,
 )
 from processors.core.runner import InMessage, OutMessage, RunContext
+from processors.core.warehouse_rows import SqlRows, stored_images, warehouse
 from processors.detect.crossmatch_stage import CrossMatchStage
 from processors.detect.labels import LabelStatus, PseudoLabelPolicy
 from processors.detect.localizers import Localization, LocalizerSet
@@ -102,9 +112,36 @@ def candidate_from_score(
     )
 
 
+def revised_score(revision: ScoreRevision, image: ImageRecord | None) -> ScoreRecord:
+    """The score a revision stands for, as the localizer reads one: the revised decision,
+    the image (when the warehouse had it), served by production."""
+    return ScoreRecord(
+        image_id=revision["image_id"],
+        source=revision["source"],
+        model_version=revision["model_version"],
+        backbone="",
+        role="production",
+        detectors=revision["detectors"],
+        ensemble_score=revision["ensemble_score"],
+        votes_for=revision["votes_for"],
+        votes_needed=revision["votes_needed"],
+        is_candidate=revision["is_candidate"],
+        calibrated=True,
+        batch_size=0,
+        latency_ms=0.0,
+        control_offset=-1,  # made by the controller, under no scorer's snapshot
+        scored_at=revision["revised_at"],
+        embedding=None,
+        calibration_id=revision["calibration_id"],
+        image=image,
+    )
+
+
 class DetectProcessor:
     name = "detect"
-    inputs = ("scores",)
+    inputs = ("scores", "scores.revised")
+    warehouse: SqlRows | None = None
+    _unstored: frozenset[str] | set[str] = frozenset()  # revised-in ids without a stored image
 
     def setup(self, ctx: RunContext) -> None:
         s = ctx.settings
@@ -131,7 +168,19 @@ class DetectProcessor:
     def process(self, batch: Sequence[InMessage], state: ControlState) -> list[OutMessage]:
         scores: list[ScoreRecord] = []
         outputs: list[OutMessage] = []
+        added: list[ScoreRevision] = []
         for msg in batch:
+            if msg.topic == "scores.revised":
+                try:
+                    revision: ScoreRevision = self.ctx.codec.decode(  # type: ignore[assignment]
+                        msg.value, "skyloop.ScoreRevision"
+                    )
+                except CodecError as exc:
+                    outputs.append(self.ctx.dead_letter(msg, exc))
+                    continue
+                if revision["is_candidate"] and not revision["was_candidate"]:
+                    added.append(revision)
+                continue
             try:
                 score: ScoreRecord = self.ctx.codec.decode(msg.value, "skyloop.ScoreRecord")  # type: ignore[assignment]
             except CodecError as exc:
@@ -144,6 +193,7 @@ class DetectProcessor:
                 scores.append(score)
             elif score.get("image") is not None:
                 self._learn_normal(score)
+        scores += self._revised_in(added)
         with_image = [s for s in scores if s.get("image") is not None]
         images: list[ImageRecord] = [s["image"] for s in with_image]  # type: ignore[misc]
         matches = dict(
@@ -163,6 +213,27 @@ class DetectProcessor:
             self.ctx.progress.add("candidates")
             self.ctx.progress.add(f"labels.{candidate['label_status']}")
         return outputs
+
+    def _revised_in(self, added: list[ScoreRevision]) -> list[ScoreRecord]:
+        """The candidates revisions added, with their images from the warehouse."""
+        self._unstored = set()
+        if not added:
+            return []
+        if self.warehouse is None:
+            self.warehouse = warehouse(self.ctx.settings)
+        try:
+            images = {
+                i["image_id"]: i
+                for i in stored_images(self.warehouse, [r["image_id"] for r in added])
+            }
+        except SkyloopError as exc:  # the sink restarting, a server away: retry the batch
+            raise StoreUnavailableError(f"detect: images of revised candidates: {exc}") from exc
+        self.ctx.progress.add("revised_in", len(added))
+        self._unstored = {r["image_id"] for r in added if r["image_id"] not in images}
+        if self._unstored:
+            log.warning("detect: %d revised candidates have no stored image", len(self._unstored))
+            self.ctx.progress.add("revised_in_without_image", len(self._unstored))
+        return [revised_score(r, images.get(r["image_id"])) for r in added]
 
     def _learn_normal(self, score: ScoreRecord) -> None:
         """Source extraction on an unflagged image: its boxes are what the source's normal
@@ -222,7 +293,10 @@ class DetectProcessor:
     ) -> CandidateRecord:
         image = score.get("image")
         if image is None:
-            return candidate_from_score(score, state.offset)
+            reason = "no image to localize"
+            if score["image_id"] in self._unstored:
+                reason = "added by a revision; its image is not in the warehouse"
+            return candidate_from_score(score, state.offset, label=("pending", reason))
         try:
             plane = record_plane(image)
         except SkyloopError as exc:

@@ -18,7 +18,7 @@ SPEC = WorkerSpec(
     name="detect",
     summary="localizes and cross-matches served candidates, judges pseudo-labels",
     mode="batch loop",
-    consumes=("scores",),
+    consumes=("scores", "scores.revised"),
     produces=("candidates", "images.dlq"),
     # artifacts: detector weights read, pseudo-label samples written; novelty references in memory
     state=("artifact store", "novelty references"),

@@ -41,6 +41,7 @@ from processors.core.control import ControlState
 from processors.core.dedupe import RecentIds
 from processors.core.exceptions import CodecError, StoreUnavailableError
 from processors.core.fold_guard import RefusedEvent
+from processors.core.query_token import TOKEN_ENV, new_token, write_private
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
 from processors.report.run_report import read_processes
@@ -48,7 +49,6 @@ from processors.report.schedule import ReportSchedule, interim_report_for, repor
 from processors.sink.landing import LANDING_TABLE, Peeked, ScoreLanding
 from processors.sink.migrations import apply_migrations
 from processors.sink.query_server import QueryServer
-from processors.sink.query_token import TOKEN_ENV, new_token, write_private
 from processors.sink.rows import (
     KafkaCoordinates,
     Row,
@@ -99,6 +99,7 @@ class SinkProcessor:
                 "dlq_other",
                 "control_events",
                 "revisions",
+                "revised_in",
             )
         }
 
@@ -140,6 +141,8 @@ class SinkProcessor:
             seen["revisions"].add(
                 f"{record['image_id']}|{record['model_version']}|{record['revision']}"
             )
+            if record["is_candidate"] and not record["was_candidate"]:  # detect localizes it
+                seen["revised_in"].add(record["image_id"])
         elif topic == "control.events":
             seen["control_events"].add(record["event_id"])
         elif topic == "images.dlq":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.core.exceptions import ConfigError, SkyloopError, StackError
-from processors.sink.query_token import TOKEN_HEADER, endpoint
+from processors.core.query_token import TOKEN_HEADER, endpoint
 from processors.sink.sql_guard import DIRECT, QueryRefused, answer, read_only
 
 __all__ = ["events_query", "query"]

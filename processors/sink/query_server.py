@@ -24,7 +24,7 @@ from uuid import UUID
 
 from clickhouse_connect.driver.client import Client
 
-from processors.sink.query_token import TOKEN_HEADER
+from processors.core.query_token import TOKEN_HEADER
 from processors.sink.sql_guard import LIVE, QueryRefused, answer, read_only
 
 __all__ = ["QueryServer", "jsonable"]

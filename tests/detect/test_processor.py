@@ -122,6 +122,10 @@ class Detector:
         assert len(out) == n, f"expected {n} outputs, got {len(out)}"
         return out
 
+    def read_nothing_more(self, quiet_s: float = 2.0) -> list[Any]:
+        """Whatever else arrives within ``quiet_s`` (a test expects none)."""
+        return [m for m in self.reader.consume(10, quiet_s) if m.error() is None]
+
 
 @pytest.fixture
 def detector(settings: Settings, kafka_bootstrap: str) -> Iterator[Detector]:
@@ -231,3 +235,75 @@ def test_the_calibration_window_judges_until_the_served_sample_is_large_enough(
     ((_, candidate),) = detector.read(1)
     assert candidate["label_status"] == "pseudo_label", candidate["label_reason"]
     assert candidate["label_reason"].endswith("; normal boxes from the calibration window")
+
+
+def test_a_candidate_added_by_a_revision_is_localized_from_its_stored_image(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Any
+) -> None:
+    """A revision that flags an image its live score did not: its pixels come from the
+    warehouse (here a real chdb the sink's writer filled) and it is localized like any
+    candidate; one whose image is not stored becomes a pending candidate that says why; a
+    revision that withdraws a candidate produces nothing."""
+    from processors.core.clickhouse import connect
+    from processors.core.warehouse_rows import ClickHouseRows
+    from processors.sink.migrations import apply_migrations
+    from processors.sink.writer import ClickHouseWriter
+
+    stored, unstored, withdrawn = anomalies(3)
+    dsn = f"chdb://{tmp_path / 'warehouse'}"
+    client = connect(dsn)
+    apply_migrations(client)
+    ClickHouseWriter(client).insert("images.raw", [(stored, 0, 0)])
+    client.close()
+
+    def revision(image: ImageRecord, *, now: bool, was: bool) -> dict[str, Any]:
+        live = score_of(image, candidate=was)
+        return {
+            "image_id": image["image_id"],
+            "source": image["source"],
+            "model_version": live["model_version"],
+            "revision": 1,
+            "detectors": live["detectors"],
+            "ensemble_score": live["ensemble_score"],
+            "votes_for": 2 if now else 0,
+            "votes_needed": 2,
+            "is_candidate": now,
+            "was_candidate": was,
+            "calibration_id": "cal-2",
+            "revised_calibration_id": "cal-1",
+            "revision_event_id": "rev-1",
+            "revised_at": datetime.now(UTC),
+        }
+
+    running = Detector(settings.model_copy(update={"batch_max_wait_ms": 50}), kafka_bootstrap)
+    running.runner.processor.warehouse = ClickHouseRows(dsn)  # type: ignore[attr-defined]
+    running.thread.start()
+    try:
+        running.produce(normal_samples(40))  # the source's normal boxes, as usual
+        topic = running.settings.topic("scores.revised")
+        for image, now, was in (
+            (stored, True, False),
+            (unstored, True, False),
+            (withdrawn, False, True),
+        ):
+            running.producer.produce(
+                topic,
+                key=image["image_id"].encode(),
+                value=CODEC.encode(revision(image, now=now, was=was), "skyloop.ScoreRevision"),
+                partition=partition_for(image["source"], TOPICS["scores.revised"].partitions),
+            )
+        assert running.producer.flush(30) == 0
+        out = {c["image_id"]: c for _, c in running.read(2)}
+        assert not running.read_nothing_more()
+    finally:
+        running.runner.stop.event.set()
+        running.thread.join(60)
+        running.reader.close()
+    assert not running.errors, running.errors
+    assert set(out) == {stored["image_id"], unstored["image_id"]}
+    localized = out[stored["image_id"]]
+    assert localized["boxes"] and localized["detector_role"] == "baseline"
+    assert any(_overlaps(b, t) for b in localized["boxes"] for t in stored["truth"]["boxes"])  # type: ignore[index]
+    pending = out[unstored["image_id"]]
+    assert pending["boxes"] == [] and pending["label_status"] == "pending"
+    assert "not in the warehouse" in (pending["label_reason"] or "")

@@ -22,11 +22,11 @@ from processors.core.config import Settings
 from processors.core.control import new_event
 from processors.core.kafka import ensure_topics, make_producer
 from processors.core.progress import read_progress
+from processors.core.query_token import TOKEN_HEADER
 from processors.core.runner import Runner, StopSignal
 from processors.ingest.sources.items import to_record
 from processors.ingest.synthetic.sky import SyntheticSky
 from processors.sink.processor import SinkProcessor
-from processors.sink.query_token import TOKEN_HEADER
 
 
 @contextmanager

@@ -21,11 +21,11 @@ import pytest
 from processors.cli import main
 from processors.core.clickhouse import Client, connect
 from processors.core.exceptions import SkyloopError
+from processors.core.query_token import TOKEN_HEADER, new_token, write_private
 from processors.local_restarts import _SINK_COUNTS_SQL
 from processors.sink.migrations import apply_migrations
 from processors.sink.query import events_query, query
 from processors.sink.query_server import QueryServer
-from processors.sink.query_token import TOKEN_HEADER, new_token, write_private
 from processors.sink.sql_guard import QueryRefused
 from processors.sink.writer import ClickHouseWriter
 from processors.top import TOTALS_SQL
