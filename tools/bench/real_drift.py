@@ -210,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             for e, at in zip(result.events, result.event_at, strict=True):
                 extra = e["params"].get("extra") or {}
                 ref = f"{extra.get('reference_from_seq', '')}-{extra.get('reference_to_seq', '')}"
-                print(f"  {at:5d} {e['type']:<20} {e['params'].get('reason') or ''} {ref}")
+                said = ""
+                if e["type"] == "decisions.revised":  # what the revision changed
+                    ev = e["evidence"]
+                    said = (
+                        f"images {ev['images']:.0f} from {ev['change_point_seq']:.0f}, flags "
+                        f"{ev['flags_before']:.0f} -> {ev['flags_after']:.0f}"
+                    )
+                print(f"  {at:5d} {e['type']:<20} {e['params'].get('reason') or ''} {ref}{said}")
         if what == "change":
             changes.append(score_change(name, kind, result, change, target, args.settle))
         else:

@@ -10,9 +10,10 @@ difference cutouts whose condition cycles baseline → noisy (the detector goes 
 baseline (a flood) → crowded (a flood) every ``--segment`` images, endlessly. Every ``--every``
 seconds it samples each process's resident memory (``/proc/<pid>/status`` VmRSS), the CPU time
 of the pipeline's processes and of the whole machine (``/proc``), and the images scored so far
-(the sink's progress file). At the end it reports, per process, RSS after
-warm-up (the first ``--warmup`` fraction of the samples is left out) as first / last / max and
-the drift of a least-squares line through it over the run, in percent; throughput per sample
+(counted in ClickHouse through the live sink, so a restarted sink does not reset them). At the
+end it reports, per process, RSS after warm-up (the first ``--warmup`` fraction of the samples
+is left out) as first / last / max and the drift of a least-squares line through it over the
+run, in percent; throughput per sample
 interval (first and second half of the run); the broker's RSS (``tansu``: what the hot log
 holds) and the run's total RSS over the second half, with the hot-log rotations and the
 broker's RSS after each (its floor) with the slope of a line through them; and, from
@@ -52,7 +53,9 @@ import numpy as np
 from processors.cli import duration_seconds
 from processors.core.clickhouse import connect
 from processors.core.events import EventType
+from processors.core.exceptions import SkyloopError
 from processors.core.progress import read_progress
+from processors.core.warehouse_rows import SinkSql
 from tools.bench.procstat import children, cpu_seconds, machine_busy_seconds, rss_mb
 
 __all__ = ["main"]
@@ -114,6 +117,19 @@ def _kill_one(pid: int, rng: random.Random, t: float) -> str | None:
     except ProcessLookupError:
         return None
     return f"t={t:.0f}s kill -9 {name} (pid {child})"
+
+
+def _scored(run_dir: Path, last: int) -> int:
+    """Images scored so far, as ClickHouse counts them (through the live sink): a sink's own
+    progress file starts from zero when it is restarted. While the sink is away (restarting),
+    its progress file if it is ahead, else the last count: never backwards."""
+    try:
+        rows = SinkSql(run_dir, timeout_s=2.0).rows(
+            "SELECT uniqExact(image_id) AS n FROM scores WHERE role = 'production'"
+        )
+        return max(last, int(rows[0]["n"]))
+    except SkyloopError:
+        return max(last, int(read_progress(run_dir / "progress", "sink").get("scores", 0)))
 
 
 def _disk_mb(path: Path) -> float:
@@ -185,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu: list[tuple[float, float]] = []  # (our processes' CPU s, the machine's busy CPU s)
     started = time.monotonic()
     last_kill = started
+    scored = 0
     try:
         while proc.poll() is None:
             time.sleep(args.every)
@@ -200,13 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             if not latest.is_file():
                 continue
             run_dir = Path(latest.read_text().strip())
-            sink = read_progress(run_dir / "progress", "sink")
+            scored = _scored(run_dir, scored)
             kids = children(proc.pid)
             rss = {name: rss_mb(pid) for pid, name in kids.items()}
             cpu.append((sum(cpu_seconds(p) for p in [proc.pid, *kids]), machine_busy_seconds()))
             rss["supervisor"] = rss_mb(proc.pid)
             clean = {k: v for k, v in rss.items() if v is not None}
-            samples.append((time.monotonic() - started, clean, int(sink.get("scores", 0))))
+            samples.append((time.monotonic() - started, clean, scored))
             print(
                 json.dumps(
                     {
