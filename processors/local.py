@@ -129,7 +129,7 @@ def _done(
         and sink.get("scores", 0) + sink.get("dlq_images", 0) + held.get("scores", 0)
         >= sink.get("images", 0)
         and sink.get("candidates", 0) + held.get("candidates", 0)
-        >= sink.get("candidate_scores", 0) + sink.get("revised_in", 0)
+        >= sink.get("candidates_expected", sink.get("candidate_scores", 0))
         and sink.get("control_events", 0) + held.get("control_events", 0) >= events
         and controller.get("consumed", 0) >= sink.get("scores", 0)
         and sink.get("revisions", 0) >= controller.get("revisions", 0)

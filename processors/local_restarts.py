@@ -37,6 +37,12 @@ SELECT
   (SELECT uniqExact(tuple(image_id, model_version, revision)) FROM score_revisions) AS revisions,
   (SELECT uniqExact(image_id) FROM score_revisions WHERE is_candidate AND NOT was_candidate)
     AS revised_in,
+  (SELECT uniqExact(image_id) FROM (
+    SELECT image_id FROM scores
+      WHERE (role = 'production' OR (role = 'canary' AND calibrated)) AND is_candidate
+    UNION ALL
+    SELECT image_id FROM score_revisions WHERE is_candidate AND NOT was_candidate))
+    AS candidates_expected,
   (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))
     FROM dead_letters WHERE startsWith(original_topic, 'source:')) AS dlq_source,
   (SELECT uniqExact(tuple(original_topic, original_partition, original_offset, key))

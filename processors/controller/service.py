@@ -41,6 +41,7 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState
+from processors.core.dedupe import RecentIds
 from processors.core.events import EventType
 from processors.core.exceptions import CodecError, SkyloopError, StackError
 from processors.core.kafka import (
@@ -131,6 +132,7 @@ class ControlService:
         self.producer: Any = None
         self._heads: dict[str, SourceState] = {}
         self._emitted: OrderedDict[str, None] = OrderedDict()
+        self._revised = RecentIds()  # (image, model, revision) produced: the stop condition's
         self._partitions = TOPICS["scores"].partitions
 
     def start(self) -> None:
@@ -332,7 +334,9 @@ class ControlService:
                 value=self.codec.encode(record, "skyloop.ScoreRevision"),
                 partition=partition_for(record["source"], self._partitions),
             )
-            self.progress.add("revisions")
+            key = (record["image_id"], record["model_version"], record["revision"])
+            if self._revised.add(key):  # distinct, as the sink counts what it stored
+                self.progress.set("revisions", self._revised.count)
         if self.producer.flush(30) != 0:
             raise StackError("revised decisions were not delivered within 30 s")
 

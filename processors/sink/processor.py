@@ -100,6 +100,7 @@ class SinkProcessor:
                 "control_events",
                 "revisions",
                 "revised_in",
+                "candidates_expected",
             )
         }
 
@@ -143,6 +144,7 @@ class SinkProcessor:
             )
             if record["is_candidate"] and not record["was_candidate"]:  # detect localizes it
                 seen["revised_in"].add(record["image_id"])
+                seen["candidates_expected"].add(record["image_id"])
         elif topic == "control.events":
             seen["control_events"].add(record["event_id"])
         elif topic == "images.dlq":
@@ -159,6 +161,7 @@ class SinkProcessor:
             self._seen["scores"].add(image_id)
             if is_candidate:
                 self._seen["candidate_scores"].add(image_id)
+                self._seen["candidates_expected"].add(image_id)
 
     def _unreadable_dead_letter(self, msg: InMessage, exc: Exception) -> DeadLetter:
         self.ctx.progress.add("unreadable_dead_letters")
