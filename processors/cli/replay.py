@@ -31,9 +31,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if resolved.kafka.bootstrap_servers is not None:
         bootstrap = resolved.kafka.bootstrap_servers
         if mode == "rescore" and not args.hot_only:
+            from processors.core.clickhouse import client_options
             from processors.core.warehouse_rows import ClickHouseRows
 
-            cold = ClickHouseRows(resolved.resolved_clickhouse_dsn)
+            # a deployment's ClickHouse: its credentials and TLS files, as the sink's
+            cold = ClickHouseRows(resolved.resolved_clickhouse_dsn, **client_options(resolved))
     else:
         bootstrap, prefix = live_bootstrap(args)
         resolved = resolved.model_copy(update={"topic_prefix": prefix})

@@ -104,13 +104,14 @@ class SinkSql:
 
 
 class ClickHouseRows:
-    """:class:`SqlRows` over a ClickHouse client of ``dsn`` (a server,
-    or a chdb folder no other process holds)."""
+    """:class:`SqlRows` over a ClickHouse client of ``dsn`` (a server, or a chdb folder no
+    other process holds); ``options``: its credentials and TLS files
+    (:func:`~processors.core.clickhouse.client_options`)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, **options: Any) -> None:
         from processors.core.clickhouse import connect
 
-        self._client = connect(dsn)
+        self._client = connect(dsn, **options)
 
     def rows(self, sql: str) -> list[dict[str, Any]]:
         result = self._client.query(sql)
@@ -123,10 +124,12 @@ class ClickHouseRows:
 def warehouse(settings: Settings) -> SqlRows:
     """The warehouse of a worker's settings: its local run's sink when the DSN is the
     embedded engine (``chdb://``: the sink holds it), else a client of the DSN."""
+    from processors.core.clickhouse import client_options
+
     dsn = settings.resolved_clickhouse_dsn
     if dsn.startswith("chdb://"):
         return SinkSql(settings.data_dir, timeout_s=10.0)
-    return ClickHouseRows(dsn)
+    return ClickHouseRows(dsn, **client_options(settings))
 
 
 def _utc(text: str | datetime) -> datetime:
