@@ -175,6 +175,7 @@ class Stack:
     def _ready(self, names: tuple[str, ...], timeout_s: float = 300.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not all(read_progress(self.progress, resolve(w).group).get("ready") for w in names):
+            self.heal_broker()  # a broker dead before the workers are ready is no less dead
             for child in self.sup.heal():
                 self.out.write(f"\nskyloop: restarted {child.name}; log {child.log_path}\n")
             if time.monotonic() > deadline:
@@ -317,10 +318,12 @@ class Stack:
             "\nskyloop: the embedded broker died and its log was in memory: restarting it, "
             "every processor with it, on the log rebuilt from ClickHouse\n"
         )
+        ingesting = "ingest" in self.sup.children  # not yet, while the workers start
         self.sup.stop_all(timeout_s=10)
         self.broker.restart(empty=True)
         ensure_topics(self.settings, self.broker.bootstrap_servers)
         self.recoveries += 1
         self.resumed = True
         self.start_workers()
-        self.start_ingest()
+        if ingesting:
+            self.start_ingest()
