@@ -65,7 +65,9 @@ def test_every_worker_killed_once_and_poison_on_every_topic(tmp_path: Path) -> N
         ).result_rows[0][0]
     finally:
         client.close()
-    assert topics == 5, f"poison dead-lettered for {topics} of 5 topics\n{table}"
+    assert topics == len(TOPICS), (
+        f"poison dead-lettered for {topics} of {len(TOPICS)} topics\n{table}"
+    )
 
 
 def test_random_schedule_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
