@@ -22,6 +22,9 @@ writes the state back. The controller orders the decisions; :mod:`processors.con
   projections and scores: the windows that raised the alarm, without the pre-drift images
   before them, which would otherwise stay in every reference of the new epoch), as soon as
   ``drift_min_reference`` of them exist (recovery does not wait for a full window);
+- a drift's recalibration → the lane's revision waits; the first served score made under a
+  calibration the drift did not supersede makes it (:mod:`processors.controller.revisions`):
+  the decisions served since the change point, decided again, and ``decisions.revised``;
 - a lane whose calibration window can grow by half (up to ``reference_max_size``) while
   nothing leans → a refining ``calibration.updated`` on the larger window: 128, 192, 288, ...
   images (a young or post-drift calibration is noisy; each refinement narrows it), ending at
