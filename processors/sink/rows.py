@@ -26,6 +26,7 @@ from processors.core.records import (
     CandidateRecord,
     ControlEventRecord,
     DeadLetter,
+    DetectorScore,
     ImageRecord,
     ScoreRecord,
     ScoreRevision,
@@ -123,23 +124,31 @@ def image_row(record: ImageRecord, at: KafkaCoordinates) -> Row:
     )
 
 
+def _detector_maps(detectors: list[DetectorScore]) -> Row:
+    """Calibrated score, raw score, threshold (only where set: none while uncalibrated) and
+    vote per detector, keyed by detector name in the record's order: the four map columns
+    ``scores`` and ``score_revisions`` share."""
+    return (
+        {d["detector"]: float(d["score"]) for d in detectors},
+        {d["detector"]: float(d["raw"]) for d in detectors},
+        {d["detector"]: float(d["threshold"]) for d in detectors if d["threshold"] is not None},
+        {d["detector"]: int(bool(d["vote"])) for d in detectors},
+    )
+
+
 def score_row(record: ScoreRecord, at: KafkaCoordinates) -> Row:
     """Row of ``scores``: per-detector maps keyed by detector name, in the record's order.
 
     A detector whose threshold is null (uncalibrated) has no entry in ``thresholds``. The
     embedding is not stored (it is large and only the score processor's calibration reads it).
     """
-    detectors = record["detectors"]
     return (
         record["image_id"],
         record["source"],
         record["model_version"],
         record["backbone"],
         record.get("role") or "production",
-        {d["detector"]: float(d["score"]) for d in detectors},
-        {d["detector"]: float(d["raw"]) for d in detectors},
-        {d["detector"]: float(d["threshold"]) for d in detectors if d["threshold"] is not None},
-        {d["detector"]: int(bool(d["vote"])) for d in detectors},
+        *_detector_maps(record["detectors"]),
         float(record["ensemble_score"]),
         int(record["votes_for"]),
         int(record["votes_needed"]),
@@ -155,16 +164,12 @@ def score_row(record: ScoreRecord, at: KafkaCoordinates) -> Row:
 
 def revision_row(record: ScoreRevision, at: KafkaCoordinates) -> Row:
     """Row of ``score_revisions``: the detector maps as in :func:`score_row`."""
-    detectors = record["detectors"]
     return (
         record["image_id"],
         record["source"],
         record["model_version"],
         int(record["revision"]),
-        {d["detector"]: float(d["score"]) for d in detectors},
-        {d["detector"]: float(d["raw"]) for d in detectors},
-        {d["detector"]: float(d["threshold"]) for d in detectors if d["threshold"] is not None},
-        {d["detector"]: int(bool(d["vote"])) for d in detectors},
+        *_detector_maps(record["detectors"]),
         float(record["ensemble_score"]),
         int(record["votes_for"]),
         int(record["votes_needed"]),
