@@ -7,18 +7,16 @@ controller's position from its group's committed offsets against the sink's.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from processors.core.config import Settings
+from processors.core.exceptions import SkyloopError
 from processors.core.kafka import kafka_security
-from processors.core.query_token import TOKEN_HEADER, endpoint
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
+from processors.core.warehouse_rows import SinkSql
 from processors.resume_log import Stored
 from processors.topology import resolve
 
@@ -91,18 +89,12 @@ class RestartedTruth:
         if time.monotonic() - at < 2.0:
             return cached
         try:
-            port, token = endpoint(self.run_dir / "sink.json")
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/sql",
-                data=_SINK_COUNTS_SQL.encode(),
-                method="POST",
-                headers={TOKEN_HEADER: token},
+            rows = SinkSql(self.run_dir, timeout_s=0.0, request_timeout_s=10.0).rows(
+                _SINK_COUNTS_SQL
             )
-            with urllib.request.urlopen(request, timeout=10) as response:
-                body = json.loads(response.read())
-        except (OSError, ValueError, KeyError, urllib.error.URLError):
+        except SkyloopError:
             return cached  # the new sink is not serving yet
-        counts = {**progress, **dict(zip(body["columns"], body["rows"][0], strict=True))}
+        counts = {**progress, **rows[0]}
         self._sink_cache = (time.monotonic(), counts)
         return counts
 

@@ -61,9 +61,12 @@ class SinkSql:
     (:meth:`pages`).
     """
 
-    def __init__(self, run_dir: Path, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, run_dir: Path, timeout_s: float = 120.0, request_timeout_s: float = 120.0
+    ) -> None:
         self.run_dir = run_dir
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # retrying while the sink is not serving; 0: one try
+        self.request_timeout_s = request_timeout_s  # one answer
 
     def rows(self, sql: str) -> list[dict[str, Any]]:
         deadline = time.monotonic() + self.timeout_s
@@ -76,7 +79,7 @@ class SinkSql:
                     method="POST",
                     headers={TOKEN_HEADER: token},
                 )
-                with urllib.request.urlopen(request, timeout=120) as response:
+                with urllib.request.urlopen(request, timeout=self.request_timeout_s) as response:
                     body = json.loads(response.read())
                 return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
             except urllib.error.HTTPError as exc:
