@@ -5,7 +5,8 @@
 -- on scores.revised (ARCHITECTURE.md, "Self-correction"). The live decisions stay in scores as
 -- they were published; score_revisions keeps every revision, one row per (image_id,
 -- model_version, revision): a re-delivered revision replaces itself, a later revision of the
--- same image is another row. The views give the corrected catalogue:
+-- same image is another row. score_revisions_latest is each image's latest revision; the views
+-- on it give the corrected catalogue:
 --   scores_revised      every scores row with its latest revision applied (revision 0: never
 --                       revised; live_is_candidate: the decision as served);
 --   candidates_revised  every candidates row, withdrawn = 1 when its latest revision no longer
@@ -43,6 +44,18 @@ ENGINE = ReplacingMergeTree(ingested_at)
 ORDER BY (image_id, model_version, revision)
 COMMENT 'scores.revised: served decisions decided again after a drift; one row per image, model and revision';
 
+CREATE VIEW IF NOT EXISTS score_revisions_latest AS
+SELECT
+    image_id,
+    model_version,
+    max(revision) AS latest,
+    argMax(is_candidate, revision) AS latest_is_candidate,
+    argMax(ensemble_score, revision) AS latest_ensemble_score,
+    argMax(calibration_id, revision) AS latest_calibration_id,
+    argMax(revision_event_id, revision) AS latest_event_id
+FROM score_revisions FINAL
+GROUP BY image_id, model_version;
+
 CREATE VIEW IF NOT EXISTS scores_revised AS
 SELECT
     s.image_id AS image_id,
@@ -59,18 +72,7 @@ SELECT
     r.latest_event_id AS revision_event_id
 FROM scores AS s FINAL
 LEFT JOIN
-(
-    SELECT
-        image_id,
-        model_version,
-        max(revision) AS latest,
-        argMax(is_candidate, revision) AS latest_is_candidate,
-        argMax(ensemble_score, revision) AS latest_ensemble_score,
-        argMax(calibration_id, revision) AS latest_calibration_id,
-        argMax(revision_event_id, revision) AS latest_event_id
-    FROM score_revisions FINAL
-    GROUP BY image_id, model_version
-) AS r ON s.image_id = r.image_id AND s.model_version = r.model_version;
+score_revisions_latest AS r ON s.image_id = r.image_id AND s.model_version = r.model_version;
 
 CREATE VIEW IF NOT EXISTS candidates_revised AS
 SELECT
@@ -80,13 +82,4 @@ SELECT
     r.latest_event_id AS revision_event_id
 FROM candidates AS c FINAL
 LEFT JOIN
-(
-    SELECT
-        image_id,
-        model_version,
-        max(revision) AS latest,
-        argMax(is_candidate, revision) AS latest_is_candidate,
-        argMax(revision_event_id, revision) AS latest_event_id
-    FROM score_revisions FINAL
-    GROUP BY image_id, model_version
-) AS r ON c.image_id = r.image_id AND c.model_version = r.model_version;
+score_revisions_latest AS r ON c.image_id = r.image_id AND c.model_version = r.model_version;
