@@ -11,6 +11,8 @@
   judged by :class:`~processors.policies.gate.ModelGate` (lower bound above 0, at least
   ``gate_min_held_out`` images). Latency is compared only with a production *detector*
   (source extraction is another method, far faster, and never a latency reference).
+- :func:`held_out_at_gate` chooses the held-out samples a gate judges on: the request's and
+  those that arrived while the detector trained.
 - :func:`regression` asks whether production, promoted earlier, is worse on the held-out
   samples of a newer dataset than what it replaced (the previous production detector, else
   source extraction), with the same bootstrap bound: the previous one's lower bound above 0.
@@ -25,12 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
+from processors.core.datasets import DatasetManifest
 from processors.core.exceptions import EvaluationError, SkyloopError
 from processors.core.records import Box
 from processors.policies.gate import GateVerdict, ModelGate
@@ -45,6 +50,7 @@ __all__ = [
     "SourceExtraction",
     "evaluate_detector",
     "gate_of",
+    "held_out_at_gate",
     "judge_challenger",
     "measure",
     "regression",
@@ -175,6 +181,23 @@ def judge_challenger(
         evidence |= comparison.evidence()
     verdict = GateVerdict(verdict.passed, verdict.reasons, evidence, verdict.waiting)
     return Judgement(mine, theirs, comparison, verdict)
+
+
+def held_out_at_gate(
+    store: ArtifactStore, manifest: DatasetManifest, newer: Sequence[str]
+) -> list[TrainingSample]:
+    """The held-out samples a detector trained on ``manifest`` is gated on: the manifest's own
+    and those of the newest of the ``newer`` manifests (requests that arrived while it
+    trained), each sample once, in sample-id order.
+
+    Sound because an image's side (train or held-out) is fixed by the hash of its id: no
+    held-out sample of any manifest trained or selected this detector. Worth it because a
+    training takes minutes while pseudo-labels keep arriving, and the bootstrap interval
+    narrows with the square root of the images it is judged on: the gate's power."""
+    ids = set(manifest.held_out)
+    if newer:
+        ids |= set(DatasetManifest.from_bytes(store.get_bytes(newer[-1])).held_out)
+    return [TrainingSample.from_bytes(store.get_bytes(i)) for i in sorted(ids)]
 
 
 def regression(

@@ -27,7 +27,10 @@ that request it:
    ``train_min_steps`` optimizer steps take on a small dataset, and no more than
    ``train_max_steps`` take on a large one (:func:`~processors.train.training.epochs_for`);
 4. evaluates the new model and the incumbent (the production detector, else source
-   extraction) on the same held-out samples: mAP50 against their pseudo-label boxes, the
+   extraction) on the same held-out samples (the request's, joined by those of the newest
+   request that arrived while it trained:
+   :func:`~processors.train.judging.held_out_at_gate`): mAP50 against their
+   pseudo-label boxes, the
    paired bootstrap interval of the difference, p99 latency per image, non-finite outputs
    (:func:`~processors.train.judging.judge_challenger`);
 5. stores the weights and a model card (dataset, parent, metrics, code version) and emits
@@ -50,7 +53,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +69,13 @@ from processors.core.progress import ProgressFile
 from processors.core.records import ControlEventRecord
 from processors.core.registry import ModelCard, code_version, register
 from processors.core.rollouts import ModelSlot
-from processors.train.judging import Evaluation, evaluate_detector, judge_challenger, regression
+from processors.train.judging import (
+    Evaluation,
+    evaluate_detector,
+    held_out_at_gate,
+    judge_challenger,
+    regression,
+)
 from processors.train.training import epochs_for, train_detector
 from processors.yolo.dataset import DetectionSample, write_yolo_dataset
 from processors.yolo.samples import TrainingSample
@@ -135,9 +144,13 @@ def answer_request(
     workdir: Path,
     cancel: threading.Event | None = None,
     superseded: Sequence[str] = (),
+    newer_manifests: Callable[[], Sequence[str]] | None = None,
 ) -> list[ControlEventRecord]:
     """Train, evaluate, register and gate for ``request``; the events to emit, in order. The
     first of them is also caused by the ``superseded`` (older, unanswered) requests.
+    ``newer_manifests`` names, when asked after training, the dataset manifests of requests
+    that arrived since (newest last): the gate also judges on their held-out samples
+    (:func:`~processors.train.judging.held_out_at_gate`).
 
     Raises :class:`TrainingCancelledError` when ``cancel`` is set during training: the request
     is then left unanswered."""
@@ -205,6 +218,7 @@ def answer_request(
         return [*answered, _training_failed(request, exc, superseded, {"manifest": manifest_id})]
     from processors.yolo.yolo import YoloLocalizer
 
+    held = held_out_at_gate(store, manifest, newer_manifests() if newer_manifests else ())
     judgement = judge_challenger(
         settings,
         YoloLocalizer(result.weights, conf=EVAL_CONF, config_dir=config_dir),
@@ -368,6 +382,15 @@ class Trainer:
             follower.close()
             producer.flush(10)
 
+    def _manifests_after(self, request_id: str) -> list[str]:
+        """The dataset manifests of the requests that arrived after ``request_id``, in order."""
+        with self._lock:
+            pending = list(self._pending.values())
+        ids = [r["event_id"] for r in pending]
+        newer = pending[ids.index(request_id) + 1 :] if request_id in ids else []
+        extras = [(r["params"].get("extra") or {}) for r in newer]
+        return [m for extra in extras if (m := extra.get("manifest"))]
+
     def _answer(
         self,
         request: ControlEventRecord,
@@ -382,7 +405,14 @@ class Trainer:
         started = time.monotonic()
         try:
             events = answer_request(
-                request, follower.state, store, self.settings, workdir, stop, superseded
+                request,
+                follower.state,
+                store,
+                self.settings,
+                workdir,
+                stop,
+                superseded,
+                newer_manifests=lambda: self._manifests_after(request["event_id"]),
             )
         except TrainingCancelledError:
             log.info("trainer: stopping; request %s stays open", request["event_id"])

@@ -17,7 +17,12 @@ from processors.core.artifacts import ArtifactStore
 from processors.core.config import Settings
 from processors.core.control import ControlState, new_event
 from processors.core.datasets import DatasetManifest
-from processors.train.judging import SourceExtraction, judge_challenger, regression
+from processors.train.judging import (
+    SourceExtraction,
+    held_out_at_gate,
+    judge_challenger,
+    regression,
+)
 from processors.train.trainer import answer_request
 from processors.yolo.samples import TrainingSample
 from processors.yolo.ultralytics_env import offline_ultralytics
@@ -122,3 +127,23 @@ def test_a_production_detector_worse_than_what_it_replaced_is_rolled_back(
     after = state.apply(rollback, 3)
     assert after.detector.production is None and after.rolled_back["yolo@bad"]
     assert np.isfinite(evidence["production_map50"])
+
+
+def test_the_gate_also_judges_on_held_out_images_that_arrived_while_it_trained(
+    settings: Settings,
+) -> None:
+    """The newest newer manifest's held-out samples join the request's, each once; none of
+    them is a training sample of either dataset (the split is by hash of the image id)."""
+    store = ArtifactStore(settings.artifacts_dir)
+    ids = [(s.image_id, store.put_bytes(s.to_bytes())) for s in _samples(120)]
+    requested = DatasetManifest.build(ids[:60], 0.2)
+    grown = DatasetManifest.build(ids, 0.2)
+    newest = store.put_bytes(grown.to_bytes())
+
+    alone = held_out_at_gate(store, requested, ())
+    assert len(alone) == len(requested.held_out) > 0
+    judged = held_out_at_gate(store, requested, ["an older manifest, not read", newest])
+    assert len(judged) == len(grown.held_out) > len(alone)
+    assert {s.image_id for s in alone} < {s.image_id for s in judged}
+    trained = {image_id for image_id, sample in ids if sample in grown.train}
+    assert trained and not trained & {s.image_id for s in judged}

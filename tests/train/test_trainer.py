@@ -164,3 +164,19 @@ def test_a_training_that_fails_is_answered_with_the_reason(
     assert failed["params"]["reason"].startswith("training failed: training ran past 0.5 s")
     assert failed["params"]["extra"] == {"manifest": request["params"]["extra"]["manifest"]}
     assert failed["caused_by"] == [request["event_id"], "older"]
+
+
+def test_the_gate_is_offered_the_manifests_of_requests_that_arrived_later(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """While a request trains, newer requests queue; their manifests (newest last) are what
+    the gate joins to the request's held-out samples."""
+    store = ArtifactStore(settings.artifacts_dir)
+    trainer = Trainer(settings, "unused:9092", ProgressFile(tmp_path / "progress", "train"))
+    requests = [_request(store, n) for n in (10, 11, 12)]
+    for request in requests:
+        trainer._on_event(ControlState(), request)
+    manifests = [r["params"]["extra"]["manifest"] for r in requests]
+    assert trainer._manifests_after(requests[0]["event_id"]) == manifests[1:]
+    assert trainer._manifests_after(requests[-1]["event_id"]) == []
+    assert trainer._manifests_after("answered meanwhile") == []

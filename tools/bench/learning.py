@@ -13,18 +13,20 @@ localized by source extraction (then by the promoted detector), pseudo-labelled 
 and every ``retrain_min_samples`` new pseudo-labels the trainer fine-tunes the production
 detector (the first one from scratch), registers and gates it on the held-out pseudo-labels.
 
-When ``--cycles`` detectors have been registered and judged, the run is stopped and every
-detector is evaluated here on **truth**: the anomalous images of the held-out split (by hash of
-image id: none of them ever trained a model), class-agnostic mAP50 against their truth boxes.
-Printed per cycle: the version, its training samples, the gate's interval of the mAP50
+When ``--cycles`` cycles are decided (a detector failed its gate, or was promoted or rolled back
+at the end of its rollout; a passed gate alone does not end a cycle), the run is stopped and
+every detector is evaluated here on **truth**: the anomalous images of the held-out split (by
+hash of image id: none of them ever trained a model), class-agnostic mAP50 against their truth
+boxes. Printed per cycle: the version, its training samples, the gate's interval of the mAP50
 difference (challenger minus incumbent, on the held-out pseudo-labels), the incumbent's (the
 production detector it was trained from, or source extraction) and the challenger's mAP50 on
-held-out truth, and what the controller (or the trainer) decided: gate failed, rolled back
-with the reason, promoted, still in rollout; plus how often the gate waited for held-out
-images, the source-extraction baseline on the same images, and the pseudo-labels' own box
-quality against truth (mean IoU, recall and precision at IoU 0.5, mAP50 treating the
-pseudo-label boxes as predictions). ``--smoke`` trains for a few steps and gates on 8 held-out
-images: its figures mean nothing, it shows that a cycle runs and prints.
+held-out truth, production's mAP50 on held-out truth once the cycle is decided, and what the
+controller (or the trainer) decided: gate failed, rolled back with the reason, promoted, still
+in rollout; plus how often the gate waited for held-out images, the source-extraction baseline
+on the same images, and the pseudo-labels' own box quality against truth (mean IoU, recall and
+precision at IoU 0.5, mAP50 treating the pseudo-label boxes as predictions). ``--smoke`` trains
+for a few steps and gates on 8 held-out images: its figures mean nothing, it shows that a cycle
+runs and prints.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.keep or Path(tempfile.mkdtemp(prefix="skyloop-learning-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
     env.update(settings, HF_HUB_OFFLINE="1")
-    print(f"learning: {args.stream}, until {args.cycles} detectors are judged; data in {data}")
+    print(f"learning: {args.stream}, until {args.cycles} cycles are decided; data in {data}")
     print(
         "settings: "
         + " ".join(f"{k.removeprefix('SKYLOOP_').lower()}={v}" for k, v in settings.items())
@@ -200,16 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
-    judged: list[dict[str, Any]] = []
     try:
         while time.monotonic() - started < args.timeout and run.poll() is None:
-            events = _events(data, env)
-            judged = [
-                e
-                for e in events
-                if e["type"] in (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED)
-            ]
-            if len(judged) >= args.cycles:
+            if len(_decided(_events(data, env))) >= args.cycles:
                 break
             time.sleep(10)
     finally:
@@ -219,6 +214,35 @@ def main(argv: list[str] | None = None) -> int:
         print(err[-3000:])
         return 1
     return evaluate(data, env, started)
+
+
+def _decided(events: list[dict[str, Any]]) -> set[str]:
+    """The cycles whose outcome is known: a detector that failed its gate (or a training that
+    failed), was promoted or was rolled back. A detector whose gate passed is decided only when
+    its rollout ends, so the last cycle's promotion (or rollback) is in the table."""
+    final = (EventType.MODEL_GATE_FAILED, EventType.MODEL_PROMOTED, EventType.MODEL_ROLLED_BACK)
+    return {e["subject"] for e in events if e["type"] in final}
+
+
+def _production_after(events: list[dict[str, Any]], detectors: set[str]) -> dict[str, str | None]:
+    """For each decided detector, the detector serving right after its first decision (gate
+    failed, promoted or rolled back; None: source extraction), folding the log in order by the
+    control fold's rule for detectors: a promotion replaces production, rolling production back
+    restores what it replaced."""
+    final = (EventType.MODEL_GATE_FAILED, EventType.MODEL_PROMOTED, EventType.MODEL_ROLLED_BACK)
+    production: str | None = None
+    replaced: str | None = None
+    after: dict[str, str | None] = {}
+    for e in events:
+        version = e["subject"]
+        if version not in detectors or e["type"] not in final:
+            continue
+        if e["type"] == EventType.MODEL_PROMOTED:
+            production, replaced = version, production
+        elif e["type"] == EventType.MODEL_ROLLED_BACK and version == production:
+            production, replaced = replaced, None
+        after.setdefault(version, production)
+    return after
 
 
 def _params(event: dict[str, Any]) -> dict[str, Any]:
@@ -277,9 +301,11 @@ def evaluate(data: Path, env: dict[str, str], started: float) -> int:
         on_truth[version] = map50(predicted, truths) if truths else float("nan")
     waits = [e for e in events if e["type"] == EventType.BUDGET_DEFERRED]
     print(f"gate waits for held-out images (budget.deferred): {len(waits)}")
+    after = _production_after(events, set(registered))
+    serving: str | None = None
     print(
         "\ncycle  version            train  gate interval (pseudo)  incumbent         "
-        "truth: incumbent  challenger  decision"
+        "truth: incumbent  challenger  production after  decision"
     )
     for cycle, (version, event) in enumerate(registered.items(), start=1):
         parent = (_params(event).get("extra") or {}).get("parent")
@@ -296,10 +322,12 @@ def evaluate(data: Path, env: dict[str, str], started: float) -> int:
         low, high = evidence.get("map50_diff_low"), evidence.get("map50_diff_high")
         interval = "-" if low is None else f"[{low:+.3f}, {high:+.3f}]"
         incumbent = parent or "source extraction"
+        serving = after.get(version, serving)
         print(
             f"{cycle:>5}  {version:<18} {event['evidence'].get('train_samples', 0):>5.0f}  "
             f"{interval:<22}  {incumbent[:16]:<16}  {on_truth.get(parent, float('nan')):>16.3f}  "
-            f"{on_truth[version]:>10.3f}  {_decision(version, events)}"
+            f"{on_truth[version]:>10.3f}  {on_truth.get(serving, float('nan')):>16.3f}  "
+            f"{_decision(version, events)}"
         )
     quality, pseudo_map, normal = _pseudo_label_quality(run_dir)
     if quality is not None:
