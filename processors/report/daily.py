@@ -36,6 +36,7 @@ from processors.report import pictures, queries
 from processors.report.candidates import candidates_section, ztf_section
 from processors.report.corrections import control_events_section, self_correction_section
 from processors.report.learning import learning_loop_sections
+from processors.report.learning_readiness import LearningNeeds
 from processors.report.markdown import utc
 from processors.report.overview import (
     dead_letters_section,
@@ -144,6 +145,7 @@ def generate_report(
     note: str | None = None,
     flag_window: int = DEFAULT_FLAG_WINDOW,
     processes: Mapping[str, Mapping[str, Any]] | None = None,
+    learning_needs: LearningNeeds | None = None,
 ) -> ReportSummary:
     """Write the report of ``day`` (default: today, UTC) and return its headline counts.
 
@@ -155,7 +157,9 @@ def generate_report(
     ``<stem>-thumbs/``); ``note`` is a line shown under the title, e.g. why an interim report
     was written (:mod:`processors.report.schedule`). ``flag_window``: images per flag-rate
     window (``settings.drift.window``); ``processes``: the run's progress files by process
-    name, for uptime and memory per process (else the health section says it lacks them).
+    name, for uptime and memory per process (else the health section says it lacks them);
+    ``learning_needs``: the settings that decide a retrain, for the paragraph on how far the
+    dataset is from one.
 
     The window is ``[day 00:00, day+1 00:00)`` UTC, applied to each table's own event time
     (see :mod:`processors.report.queries`). Raises :class:`ReportError` when the database lacks
@@ -212,7 +216,9 @@ def generate_report(
     )
     if thresholds_png is not None:
         plots.append(thresholds_png)
-    learning = learning_loop_sections(partial(_rows, client), window, out_dir / f"{stem}-map50.png")
+    learning = learning_loop_sections(
+        partial(_rows, client), window, out_dir / f"{stem}-map50.png", needs=learning_needs
+    )
     if learning.figure is not None:
         plots.append(learning.figure)
 

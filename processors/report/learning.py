@@ -13,7 +13,8 @@ learning trajectory and the pseudo-labels.
   held-out images, its training samples (``candidate_train_samples``, else the registration's
   ``train_samples``) and the gate's decision; the figure ``<stem>-map50.png`` plots the mAP50
   by cycle.
-- *Pseudo-labels*: the window's candidates per source by label status, and the label reasons.
+- *Pseudo-labels*: the window's candidates per source by label status, how far the dataset is
+  from a retrain (:mod:`processors.report.learning_readiness`), and the label reasons.
 
 Pure apart from writing the one figure: rows of :mod:`processors.report.learning_queries` in,
 Markdown lines out.
@@ -31,6 +32,7 @@ from processors.core.records import ControlEventRecord, ControlParams
 from processors.core.registry import RegistryRow, registry_view
 from processors.report import learning_queries as q
 from processors.report.crossmatches import bright_star_section, crossmatch_section
+from processors.report.learning_readiness import LearningNeeds, readiness_lines
 from processors.report.markdown import clip, number, short, table, utc, when
 from processors.report.plots import TrajectoryPoint, plot_map50_trajectory
 
@@ -284,10 +286,13 @@ def trajectory_section(
 
 
 def pseudo_label_section(
-    per_source: Sequence[Mapping[str, Any]], reasons: Sequence[Mapping[str, Any]]
+    per_source: Sequence[Mapping[str, Any]],
+    reasons: Sequence[Mapping[str, Any]],
+    readiness: Sequence[str] = (),
 ) -> list[str]:
-    """*Pseudo-labels*: label status counts per source and the histogram of label reasons;
-    empty when the window has no candidate."""
+    """*Pseudo-labels*: label status counts per source, the ``readiness`` paragraph
+    (:mod:`processors.report.learning_readiness`) and the histogram of label reasons; empty
+    when the window has no candidate."""
     if not per_source:
         return []
     lines = ["## Pseudo-labels", ""]
@@ -319,6 +324,8 @@ def pseudo_label_section(
         "A pseudo-label is a confident candidate that passed the label policy; training samples "
         "are the pseudo-labels stored as samples (boxes from the image's own pixels).",
     ]
+    if readiness:
+        lines += ["", *readiness]
     if reasons:
         lines += ["", "Label reasons (numbers shown as #):", ""]
         lines += table(
@@ -351,10 +358,17 @@ def _joined(sections: Sequence[list[str]]) -> list[str]:
 
 
 def learning_loop_sections(
-    query: Query, window: Mapping[str, Any], figure_path: Path, *, limit: int = MAX_ROWS
+    query: Query,
+    window: Mapping[str, Any],
+    figure_path: Path,
+    *,
+    limit: int = MAX_ROWS,
+    needs: LearningNeeds | None = None,
 ) -> LearningSections:
     """Every learning-loop section of the window ``{"start", "end"}``; reads only (through
-    ``query``), apart from (re)writing the mAP50 figure at ``figure_path`` when there is one."""
+    ``query``), apart from (re)writing the mAP50 figure at ``figure_path`` when there is one.
+    With ``needs`` (the run's settings) the pseudo-labels section says how far the dataset is
+    from a retrain."""
     windowed = {**window, "limit": limit}
     registry = registry_view(model_events(query(q.MODEL_EVENTS, window)))
     trajectory_lines, figure = trajectory_section(learning_trajectory(registry), figure_path)
@@ -368,9 +382,11 @@ def learning_loop_sections(
             ),
         ]
     )
+    per_source = query(q.PSEUDO_LABELS, window)
+    readiness = readiness_lines(query(q.DATASET, window), per_source, needs) if needs else []
     learning_loop = _joined(
         [
-            pseudo_label_section(query(q.PSEUDO_LABELS, window), query(q.LABEL_REASONS, window)),
+            pseudo_label_section(per_source, query(q.LABEL_REASONS, window), readiness),
             registry_section(registry),
             trajectory_lines,
             lifecycle_section(query(q.LIFECYCLE_EVENTS, windowed), limit),

@@ -26,6 +26,7 @@ __all__ = [
     "BRIGHT_STAR_NEIGHBOURS",
     "BRIGHT_STAR_R0_ARCSEC",
     "CANDIDATE_CROSSMATCHES",
+    "DATASET",
     "LABEL_REASONS",
     "LEARNING_QUERIES",
     "LIFECYCLE_EVENTS",
@@ -183,6 +184,19 @@ ORDER BY n DESC, label_status, reason
 """The window's label reasons per status, numbers replaced by ``#`` so that "score 0.973 <
 0.98" and "score 0.951 < 0.98" count as one reason; ``example`` is one of them verbatim."""
 
+DATASET = """
+SELECT image_id,
+       (SELECT count() FROM control_events FINAL
+        WHERE type = 'retrain.requested' AND at < {end:DateTime64(3, 'UTC')}) AS retrain_requests
+FROM candidates FINAL
+WHERE label_status = 'pseudo_label' AND ifNull(sample_id, '') != ''
+  AND detected_at < {end:DateTime64(3, 'UTC')}
+ORDER BY image_id
+"""
+"""The image ids of every pseudo-label stored as a training sample from the start to the
+window's end (the dataset is the run's, not the day's), each with the number of
+``retrain.requested`` events by then (the same on every row)."""
+
 LEARNING_QUERIES: dict[str, str] = {
     "candidate_crossmatches": CANDIDATE_CROSSMATCHES,
     "bright_star_neighbours": BRIGHT_STAR_NEIGHBOURS,
@@ -191,5 +205,6 @@ LEARNING_QUERIES: dict[str, str] = {
     "lifecycle_events": LIFECYCLE_EVENTS,
     "pseudo_labels": PSEUDO_LABELS,
     "label_reasons": LABEL_REASONS,
+    "dataset": DATASET,
 }
 """The learning-loop queries by name; parameters as for ``processors.report.queries.QUERIES``."""

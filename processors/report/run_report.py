@@ -10,6 +10,7 @@ from typing import Any
 from processors.core.clickhouse import connect
 from processors.core.config import Settings
 from processors.core.progress import read_progress
+from processors.report.learning_readiness import LearningNeeds
 from processors.report.ledger import Ledger, compute_ledger
 
 __all__ = ["RunReport", "read_processes", "report_run", "write_run_report"]
@@ -49,6 +50,7 @@ def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunRepor
             title=f"skyloop run {run_dir.name}",
             ingest_sources=ingest.get("sources") or None,
             flag_window=settings.drift.window,
+            learning_needs=LearningNeeds.of(settings),
             processes=read_processes(run_dir / "progress"),
         )
         ledger = compute_ledger(client, ingest, finished=finished) if ingest else None

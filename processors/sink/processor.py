@@ -44,6 +44,7 @@ from processors.core.fold_guard import RefusedEvent
 from processors.core.query_token import TOKEN_ENV, new_token, write_private
 from processors.core.records import TOPICS, DeadLetter, dead_letter
 from processors.core.runner import InMessage, OutMessage, RunContext
+from processors.report.learning_readiness import LearningNeeds
 from processors.report.run_report import read_processes
 from processors.report.schedule import ReportSchedule, interim_report_for, report_stem
 from processors.sink.landing import LANDING_TABLE, Peeked, ScoreLanding
@@ -191,6 +192,7 @@ class SinkProcessor:
                 stem=stem,
                 note=note,
                 flag_window=self.ctx.settings.drift.window,
+                learning_needs=LearningNeeds.of(self.ctx.settings),
                 processes=read_processes(progress) if progress else None,
             )
         except Exception:  # a report is a by-product: no failure of it may cost a batch

@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 
 from processors.core.clickhouse import Client, connect
+from processors.core.datasets import is_held_out
 from processors.report import learning as learning_sections
-from processors.report import markdown
+from processors.report import learning_readiness, markdown
 from processors.report.daily import ReportSummary, generate_report
 from processors.report.learning_queries import LEARNING_QUERIES
+from processors.report.learning_readiness import LearningNeeds
 from processors.report.plots import thumbnail_png
 from processors.sink.migrations import apply_migrations
 from tests.report.conftest import add_learning, build_dataset, load
@@ -41,7 +43,8 @@ def learning_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReportSum
         apply_migrations(client)
         data = add_learning(build_dataset())
         load(client, data)
-        return generate_report(client, root / "reports", day=DAY), data
+        needs = LearningNeeds(retrain_min_samples=64, gate_min_held_out=30, held_out_fraction=0.2)
+        return generate_report(client, root / "reports", day=DAY, learning_needs=needs), data
     finally:
         client.close()
 
@@ -68,7 +71,7 @@ def _by_first(section: str) -> dict[str, list[str]]:
 
 
 def test_doctests() -> None:
-    for module in (learning_sections, markdown):
+    for module in (learning_sections, learning_readiness, markdown):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
@@ -192,6 +195,14 @@ def test_crossmatches_and_bright_stars(learning_report: tuple[ReportSummary, Dat
         ]
     reasons = labels[labels.index("Label reasons") :]
     assert "| rejected | on a catalog object (ztf:gaia_bright, ztf:ps1) | 1 |" in reasons
+    samples = {r["image_id"] for r in seeded if r.get("sample_id")}
+    held = sum(is_held_out(i, 0.2) for i in samples)
+    requests = sum(e["type"] == "retrain.requested" for e in data.messages["control.events"])
+    assert samples and requests
+    assert (
+        f"The dataset holds {len(samples)} training samples, {held} of them held out; "
+        f"{requests} retrains requested so far." in labels
+    )
 
 
 def test_thumbnails_have_the_candidates_boxes(
@@ -227,8 +238,17 @@ def test_without_a_learning_loop_there_is_no_registry(
     stale = out / "report-2025-03-14-map50.png"
     out.mkdir()
     stale.write_bytes(b"an earlier run's figure")
-    summary = generate_report(client, out, day=DAY)
+    needs = LearningNeeds(retrain_min_samples=64, gate_min_held_out=30, held_out_fraction=0.2)
+    summary = generate_report(client, out, day=DAY, learning_needs=needs)
     md = summary.path.read_text()
+    samples = {r["image_id"] for r in dataset.messages["candidates"] if r.get("sample_id")}
+    candidates = len(dataset.messages["candidates"])
+    readiness = next(line for line in md.splitlines() if line.startswith("No retrain yet"))
+    assert readiness.startswith(f"No retrain yet: the dataset holds {len(samples)} training")
+    assert f"about 150 samples, {150 - len(samples)} more" in readiness
+    if samples:
+        expected = -(-(150 - len(samples)) * candidates // len(samples))
+        assert f"about {expected:,} more candidates" in readiness
     for title in ("Model registry", "Learning trajectory", "Model lifecycle"):
         assert f"## {title}\n" not in md
     assert not stale.exists() and stale not in summary.plots
