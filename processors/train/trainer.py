@@ -27,11 +27,10 @@ that request it:
    ``train_min_steps`` optimizer steps take on a small dataset, and no more than
    ``train_max_steps`` take on a large one (:func:`~processors.train.training.epochs_for`);
 4. evaluates the new model and the incumbent (the production detector, else source
-   extraction) on the same held-out samples (the request's, joined by those of the newest
-   request that arrived while it trained:
-   :func:`~processors.train.judging.held_out_at_gate`): mAP50 against their
-   pseudo-label boxes, the
-   paired bootstrap interval of the difference, p99 latency per image, non-finite outputs
+   extraction) on the same held-out samples, the request's joined by those of the newest
+   request that arrived while it trained (:func:`~processors.train.judging.held_out_at_gate`):
+   mAP50 against their pseudo-label boxes, the paired bootstrap interval of the difference,
+   p99 latency per image, non-finite outputs
    (:func:`~processors.train.judging.judge_challenger`);
 5. stores the weights and a model card (dataset, parent, metrics, code version) and emits
    ``model.registered``, then the gate's verdict ``model.gate_passed`` / ``model.gate_failed``
