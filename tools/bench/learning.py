@@ -17,16 +17,20 @@ When ``--cycles`` cycles are decided (a detector failed its gate, or was promote
 at the end of its rollout; a passed gate alone does not end a cycle), the run is stopped and
 every detector is evaluated here on **truth**: the anomalous images of the held-out split (by
 hash of image id: none of them ever trained a model), class-agnostic mAP50 against their truth
-boxes. Printed per cycle: the version, its training samples, the gate's interval of the mAP50
-difference (challenger minus incumbent, on the held-out pseudo-labels), the incumbent's (the
-production detector it was trained from, or source extraction) and the challenger's mAP50 on
-held-out truth, production's mAP50 on held-out truth once the cycle is decided, and what the
-controller (or the trainer) decided: gate failed, rolled back with the reason, promoted, still
-in rollout; plus how often the gate waited for held-out images, the source-extraction baseline
-on the same images, and the pseudo-labels' own box quality against truth (mean IoU, recall and
-precision at IoU 0.5, mAP50 treating the pseudo-label boxes as predictions). ``--smoke`` trains
-for a few steps and gates on 8 held-out images: its figures mean nothing, it shows that a cycle
-runs and prints.
+boxes, twice: on those that became candidates (the images a detector localizes in service; the
+scorer decides which, the same for every detector) and on all of them (as earlier runs did; it
+includes the subtle anomalies the scorer never flagged, which no detector ever sees). Each
+change of production is judged on truth by the gate's statistic: the mAP50 difference with its
+95 % paired bootstrap interval. Printed per cycle: the version, its training samples, the gate's
+interval of the mAP50 difference (challenger minus incumbent, on the held-out pseudo-labels),
+the incumbent's (the production detector it was trained from, or source extraction) and the
+challenger's mAP50 on held-out truth, production's mAP50 on held-out truth once the cycle is
+decided, and what the controller (or the trainer) decided: gate failed, rolled back with the
+reason, promoted, still in rollout; plus how often the gate waited for held-out images, the
+source-extraction baseline on the same images, and the pseudo-labels' own box quality against
+truth (mean IoU, recall and precision at IoU 0.5, mAP50 treating the pseudo-label boxes as
+predictions). ``--smoke`` trains for a few steps and gates on 8 held-out images: its figures
+mean nothing, it shows that a cycle runs and prints.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from processors.core.clickhouse import connect
 from processors.core.datasets import is_held_out
 from processors.core.events import EventType
 from processors.core.records import Box
+from processors.yolo.comparison import compare_map50
 from processors.yolo.evaluation import box_quality, map50
 from processors.yolo.extraction import extract_boxes
 from processors.yolo.raster import record_plane
@@ -115,24 +120,26 @@ def _source(box: Box) -> Box:
     return Box(**{**box, "label": "source"})
 
 
-def _truth_set(run_dir: Path, fraction: float) -> list[tuple[str, Any, list[Box]]]:
-    """The held-out anomalous images with their truth boxes (label-agnostic)."""
+def _truth_set(run_dir: Path, fraction: float) -> list[tuple[str, Any, list[Box], bool]]:
+    """The held-out anomalous images with their truth boxes (label-agnostic), each with whether
+    it became a candidate (the images a detector localizes; the others it never sees)."""
     client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}")
     try:
         rows = client.query(
-            "SELECT image_id, format, pixels, width, height, bands, truth_boxes FROM images "
-            "FINAL WHERE truth_is_anomaly = 1 ORDER BY image_id",
+            "SELECT image_id, format, pixels, width, height, bands, truth_boxes, image_id IN "
+            "(SELECT image_id FROM candidates) FROM images FINAL WHERE truth_is_anomaly = 1 "
+            "ORDER BY image_id",
             column_formats={"pixels": "bytes"},
         ).result_rows
     finally:
         client.close()
     out = []
-    for image_id, fmt, pixels, width, height, bands, boxes in rows:
+    for image_id, fmt, pixels, width, height, bands, boxes, candidate in rows:
         if not is_held_out(image_id, fraction) or not boxes:
             continue
         record = {"format": fmt, "pixels": pixels, "width": width, "height": height, "bands": bands}
         truth = [_truth_box(b) for b in boxes]
-        out.append((image_id, record, truth))
+        out.append((image_id, record, truth, bool(candidate)))
     return out
 
 
@@ -245,6 +252,28 @@ def _production_after(events: list[dict[str, Any]], detectors: set[str]) -> dict
     return after
 
 
+def _production_changes(
+    events: list[dict[str, Any]],
+    detectors: set[str],
+    boxes_of: dict[str | None, list[list[Box]]],
+    truths: list[list[Box]],
+) -> None:
+    """Each change of production (a promotion or a rollback of production) judged on held-out
+    truth: the mAP50 difference, new minus old, with its 95 % paired bootstrap interval (the
+    gate's own statistic, here against truth), so a fall can be told from the noise."""
+    serving: str | None = None
+    for version, after in _production_after(events, detectors).items():
+        if after == serving or not truths:
+            continue
+        c = compare_map50(boxes_of[after], boxes_of[serving], truths, resamples=1000, seed=0)
+        print(
+            f"production {serving or 'source extraction'} -> {after or 'source extraction'} "
+            f"(cycle of {version}): on held-out truth {c.incumbent:.3f} -> {c.challenger:.3f}, "
+            f"difference {c.difference:+.3f}, 95 % interval [{c.low:+.3f}, {c.high:+.3f}]"
+        )
+        serving = after
+
+
 def _params(event: dict[str, Any]) -> dict[str, Any]:
     params = event["params"]
     return json.loads(params) if isinstance(params, str) else dict(params)
@@ -268,56 +297,39 @@ def _decision(version: str, events: list[dict[str, Any]]) -> str:
     return f"{steps[last['type']]} ({last['issued_by']}): {reason}"[:160]
 
 
-def evaluate(data: Path, env: dict[str, str], started: float) -> int:
-    """Every registered detector on the held-out truth of the run kept in ``data``."""
-    run_dir = Path((data / "latest").read_text().strip())
-    events = _events(data, env)
-    fraction = float(os.environ.get("SKYLOOP_HELD_OUT_FRACTION", "0.2"))
-    truth = _truth_set(run_dir, fraction)
-    planes = [record_plane(r) for _, r, _ in truth]
-    truths = [t for _, _, t in truth]
-    print(
-        f"\nrun: {time.monotonic() - started:.0f}s; held-out anomalous images with truth: "
-        f"{len(truth)}"
-    )
-    baseline = [[_source(b) for b in extract_boxes(p)] for p in planes]
-    if truth:
-        print(
-            f"baseline (source extraction) mAP50 on held-out truth: {map50(baseline, truths):.3f}"
-        )
+def _predictions(
+    data: Path, run_dir: Path, registered: dict[str, dict[str, Any]], planes: list[Any]
+) -> dict[str | None, list[list[Box]]]:
+    """Every registered detector's boxes on ``planes`` (None: source extraction's)."""
     from processors.yolo.yolo import YoloLocalizer
 
     store = ArtifactStore(run_dir / "artifacts")
-    registered = {e["subject"]: e for e in events if e["type"] == EventType.MODEL_REGISTERED}
-    on_truth: dict[str | None, float] = {None: map50(baseline, truths) if truth else float("nan")}
+    out: dict[str | None, list[list[Box]]] = {
+        None: [[_source(b) for b in extract_boxes(p)] for p in planes]
+    }
     for version, event in registered.items():
-        params = _params(event)
         weights = data / f"{version.replace('@', '-')}.pt"  # ultralytics needs the suffix
-        weights.write_bytes(store.get_bytes(params["artifact_id"]))
+        weights.write_bytes(store.get_bytes(_params(event)["artifact_id"]))
         localizer = YoloLocalizer(weights, conf=0.01, config_dir=data / "ultralytics")
-        predicted = (
-            [[_source(b) for b in boxes] for boxes in localizer.predict(planes)] if planes else []
-        )
-        on_truth[version] = map50(predicted, truths) if truths else float("nan")
-    waits = [e for e in events if e["type"] == EventType.BUDGET_DEFERRED]
-    print(f"gate waits for held-out images (budget.deferred): {len(waits)}")
+        boxes = localizer.predict(planes) if planes else []
+        out[version] = [[_source(b) for b in image] for image in boxes]
+    return out
+
+
+def _cycles(
+    events: list[dict[str, Any]], registered: dict[str, dict[str, Any]], on_truth: dict[Any, float]
+) -> None:
+    """The table: one row per registered detector, in registration order."""
     after = _production_after(events, set(registered))
     serving: str | None = None
     print(
-        "\ncycle  version            train  gate interval (pseudo)  incumbent         "
+        "cycle  version            train  gate interval (pseudo)  incumbent         "
         "truth: incumbent  challenger  production after  decision"
     )
     for cycle, (version, event) in enumerate(registered.items(), start=1):
         parent = (_params(event).get("extra") or {}).get("parent")
-        gate = next(
-            (
-                e
-                for e in events
-                if e["subject"] == version
-                and e["type"] in (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED)
-            ),
-            None,
-        )
+        judged = (EventType.MODEL_GATE_PASSED, EventType.MODEL_GATE_FAILED)
+        gate = next((e for e in events if e["subject"] == version and e["type"] in judged), None)
         evidence = gate["evidence"] if gate else {}
         low, high = evidence.get("map50_diff_low"), evidence.get("map50_diff_high")
         interval = "-" if low is None else f"[{low:+.3f}, {high:+.3f}]"
@@ -329,6 +341,40 @@ def evaluate(data: Path, env: dict[str, str], started: float) -> int:
             f"{on_truth[version]:>10.3f}  {on_truth.get(serving, float('nan')):>16.3f}  "
             f"{_decision(version, events)}"
         )
+
+
+def evaluate(data: Path, env: dict[str, str], started: float) -> int:
+    """Every registered detector on the held-out truth of the run kept in ``data``: on the
+    held-out anomalous images that became candidates (what a detector localizes in service),
+    then on every held-out anomalous image (the figure of the earlier runs of this bench)."""
+    run_dir = Path((data / "latest").read_text().strip())
+    events = _events(data, env)
+    fraction = float(os.environ.get("SKYLOOP_HELD_OUT_FRACTION", "0.2"))
+    truth = _truth_set(run_dir, fraction)
+    registered = {e["subject"]: e for e in events if e["type"] == EventType.MODEL_REGISTERED}
+    predictions = _predictions(data, run_dir, registered, [record_plane(r) for _, r, _, _ in truth])
+    waits = [e for e in events if e["type"] == EventType.BUDGET_DEFERRED]
+    print(
+        f"\nrun: {time.monotonic() - started:.0f}s; held-out anomalous images with truth: "
+        f"{len(truth)}; gate waits for held-out images (budget.deferred): {len(waits)}"
+    )
+    populations = (
+        ("held-out candidates (the images a detector localizes)", [t[3] for t in truth]),
+        ("every held-out anomalous image", [True] * len(truth)),
+    )
+    for title, keep in populations:
+        truths = [t[2] for t, k in zip(truth, keep, strict=True) if k]
+        boxes_of = {
+            v: [b for b, k in zip(boxes, keep, strict=True) if k]
+            for v, boxes in predictions.items()
+        }
+        on_truth = {v: map50(b, truths) if truths else float("nan") for v, b in boxes_of.items()}
+        print(
+            f"\nmAP50 on truth, {title}: {len(truths)} images; source extraction "
+            f"{on_truth[None]:.3f}"
+        )
+        _cycles(events, registered, on_truth)
+        _production_changes(events, set(registered), boxes_of, truths)
     quality, pseudo_map, normal = _pseudo_label_quality(run_dir)
     if quality is not None:
         print(
