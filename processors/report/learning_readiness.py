@@ -56,9 +56,9 @@ def readiness_lines(
     samples = len(dataset)
     held = sum(is_held_out(r["image_id"], needs.held_out_fraction) for r in dataset)
     requests = int(dataset[0]["retrain_requests"]) if dataset else 0
-    size = f"{samples:,} training samples, {held:,} of them held out"
+    size = f"{_count(samples, 'training sample')}, {held:,} of them held out"
     if requests:
-        return [f"The dataset holds {size}; {requests:,} retrains requested so far."]
+        return [f"The dataset holds {size}; {_count(requests, 'retrain')} requested so far."]
     held_out_share = needs.held_out_fraction
     wanted = max(needs.retrain_min_samples, math.ceil(needs.gate_min_held_out / held_out_share))
     more = max(wanted - samples, needs.gate_min_held_out - held, 0)
@@ -72,13 +72,17 @@ def readiness_lines(
     candidates = sum(int(r["candidates"]) for r in per_source)
     made = sum(int(r["samples"]) for r in per_source)
     if more and candidates:
-        sample_word = "sample" if made == 1 else "samples"
-        yield_ = f"{made:,} {sample_word} from {candidates:,} candidates"
+        yield_ = f"{_count(made, 'sample')} from {_count(candidates, 'candidate')}"
         if made:
             line += (
                 f" At this window's yield ({yield_}) that is about "
                 f"{math.ceil(more * candidates / made):,} more candidates."
             )
         else:
-            line += f" This window's {candidates:,} candidates gave none."
+            line += f" This window's {_count(candidates, 'candidate')} gave none."
     return [line]
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 sample``, ``2 samples``, ``1,024 samples``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"

@@ -61,6 +61,7 @@ from processors.yolo.evaluation import box_quality, map50
 from processors.yolo.extraction import extract_boxes
 from processors.yolo.raster import record_plane
 from processors.yolo.samples import TrainingSample
+from tools.bench.machine import cpu_line
 
 __all__ = ["main"]
 
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
     env.update(settings, HF_HUB_OFFLINE="1")
     print(f"learning: {args.stream}, until {args.cycles} cycles are decided; data in {data}")
+    print(cpu_line())
     print(
         "settings: "
         + " ".join(f"{k.removeprefix('SKYLOOP_').lower()}={v}" for k, v in settings.items())
