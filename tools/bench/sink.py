@@ -40,6 +40,7 @@ from processors.core.records import TOPICS
 from processors.core.runner import Runner, StopSignal
 from processors.core.stack import EmbeddedBroker
 from processors.sink.processor import SinkProcessor, relax_gc
+from tools.bench.machine import cpu_line
 
 __all__ = ["main"]
 
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    print(cpu_line(), flush=True)
     paths = {"both": [True, False], "landing": [True], "record": [False]}[args.path]
     results: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
