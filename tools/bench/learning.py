@@ -193,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(f"{k.removeprefix('SKYLOOP_').lower()}={v}" for k, v in settings.items())
     )
     started = time.monotonic()
+    data.mkdir(parents=True, exist_ok=True)
+    # the run's progress goes to a file: a pipe nobody reads fills up within the hour, and the
+    # supervisor then blocks on its next line (hot-log rotations and healing stop with it)
+    log_path = data / "run.log"
+    log_file = log_path.open("w")
     run = subprocess.Popen(
         [
             sys.executable,
@@ -208,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log_file,
     )
     try:
         while time.monotonic() - started < args.timeout and run.poll() is None:
@@ -218,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(10)
     finally:
         run.send_signal(signal.SIGINT)
-        _out, err = run.communicate(timeout=600)
+        run.wait(timeout=600)
+        log_file.close()
     if run.returncode not in (0, 130):
-        print(err[-3000:])
+        print(log_path.read_text()[-3000:])
         return 1
     return evaluate(data, env, started)
 
