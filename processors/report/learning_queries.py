@@ -184,13 +184,14 @@ ORDER BY n DESC, label_status, reason
 """The window's label reasons per status, numbers replaced by ``#`` so that "score 0.973 <
 0.98" and "score 0.951 < 0.98" count as one reason; ``example`` is one of them verbatim."""
 
-DATASET = """
+DATASET = f"""
 SELECT image_id,
        (SELECT count() FROM control_events FINAL
-        WHERE type = 'retrain.requested' AND at < {end:DateTime64(3, 'UTC')}) AS retrain_requests
+        WHERE type = '{EventType.RETRAIN_REQUESTED.value}'
+          AND at < {{end:DateTime64(3, 'UTC')}}) AS retrain_requests
 FROM candidates FINAL
 WHERE label_status = 'pseudo_label' AND ifNull(sample_id, '') != ''
-  AND detected_at < {end:DateTime64(3, 'UTC')}
+  AND detected_at < {{end:DateTime64(3, 'UTC')}}
 ORDER BY image_id
 """
 """The image ids of every pseudo-label stored as a training sample from the start to the

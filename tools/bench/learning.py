@@ -80,6 +80,8 @@ SETTINGS = {
     "SKYLOOP_CANARY_HEALTH_WINDOW": "16",
     "SKYLOOP_CANARY_FRACTION": "0.5",
 }
+DECISIONS = (EventType.MODEL_GATE_FAILED, EventType.MODEL_PROMOTED, EventType.MODEL_ROLLED_BACK)
+"""The events that decide a cycle (a passed gate does not: its rollout still may)."""
 SMOKE = {
     "SKYLOOP_TRAIN_EPOCHS": "2",
     "SKYLOOP_TRAIN_MIN_STEPS": "10",
@@ -234,8 +236,7 @@ def _decided(events: list[dict[str, Any]]) -> set[str]:
     """The cycles whose outcome is known: a detector that failed its gate (or a training that
     failed), was promoted or was rolled back. A detector whose gate passed is decided only when
     its rollout ends, so the last cycle's promotion (or rollback) is in the table."""
-    final = (EventType.MODEL_GATE_FAILED, EventType.MODEL_PROMOTED, EventType.MODEL_ROLLED_BACK)
-    return {e["subject"] for e in events if e["type"] in final}
+    return {e["subject"] for e in events if e["type"] in DECISIONS}
 
 
 def _production_after(events: list[dict[str, Any]], detectors: set[str]) -> dict[str, str | None]:
@@ -243,13 +244,12 @@ def _production_after(events: list[dict[str, Any]], detectors: set[str]) -> dict
     failed, promoted or rolled back; None: source extraction), folding the log in order by the
     control fold's rule for detectors: a promotion replaces production, rolling production back
     restores what it replaced."""
-    final = (EventType.MODEL_GATE_FAILED, EventType.MODEL_PROMOTED, EventType.MODEL_ROLLED_BACK)
     production: str | None = None
     replaced: str | None = None
     after: dict[str, str | None] = {}
     for e in events:
         version = e["subject"]
-        if version not in detectors or e["type"] not in final:
+        if version not in detectors or e["type"] not in DECISIONS:
             continue
         if e["type"] == EventType.MODEL_PROMOTED:
             production, replaced = version, production
