@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from pydantic import SecretStr
 
@@ -61,6 +61,7 @@ from processors.core.query_token import TOKEN_ENV, new_token, write_private
 from processors.core.retention import HotLog
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
+from processors.core.unblocked_out import UnblockedOut
 from processors.local_hotlog import hot_log
 from processors.local_restarts import RestartedTruth
 from processors.resume import WORKERS, RunArgs, Stack, mark_finished
@@ -200,7 +201,36 @@ def run_local(
     (:mod:`processors.resume`), with the arguments it was started with. ``overlap_start``: a
     fresh run ingests while its workers start (False: once they are all ready, as a benchmark
     that times the pipeline from the start of ingest needs).
+
+    What the run writes to ``out`` never blocks it (:class:`UnblockedOut`): a caller that reads
+    ``out`` late or never cannot stall the loop that heals workers and rotates the hot log.
     """
+    unblocked = UnblockedOut(out)
+    try:
+        return _run(
+            settings,
+            sources,
+            images,
+            duration_s,
+            timeout_s,
+            cast(TextIO, unblocked),  # a text stream in all but name (io.TextIOBase)
+            resume,
+            overlap_start,
+        )
+    finally:
+        unblocked.close()
+
+
+def _run(
+    settings: Settings,
+    sources: list[str],
+    images: int | None,
+    duration_s: float | None,
+    timeout_s: float,
+    out: TextIO,
+    resume: Path | None,
+    overlap_start: bool,
+) -> RunResult:
     started = time.monotonic()
     _sigterm_as_interrupt()
     if resume is None:
@@ -370,7 +400,7 @@ def _follow(
         if _done(ingest, sink, truth.controller(controller, sink), train, _quarantined(progress)):
             return
         stack_.heal_broker()  # before the processors: its death is theirs too
-        _check(sup)
+        _check(sup, view.out)
         if hotlog is not None:
             ingest_child = sup.children.get("ingest")
             hotlog.tick(ingest, ingest_child is not None and ingest_child.proc.poll() is None)
@@ -401,9 +431,9 @@ def _sigterm_as_interrupt() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def _check(sup: Supervisor) -> None:
+def _check(sup: Supervisor, out: TextIO) -> None:
     """Restart dead processors (raises ProcessorFailed past the restart bound)."""
     for child in sup.heal():
-        sys.stderr.write(
+        out.write(
             f"\nskyloop: restarted {child.name} (restart {child.restarts}); log {child.log_path}\n"
         )
