@@ -51,6 +51,9 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
         broker=f"kafka://{bootstrap}",
         broker_credentials=faust_credentials(settings),
         store="memory://",
+        # Faust makes this folder even for in-memory tables; by default it lands in the
+        # working directory ("<app id>-data"), so keep it with the run's other state
+        datadir=settings.data_dir / "controller",
         producer_max_batch_size=1,  # the embedded broker restores tables only with this
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         # its committed offsets are how far behind the scorers see it (processors.score.control_lag)

@@ -224,6 +224,8 @@ def test_a_killed_worker_restores_its_tables_and_emits_nothing_twice(
         clean.stop()
         killed.stop()
 
+    # Faust's own folder is the run's, not "<app id>-data" in whatever directory it started in
+    assert (clean.data / "controller").is_dir()
     clean_events, killed_events = clean.events(), killed.events()
     ids = [e["event_id"] for e in killed_events]
     assert len(ids) == len(set(ids)), "an event was emitted twice"
