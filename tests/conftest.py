@@ -18,6 +18,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prepared_backbones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder of prepared backbones for the session and the processes it starts (not the
+    user's cache): the first scorer prepares, the rest load (processors.score.backbone.prepared).
+    """
+    folder = tmp_path_factory.mktemp("prepared-backbones")
+    before = os.environ.get("SKYLOOP_PREPARED_DIR")
+    os.environ["SKYLOOP_PREPARED_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("SKYLOOP_PREPARED_DIR", None)
+    else:
+        os.environ["SKYLOOP_PREPARED_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap servers of the embedded broker (or $SKYLOOP_KAFKA_BOOTSTRAP, a real Kafka)."""

@@ -40,7 +40,7 @@ _SAFETENSORS_HEADER_END = 8
 def backbone_spec_from_settings(settings: ScoreSettings) -> BackboneSpec:
     """The configured production backbone (``settings.score``): ``backbone``,
     ``backbone_weights``, ``image_size``, ``torch_threads``, ``torch_compile``,
-    ``allow_random_weights``."""
+    ``prepared_backbone``, ``allow_random_weights``."""
     return BackboneSpec(
         name=settings.backbone,
         weights=settings.backbone_weights,
@@ -48,6 +48,7 @@ def backbone_spec_from_settings(settings: ScoreSettings) -> BackboneSpec:
         image_size=settings.image_size,
         threads=settings.torch_threads,
         compile=settings.torch_compile,
+        prepared=settings.prepared_backbone,
     )
 
 

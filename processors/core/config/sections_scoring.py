@@ -37,6 +37,13 @@ class ScoreSettings(Section):
         default=False,
         description="torch.compile the backbone forward pass (needs a C++ compiler on CPU)",
     )
+    prepared_backbone: bool = Field(
+        default=True,
+        description=(
+            "load the float32 CPU backbone as a prepared graph when one exists (built and "
+            "stored by the first scorer; starts about 2.5 s sooner on 2 cores: no timm import)"
+        ),
+    )
     chunks: int = Field(
         default=1,
         ge=1,

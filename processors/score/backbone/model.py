@@ -34,6 +34,13 @@ from processors.score.backbone.execution import (
     fold_batchnorm,
     symmetric_twin_of_tf_lite,
 )
+from processors.score.backbone.prepared import (
+    PreparedInfo,
+    load_prepared,
+    prepared_dir,
+    prepared_key,
+    save_prepared,
+)
 from processors.score.backbone.preprocessing import preprocess_batch
 from processors.score.backbone.weights import (
     PACKAGED_MODEL,
@@ -69,6 +76,8 @@ class BackboneSpec:
         bf16: bfloat16 autocast (measured: about 2.7x faster on this CPU together with
             channels_last); silently off on a CPU without native bf16 (see ``Backbone.bf16``).
         compile: ``torch.compile`` the forward pass (needs a C++ compiler on CPU).
+        prepared: load a prepared graph when one exists, else prepare one after building
+            (float32 CPU backbones only; :mod:`~processors.score.backbone.prepared`).
         threads: ``torch.set_num_threads`` for this process (``None`` leaves it alone).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         stretch: ``"linear"`` percentile stretch or ``"asinh"`` on top of it.
@@ -81,6 +90,7 @@ class BackboneSpec:
     channels_last: bool = True
     bf16: bool = True
     compile: bool = False
+    prepared: bool = True
     threads: int | None = None
     device: str = "auto"
     stretch: Literal["linear", "asinh"] = "linear"
@@ -190,17 +200,24 @@ class Backbone:
 
     def __init__(self, spec: BackboneSpec | None = None) -> None:
         self.spec = spec if spec is not None else BackboneSpec()
-        timm = _import_timm()
         if self.spec.threads is not None:
             torch.set_num_threads(self.spec.threads)
+        self.device = _resolve_device(self.spec.device)
+        self.flip_input = False
+        self.channels_last = self.spec.channels_last
+        self.bf16 = self.spec.bf16 and _bf16_supported(self.device)
+        if self.spec.bf16 and not self.bf16:
+            _log.info("bf16 autocast is not supported on %s; running float32", self.device)
+        key = self._prepared_key()
+        if key is not None and self._load_prepared(key):
+            return
+        timm = _import_timm()
         name = self.spec.name
         if not timm.is_model(name):
             raise ConfigError(
                 f"backbone.name={name!r} is not a timm model; accepted: any name in "
                 f"timm.list_models(), e.g. 'efficientnet_lite0', 'vit_base_patch16_224'"
             )
-        self.device = _resolve_device(self.spec.device)
-        self.flip_input = False
         model: Any
         model, self.architecture, self.version = self._build(timm)
         model.eval()
@@ -217,21 +234,64 @@ class Backbone:
             )
         self.mean = _per_channel(cfg["mean"], "mean")
         self.std = _per_channel(cfg["std"], "std")
-        self.channels_last = self.spec.channels_last
-        self.bf16 = self.spec.bf16 and _bf16_supported(self.device)
-        if self.spec.bf16 and not self.bf16:
-            _log.info("bf16 autocast is not supported on %s; running float32", self.device)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
         runner: torch.nn.Module = _FeaturesAndLogits(model).eval()
         if self.spec.compile:
             runner = torch.compile(runner)  # type: ignore[assignment]
-        self._runner = runner
+        self._runner: Any = runner
         probe = self.forward(torch.zeros(1, 3, self.spec.image_size, self.spec.image_size))
         self.feature_dim = int(probe.features.shape[1])
         self.num_classes = int(probe.logits.shape[1])
+        if key is not None:
+            self._prepare(key)
+
+    # -- prepared backbones (processors.score.backbone.prepared) ------------------------------
+    def _prepared_key(self) -> str | None:
+        """The prepared file's key, or None for a backbone that always builds with timm."""
+        spec = self.spec
+        if not spec.prepared or self.device.type != "cpu" or self.bf16 or spec.compile:
+            return None
+        if spec.weights is None and spec.name == PACKAGED_MODEL:
+            path = packaged_weights_path()
+        elif spec.weights is not None and not spec.weights.startswith("hf-hub:"):
+            path = Path(spec.weights).expanduser()
+        else:
+            return None
+        if not path.is_file():
+            return None  # the build says why
+        return prepared_key(spec.name, sha256_file(path), spec.image_size, spec.channels_last)
+
+    def _load_prepared(self, key: str) -> bool:
+        loaded = load_prepared(prepared_dir(), key, self.spec.image_size, self.channels_last)
+        if loaded is None:
+            return False
+        self._runner, info = loaded
+        self.version, self.architecture = info.version, info.architecture
+        self.flip_input, self.mean, self.std = info.flip_input, info.mean, info.std
+        self.feature_dim, self.num_classes = info.feature_dim, info.num_classes
+        return True
+
+    def _prepare(self, key: str) -> None:
+        """Store this backbone prepared, and run the frozen runner from now on (so that every
+        instance on the machine computes with the same graph)."""
+        info = PreparedInfo(
+            self.version,
+            self.architecture,
+            self.flip_input,
+            self.mean,
+            self.std,
+            self.feature_dim,
+            self.num_classes,
+            [],
+            [],
+        )
+        frozen = save_prepared(
+            prepared_dir(), key, self._runner, info, self.spec.image_size, self.channels_last
+        )
+        if frozen is not None:
+            self._runner = frozen
 
     def __repr__(self) -> str:
         return (
