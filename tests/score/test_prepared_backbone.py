@@ -23,7 +23,8 @@ backbone = Backbone(BackboneSpec(bf16=False))
 rng = np.random.default_rng(0)
 out = backbone.embed([rng.normal(size=(63, 63, 1)).astype("float32") for _ in range(8)])
 np.save(sys.argv[1], np.concatenate([out.features, out.logits], axis=1))
-print("timm" in sys.modules, "torchvision" in sys.modules, backbone.version, backbone.flip_input)
+print("timm" in sys.modules, "torchvision" in sys.modules, backbone.prepared, backbone.version,
+      backbone.flip_input)
 """
 
 
@@ -48,13 +49,13 @@ def _files(folder: Path) -> list[str]:
 def test_a_second_process_loads_the_prepared_graph_without_timm(tmp_path: Path) -> None:
     folder = tmp_path / "prepared"
     built = _embed_in_a_fresh_process(folder, tmp_path / "built.npy")
-    assert built[:2] == ["True", "True"]  # the first builds with timm, then prepares
+    assert built[:3] == ["True", "True", "True"]  # the first builds with timm, then prepares
     assert [name.rsplit(".", 1)[1] for name in _files(folder)] == ["json", "pt"]
     loaded = _embed_in_a_fresh_process(folder, tmp_path / "loaded.npy")
-    assert loaded[:2] == ["False", "False"]  # neither timm nor torchvision imported
-    assert loaded[2:] == built[2:]  # the same version string and input flip
+    assert loaded[:3] == ["False", "False", "True"]  # neither timm nor torchvision imported
+    assert loaded[3:] == built[3:]  # the same version string and input flip
     plain = _embed_in_a_fresh_process(tmp_path / "unused", tmp_path / "plain.npy", prepared=False)
-    assert plain[:2] == ["True", "True"] and not (tmp_path / "unused").exists()
+    assert plain[:3] == ["True", "True", "False"] and not (tmp_path / "unused").exists()
     # every process runs the same frozen graph, bit for bit; it is the built model, frozen
     first, again, eager = (np.load(tmp_path / f"{n}.npy") for n in ("built", "loaded", "plain"))
     assert np.array_equal(first, again)

@@ -52,5 +52,6 @@ def device_lines(backbone: Any | None = None) -> list[str]:
         lines.append(
             f"backbone {backbone.version} on {backbone.device}, {precision}, "
             f"channels_last={backbone.channels_last}"
+            + (", prepared graph" if getattr(backbone, "prepared", False) else "")
         )
     return lines

@@ -54,7 +54,8 @@ def machine_lines(backbone: Any, config: Any) -> list[str]:
         cpu_line(),
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; backbone "
         f"{backbone.version} on {backbone.device}, {precision}, channels_last="
-        f"{backbone.channels_last}",
+        f"{backbone.channels_last}"
+        + (", prepared graph" if getattr(backbone, "prepared", False) else ""),
         f"policy code: {_commit()}",
         f"controller: policy {config.policy}, reference {config.reference_size} -> "
         f"{config.reference_max_size}, drift window {config.drift_window} step "

@@ -204,6 +204,7 @@ class Backbone:
             torch.set_num_threads(self.spec.threads)
         self.device = _resolve_device(self.spec.device)
         self.flip_input = False
+        self.prepared = False  # True: it runs the frozen graph (backbone.prepared)
         self.channels_last = self.spec.channels_last
         self.bf16 = self.spec.bf16 and _bf16_supported(self.device)
         if self.spec.bf16 and not self.bf16:
@@ -271,6 +272,7 @@ class Backbone:
         self.version, self.architecture = info.version, info.architecture
         self.flip_input, self.mean, self.std = info.flip_input, info.mean, info.std
         self.feature_dim, self.num_classes = info.feature_dim, info.num_classes
+        self.prepared = True
         return True
 
     def _prepare(self, key: str) -> None:
@@ -291,7 +293,7 @@ class Backbone:
             prepared_dir(), key, self._runner, info, self.spec.image_size, self.channels_last
         )
         if frozen is not None:
-            self._runner = frozen
+            self._runner, self.prepared = frozen, True
 
     def __repr__(self) -> str:
         return (
