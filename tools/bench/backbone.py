@@ -1,4 +1,4 @@
-"""Raw backbone throughput (images/s): the chosen settings, then channels_last x bf16 on/off.
+"""Raw backbone throughput (images/s): the chosen settings, channels_last x bf16, prepared or not.
 
 Usage (from the repository root)::
 
@@ -102,6 +102,21 @@ def main(argv: list[str] | None = None) -> int:
             rate = measure_backbone_throughput(variant, args.batch, args.iters)
             note = "" if variant.bf16 == bf16 else "  (bf16 unsupported here: ran float32)"
             print(f"{channels_last!s:<14} {bf16!s:<6} {rate:6.1f}{note}")
+    # the prepared (frozen) graph against the built model it stores, float32, alternated
+    float32 = dataclasses.replace(chosen, bf16=False)
+    built = Backbone(dataclasses.replace(float32, prepared=False))
+    prepared = Backbone(float32)
+    if prepared.prepared:
+        rates: dict[str, list[float]] = {"built": [], "prepared": []}
+        for _ in range(3):
+            for name, variant in (("built", built), ("prepared", prepared)):
+                rates[name].append(measure_backbone_throughput(variant, args.batch, args.iters))
+        medians = {name: float(np.median(r)) for name, r in rates.items()}
+        print(
+            f"float32 built {medians['built']:.1f} img/s, prepared graph "
+            f"{medians['prepared']:.1f} img/s (median of 3 alternated rounds): "
+            f"ratio {medians['prepared'] / medians['built']:.2f}"
+        )
     return 0
 
 
