@@ -36,6 +36,7 @@ _FLAT_KEYS = [
     "batch_poison_limit",
     "torch_threads",
     "torch_compile",
+    "prepared_backbone",
     "score_chunks",
     "ood_threads",
     "calibration_wait_s",
