@@ -139,7 +139,7 @@ def load_prepared(
         with _quiet_torchscript():
             runner = torch.jit.load(str(graph), map_location="cpu")
         features, logits = probe(runner, image_size, channels_last)
-    except Exception as exc:
+    except Exception as exc:  # whatever went wrong, the answer is the same: build with timm
         _log.warning("prepared backbone %s unreadable (%s); building it again", graph, exc)
         return None
     expected = np.array(info.probe_features + info.probe_logits)
@@ -194,7 +194,7 @@ def save_prepared(
         sidecar_tmp.write_text(json.dumps(asdict(info)))
         graph_tmp.replace(folder / f"{key}.pt")  # the graph first: a sidecar names a whole file
         sidecar_tmp.replace(folder / f"{key}.json")
-    except Exception as exc:
+    except Exception as exc:  # preparing is an optimisation: it never fails a scorer
         _log.warning(
             "could not prepare backbone %s in %s (%s); it builds with timm", key, folder, exc
         )
