@@ -201,6 +201,9 @@ class Runner:
                 producer.flush(10)
                 consumer.close()
                 follower.close()
+                # the producer has no close: it stops when the last reference goes, and a
+                # Runner kept after its run (a bench, a test) must not hold it to a dead broker
+                self.ctx.extra.pop("producer", None)
 
     def _consume(self, consumer: Any) -> list[Any]:
         """Up to ``batch_size`` messages, waiting at most ``max_wait_s`` for them to come, and,
