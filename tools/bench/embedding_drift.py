@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processors.ingest.ztf.cutouts import CUTOUT_MODES
-from tools.bench.machine import cpu_line
+from tools.bench.machine import backbone_line, cpu_line
 from tools.bench.plants import TUNING, describe
 from tools.bench.real_drift import HUBBLE_TILE, ZTF_STRIP_DEG, _indices, _kinds
 from tools.bench.real_images import data_dir, load_hubble, load_ztf
@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cache = FeatureCache(args.cache)
     print(cpu_line())
-    precision = "bf16 autocast" if cache.backbone.bf16 else "float32"
-    print(f"backbone {cache.backbone.version}, {precision}")
+    print(backbone_line(cache.backbone))
     print(
         f"MMD (Gaussian, median bandwidth), window {args.window} step {args.step}, reference "
         f"{args.reference} ending {args.lag} before the window, p < {args.alpha} in "

@@ -48,10 +48,15 @@ def device_lines(backbone: Any | None = None) -> list[str]:
     else:
         lines.append(f"CUDA: none; torch {torch.__version__}, {torch.get_num_threads()} threads")
     if backbone is not None:
-        precision = "bf16 autocast" if backbone.bf16 else "float32"
-        lines.append(
-            f"backbone {backbone.version} on {backbone.device}, {precision}, "
-            f"channels_last={backbone.channels_last}"
-            + (", prepared graph" if getattr(backbone, "prepared", False) else "")
-        )
+        lines.append(backbone_line(backbone))
     return lines
+
+
+def backbone_line(backbone: Any) -> str:
+    """The backbone's version, device, precision, layout and whether it runs prepared."""
+    precision = "bf16 autocast" if backbone.bf16 else "float32"
+    return (
+        f"backbone {backbone.version} on {backbone.device}, {precision}, "
+        f"channels_last={backbone.channels_last}"
+        + (", prepared graph" if getattr(backbone, "prepared", False) else "")
+    )

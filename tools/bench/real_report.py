@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench.machine import cpu_line
+from tools.bench.machine import backbone_line, cpu_line
 from tools.bench.plants import describe
 from tools.bench.real_metrics import ChangeScore, StationaryScore
 
@@ -49,13 +49,9 @@ def machine_lines(backbone: Any, config: Any) -> list[str]:
     """What the figures depend on, one fact per line."""
     import torch
 
-    precision = "bf16 autocast" if backbone.bf16 else "float32"
     return [
         cpu_line(),
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; backbone "
-        f"{backbone.version} on {backbone.device}, {precision}, channels_last="
-        f"{backbone.channels_last}"
-        + (", prepared graph" if getattr(backbone, "prepared", False) else ""),
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; " + backbone_line(backbone),
         f"policy code: {_commit()}",
         f"controller: policy {config.policy}, reference {config.reference_size} -> "
         f"{config.reference_max_size}, drift window {config.drift_window} step "
