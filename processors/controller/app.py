@@ -86,6 +86,7 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
         FaustTable(windows, progress, lambda _: "window"),
     )
     service.start()  # replays control.events before the agents see their first record
+    app.resume_offset = service.resume_offset  # input partitions resume where the table ends
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     def _stop(app: faust.App, **_: Any) -> None:

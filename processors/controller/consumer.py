@@ -10,23 +10,37 @@ partition without one never does. Measured here: a controller worker restarted b
 the first 32 scores of one partition and every score of another, and the run never ended
 because its committed offsets never reached the sink's.
 
-:class:`RewindingConsumer` completes the seek: every stream partition that has no committed
-offset goes back to its earliest offset (``consumer_auto_offset_reset="earliest"`` is what such
-a partition means). Records handled before are handled again; the service recognises them by
-the per-source offsets in its table (:mod:`processors.controller.service`). Changelog partitions are
-left alone: table recovery positions them itself.
+:class:`RewindingConsumer` corrects the seek. A stream partition goes to where the service
+resumes it (:meth:`processors.controller.service.ControlService.resume_offset`: after the
+highest offset its table says it applied), else, without a committed offset, to its earliest
+offset (``consumer_auto_offset_reset="earliest"`` is what such a partition means). Records
+handled before are handled again; the service recognises them by the per-source offsets in its
+table. The table, not the committed offset, decides because Faust commits handled offsets on a
+timer without waiting for the changelog records of the state they produced (they wait in its
+producer buffer, whose flush gives up after 0.1 s without progress): a stop or crash between
+the two can leave the committed offset past the table, and the records in between would never
+be applied. The other way round, the table ahead of the commit (the usual case after a stop:
+commits run on a timer), it saves handling them twice. Changelog partitions are left alone:
+table recovery positions them itself. The seek runs after table recovery, so the table it
+reads is the restored one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
-__all__ = ["RewindingApp", "RewindingConsumer"]
+__all__ = ["ResumeOffset", "RewindingApp", "RewindingConsumer"]
+
+log = logging.getLogger(__name__)
+
+ResumeOffset = Callable[[str, int], int | None]
+"""(topic, partition) → the offset to resume at, or None to keep the committed one."""
 
 
 class RewindingConsumer(aiokafka_driver.Consumer):
@@ -35,13 +49,36 @@ class RewindingConsumer(aiokafka_driver.Consumer):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()
         changelogs = self.app.tables.changelog_topics
-        uncommitted = [
-            tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs
-        ]
+        streams = [tp for tp in committed if tp.topic not in changelogs]
+        resume: ResumeOffset = getattr(self.app, "resume_offset", _nowhere)
+        targets = {tp: resume(tp.topic, tp.partition) for tp in streams}
+        uncommitted = [tp for tp in streams if targets[tp] is None and not committed[tp]]
         if uncommitted:
             earliest = await self.earliest_offsets(*uncommitted)
-            await self.seek_wait({tp: earliest.get(tp) or 0 for tp in uncommitted})
-        return committed
+            targets.update({tp: earliest.get(tp) or 0 for tp in uncommitted})
+        # an uncommitted partition is always sought: aiokafka's position may be past its start
+        moves = {
+            tp: offset
+            for tp, offset in targets.items()
+            if offset is not None and (not committed[tp] or offset != committed[tp])
+        }
+        for tp, offset in sorted(moves.items()):
+            if offset != (committed[tp] or 0):
+                log.info(
+                    "controller: %s[%d] resumes at %d (committed: %s)",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    committed[tp],
+                )
+        if moves:
+            await self.seek_wait(moves)
+        # Faust drops records below the offsets returned here: return where each partition is
+        return {**committed, **moves}
+
+
+def _nowhere(topic: str, partition: int) -> int | None:
+    return None
 
 
 class _RewindingTransport(aiokafka_driver.Transport):
@@ -49,7 +86,12 @@ class _RewindingTransport(aiokafka_driver.Transport):
 
 
 class RewindingApp(faust.App):
-    """A Faust app whose consumer is a :class:`RewindingConsumer` (``kafka://`` brokers)."""
+    """A Faust app whose consumer is a :class:`RewindingConsumer` (``kafka://`` brokers).
+
+    ``resume_offset`` is set by whoever owns the state the stream partitions feed.
+    """
+
+    resume_offset: ResumeOffset = staticmethod(_nowhere)
 
     def _new_transport(self) -> Any:
         return _RewindingTransport(self.conf.broker_consumer, self)

@@ -12,11 +12,16 @@ it guarantees, in this order:
    (a decision made again after a restart: ids are deterministic) or was emitted by this
    process;
 4. at the end of the batch, for each source it touched: the changed ring blocks, then the
-   source's head (with the new offsets), on the source's partition.
+   source's head (with the new offsets), on the source's partition; then, for each input
+   partition in the batch, the highest offset handled (``applied|<topic>|<partition>``).
 
 A crash before 4 completes replays the records after the last head on the changelog; they make
 the same decisions with the same ids, which step 3 recognises, so no event is emitted twice and
-none is lost. The lane statistics
+none is lost. A restarted worker resumes each input partition after its applied offset
+(:meth:`ControlService.resume_offset`), not at the consumer group's committed one: Faust commits
+the offsets of handled records on a timer, without waiting for the table's changelog records
+to be delivered, so a commit can outrun the state it stands for (a stop or a crash in between
+would then lose those records for good). The lane statistics
 of closed tumbling windows (``stats_window_s``) go to a second table, ``lane_windows`` (JSON
 bytes per ``<source>|<model>|<window start>``), a bounded number per lane.
 """
@@ -36,7 +41,14 @@ from processors.controller.learning import LearningLoop
 from processors.controller.learning_table import LearningTable
 from processors.controller.lifecycle import Lifecycle
 from processors.controller.state import SourceState, StatsWindow
-from processors.controller.tables import ChangelogTable, TableRing, head_key, load_head
+from processors.controller.tables import (
+    ChangelogTable,
+    TableRing,
+    applied_key,
+    head_key,
+    load_applied,
+    load_head,
+)
 from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
 from processors.core.config import Settings
@@ -131,6 +143,7 @@ class ControlService:
         self.follower: ControlFollower | None = None
         self.producer: Any = None
         self._heads: dict[str, SourceState] = {}
+        self._applied: dict[tuple[str, int], int | None] = {}
         self._emitted: OrderedDict[str, None] = OrderedDict()
         self._revised = RecentIds()  # (image, model, revision) produced: the stop condition's
         self._partitions = TOPICS["scores"].partitions
@@ -155,6 +168,22 @@ class ControlService:
         if source not in self._heads:
             self._heads[source] = load_head(self.table, source)
         return self._heads[source]
+
+    def resume_offset(self, topic: str, partition: int) -> int | None:
+        """Where a restarted worker resumes ``topic``'s ``partition`` (a full topic name, as the
+        consumer knows it): the offset after the highest one applied, or None when this epoch
+        of the topic was never applied (then the committed offset, or the earliest)."""
+        for base in ("scores", "images.dlq", "candidates"):
+            if topic == self.settings.topic(base):
+                applied = self._applied_offset(epoch_topic(base, self.epoch), partition)
+                return None if applied is None else applied + 1
+        return None
+
+    def _applied_offset(self, topic: str, partition: int) -> int | None:
+        key = (topic, partition)
+        if key not in self._applied:
+            self._applied[key] = load_applied(self.table, topic, partition)
+        return self._applied[key]
 
     # -- records -----------------------------------------------------------------------------
     def on_scores(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
@@ -183,7 +212,7 @@ class ControlService:
             src.mark(epoch_topic("scores", self.epoch), partition, offset)
             touched[src.source] = partition
             self.progress.add("applied")
-        self._save(touched)
+        self._save(touched, "scores", batch)
         self.progress.write()
 
     def on_score(self, partition: int, offset: int, value: bytes) -> None:
@@ -212,7 +241,7 @@ class ControlService:
             self._emit(self.controller.on_dead_letter(src, letter, self.control))
             src.mark(epoch_topic("images.dlq", self.epoch), partition, offset)
             touched[source] = partition
-        self._save(touched)
+        self._save(touched, "images.dlq", batch)
 
     def on_dead_letter(self, partition: int, offset: int, value: bytes) -> None:
         self.on_dead_letters([(partition, offset, value)])
@@ -239,7 +268,7 @@ class ControlService:
             self.progress.add("candidates")
         if touched:
             self.learning_table.save(self.learning.state)
-        self._save(touched)
+        self._save(touched, "candidates", batch)
 
     def _label_boxes(self, candidate: CandidateRecord) -> list[Box] | None:
         """A canary-served pseudo-label's boxes (its training sample), for the detector
@@ -262,14 +291,27 @@ class ControlService:
             self._learning_loaded = True
         return self.learning
 
-    def _save(self, touched: dict[str, int]) -> None:
+    def _save(
+        self, touched: dict[str, int], base: str, batch: Sequence[tuple[int, int, bytes]]
+    ) -> None:
         """Ring blocks, then the head, of each touched source, on its partition (in order);
-        then the lifecycle's rollout tracks, when any model is in rollout."""
+        then the lifecycle's rollout tracks, when any model is in rollout; last, the highest
+        offset of each of ``base``'s partitions in the batch, on that partition (after the
+        heads it stands for)."""
         for source, partition in touched.items():
             self.ring.flush(source, partition)
             self.table.put(head_key(source), self.head(source).to_bytes(), partition)
         if touched and (self.lifecycle.tracks or self.table.get(ROLLOUTS_KEY) is not None):
             self.table.put(ROLLOUTS_KEY, self.lifecycle.to_bytes(), 0)
+        topic = epoch_topic(base, self.epoch)
+        highest: dict[int, int] = {}
+        for partition, offset, _value in batch:
+            highest[partition] = max(offset, highest.get(partition, -1))
+        for partition, offset in highest.items():
+            applied = self._applied_offset(topic, partition)
+            if applied is None or offset > applied:
+                self.table.put(applied_key(topic, partition), str(offset).encode(), partition)
+                self._applied[(topic, partition)] = offset
 
     def _lifecycle(self) -> Lifecycle:
         """The lifecycle, its tracks restored from the table on first use after a start."""

@@ -10,6 +10,11 @@ changelog messages share one topic partition per source and keep their order:
   since the block was last written whole; a slot's entry is the one with the higher ``seq`` of
   the block's and the loose slot's.
 
+- ``applied|<topic>|<partition>`` → the highest offset of that input partition the service has
+  applied (ASCII digits; ``topic`` with its hot-log epoch, ``scores#2``), written after the heads
+  of the batch that reached it: where a restarted worker resumes
+  (:mod:`processors.controller.consumer`), whatever offset the consumer group committed.
+
 Beside them, on partition 0: ``rollouts`` (the lifecycle's tracks) and ``learning`` with its
 chunks ``learning|<c>`` (:mod:`processors.controller.learning_table`).
 
@@ -45,9 +50,11 @@ __all__ = [
     "DictTable",
     "FaustTable",
     "TableRing",
+    "applied_key",
     "changelog_topics",
     "folded",
     "head_key",
+    "load_applied",
     "load_head",
     "ring_key",
 ]
@@ -66,6 +73,11 @@ def changelog_topics(settings: Settings) -> list[str]:
 
 def head_key(source: str) -> str:
     return f"source|{source}"
+
+
+def applied_key(topic: str, partition: int) -> str:
+    """The key of the highest applied offset of one input partition (``topic`` with its epoch)."""
+    return f"applied|{topic}|{partition}"
 
 
 def ring_key(source: str, model: str, block: int, slot: int | None = None) -> str:
@@ -279,3 +291,9 @@ def _seq(entry: bytes) -> int:
 def load_head(table: ChangelogTable, source: str) -> SourceState:
     raw = table.get(head_key(source))
     return SourceState(source) if raw is None else SourceState.from_bytes(raw)
+
+
+def load_applied(table: ChangelogTable, topic: str, partition: int) -> int | None:
+    """The highest offset of ``topic``'s ``partition`` the service applied, if it ever did."""
+    raw = table.get(applied_key(topic, partition))
+    return None if raw is None else int(raw)
