@@ -171,12 +171,14 @@ class ControlService:
 
     def resume_offset(self, topic: str, partition: int) -> int | None:
         """Where a restarted worker resumes ``topic``'s ``partition`` (a full topic name, as the
-        consumer knows it): the offset after the highest one applied, or None when this epoch
-        of the topic was never applied (then the committed offset, or the earliest)."""
+        consumer knows it): the offset after the highest one applied; 0, the beginning, when
+        this epoch of the partition was never applied (whatever its group committed: the
+        commit may stand for state that never reached the table); None for a topic that is not
+        one of the service's inputs."""
         for base in ("scores", "images.dlq", "candidates"):
             if topic == self.settings.topic(base):
                 applied = self._applied_offset(epoch_topic(base, self.epoch), partition)
-                return None if applied is None else applied + 1
+                return 0 if applied is None else applied + 1
         return None
 
     def _applied_offset(self, topic: str, partition: int) -> int | None:
@@ -306,12 +308,30 @@ class ControlService:
         topic = epoch_topic(base, self.epoch)
         highest: dict[int, int] = {}
         for partition, offset, _value in batch:
-            highest[partition] = max(offset, highest.get(partition, -1))
+            last = highest.get(partition, self._applied_offset(topic, partition))
+            if last is not None and offset > last + 1:
+                self._gap(topic, partition, last, offset)
+            highest[partition] = max(offset, -1 if last is None else last)
         for partition, offset in highest.items():
             applied = self._applied_offset(topic, partition)
             if applied is None or offset > applied:
                 self.table.put(applied_key(topic, partition), str(offset).encode(), partition)
                 self._applied[(topic, partition)] = offset
+
+    def _gap(self, topic: str, partition: int, last: int, offset: int) -> None:
+        """Records between ``last`` and ``offset`` were never handed to the service: counted
+        and logged, as loud as a loss deserves (retention deleting unread records is the only
+        expected cause)."""
+        missing = offset - last - 1
+        self.progress.add("gaps", missing)
+        log.error(
+            "controller: %s[%d] went from offset %d to %d: %d records never seen",
+            topic,
+            partition,
+            last,
+            offset,
+            missing,
+        )
 
     def _lifecycle(self) -> Lifecycle:
         """The lifecycle, its tracks restored from the table on first use after a start."""

@@ -62,6 +62,7 @@ def test_compaction_between_stops_keeps_the_tables_and_the_decisions(
         clean.stop()
         compacted.stop()
 
+    assert not clean.gaps() and not compacted.gaps(), "records skipped"
     controller = [r for r in results if r.topic == topics[0]]
     assert controller and all(r.records_after < r.records_before for r in controller)
     ids = [e["event_id"] for e in compacted.events()]

@@ -57,14 +57,15 @@ def test_the_table_says_where_each_input_partition_resumes(
     table = OrderedTable()
     service = _service(settings, table)
     topic = settings.topic("scores")
-    assert service.resume_offset(topic, 1) is None  # never applied: the committed offset rules
+    # never applied: from the beginning, whatever the group committed
+    assert service.resume_offset(topic, 1) == 0
 
     service.on_scores([(1, 10 + i, value) for i, value in enumerate(scores[:20])])
     service.on_scores([(1, 30, b"not avro"), (2, 5, b"not avro")])  # handled, though unreadable
     assert service.resume_offset(topic, 1) == 31
     assert service.resume_offset(topic, 2) == 6
-    assert service.resume_offset(topic, 0) is None
-    assert service.resume_offset(settings.topic("images.dlq"), 1) is None  # per input topic
+    assert service.resume_offset(topic, 0) == 0
+    assert service.resume_offset(settings.topic("images.dlq"), 1) == 0  # per input topic
     assert service.resume_offset("someone-elses-topic", 1) is None
     # written after the heads it stands for, so a changelog cut anywhere never resumes past them
     first = table.writes.index("applied|scores|1")
@@ -77,3 +78,14 @@ def test_the_table_says_where_each_input_partition_resumes(
     assert restarted.resume_offset(topic, 1) == 31
     assert restarted.progress.counts["redelivered"] == 20
     assert restarted.progress.counts.get("applied", 0) == 0
+
+
+def test_records_never_handed_over_are_counted_as_a_gap(settings: Settings) -> None:
+    service = _service(settings, OrderedTable())
+    service.on_scores([(0, 3, b"x"), (0, 4, b"x"), (1, 0, b"x")])
+    assert "gaps" not in service.progress.counts  # a first record anywhere is no gap
+    service.on_scores([(0, 4, b"x"), (0, 5, b"x")])  # redelivered, then the next: no gap
+    assert "gaps" not in service.progress.counts
+    service.on_scores([(0, 9, b"x"), (1, 1, b"x"), (1, 5, b"x")])
+    assert service.progress.counts["gaps"] == 3 + 3  # 6-8 on partition 0, 2-4 on 1
+    assert service.resume_offset(settings.topic("scores"), 0) == 10
