@@ -17,8 +17,10 @@ it guarantees, in this order:
 
 A crash before 4 completes replays the records after the last head on the changelog; they make
 the same decisions with the same ids, which step 3 recognises, so no event is emitted twice and
-none is lost. A restarted worker resumes each input partition after its applied offset
-(:meth:`ControlService.resume_offset`), not at the consumer group's committed one: Faust commits
+none is lost. A restarted worker resumes each input partition after its applied offset, or at
+its beginning when it never applied it (:meth:`ControlService.resume_offset`), never at the
+consumer group's committed one (one key per partition and hot-log epoch; the epoch before's is
+deleted when the new one's is first written): Faust commits
 the offsets of handled records on a timer, without waiting for the table's changelog records
 to be delivered, so a commit can outrun the state it stands for (a stop or a crash in between
 would then lose those records for good). The lane statistics
@@ -317,6 +319,10 @@ class ControlService:
             if applied is None or offset > applied:
                 self.table.put(applied_key(topic, partition), str(offset).encode(), partition)
                 self._applied[(topic, partition)] = offset
+            if applied is None and self.epoch > 0:  # the epoch before is gone: so is its key
+                self.table.delete(
+                    applied_key(epoch_topic(base, self.epoch - 1), partition), partition
+                )
 
     def _gap(self, topic: str, partition: int, last: int, offset: int) -> None:
         """Records between ``last`` and ``offset`` were never handed to the service: counted

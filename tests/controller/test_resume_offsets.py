@@ -89,3 +89,19 @@ def test_records_never_handed_over_are_counted_as_a_gap(settings: Settings) -> N
     service.on_scores([(0, 9, b"x"), (1, 1, b"x"), (1, 5, b"x")])
     assert service.progress.counts["gaps"] == 3 + 3  # 6-8 on partition 0, 2-4 on 1
     assert service.resume_offset(settings.topic("scores"), 0) == 10
+
+
+def test_a_new_hot_log_epoch_resumes_at_its_beginning_and_drops_the_old_key(
+    settings: Settings,
+) -> None:
+    table = OrderedTable()
+    service = _service(settings, table)
+    service.on_scores([(2, 40, b"x")])
+    assert "applied|scores|2" in table.data
+    rotated = _service(settings, table)  # the worker after a rotation: offsets restart at 0
+    rotated.epoch = 1
+    assert rotated.resume_offset(settings.topic("scores"), 2) == 0
+    rotated.on_scores([(2, 0, b"x")])
+    assert "gaps" not in rotated.progress.counts
+    assert "applied|scores|2" not in table.data  # bounded: one key per partition and epoch
+    assert rotated.resume_offset(settings.topic("scores"), 2) == 1
