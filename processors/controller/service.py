@@ -308,12 +308,15 @@ class ControlService:
         if touched and (self.lifecycle.tracks or self.table.get(ROLLOUTS_KEY) is not None):
             self.table.put(ROLLOUTS_KEY, self.lifecycle.to_bytes(), 0)
         topic = epoch_topic(base, self.epoch)
-        highest: dict[int, int] = {}
+        highest: dict[int, int] = {}  # per partition: the highest offset handled so far
         for partition, offset, _value in batch:
-            last = highest.get(partition, self._applied_offset(topic, partition))
+            if partition in highest:
+                last: int | None = highest[partition]
+            else:  # the table's, looked up once per partition and batch
+                last = self._applied_offset(topic, partition)
             if last is not None and offset > last + 1:
                 self._gap(topic, partition, last, offset)
-            highest[partition] = max(offset, -1 if last is None else last)
+            highest[partition] = offset if last is None else max(offset, last)
         for partition, offset in highest.items():
             applied = self._applied_offset(topic, partition)
             if applied is None or offset > applied:
