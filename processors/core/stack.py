@@ -7,7 +7,8 @@ process outlives the stack (also on Ctrl-C, via the context manager).
 
 Durable option (``storage_dir``): the broker keeps its log, topics and committed offsets in S3
 storage served by a ``localbucket`` child process from that folder (Tansu's only durable
-engine in this build: ARCHITECTURE.md, "The local stack"), so a broker started again on the
+engine in this build: ARCHITECTURE.md, "The local stack"), with the compare-and-set writes
+Tansu relies on (:mod:`processors.core.cas_bucket`), so a broker started again on the
 same folder, even after a ``kill -9`` of everything, has every acknowledged record and committed
 offset.
 """
@@ -30,6 +31,9 @@ from processors.core.exceptions import StackError
 from processors.core.supervisor import guarded, terminate
 
 __all__ = ["EmbeddedBroker", "free_port", "tansu_binary"]
+
+_BUCKET_SERVER = "processors.core.cas_bucket"
+"""``localbucket`` with compare-and-set writes, which Tansu's S3 engine needs (its docstring)."""
 
 
 def tansu_binary() -> Path:
@@ -97,7 +101,7 @@ class EmbeddedBroker:
         port = free_port()
         self._bucket = subprocess.Popen(
             guarded(
-                [sys.executable, "-m", "localbucket", "--port", str(port), str(self.storage_dir)]
+                [sys.executable, "-m", _BUCKET_SERVER, "--port", str(port), str(self.storage_dir)]
             ),
             stdout=log,
             stderr=subprocess.STDOUT,
