@@ -14,7 +14,8 @@ file by table and key kind.
 
 What it emits and in which order is :mod:`processors.controller.service`'s contract; what it decides
 is :mod:`processors.controller.controller`'s. A timer (every second) lifts the controller's expired
-pauses and refreshes the metrics.
+pauses, refreshes the metrics, and seeks back a partition whose records came with a hole that
+stayed open (:mod:`processors.controller.ordering`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from processors.controller.consumer import RewindingApp
 from processors.controller.service import ControlService
@@ -96,6 +98,12 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     @app.timer(1.0)
     async def _tick() -> None:
         service.tick()
+        for topic, partition, offset in service.rewinds():  # holes open too long: fetch again
+            log.warning("controller: %s[%d] rewinds to %d", topic, partition, offset)
+            try:
+                await app.consumer.seek(TP(topic, partition), offset)
+            except Exception as exc:  # not assigned here any more: the hole is accepted later
+                log.warning("controller: %s[%d] not rewound: %s", topic, partition, exc)
 
     def records(events: Any) -> list[tuple[int, int, bytes]]:
         return [(e.message.partition, e.message.offset, e.value) for e in events]

@@ -3,6 +3,9 @@
 :class:`ControlService` is what the Faust agents call. For each record (a score, a dead letter)
 it guarantees, in this order:
 
+0. records of a partition are handled in offset order: one that arrives past a hole waits until
+   the hole fills (:mod:`processors.controller.ordering`, which also asks the app to rewind a
+   partition whose hole stays open, and accepts the hole, as a counted gap, after that);
 1. a record at or below the source's last applied offset for its topic partition is skipped
    (redelivered after a restart: its effects are in the table already);
 2. the pure :class:`~processors.controller.controller.Controller` decides (ring entries go to
@@ -25,16 +28,15 @@ the offsets of handled records on a timer, without waiting for the table's chang
 to be delivered, so a commit can outrun the state it stands for (a stop or a crash in between
 would then lose those records for good). The lane statistics
 of closed tumbling windows (``stats_window_s``) go to a second table, ``lane_windows`` (JSON
-bytes per ``<source>|<model>|<window start>``), a bounded number per lane.
+bytes per ``<source>|<model>|<window start>``), a bounded number per lane
+(:mod:`processors.controller.windows`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +44,8 @@ from processors.controller.controller import Controller, ControllerConfig, Emit
 from processors.controller.learning import LearningLoop
 from processors.controller.learning_table import LearningTable
 from processors.controller.lifecycle import Lifecycle
-from processors.controller.state import SourceState, StatsWindow
+from processors.controller.ordering import InOrder, Record
+from processors.controller.state import SourceState
 from processors.controller.tables import (
     ChangelogTable,
     TableRing,
@@ -51,6 +54,7 @@ from processors.controller.tables import (
     load_applied,
     load_head,
 )
+from processors.controller.windows import roll_window
 from processors.core.artifacts import ArtifactStore
 from processors.core.codec import default_codec
 from processors.core.config import Settings
@@ -68,7 +72,6 @@ from processors.core.metrics import (
     CONTROL_EVENTS,
     DRIFT_STATISTIC,
     DRIFTS,
-    FLAG_RATE,
     FLAG_RATE_TARGET,
     PIPELINE_PAUSED,
     SOURCE_PAUSED,
@@ -87,7 +90,6 @@ __all__ = ["ControlService", "dead_letter_source"]
 
 log = logging.getLogger(__name__)
 
-WINDOWS_KEPT = 60
 ROLLOUTS_KEY = "rollouts"  # the lifecycle's tracks (processors.controller.lifecycle), partition 0
 
 
@@ -146,6 +148,7 @@ class ControlService:
         self.producer: Any = None
         self._heads: dict[str, SourceState] = {}
         self._applied: dict[tuple[str, int], int | None] = {}
+        self.order = InOrder(self._applied_offset)
         self._emitted: OrderedDict[str, None] = OrderedDict()
         self._revised = RecentIds()  # (image, model, revision) produced: the stop condition's
         self._partitions = TOPICS["scores"].partitions
@@ -195,6 +198,7 @@ class ControlService:
 
         Each touched source's ring blocks and then its head are written once, at the end.
         """
+        batch = self._admit("scores", batch)
         touched: dict[str, int] = {}
         for partition, offset, value in batch:
             self.progress.add("consumed")
@@ -210,7 +214,7 @@ class ControlService:
             if src.seen(epoch_topic("scores", self.epoch), partition, offset):
                 self.progress.add("redelivered")
                 continue
-            self._roll_window(src, score, partition)
+            roll_window(self.windows, src, score, partition, self.settings.health.stats_window_s)
             self._emit(self.controller.on_score(src, score, self.control))
             self._emit([Emit(e) for e in self._lifecycle().on_score(score, self.control)])
             src.mark(epoch_topic("scores", self.epoch), partition, offset)
@@ -224,6 +228,7 @@ class ControlService:
 
     def on_dead_letters(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
         """Fold a batch of dead letters: errors of their sources and of the pipeline."""
+        batch = self._admit("images.dlq", batch)
         touched: dict[str, int] = {}
         for partition, offset, value in batch:
             try:
@@ -253,6 +258,7 @@ class ControlService:
     def on_candidates(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
         """Fold a batch of candidates: pseudo-labels into the dataset (and retrain requests),
         detector outputs into the lifecycle of the detectors under rollout."""
+        batch = self._admit("candidates", batch)
         touched: dict[str, int] = {}
         for partition, offset, value in batch:
             try:
@@ -308,15 +314,9 @@ class ControlService:
         if touched and (self.lifecycle.tracks or self.table.get(ROLLOUTS_KEY) is not None):
             self.table.put(ROLLOUTS_KEY, self.lifecycle.to_bytes(), 0)
         topic = epoch_topic(base, self.epoch)
-        highest: dict[int, int] = {}  # per partition: the highest offset handled so far
+        highest: dict[int, int] = {}  # per partition: the highest offset handled
         for partition, offset, _value in batch:
-            if partition in highest:
-                last: int | None = highest[partition]
-            else:  # the table's, looked up once per partition and batch
-                last = self._applied_offset(topic, partition)
-            if last is not None and offset > last + 1:
-                self._gap(topic, partition, last, offset)
-            highest[partition] = offset if last is None else max(offset, last)
+            highest[partition] = max(offset, highest.get(partition, offset))
         for partition, offset in highest.items():
             applied = self._applied_offset(topic, partition)
             if applied is None or offset > applied:
@@ -327,18 +327,49 @@ class ControlService:
                     applied_key(epoch_topic(base, self.epoch - 1), partition), partition
                 )
 
-    def _gap(self, topic: str, partition: int, last: int, offset: int) -> None:
-        """Records between ``last`` and ``offset`` were never handed to the service: counted
+    # -- order ------------------------------------------------------------------------------
+    def _admit(self, base: str, batch: Sequence[Record]) -> list[Record]:
+        """What of ``batch`` to handle now, in offset order per partition (step 0)."""
+        ready, accepted = self.order.admit(epoch_topic(base, self.epoch), batch)
+        for hole in accepted:
+            self._gap(hole.stream, hole.partition, hole.expected, hole.missing)
+        return ready
+
+    def rewinds(self) -> list[tuple[str, int, int]]:
+        """``(topic, partition, offset)`` to seek the consumer to: holes open too long."""
+        streams = {epoch_topic(base, self.epoch): base for base in self._handlers()}
+        return [
+            (self.settings.topic(streams[r.stream]), r.partition, r.offset)
+            for r in self.order.rewinds()
+            if r.stream in streams
+        ]
+
+    def _handlers(self) -> dict[str, Any]:
+        return {
+            "scores": self.on_scores,
+            "images.dlq": self.on_dead_letters,
+            "candidates": self.on_candidates,
+        }
+
+    def _release_overdue(self) -> None:
+        """Accept the holes still open after their rewind: handle what waited behind them."""
+        streams = {epoch_topic(base, self.epoch): h for base, h in self._handlers().items()}
+        for hole in self.order.overdue():
+            self._gap(hole.stream, hole.partition, hole.expected, hole.missing)
+            if hole.stream in streams:  # (records are below the next offset: not held again)
+                streams[hole.stream](hole.records)
+
+    def _gap(self, topic: str, partition: int, expected: int, missing: int) -> None:
+        """``missing`` records from ``expected`` on were never handed to the service: counted
         and logged, as loud as a loss deserves (retention deleting unread records is the only
         expected cause)."""
-        missing = offset - last - 1
         self.progress.add("gaps", missing)
         log.error(
-            "controller: %s[%d] went from offset %d to %d: %d records never seen",
+            "controller: %s[%d]: offsets %d to %d never arrived (%d records never seen)",
             topic,
             partition,
-            last,
-            offset,
+            expected,
+            expected + missing - 1,
             missing,
         )
 
@@ -352,7 +383,10 @@ class ControlService:
         return self.lifecycle
 
     def tick(self, now: datetime | None = None) -> None:
-        """Timer: lift the controller's expired pauses; refresh the gauges."""
+        """Timer: accept holes open too long; lift the controller's expired pauses; refresh the
+        gauges."""
+        self._release_overdue()
+        self.progress.set("held", self.order.held())
         state = self.control
         now = now or datetime.now(UTC)
         self._emit(self.controller.on_tick(now, state))
@@ -410,23 +444,3 @@ class ControlService:
                 self.progress.set("revisions", self._revised.count)
         if self.producer.flush(30) != 0:
             raise StackError("revised decisions were not delivered within 30 s")
-
-    def _roll_window(self, src: SourceState, score: ScoreRecord, partition: int) -> None:
-        """Close the lane's tumbling stats window when this score starts a new one."""
-        size = self.settings.health.stats_window_s
-        at = score["scored_at"].timestamp()
-        start = datetime.fromtimestamp(at - at % size, UTC).isoformat()
-        lane = src.lane(score["model_version"])
-        if lane.stats.start == start:
-            return
-        if lane.stats.scored:
-            key = f"{src.source}|{lane.model}|{lane.stats.start}"
-            self.windows.put(
-                key, json.dumps(asdict(lane.stats), sort_keys=True).encode(), partition
-            )
-            FLAG_RATE.labels(src.source, lane.model).set(lane.stats.flagged / lane.stats.scored)
-            lane.windows = [*lane.windows, lane.stats.start]
-            while len(lane.windows) > WINDOWS_KEPT:
-                old = lane.windows.pop(0)
-                self.windows.delete(f"{src.source}|{lane.model}|{old}", partition)
-        lane.stats = StatsWindow(start=start)

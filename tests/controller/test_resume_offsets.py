@@ -82,13 +82,20 @@ def test_the_table_says_where_each_input_partition_resumes(
 
 def test_records_never_handed_over_are_counted_as_a_gap(settings: Settings) -> None:
     service = _service(settings, OrderedTable())
+    service.order.wait_s = 0.0  # a hole is rewound, then accepted, at the next ticks
+    topic = settings.topic("scores")
     service.on_scores([(0, 3, b"x"), (0, 4, b"x"), (1, 0, b"x")])
     assert "gaps" not in service.progress.counts  # a first record anywhere is no gap
     service.on_scores([(0, 4, b"x"), (0, 5, b"x")])  # redelivered, then the next: no gap
     assert "gaps" not in service.progress.counts
     service.on_scores([(0, 9, b"x"), (1, 1, b"x"), (1, 5, b"x")])
+    assert "gaps" not in service.progress.counts  # 9 and 5 wait for their holes to fill
+    assert service.resume_offset(topic, 0) == 6
+    assert service.rewinds() == [(topic, 0, 6), (topic, 1, 2)]
+    service.tick()  # still open after the rewind: accepted
     assert service.progress.counts["gaps"] == 3 + 3  # 6-8 on partition 0, 2-4 on 1
-    assert service.resume_offset(settings.topic("scores"), 0) == 10
+    assert service.resume_offset(topic, 0) == 10
+    assert service.resume_offset(topic, 1) == 6
 
 
 def test_a_new_hot_log_epoch_resumes_at_its_beginning_and_drops_the_old_key(
