@@ -17,8 +17,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -192,3 +194,65 @@ def test_a_read_pairs_the_body_with_its_own_etag(server: tuple[str, str]) -> Non
         assert mismatched, f"no mismatch in {reads} reads"
     else:
         assert reads > 50 and not mismatched
+
+
+_KEYS = [
+    "c/t/partitions/0/records/00000000000000000000.batch",
+    "c/t/partitions/0/records/00000000000000000003.batch",
+    "c/t/partitions/0/records/00000000000000000007.batch",
+    "c/t/partitions/0/watermark.json",
+    "c/t/partitions/1/records/00000000000000000000.batch",
+    "c/t/partitions/10/records/00000000000000000000.batch",
+    "c/t/partitions/0/rec.txt",
+    "c/u/x",
+    "c/t2/y",
+    "meta.json",
+]
+
+
+def _listing(endpoint: str, query: dict[str, str]) -> list[tuple[str, ...]]:
+    """Every page of a ListObjectsV2 (following its continuation tokens): the prefix asked,
+    keys and common prefixes in order, and whether it was truncated."""
+    pages: list[tuple[str, ...]] = []
+    token = None
+    while True:
+        args = {"list-type": "2", **query, **({"continuation-token": token} if token else {})}
+        with urllib.request.urlopen(f"{endpoint}/bucket?{urlencode(args)}", timeout=5) as r:
+            root = ET.fromstring(r.read())
+        text = [e.text or "" for e in root.iter() if e.tag.split("}")[1] in ("Key", "Prefix")]
+        truncated = root.findtext("{*}IsTruncated")
+        pages.append((*text, str(truncated)))
+        token = root.findtext("{*}NextContinuationToken")
+        if not token:
+            return pages
+
+
+def test_a_listing_from_the_prefix_folder_answers_as_a_walk_of_the_bucket(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    servers = [_serve(module, folder) for module in ("localbucket", "processors.core.cas_bucket")]
+    try:
+        for key in _KEYS:
+            _request("PUT", f"{servers[0][1]}/bucket/{key}", key.encode())
+        queries = [
+            {"prefix": prefix, **extra}
+            for prefix in ("", "c/", "c/t", "c/t/", "c/t/partitions/0/rec", "c/t/partitions/0/")
+            for extra in (
+                {},
+                {"delimiter": "/"},
+                {"max-keys": "1"},
+                {"max-keys": "2", "delimiter": "/"},
+                {"start-after": "c/t/partitions/0/records/00000000000000000000.batch"},
+                {"start-after": "a"},
+                {"start-after": "z"},
+            )
+        ]
+        for query in queries:
+            plain, scoped = (_listing(endpoint, query) for _, endpoint in servers)
+            assert scoped == plain, query
+        records = "c/t/partitions/0/records/"
+        (page,) = _listing(servers[1][1], {"prefix": records})
+        assert page == (records, *(k for k in _KEYS if k.startswith(records)), "false")
+    finally:
+        for proc, _ in servers:
+            proc.kill()
+            proc.wait()
