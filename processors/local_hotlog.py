@@ -16,7 +16,7 @@ from typing import TextIO
 from processors.controller.tables import changelog_topics
 from processors.core.compaction import compact_in_child
 from processors.core.config import Settings
-from processors.core.retention import HotLog, groups_past
+from processors.core.retention import HotLog, broker_rss_bytes, groups_past
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.topology import resolve
@@ -47,7 +47,7 @@ def hot_log(
         settings,
         broker.bootstrap_servers,
         progress,
-        lambda: broker.pid,
+        lambda: broker_rss_bytes(broker.pid),
         drained,
         [resolve(w).group for w in HOT_LOG_CONSUMERS],
         lambda rotate: sup.recycle("controller", rotate),

@@ -262,7 +262,9 @@ class Rotation:
 class HotLog:
     """The supervisor's side: decides when to rotate and walks the phases (module docstring).
 
-    ``drained()`` is the run's stop condition with ingest held; ``consumers`` are the progress
+    ``broker_bytes()`` is what the broker holds now (its resident memory,
+    :func:`broker_rss_bytes`); ``drained()`` is the run's stop condition with ingest held;
+    ``consumers`` are the progress
     names of the batch-loop workers that must acknowledge a release; ``around(rotate)`` runs
     ``rotate`` with the Faust controller down (``Supervisor.recycle``; the identity when there
     is none); ``compact`` (optional) compacts its changelogs then, after the data topics are
@@ -274,7 +276,7 @@ class HotLog:
         settings: Settings,
         bootstrap: str,
         progress_dir: Path,
-        broker_pid: Callable[[], int | None],
+        broker_bytes: Callable[[], int],
         drained: Callable[[], bool],
         consumers: Iterable[str],
         around: Callable[[Callable[[], None]], object],
@@ -285,7 +287,7 @@ class HotLog:
         self.settings = settings
         self.bootstrap = bootstrap
         self.progress_dir = progress_dir
-        self.broker_pid = broker_pid
+        self.broker_bytes = broker_bytes
         self.drained = drained
         self.consumers = tuple(consumers)
         self.around = around
@@ -295,9 +297,11 @@ class HotLog:
         self.compacted: list[Compacted] = []
         self.bound = settings.broker.log_retention_bytes
         self.max_age_s = settings.broker.log_retention_s
-        self.floor = broker_rss_bytes(broker_pid())
+        self.floor = broker_bytes()
         self.epoch_started = time.monotonic()
-        self.epoch = 0
+        # a resumed run goes on from its last epoch: numbering again from 0 would reach an
+        # epoch whose position keys the controller's table still holds, and resume past them
+        self.epoch = read_signal(progress_dir)[0]
         self.rotations = 0
         self.aborted = 0
         self.current: Rotation | None = None
@@ -308,7 +312,7 @@ class HotLog:
 
     def held_bytes(self) -> int:
         """What the broker grew since the last rotation (its resident memory over the floor)."""
-        return max(0, broker_rss_bytes(self.broker_pid()) - self.floor)
+        return max(0, self.broker_bytes() - self.floor)
 
     def due(self, now: float) -> bool:
         held = self.held_bytes()
@@ -350,7 +354,7 @@ class HotLog:
             )
             if not acked:
                 return
-            before = broker_rss_bytes(self.broker_pid())
+            before = self.broker_bytes()
 
             compacted: list[Compacted] = []
             compact_s = [0.0]
@@ -387,7 +391,7 @@ class HotLog:
         rotation instead of letting the broker grow by one bound per timeout."""
         time.sleep(0.2)  # the allocator hands freed pages back
         if not keep_floor:
-            self.floor = broker_rss_bytes(self.broker_pid())
+            self.floor = self.broker_bytes()
         self.epoch_started = time.monotonic()
         self.current = None
         write_signal(self.progress_dir, rot.epoch, OPEN)

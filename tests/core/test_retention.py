@@ -18,7 +18,7 @@ from processors.core.config import Settings, load_settings
 from processors.core.control import ControlState
 from processors.core.kafka import ensure_topics, make_consumer, make_producer
 from processors.core.records import TOPICS
-from processors.core.retention import HotLog, broker_rss_bytes, read_signal
+from processors.core.retention import HotLog, broker_rss_bytes, read_signal, write_signal
 from processors.core.runner import InMessage, OutMessage, RunContext, Runner
 from processors.core.stack import EmbeddedBroker
 
@@ -130,7 +130,7 @@ def test_rotation_waits_for_every_group_and_loses_nothing(
         settings,
         bootstrap,
         progress,
-        lambda: broker.pid,
+        lambda: broker_rss_bytes(broker.pid),
         lambda: len(fast.seen) >= len(first) and len(slow.seen) >= len(first),
         ["fast", "slow"],
         around,
@@ -183,7 +183,7 @@ def test_unacknowledged_release_deletes_nothing(
         settings,
         bootstrap,
         progress,
-        lambda: broker.pid,
+        lambda: broker_rss_bytes(broker.pid),
         lambda: True,
         ["absent"],
         lambda rotate: rotate(),
@@ -312,3 +312,20 @@ def test_the_controllers_offset_guard_starts_over_in_each_epoch() -> None:
     src.mark(epoch_topic("images.dlq", 1), 2, 0)
     assert src.seen(epoch_topic("scores", 1), 2, 0)
     assert sorted(src.offsets) == ["images.dlq#1:2", "scores#1:2"]
+
+
+def test_a_resumed_run_goes_on_from_its_last_epoch(tmp_path: Path) -> None:
+    """Numbering epochs from 0 again after a resume would reach an epoch whose position keys
+    the controller's table still holds (and resume past them): the next is the last one + 1."""
+    progress = tmp_path / "progress"
+    write_signal(progress, 3, "open")
+    held = [0]
+    settings = load_settings(data_dir=tmp_path / "data", log_retention_bytes=100)
+    hotlog = HotLog(
+        settings, "127.0.0.1:9", progress, lambda: held[0], lambda: False, [], lambda r: r()
+    )
+    hotlog.tick({}, ingest_alive=True)
+    assert read_signal(progress) == (3, "open")  # nothing held: not due
+    held[0] = 100
+    hotlog.tick({}, ingest_alive=True)
+    assert read_signal(progress) == (4, "hold")
