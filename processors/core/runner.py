@@ -29,6 +29,7 @@ A processor with ``pausable = True`` (the scorer) honours ``pipeline.paused``: b
 the runner pauses its partitions (librdkafka drops what it prefetched and later resumes from
 the first uncommitted-and-unprocessed offset), keeps polling so it stays in its group, and
 resumes them on ``pipeline.resumed``. Nothing past the last finished batch is committed.
+A processor's ``consumer_config`` (optional) adds librdkafka settings to its consumer's.
 """
 
 from __future__ import annotations
@@ -140,7 +141,9 @@ class Runner:
         settings, name = self.settings, self.processor.name
         follower = ControlFollower(settings, self.bootstrap).start()
         producer = make_producer(settings, self.bootstrap)
-        consumer = make_consumer(settings, self.bootstrap, settings.group(name))
+        # a processor may tune its consumer (the sink: how long the broker holds a fetch)
+        tuned = dict(getattr(self.processor, "consumer_config", {}))
+        consumer = make_consumer(settings, self.bootstrap, settings.group(name), **tuned)
         self.ctx.extra["follower"] = follower
         self.ctx.extra["producer"] = producer
         self.ctx.extra["stopped"] = self.stop.is_set

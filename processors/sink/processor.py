@@ -34,7 +34,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from processors.core.clickhouse import client_options, connect
 from processors.core.control import ControlState
@@ -81,6 +81,12 @@ def relax_gc() -> None:
 class SinkProcessor:
     name = "sink"
     inputs = tuple(TOPICS)
+    # A batch of 20,000 scores nearly fills librdkafka's prefetch queue (64 MB), so fetching
+    # pauses while the sink stores it, and the one fetch then in flight asks only for empty
+    # partitions: the broker holds it fetch.wait.max.ms (500 ms by default) before the
+    # partition with data can be fetched again. At 100 ms no round of the sink bench stalled;
+    # at 500 ms three rounds in five did (about 1 s each; BENCHMARKS.md).
+    consumer_config: ClassVar[dict[str, int]] = {"fetch.wait.max.ms": 100}
 
     def __init__(self, serve_queries: bool = True) -> None:
         self.serve_queries = serve_queries
