@@ -20,6 +20,7 @@ stayed open (:mod:`processors.controller.ordering`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -98,10 +99,20 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     @app.timer(1.0)
     async def _tick() -> None:
         service.tick()
-        for topic, partition, offset in service.rewinds():  # holes open too long: fetch again
+        ends: dict[tuple[str, int], int] = {}
+        for tp in app.consumer.assignment():
+            with contextlib.suppress(Exception):  # not fetched yet, or revoked meanwhile
+                end = app.consumer.highwater(tp)
+                if end is not None and end >= 0:
+                    ends[(tp.topic, tp.partition)] = end
+        # holes open too long, and stalled partitions: fetch again from where records are due
+        for topic, partition, offset in service.rewinds(ends):
             log.warning("controller: %s[%d] rewinds to %d", topic, partition, offset)
+            progress.add("rewinds")
             try:
-                await app.consumer.seek(TP(topic, partition), offset)
+                tp = TP(topic, partition)
+                app.consumer.resume_partitions({tp})
+                await app.consumer.seek(tp, offset)
             except Exception as exc:  # not assigned here any more: the hole is accepted later
                 log.warning("controller: %s[%d] not rewound: %s", topic, partition, exc)
 

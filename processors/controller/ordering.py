@@ -29,7 +29,7 @@ resumes before them).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["InOrder", "Record", "Release", "Rewind"]
@@ -64,6 +64,7 @@ class _Partition:
     held: dict[int, Record] = field(default_factory=dict)
     since: float = 0.0  # when the open hole was first seen (or last rewound)
     rewound: bool = False
+    arrived: float | None = None  # when its last record arrived (or it was last sought)
 
 
 class InOrder:
@@ -83,6 +84,7 @@ class InOrder:
         self.max_held = max_held
         self._clock = clock
         self._partitions: dict[tuple[str, int], _Partition] = {}
+        self.stall_s = 4 * wait_s
 
     def _state(self, stream: str, partition: int) -> _Partition:
         key = (stream, partition)
@@ -99,6 +101,7 @@ class InOrder:
         for record in batch:
             partition, offset, _value = record
             state = self._state(stream, partition)
+            state.arrived = self._clock()
             if state.next is None or offset == state.next:
                 ready.append(record)
                 state.next = offset + 1
@@ -121,6 +124,23 @@ class InOrder:
                 assert state.next is not None
                 state.rewound, state.since = True, now
                 due.append(Rewind(stream, partition, state.next))
+        return due
+
+    def stalled(self, highwaters: Mapping[tuple[str, int], int]) -> list[Rewind]:
+        """Partitions whose broker holds records past the next offset (``highwaters``: the end
+        offsets the consumer last saw) but that handed over nothing for ``stall_s``: seek them
+        to the next offset (again every ``stall_s`` while it lasts). Seen once in a test that
+        kills every worker: a restarted controller's consumer stopped fetching one partition
+        for good, with no error, and the run never ended."""
+        now, due = self._clock(), []
+        for (stream, partition), end in highwaters.items():
+            state = self._state(stream, partition)
+            if state.arrived is None:
+                state.arrived = now  # first seen now: it gets its time
+            start = state.next or 0
+            if end > start and not state.held and now - state.arrived >= self.stall_s:
+                state.arrived = now
+                due.append(Rewind(stream, partition, start))
         return due
 
     def overdue(self) -> list[Release]:

@@ -335,12 +335,15 @@ class ControlService:
             self._gap(hole.stream, hole.partition, hole.expected, hole.missing)
         return ready
 
-    def rewinds(self) -> list[tuple[str, int, int]]:
-        """``(topic, partition, offset)`` to seek the consumer to: holes open too long."""
-        streams = {epoch_topic(base, self.epoch): base for base in self._handlers()}
+    def rewinds(self, ends: dict[tuple[str, int], int]) -> list[tuple[str, int, int]]:
+        """``(topic, partition, offset)`` to seek the consumer to: holes open too long, and
+        input partitions stalled with records at the broker (``ends``: their end offsets)."""
+        topics = {self.settings.topic(b): epoch_topic(b, self.epoch) for b in self._handlers()}
+        stalled = {(topics[t], p): end for (t, p), end in ends.items() if t in topics}
+        streams = {stream: topic for topic, stream in topics.items()}
         return [
-            (self.settings.topic(streams[r.stream]), r.partition, r.offset)
-            for r in self.order.rewinds()
+            (streams[r.stream], r.partition, r.offset)
+            for r in [*self.order.rewinds(), *self.order.stalled(stalled)]
             if r.stream in streams
         ]
 

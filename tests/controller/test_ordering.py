@@ -77,6 +77,28 @@ def test_a_hole_filled_after_its_rewind_releases_everything_in_order() -> None:
     assert order.overdue() == [] and order.rewinds() == []
 
 
+def test_a_partition_with_records_at_the_broker_and_none_arriving_is_sought_again() -> None:
+    """A consumer that stops fetching one partition (seen once after every worker was killed)
+    would stall the controller for good: the partition is sought to its next offset."""
+    clock = Clock()
+    order = InOrder(lambda stream, partition: 31, wait_s=5.0, clock=clock)
+    order.admit("scores", _records(3, 32))
+    order.admit("scores", _records(1, 7))
+    ends = {("scores", 3): 80, ("scores", 1): 8, ("scores", 0): 0}
+    clock.now = 19.9
+    assert order.stalled(ends) == []
+    clock.now = 20.0
+    (stall,) = order.stalled(ends)  # partition 1 is at its end and 0 is empty: not stalled
+    assert (stall.stream, stall.partition, stall.offset) == ("scores", 3, 33)
+    assert order.stalled(ends) == []  # again only after another stall_s
+    clock.now = 30.0
+    order.admit("scores", _records(3, 33))  # records come again
+    clock.now = 45.0
+    assert order.stalled(ends) == []
+    clock.now = 50.0
+    assert [s.offset for s in order.stalled(ends)] == [34]
+
+
 def test_too_many_records_behind_a_hole_accept_it_at_once() -> None:
     order = InOrder(lambda stream, partition: None, max_held=3)
     order.admit("scores", _records(0, 0))

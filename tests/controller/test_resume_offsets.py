@@ -91,7 +91,7 @@ def test_records_never_handed_over_are_counted_as_a_gap(settings: Settings) -> N
     service.on_scores([(0, 9, b"x"), (1, 1, b"x"), (1, 5, b"x")])
     assert "gaps" not in service.progress.counts  # 9 and 5 wait for their holes to fill
     assert service.resume_offset(topic, 0) == 6
-    assert service.rewinds() == [(topic, 0, 6), (topic, 1, 2)]
+    assert service.rewinds({}) == [(topic, 0, 6), (topic, 1, 2)]
     service.tick()  # still open after the rewind: accepted
     assert service.progress.counts["gaps"] == 3 + 3  # 6-8 on partition 0, 2-4 on 1
     assert service.resume_offset(topic, 0) == 10
