@@ -15,7 +15,8 @@ file by table and key kind.
 What it emits and in which order is :mod:`processors.controller.service`'s contract; what it decides
 is :mod:`processors.controller.controller`'s. A timer (every second) lifts the controller's expired
 pauses, refreshes the metrics, and seeks back a partition whose records came with a hole that
-stayed open (:mod:`processors.controller.ordering`).
+stayed open, or that has records at the broker and hands over none
+(:mod:`processors.controller.ordering`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,11 @@ def build_app(settings: Settings, bootstrap: str, progress: ProgressFile) -> fau
     async def _tick() -> None:
         service.tick()
         ends: dict[tuple[str, int], int] = {}
-        for tp in app.consumer.assignment():
+        # never while Faust rebalances or restores the tables: it pauses the inputs then, and
+        # they must not be handed over before the table is whole
+        recovery = getattr(app.tables, "recovery", None)
+        settled = not (app.rebalancing or getattr(recovery, "in_recovery", False))
+        for tp in app.consumer.assignment() if settled else ():
             with contextlib.suppress(Exception):  # not fetched yet, or revoked meanwhile
                 end = app.consumer.highwater(tp)
                 if end is not None and end >= 0:
