@@ -98,22 +98,23 @@ class InOrder:
         many records wait behind them (their records are in the first list too, in place)."""
         ready: list[Record] = []
         released: list[Release] = []
+        now = self._clock()
         for record in batch:
             partition, offset, _value = record
             state = self._state(stream, partition)
-            state.arrived = self._clock()
+            state.arrived = now
             if state.next is None or offset == state.next:
                 ready.append(record)
                 state.next = offset + 1
-                self._drain(state, ready)
+                self._drain(state, ready, now)
             elif offset < state.next:
                 ready.append(record)  # a redelivery: the service's guard skips it
             else:
                 if not state.held:
-                    state.since, state.rewound = self._clock(), False
+                    state.since, state.rewound = now, False
                 state.held.setdefault(offset, record)
                 if len(state.held) > self.max_held:
-                    released.append(self._accept(stream, partition, state, ready))
+                    released.append(self._accept(stream, partition, state, ready, now))
         return ready, released
 
     def rewinds(self) -> list[Rewind]:
@@ -149,7 +150,7 @@ class InOrder:
         for (stream, partition), state in self._partitions.items():
             if state.held and state.rewound and now - state.since >= self.wait_s:
                 ready: list[Record] = []
-                released.append(self._accept(stream, partition, state, ready))
+                released.append(self._accept(stream, partition, state, ready, now))
         return released
 
     def held(self) -> int:
@@ -157,16 +158,17 @@ class InOrder:
         return sum(len(state.held) for state in self._partitions.values())
 
     def _accept(
-        self, stream: str, partition: int, state: _Partition, ready: list[Record]
+        self, stream: str, partition: int, state: _Partition, ready: list[Record], now: float
     ) -> Release:
         assert state.next is not None
         expected, first = state.next, min(state.held)
         state.next = first
         start = len(ready)
-        self._drain(state, ready)
+        self._drain(state, ready, now)
         return Release(stream, partition, first - expected, expected, ready[start:])
 
-    def _drain(self, state: _Partition, ready: list[Record]) -> None:
+    @staticmethod
+    def _drain(state: _Partition, ready: list[Record], now: float) -> None:
         """Hand over the held records that now follow without a hole; a hole further on, if
         any, waits afresh."""
         assert state.next is not None
@@ -176,4 +178,4 @@ class InOrder:
             state.next += 1
             moved = True
         if moved or not state.held:
-            state.since, state.rewound = self._clock(), False
+            state.since, state.rewound = now, False

@@ -23,13 +23,11 @@ the same decisions with the same ids, which step 3 recognises, so no event is em
 none is lost. A restarted worker resumes each input partition after its applied offset, or at
 its beginning when it never applied it (:meth:`ControlService.resume_offset`), never at the
 consumer group's committed one (one key per partition and hot-log epoch; the epoch before's is
-deleted when the new one's is first written): Faust commits
-the offsets of handled records on a timer, without waiting for the table's changelog records
-to be delivered, so a commit can outrun the state it stands for (a stop or a crash in between
-would then lose those records for good). The lane statistics
-of closed tumbling windows (``stats_window_s``) go to a second table, ``lane_windows`` (JSON
-bytes per ``<source>|<model>|<window start>``), a bounded number per lane
-(:mod:`processors.controller.windows`).
+deleted when the new one's is first written): Faust commits the offsets of handled records on
+a timer, without waiting for the table's changelog records to be delivered, so a commit can
+outrun the state it stands for (a stop or a crash in between would then lose those records for
+good). The lane statistics of closed tumbling windows (``stats_window_s``) go to a second
+table, ``lane_windows`` (:mod:`processors.controller.windows`).
 """
 
 from __future__ import annotations
@@ -90,6 +88,7 @@ __all__ = ["ControlService", "dead_letter_source"]
 
 log = logging.getLogger(__name__)
 
+INPUTS = ("scores", "images.dlq", "candidates")  # the topics the agents hand over
 ROLLOUTS_KEY = "rollouts"  # the lifecycle's tracks (processors.controller.lifecycle), partition 0
 
 
@@ -180,7 +179,7 @@ class ControlService:
         this epoch of the partition was never applied (whatever its group committed: the
         commit may stand for state that never reached the table); None for a topic that is not
         one of the service's inputs."""
-        for base in ("scores", "images.dlq", "candidates"):
+        for base in INPUTS:
             if topic == self.settings.topic(base):
                 applied = self._applied_offset(epoch_topic(base, self.epoch), partition)
                 return 0 if applied is None else applied + 1
@@ -338,7 +337,7 @@ class ControlService:
     def rewinds(self, ends: dict[tuple[str, int], int]) -> list[tuple[str, int, int]]:
         """``(topic, partition, offset)`` to seek the consumer to: holes open too long, and
         input partitions stalled with records at the broker (``ends``: their end offsets)."""
-        topics = {self.settings.topic(b): epoch_topic(b, self.epoch) for b in self._handlers()}
+        topics = {self.settings.topic(base): stream for stream, base in self._streams().items()}
         stalled = {(topics[t], p): end for (t, p), end in ends.items() if t in topics}
         streams = {stream: topic for topic, stream in topics.items()}
         return [
@@ -347,20 +346,22 @@ class ControlService:
             if r.stream in streams
         ]
 
-    def _handlers(self) -> dict[str, Any]:
-        return {
+    def _streams(self) -> dict[str, str]:
+        """The input streams of this epoch (``scores#3``) and their base topics."""
+        return {epoch_topic(base, self.epoch): base for base in INPUTS}
+
+    def _release_overdue(self) -> None:
+        """Accept the holes still open after their rewind: handle what waited behind them."""
+        handlers = {
             "scores": self.on_scores,
             "images.dlq": self.on_dead_letters,
             "candidates": self.on_candidates,
         }
-
-    def _release_overdue(self) -> None:
-        """Accept the holes still open after their rewind: handle what waited behind them."""
-        streams = {epoch_topic(base, self.epoch): h for base, h in self._handlers().items()}
+        streams = self._streams()
         for hole in self.order.overdue():
             self._gap(hole.stream, hole.partition, hole.expected, hole.missing)
             if hole.stream in streams:  # (records are below the next offset: not held again)
-                streams[hole.stream](hole.records)
+                handlers[streams[hole.stream]](hole.records)
 
     def _gap(self, topic: str, partition: int, expected: int, missing: int) -> None:
         """``missing`` records from ``expected`` on were never handed to the service: counted

@@ -84,8 +84,8 @@ class SinkProcessor:
     # A batch of 20,000 scores nearly fills librdkafka's prefetch queue (64 MB), so fetching
     # pauses while the sink stores it, and the one fetch then in flight asks only for empty
     # partitions: the broker holds it fetch.wait.max.ms (500 ms by default) before the
-    # partition with data can be fetched again. At 100 ms no round of the sink bench stalled;
-    # at 500 ms three rounds in five did (about 1 s each; BENCHMARKS.md).
+    # partition with data can be fetched again. At 100 ms one round of the sink bench in eleven
+    # stalled; at 500 ms three rounds in five did (about 1 s each; BENCHMARKS.md).
     consumer_config: ClassVar[dict[str, int]] = {"fetch.wait.max.ms": 100}
 
     def __init__(self, serve_queries: bool = True) -> None:
