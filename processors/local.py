@@ -386,6 +386,7 @@ def _follow(
     sup, truth = stack_.sup, stack_.truth
     ingest_started = time.monotonic()
     totals = Totals()
+    preloading = False
     while True:
         ingest, sink, controller = (
             _progress(progress, n) for n in ("ingest", "sink", "controller")
@@ -395,6 +396,12 @@ def _follow(
         remaining = None if duration_s is None else duration_s - (now - ingest_started)
         counts = _counts(totals, ingest, _progress(progress, "score"), sink)
         view.show(now, now - started, counts, remaining)
+        if not preloading and counts.score > 0:
+            # the report's imports, once the start's own imports are past (the first score)
+            from processors.report.run_report import preload
+
+            preload()
+            preloading = True
         train = _progress(progress, "train")
         ingest = truth.ingest(ingest)
         if _done(ingest, sink, truth.controller(controller, sink), train, _quarantined(progress)):

@@ -30,6 +30,9 @@ the runner pauses its partitions (librdkafka drops what it prefetched and later 
 the first uncommitted-and-unprocessed offset), keeps polling so it stays in its group, and
 resumes them on ``pipeline.resumed``. Nothing past the last finished batch is committed.
 A processor's ``consumer_config`` (optional) adds librdkafka settings to its consumer's.
+A worker may join its group before it imports its processor (:func:`join_group`, passed as
+``joined``): a broker answers a group's first join only after a delay (the embedded one: half
+the session timeout), and the join then overlaps the imports and the model's loading.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -87,10 +90,23 @@ __all__ = [
     "RunContext",
     "Runner",
     "StopSignal",
+    "join_group",
     "produce_outputs",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def join_group(
+    settings: Settings, bootstrap: str, name: str, inputs: Sequence[str], **config: Any
+) -> Consumer:
+    """A consumer in group ``settings.group(name)``, subscribed to the topics ``inputs`` (base
+    names) now. librdkafka sends the join from its own thread, so it proceeds while the caller
+    imports and loads; the assignment is taken at the first poll. ``config``: librdkafka
+    settings added to :func:`~processors.core.kafka.make_consumer`'s."""
+    consumer = make_consumer(settings, bootstrap, settings.group(name), **config)
+    consumer.subscribe([settings.topic(t) for t in inputs])
+    return consumer
 
 
 class Runner:
@@ -107,7 +123,10 @@ class Runner:
         batch_size: int | None = None,
         max_wait_s: float | None = None,
         max_batch_bytes: int | None = None,
+        joined: Consumer | None = None,
     ) -> None:
+        """``joined``: a consumer already subscribed to the processor's inputs in its group
+        (:func:`join_group`); without it the runner makes and subscribes its own."""
         self.processor = faults.wrap(processor)  # itself unless SKYLOOP_FAULTS names it
         self.settings = settings
         self.bootstrap = bootstrap
@@ -136,22 +155,23 @@ class Runner:
         self._delivery_errors: list[str] = []  # why outputs were not delivered, if any
         self._paused = False
         self._hotlog = Released(progress_dir)  # hot-log rotations (core/retention.py)
+        self._joined = joined
 
     def run(self) -> None:
         settings, name = self.settings, self.processor.name
         follower = ControlFollower(settings, self.bootstrap).start()
         producer = make_producer(settings, self.bootstrap)
-        # a processor may tune its consumer (the sink: how long the broker holds a fetch)
-        tuned = dict(getattr(self.processor, "consumer_config", {}))
-        consumer = make_consumer(settings, self.bootstrap, settings.group(name), **tuned)
+        topics = [settings.topic(t) for t in self.processor.inputs]
+        consumer = self._joined
+        if consumer is None:
+            # join the group first: the broker answers a first join only after a delay (the
+            # embedded one: half the session timeout), which then overlaps the model's loading
+            tuned = dict(getattr(self.processor, "consumer_config", {}))
+            consumer = join_group(settings, self.bootstrap, name, self.processor.inputs, **tuned)
         self.ctx.extra["follower"] = follower
         self.ctx.extra["producer"] = producer
         self.ctx.extra["stopped"] = self.stop.is_set
         try:
-            # join the group first: the broker answers a first join only after a delay (the
-            # embedded one: half the session timeout), which then overlaps the model's loading
-            topics = [settings.topic(t) for t in self.processor.inputs]
-            consumer.subscribe(topics)
             if not follower.wait_caught_up(timeout_s=60):
                 log.warning("%s: control log not caught up after 60 s; continuing", name)
             self.processor.setup(self.ctx)

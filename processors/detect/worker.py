@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from processors.core.worker import WHOLE_LOG, WorkerSpec, run_batch_loop
+from processors.core.worker import WHOLE_LOG, WorkerSpec, join_then_run
 
 __all__ = ["SPEC", "run"]
 
@@ -33,6 +33,10 @@ SPEC = WorkerSpec(
 
 def run(settings: Any, args: argparse.Namespace) -> int:
     """Detect until SIGTERM/SIGINT (the runner's loop; see :mod:`processors.core.runner`)."""
-    from processors.detect.processor import DetectProcessor
 
-    return run_batch_loop(DetectProcessor(), settings)
+    def processor() -> Any:  # imported after the join (torch): see join_then_run
+        from processors.detect.processor import DetectProcessor
+
+        return DetectProcessor()
+
+    return join_then_run(SPEC, processor, settings)

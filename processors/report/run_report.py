@@ -3,6 +3,7 @@ ending with the run's ledger line (:mod:`processors.report.ledger`)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from processors.core.progress import read_progress
 from processors.report.learning_readiness import LearningNeeds
 from processors.report.ledger import Ledger, compute_ledger
 
-__all__ = ["RunReport", "read_processes", "report_run", "write_run_report"]
+__all__ = ["RunReport", "preload", "read_processes", "report_run", "write_run_report"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,23 @@ class RunReport:
     counts: dict[str, int]
     ledger: Ledger | None
     """None for a folder without ingest counters (a worker's data dir): nothing to balance."""
+
+
+def preload() -> threading.Thread:
+    """Import what :func:`report_run` needs beyond this module (matplotlib, astropy, the chdb
+    engine: about 2 s of one core) on a daemon thread, so that a run's report does not wait for
+    them. It opens nothing and writes nothing; calling it again costs a thread (imports are
+    cached)."""
+
+    def load() -> None:
+        import astropy_healpix  # noqa: F401  (the sky coverage's cells)
+        import chdb  # noqa: F401
+
+        import processors.report.daily  # noqa: F401  (matplotlib)
+
+    thread = threading.Thread(target=load, name="report-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def read_processes(progress: Path) -> dict[str, dict[str, Any]]:

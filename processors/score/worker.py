@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from processors.core.worker import WHOLE_LOG, WorkerSpec, run_batch_loop
+from processors.core.worker import WHOLE_LOG, WorkerSpec, join_then_run
 
 __all__ = ["SPEC", "run"]
 
@@ -31,6 +31,10 @@ SPEC = WorkerSpec(
 
 def run(settings: Any, args: argparse.Namespace) -> int:
     """Score until SIGTERM/SIGINT (the runner's loop; see :mod:`processors.core.runner`)."""
-    from processors.score.processor import ScoreProcessor
 
-    return run_batch_loop(ScoreProcessor(), settings)
+    def processor() -> Any:  # imported after the join (torch): see join_then_run
+        from processors.score.processor import ScoreProcessor
+
+        return ScoreProcessor()
+
+    return join_then_run(SPEC, processor, settings)
