@@ -21,7 +21,6 @@ replay. The keys and values depend only on the sequence of samples, never on bat
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 from processors.controller.learning import LearningState
 from processors.controller.tables import ChangelogTable
@@ -78,8 +77,7 @@ class LearningTable:
                 part = state.samples[lo - first : (chunk + 1) * CHUNK - first]
                 value = {"from": lo, "samples": [list(pair) for pair in part]}
                 self.table.put(chunk_key(chunk), _json(value), self.partition)
-        head = {k: v for k, v in asdict(state).items() if k != "samples"}
-        self.table.put(HEAD_KEY, _json({**head, "kept": kept}), self.partition)
+        self.table.put(HEAD_KEY, _json({**state.head(), "kept": kept}), self.partition)
         for chunk in range(self._first // CHUNK, first // CHUNK):
             self.table.delete(chunk_key(chunk), self.partition)
         self._added, self._first = added, first

@@ -90,3 +90,13 @@ def test_a_chunk_past_the_head_from_a_crash_is_ignored() -> None:
     assert head is not None
     table.put(HEAD_KEY, head, 0)  # the crash: chunks written, head not
     assert LearningTable(table).load() == saved
+
+
+def test_the_head_is_every_field_but_the_samples_and_shares_nothing() -> None:
+    state = LearningState(
+        samples=[("img-1", "a" * 64)], added=3, requests=["2026-12-01T00:00:00+00:00"]
+    )
+    head = state.head()
+    assert head == {k: v for k, v in asdict(state).items() if k != "samples"}
+    head["requests"].append("later")  # type: ignore[attr-defined]
+    assert state.requests == ["2026-12-01T00:00:00+00:00"]
