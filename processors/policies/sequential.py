@@ -63,7 +63,7 @@ Example (a calibrated detector's scores are uniform on normal data; a blind one 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -208,14 +208,12 @@ class SequentialTest:
             raise ValueError("replications too few to place h at 1 - horizon / arl")
 
     def threshold(self, size: int) -> float:
-        """``h`` for a profile of ``size`` held-out scores (rounded down to :data:`SIZE_GRID`)."""
+        """``h`` for a profile of ``size`` held-out scores (rounded down to :data:`SIZE_GRID`).
+        Asked once per image and CUSUM: answered from a cache per (test, grid size)."""
         grid = max((g for g in SIZE_GRID if g <= size), default=SIZE_GRID[0])
-        if self == SequentialTest():
-            return DEFAULT_THRESHOLDS[grid]
-        if self == SequentialTest().for_components(FEATURE_COMPONENTS):
-            return FEATURE_THRESHOLDS.get(grid, float("inf"))  # off below 32 held-out images
-        return cusum_threshold(grid, self.k, self.arl, self.horizon, self.replications, self.seed)
+        return _threshold(self, grid)
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019  (frozen and few: the lane's two tests)
     def for_components(self, components: int) -> SequentialTest:
         """The test of each of ``components`` feature projections (allowance ``feature_k``;
         Bonferroni: ``arl`` times ``components``, twice the replications for the rarer
@@ -253,6 +251,15 @@ class SequentialTest:
             "images_since_onset": float(seq + 1 - onset),
         }
         return f"sequential: vote {direction}", evidence, onset
+
+
+@functools.lru_cache(maxsize=256)
+def _threshold(test: SequentialTest, grid: int) -> float:
+    if test == SequentialTest():
+        return DEFAULT_THRESHOLDS[grid]
+    if test == SequentialTest().for_components(FEATURE_COMPONENTS):
+        return FEATURE_THRESHOLDS.get(grid, float("inf"))  # off below 32 held-out images
+    return cusum_threshold(grid, test.k, test.arl, test.horizon, test.replications, test.seed)
 
 
 def observe_lane(
@@ -325,7 +332,14 @@ class Cusum:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # written per image and CUSUM (ten a lane): explicit, where asdict deep-copies
+        return {
+            "up": self.up,
+            "down": self.down,
+            "up_from": self.up_from,
+            "down_from": self.down_from,
+            "images": self.images,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cusum:

@@ -8,6 +8,7 @@ threshold comes from its run length, the conformal threshold from its rank.
 from __future__ import annotations
 
 import doctest
+from dataclasses import asdict
 from types import ModuleType
 
 import numpy as np
@@ -181,3 +182,11 @@ def test_an_image_is_cleared_only_behind_every_objection_and_a_full_lag(
         assert after >= before  # never withdrawn within an epoch
         if after != before:  # an advance: a clean window a full lag later, behind every objection
             assert clean and after == end - lag and max(objections) <= after
+
+
+def test_a_cusum_persists_every_field_and_comes_back_the_same() -> None:
+    cusum = Cusum()
+    for seq, z in enumerate([2.0, 1.5, -3.0, 0.1]):
+        cusum.step(z, seq, 0.5)
+    assert cusum.to_dict() == asdict(cusum)  # a field added later must be written too
+    assert Cusum.from_dict(cusum.to_dict()) == cusum
