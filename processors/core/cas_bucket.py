@@ -20,14 +20,20 @@ And ``localbucket`` lists a prefix by walking the whole bucket, while Tansu list
 every topic. A durable run's bucket server was busy a whole core, and scoring fell from 13 to
 1-2 images/s within two minutes as the folder grew.
 
-This module serves the same folder with ``localbucket``'s handler, with three changes:
+And ``localbucket`` has no DeleteObjects (``POST /bucket?delete``), the only way Tansu deletes a
+topic's objects: it answered 501, the broker retried ten times and then dropped the admin
+client's connection, so a durable broker could not delete a topic at all.
+
+This module serves the same folder with ``localbucket``'s handler, with four changes:
 
 - a PUT that carries ``If-Match`` writes only while the object's current ETag is one it lists,
   and otherwise answers 412;
 - every write, read (GET, HEAD) and delete of an object holds a lock for its path (striped), so
   no write slips between another's check and its rename, or between a read's open and its ETag;
 - a listing walks only the folder its prefix names (the prefix up to its last ``/``), with the
-  same answer: every key with the prefix lies in that folder.
+  same answer: every key with the prefix lies in that folder;
+- DeleteObjects deletes every key it lists as DeleteObject does (a missing key counts as
+  deleted, as on S3), each under its path's lock, and answers per key.
 
 Invariants: one process serves a folder (the broker's); the ETag compared is the MD5 of the
 current file, as ``localbucket`` reports it; an ``If-Match`` on a missing object fails (412).
@@ -37,8 +43,10 @@ from __future__ import annotations
 
 import sys
 import threading
+import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +55,7 @@ import localbucket
 __all__ = ["CompareAndSetHandler", "main"]
 
 _STRIPES = 64
+_MAX_DELETE_KEYS = 1000  # S3's bound on one DeleteObjects request
 _LOCKS = [threading.Lock() for _ in range(_STRIPES)]
 
 
@@ -75,6 +84,35 @@ class CompareAndSetHandler(localbucket.S3Handler):
     def _delete_object(self, bucket: str, key: str) -> None:
         with _lock_for(str(self._object_path(bucket, key))):
             super()._delete_object(bucket, key)
+
+    def _post_request(self, bucket: str, key: str) -> None:
+        if bucket and not key and "delete" in self.query:
+            self._check_query("DeleteObjects", {"delete"})
+            self._delete_objects(bucket, self._read_body())
+        else:
+            super()._post_request(bucket, key)
+
+    def _delete_objects(self, bucket: str, body: bytes) -> None:
+        """DeleteObjects: every ``<Object><Key>`` of the request deleted (folders left empty
+        removed, as DeleteObject does); the answer names each key ``Deleted`` (not in quiet
+        mode) or an ``Error`` with its code. A body that is not such a document is refused
+        whole (400 MalformedXML) and deletes nothing."""
+        keys, quiet = _delete_request_keys(body)
+        bucket_dir = self._bucket_dir(bucket).resolve()  # NoSuchBucket, before any delete
+        result = ET.Element("DeleteResult", xmlns=localbucket.S3_NAMESPACE)
+        for key in keys:
+            try:
+                target = self._object_path(bucket, key)
+                with _lock_for(str(target)):
+                    _remove_file(target, bucket_dir)
+            except localbucket.S3Error as error:
+                failed = ET.SubElement(result, "Error")
+                for tag, text in (("Key", key), ("Code", error.code), ("Message", error.message)):
+                    localbucket.sub_element(failed, tag, text)
+                continue
+            if not quiet:
+                localbucket.sub_element(ET.SubElement(result, "Deleted"), "Key", key)
+        self._send_xml(result)
 
     def _list_entries(
         self,
@@ -116,7 +154,64 @@ class CompareAndSetHandler(localbucket.S3Handler):
         )
 
 
-_EXTENDED = ("_write_object", "_get", "_delete_object", "_object_path", "_list_entries")
+def _delete_request_keys(body: bytes) -> tuple[list[str], bool]:
+    """The keys of a DeleteObjects body and its ``Quiet`` flag (any XML namespace)."""
+    malformed = localbucket.S3Error(
+        HTTPStatus.BAD_REQUEST,
+        "MalformedXML",
+        "The XML you provided was not well-formed or did not validate against our schema.",
+    )
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise malformed from exc
+
+    def local(tag: str) -> str:
+        return tag.rsplit("}", 1)[-1]
+
+    if local(root.tag) != "Delete":
+        raise malformed
+    keys, quiet = [], False
+    for child in root:
+        if local(child.tag) == "Quiet":
+            quiet = (child.text or "").strip().lower() == "true"
+        elif local(child.tag) == "Object":
+            key = next((k.text for k in child if local(k.tag) == "Key"), None)
+            if not key:
+                raise malformed
+            keys.append(key)
+    if not keys or len(keys) > _MAX_DELETE_KEYS:
+        raise malformed
+    return keys, quiet
+
+
+def _remove_file(target: Path, bucket_dir: Path) -> None:
+    """Delete ``target`` if it is a file, then each folder above it left empty, up to the
+    bucket's (what ``localbucket``'s DeleteObject does before it answers)."""
+    if not target.is_file():
+        return
+    target.unlink(missing_ok=True)
+    parent = target.parent
+    while parent != bucket_dir:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent
+
+
+_EXTENDED = (
+    "_write_object",
+    "_get",
+    "_delete_object",
+    "_object_path",
+    "_list_entries",
+    "_post_request",
+    "_read_body",
+    "_bucket_dir",
+    "_check_query",
+    "_send_xml",
+)
 """The handler methods this module wraps: internals of ``localbucket`` 1.2 (pinned <1.3)."""
 
 

@@ -256,3 +256,74 @@ def test_a_listing_from_the_prefix_folder_answers_as_a_walk_of_the_bucket(tmp_pa
         for proc, _ in servers:
             proc.kill()
             proc.wait()
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _delete_body(keys: list[str], quiet: bool = False) -> bytes:
+    objects = "".join(f"<Object><Key>{key}</Key></Object>" for key in keys)
+    namespace = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+    return f"<Delete {namespace}>{objects}<Quiet>{str(quiet).lower()}</Quiet></Delete>".encode()
+
+
+def test_delete_objects_deletes_every_listed_key_and_answers_for_each(
+    server: tuple[str, str], tmp_path: Path
+) -> None:
+    module, endpoint = server
+    for key in ("t/p0/records/0.batch", "t/p0/records/1.batch", "t/p1/watermark.json"):
+        _request("PUT", f"{endpoint}/bucket/{key}", b"data")
+    listed = ["t/p0/records/0.batch", "t/p0/records/1.batch", "t/p0/absent.batch"]
+    status, body = _post(f"{endpoint}/bucket?delete", _delete_body(listed))
+    if module == "localbucket":  # the fault: Tansu deletes a topic's objects this way
+        assert status == 501
+        return
+    assert status == 200
+    deleted = [e.text for e in ET.fromstring(body).iter() if e.tag.endswith("Key")]
+    assert deleted == listed  # a missing key counts as deleted, as on S3
+    store = tmp_path / "store" / "bucket"
+    assert not (store / "t" / "p0").exists()  # its folders, left empty, went too
+    assert (store / "t" / "p1" / "watermark.json").read_bytes() == b"data"
+    # quiet: only errors are listed; a body that is not a Delete document deletes nothing
+    status, body = _post(
+        f"{endpoint}/bucket?delete", _delete_body(["t/p1/watermark.json"], quiet=True)
+    )
+    assert status == 200 and not [e for e in ET.fromstring(body) if e.tag.endswith("Deleted")]
+    _request("PUT", f"{endpoint}/bucket/kept", b"data")
+    assert _post(f"{endpoint}/bucket?delete", b"<Delete><Object>")[0] == 400
+    assert _post(f"{endpoint}/bucket?delete", b"<Other/>")[0] == 400
+    assert (store / "kept").is_file()
+
+
+def test_a_durable_broker_deletes_a_topic_and_creates_it_again_empty(tmp_path: Path) -> None:
+    storage = tmp_path / "store"
+    with EmbeddedBroker(log_path=tmp_path / "b.log", storage_dir=storage) as broker:
+        bootstrap = broker.bootstrap_servers
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic("rotated", 2, 1)])["rotated"].result(10)
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for i in range(20):
+            producer.produce("rotated", f"old-{i}".encode(), partition=i % 2)
+        assert producer.flush(10) == 0
+        assert any("rotated" in str(p) for p in storage.rglob("*.batch"))
+        admin.delete_topics(["rotated"], operation_timeout=10)["rotated"].result(20)
+        assert "rotated" not in admin.list_topics(timeout=10).topics
+        assert not any("rotated" in str(p) for p in storage.rglob("*.batch"))
+        admin.create_topics([NewTopic("rotated", 2, 1)])["rotated"].result(10)
+        producer.produce("rotated", b"new", partition=0)
+        assert producer.flush(10) == 0
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader"})
+        try:
+            marks = [
+                consumer.get_watermark_offsets(TopicPartition("rotated", p), timeout=10)
+                for p in (0, 1)
+            ]
+        finally:
+            consumer.close()
+        assert marks == [(0, 1), (0, 0)]  # no old record, offsets from 0 again
