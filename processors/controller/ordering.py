@@ -85,6 +85,9 @@ class InOrder:
         self._clock = clock
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self.stall_s = 4 * wait_s
+        self.holes = 0
+        """Holes opened so far: records handed over past the one expected (the worker's
+        progress shows it: how often Faust delivers a partition out of order)."""
 
     def _state(self, stream: str, partition: int) -> _Partition:
         key = (stream, partition)
@@ -112,6 +115,7 @@ class InOrder:
             else:
                 if not state.held:
                     state.since, state.rewound = now, False
+                    self.holes += 1
                 state.held.setdefault(offset, record)
                 if len(state.held) > self.max_held:
                     released.append(self._accept(stream, partition, state, ready, now))

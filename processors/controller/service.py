@@ -368,14 +368,8 @@ class ControlService:
         and logged, as loud as a loss deserves (retention deleting unread records is the only
         expected cause)."""
         self.progress.add("gaps", missing)
-        log.error(
-            "controller: %s[%d]: offsets %d to %d never arrived (%d records never seen)",
-            topic,
-            partition,
-            expected,
-            expected + missing - 1,
-            missing,
-        )
+        log.error("controller: %s[%d]: offsets %d to %d never arrived (%d records never seen)",
+                  topic, partition, expected, expected + missing - 1, missing)  # fmt: skip
 
     def _lifecycle(self) -> Lifecycle:
         """The lifecycle, its tracks restored from the table on first use after a start."""
@@ -391,6 +385,7 @@ class ControlService:
         gauges."""
         self._release_overdue()
         self.progress.set("held", self.order.held())
+        self.progress.set("holes", self.order.holes)
         state = self.control
         now = now or datetime.now(UTC)
         self._emit(self.controller.on_tick(now, state))

@@ -42,6 +42,7 @@ def test_a_record_past_a_hole_waits_for_it_and_redeliveries_pass() -> None:
     assert order.held() == 0
     ready, _ = order.admit("scores", _records(1, 120))
     assert _offsets(ready) == [120]  # below the next offset: the service's guard skips it
+    assert order.holes == 1  # the one before 131; a redelivery opens none
 
 
 def test_a_hole_that_stays_open_is_rewound_once_then_accepted_as_a_gap() -> None:
