@@ -34,9 +34,10 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from processors.core.clickhouse import client_options, connect
+from processors.core.config import Settings
 from processors.core.control import ControlState
 from processors.core.dedupe import RecentIds
 from processors.core.exceptions import CodecError, StoreUnavailableError
@@ -81,12 +82,18 @@ def relax_gc() -> None:
 class SinkProcessor:
     name = "sink"
     inputs = tuple(TOPICS)
-    # A batch of 20,000 scores nearly fills librdkafka's prefetch queue (64 MB), so fetching
-    # pauses while the sink stores it, and the one fetch then in flight asks only for empty
-    # partitions: the broker holds it fetch.wait.max.ms (500 ms by default) before the
-    # partition with data can be fetched again. At 100 ms one round of the sink bench in eleven
-    # stalled; at 500 ms three rounds in five did (about 1 s each; BENCHMARKS.md).
-    consumer_config: ClassVar[dict[str, int]] = {"fetch.wait.max.ms": 100}
+
+    @staticmethod
+    def consumer_config(settings: Settings) -> dict[str, int]:
+        """A batch of 20,000 scores nearly fills librdkafka's prefetch queue (64 MB), so
+        fetching pauses while the sink stores it, and the one fetch then in flight asks only
+        for empty partitions: the broker holds it ``fetch.wait.max.ms`` (500 ms by default)
+        before the partition with data can be fetched again. At 100 ms one round of the sink
+        bench in eleven stalled; at 500 ms three rounds in five did (about 1 s each;
+        BENCHMARKS.md). Not on the durable embedded broker: it lists a partition's stored
+        batches on every fetch, and at 100 ms the sink fell to about 1 image a second there
+        (its fetches of ``images.raw`` starved behind the others) where 500 ms kept up."""
+        return {} if settings.broker.durable else {"fetch.wait.max.ms": 100}
 
     def __init__(self, serve_queries: bool = True) -> None:
         self.serve_queries = serve_queries

@@ -237,3 +237,11 @@ def test_a_failing_report_is_counted_and_costs_no_data(
     finally:
         client.close()
     assert stored == [("pipeline.paused", "maintenance")]
+
+
+def test_the_sink_holds_a_fetch_briefly_except_on_the_durable_broker(settings: Settings) -> None:
+    assert SinkProcessor.consumer_config(settings) == {"fetch.wait.max.ms": 100}
+    durable = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"durable": True})}
+    )
+    assert SinkProcessor.consumer_config(durable) == {}  # each fetch lists stored batches there
