@@ -62,7 +62,7 @@ from processors.core.retention import HotLog
 from processors.core.stack import EmbeddedBroker
 from processors.core.supervisor import Supervisor
 from processors.core.unblocked_out import UnblockedOut
-from processors.local_hotlog import carry_durable_epoch, hot_log
+from processors.local_hotlog import hot_log
 from processors.local_restarts import RestartedTruth
 from processors.resume import WORKERS, RunArgs, Stack, mark_finished
 from processors.run_progress import Counts, RunProgress, Totals
@@ -315,12 +315,11 @@ def _run(
                 # a fresh run ingests while the workers start (load models, join groups): the
                 # broker holds the images, so the first is scored as soon as the scorer is up
                 early = overlap_start and not (lost_log or resume is not None)
-                carry_durable_epoch(settings, broker, progress)  # before any worker reads it
                 stack_.start_workers(wait=not early)
                 ingest_started = time.monotonic()
                 stack_.start_ingest()
-                drained = partial(_drained, truth, progress)
-                hotlog = hot_log(settings, broker, sup, progress, out, drained)
+                drained = partial(_drained, truth, progress)  # the memory log: rotated
+                hotlog = None if durable else hot_log(settings, broker, sup, progress, out, drained)
                 view = RunProgress(out, images)
                 try:
                     if early:  # a Ctrl-C meanwhile drains like any other

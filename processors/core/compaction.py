@@ -15,30 +15,24 @@ find them past the end of the rewritten topic.
 
 Invariants: the table a changelog rebuilds (last value per key, tombstones delete) is the same
 before and after; afterwards a topic holds at most one record per live key. Nothing may write
-the topics meanwhile. Between the deletion and the rewrite the kept records exist only in this
-process; with ``journal_dir`` (a durable broker's: its log outlives the run) they are first
-written there, and a journal left by a crash is written back by :func:`restore_journals` before
-the next run's workers start. The kept records are checked by reading the new topic back; a failure
+the topics meanwhile. The kept records are checked by reading the new topic back; a failure
 raises :class:`~processors.core.exceptions.StackError`, which ends ``skyloop run`` unfinished
 (``--resume`` continues it from ClickHouse: ARCHITECTURE.md, "Guarantees").
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors.core.config import Settings
@@ -52,7 +46,6 @@ __all__ = [
     "compact_in_child",
     "latest_per_key",
     "read_changelog",
-    "restore_journals",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,14 +135,8 @@ def latest_per_key(records: Iterable[Record]) -> list[Record]:
 
 
 def _recreate(admin: AdminClient, topic: str, partitions: int, timeout_s: float) -> None:
-    """Delete ``topic`` (a missing one too: a journal's, deleted before a crash) and create it
-    again with ``partitions``."""
     for future in admin.delete_topics([topic], operation_timeout=timeout_s).values():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise
+        future.result()
     deadline = time.monotonic() + timeout_s
     while topic in admin.list_topics(timeout=timeout_s).topics:
         if time.monotonic() > deadline:
@@ -192,80 +179,10 @@ def client_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return {**kafka_security(settings), "bootstrap.servers": bootstrap}
 
 
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode()
-
-
-def _unb64(text: str | None) -> bytes | None:
-    return None if text is None else base64.b64decode(text)
-
-
-def _journal(journal_dir: Path, topic: str, partitions: int, kept: dict[int, list[Record]]) -> Path:
-    """The kept records of ``topic``, on disk before it is deleted (temp file + rename)."""
-    journal_dir.mkdir(parents=True, exist_ok=True)
-    path = journal_dir / f"{topic}.json"
-    records = {
-        str(p): [
-            [_b64(k), _b64(v), [[name, _b64(value)] for name, value in (h or [])]] for k, v, h in rs
-        ]
-        for p, rs in kept.items()
-    }
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"topic": topic, "partitions": partitions, "records": records}))
-    tmp.replace(path)
-    return path
-
-
-def _rewrite(
-    config: Mapping[str, Any],
-    admin: AdminClient,
-    topic: str,
-    partitions: int,
-    kept: dict[int, list[Record]],
-    timeout_s: float,
-) -> dict[int, list[Record]]:
-    """Delete ``topic``, create it again and write ``kept`` back; returns what it reads back."""
-    _recreate(admin, topic, partitions, timeout_s)
-    _write(config, topic, kept)
-    after = read_changelog(config, topic)
-    if {p: [r[:2] for r in rs] for p, rs in after.items() if rs} != {
-        p: [r[:2] for r in rs] for p, rs in kept.items() if rs
-    }:
-        raise StackError(f"compaction: {topic} read back differs from what was written")
-    return after
-
-
-def restore_journals(config: Mapping[str, Any], journal_dir: Path, timeout_s: float = 30) -> int:
-    """Write back every journal a crash left in ``journal_dir`` (the topic deleted, half
-    written or not yet deleted: it is rewritten from the journal either way); returns how many.
-    Nothing may write the topics meanwhile."""
-    journals = sorted(journal_dir.glob("*.json")) if journal_dir.is_dir() else []
-    admin = AdminClient(dict(config))
-    for path in journals:
-        job = json.loads(path.read_text())
-        kept = {
-            int(p): [
-                (_unb64(k), _unb64(v), [(n, _unb64(x)) for n, x in h] or None) for k, v, h in rs
-            ]
-            for p, rs in job["records"].items()
-        }
-        _rewrite(config, admin, job["topic"], int(job["partitions"]), kept, timeout_s)
-        log.warning("compaction: %s written back from its journal", job["topic"])
-        path.unlink()
-    return len(journals)
-
-
 def compact(
-    config: Mapping[str, Any],
-    topics: Iterable[str],
-    timeout_s: float = 30,
-    journal_dir: Path | None = None,
+    config: Mapping[str, Any], topics: Iterable[str], timeout_s: float = 30
 ) -> list[Compacted]:
-    """Compact each existing topic of ``topics`` (module docstring); its writer must be down.
-    With ``journal_dir``, each topic's kept records are on disk from before its deletion until
-    it reads back right."""
-    if journal_dir is not None:
-        restore_journals(config, journal_dir, timeout_s)
+    """Compact each existing topic of ``topics`` (module docstring); its writer must be down."""
     admin = AdminClient(dict(config))
     existing = admin.list_topics(timeout=timeout_s).topics
     done = []
@@ -274,11 +191,13 @@ def compact(
             continue
         before = read_changelog(config, topic)
         kept = {p: latest_per_key(records) for p, records in before.items()}
-        partitions = len(existing[topic].partitions)
-        journal = None if journal_dir is None else _journal(journal_dir, topic, partitions, kept)
-        after = _rewrite(config, admin, topic, partitions, kept, timeout_s)
-        if journal is not None:
-            journal.unlink()
+        _recreate(admin, topic, len(existing[topic].partitions), timeout_s)
+        _write(config, topic, kept)
+        after = read_changelog(config, topic)
+        if {p: [r[:2] for r in rs] for p, rs in after.items()} != {
+            p: [r[:2] for r in rs] for p, rs in kept.items()
+        }:
+            raise StackError(f"compaction: {topic} read back differs from what was written")
         result = Compacted(
             topic,
             sum(map(len, before.values())),
@@ -292,11 +211,7 @@ def compact(
 
 
 def compact_in_child(
-    settings: Settings,
-    bootstrap: str,
-    topics: Iterable[str],
-    timeout_s: float = 300,
-    journal_dir: Path | None = None,
+    settings: Settings, bootstrap: str, topics: Iterable[str], timeout_s: float = 300
 ) -> list[Compacted]:
     """:func:`compact` in a child process (``python -m processors.core.compaction``).
 
@@ -304,11 +219,7 @@ def compact_in_child(
     long-lived supervisor of ``skyloop run`` that kept 5 to 13 MB more after each rotation
     (measured, BENCHMARKS.md). A child returns it all when it exits.
     """
-    job = {
-        "config": client_config(settings, bootstrap),
-        "topics": list(topics),
-        "journal_dir": None if journal_dir is None else str(journal_dir),
-    }
+    job = {"config": client_config(settings, bootstrap), "topics": list(topics)}
     try:
         done = subprocess.run(
             [sys.executable, "-m", "processors.core.compaction"],
@@ -329,11 +240,7 @@ def compact_in_child(
 def main() -> int:
     """The child's side of :func:`compact_in_child`: a job on stdin, the results on stdout."""
     job = json.loads(sys.stdin.read())
-    journal = job.get("journal_dir")
-    done = compact(
-        job["config"], job["topics"], journal_dir=None if journal is None else Path(journal)
-    )
-    print(json.dumps([asdict(c) for c in done]))
+    print(json.dumps([asdict(c) for c in compact(job["config"], job["topics"])]))
     return 0
 
 

@@ -55,15 +55,10 @@ from processors.core.records import TOPICS
 
 __all__ = [
     "DATA_TOPICS",
-    "HOLD",
-    "OPEN",
-    "RELEASE",
-    "SIGNAL_FILE",
     "HotLog",
     "Released",
     "broker_rss_bytes",
     "epoch_topic",
-    "folder_bytes",
     "groups_past",
     "hold_ingest",
     "live_epoch",
@@ -188,25 +183,6 @@ def epoch_topic(topic: str, epoch: int) -> str:
     return topic if epoch == 0 else f"{topic}#{epoch}"
 
 
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (a durable broker's storage); 0 when it is gone."""
-    total, stack = 0, [folder]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-            except OSError:  # deleted meanwhile
-                continue
-    return total
-
-
 def broker_rss_bytes(pid: int | None) -> int:
     """Resident memory of the broker process (0 when it is gone)."""
     if pid is None:
@@ -292,9 +268,7 @@ class HotLog:
     names of the batch-loop workers that must acknowledge a release; ``around(rotate)`` runs
     ``rotate`` with the Faust controller down (``Supervisor.recycle``; the identity when there
     is none); ``compact`` (optional) compacts its changelogs then, after the data topics are
-    rotated; ``mirror_dir`` (optional) gets every phase before the run's own signal does (a
-    durable broker's epoch outlives the run: :mod:`processors.core.durable_epoch`).
-    :meth:`tick` never blocks for long; call it from the supervisor's loop.
+    rotated. :meth:`tick` never blocks for long; call it from the supervisor's loop.
     """
 
     def __init__(
@@ -309,8 +283,6 @@ class HotLog:
         out: TextIO | None = None,
         drain_timeout_s: float = 300.0,
         compact: Callable[[], Sequence[Compacted]] | None = None,
-        mirror_dir: Path | None = None,
-        measure_every_s: float = 0.0,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
@@ -322,9 +294,6 @@ class HotLog:
         self.out = out
         self.drain_timeout_s = drain_timeout_s
         self.compact = compact
-        self.mirror_dir = mirror_dir
-        self.measure_every_s = measure_every_s
-        self._measured = (float("-inf"), 0)  # (when, bytes): the last reading due() used
         self.compacted: list[Compacted] = []
         self.bound = settings.broker.log_retention_bytes
         self.max_age_s = settings.broker.log_retention_s
@@ -342,14 +311,8 @@ class HotLog:
         return self.bound > 0 or self.max_age_s > 0
 
     def held_bytes(self) -> int:
-        """What the broker grew since the last rotation (its resident memory over the floor).
-        Read at most every ``measure_every_s`` (a durable broker's is a walk of its folder);
-        the floor after a rotation is always read afresh."""
-        at, value = self._measured
-        if time.monotonic() - at >= self.measure_every_s:
-            value = self.broker_bytes()
-            self._measured = (time.monotonic(), value)
-        return max(0, value - self.floor)
+        """What the broker grew since the last rotation (its resident memory over the floor)."""
+        return max(0, self.broker_bytes() - self.floor)
 
     def due(self, now: float) -> bool:
         held = self.held_bytes()
@@ -368,7 +331,7 @@ class HotLog:
             if self.due(now):
                 self.epoch += 1
                 self.current = Rotation(self.epoch, HOLD, now)
-                self._signal(self.epoch, HOLD)
+                write_signal(self.progress_dir, self.epoch, HOLD)
             return
         if now - rot.started > self.drain_timeout_s:
             self._say(
@@ -382,7 +345,7 @@ class HotLog:
             held = ingest.get("hotlog_held") == rot.epoch or ingest.get("done") or not ingest_alive
             if held and self.drained():
                 rot.phase = RELEASE
-                self._signal(rot.epoch, RELEASE)
+                write_signal(self.progress_dir, rot.epoch, RELEASE)
             return
         if rot.phase == RELEASE:
             acked = all(
@@ -429,16 +392,9 @@ class HotLog:
         time.sleep(0.2)  # the allocator hands freed pages back
         if not keep_floor:
             self.floor = self.broker_bytes()
-            self._measured = (time.monotonic(), self.floor)
         self.epoch_started = time.monotonic()
         self.current = None
-        self._signal(rot.epoch, OPEN)
-
-    def _signal(self, epoch: int, phase: str) -> None:
-        """The mirror first: it is never behind what a worker has read from the run's signal."""
-        if self.mirror_dir is not None:
-            write_signal(self.mirror_dir, epoch, phase)
-        write_signal(self.progress_dir, epoch, phase)
+        write_signal(self.progress_dir, rot.epoch, OPEN)
 
     def _say(self, line: str) -> None:
         log.info(line)
