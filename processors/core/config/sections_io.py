@@ -121,10 +121,9 @@ class BrokerSettings(Section):
         default=256 * 1024 * 1024,
         ge=0,
         description=(
-            "the hot log's bound: when the embedded broker has grown this many bytes since its "
-            "last rotation (in memory; a durable one: its storage on disk), the data topics are "
-            "drained and recreated (control.events is kept whole; ClickHouse has every record); "
-            "0: unbounded"
+            "the hot log's bound: when the in-memory broker has grown this many bytes since its "
+            "last rotation, the data topics are drained and recreated (control.events is kept "
+            "whole; ClickHouse has every record); 0: unbounded"
         ),
     )
     log_retention_s: float = Field(
