@@ -133,6 +133,7 @@ def _done(
         >= sink.get("candidates_expected", sink.get("candidate_scores", 0))
         and sink.get("control_events", 0) + held.get("control_events", 0) >= events
         and controller.get("consumed", 0) >= sink.get("scores", 0)
+        and not controller.get("held")  # consumed past a hole, not yet applied (InOrder)
         and sink.get("revisions", 0) >= controller.get("revisions", 0)
     )
 

@@ -40,3 +40,12 @@ def test_a_resumed_run_waits_for_what_its_ingest_published_beyond_what_was_store
     assert not _done(ingest, early, controller)
     assert _done(ingest, {**early, "images": 240, "scores": 240}, controller)
     assert truth.ingest(ingest) == ingest  # counted once, as the ledger's file is
+
+
+def test_a_controller_holding_scores_behind_a_hole_is_not_done() -> None:
+    """Its records are consumed but not applied (the controller keeps a partition's order): a
+    run that ended then would leave their decisions unmade."""
+    ingest = {"done": True, "images": 10}
+    sink = {"images": 10, "scores": 10, "candidates": 0, "candidate_scores": 0}
+    assert not _done(ingest, sink, {"consumed": 10, "held": 3})
+    assert _done(ingest, sink, {"consumed": 10, "held": 0})
