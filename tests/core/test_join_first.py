@@ -86,5 +86,5 @@ def test_a_processor_other_than_the_declared_one_is_refused(worker_settings: Set
     class Renamed(Echo):
         name = "other"
 
-    with pytest.raises(ValueError, match="'echo'.*'other'"):
+    with pytest.raises(ValueError, match=r"'echo'.*'other'"):
         join_then_run(SPEC, Renamed, worker_settings)
