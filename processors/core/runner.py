@@ -29,8 +29,8 @@ A processor with ``pausable = True`` (the scorer) honours ``pipeline.paused``: b
 the runner pauses its partitions (librdkafka drops what it prefetched and later resumes from
 the first uncommitted-and-unprocessed offset), keeps polling so it stays in its group, and
 resumes them on ``pipeline.resumed``. Nothing past the last finished batch is committed.
-A processor's ``consumer_config`` (optional: a mapping, or a function of the settings) adds
-librdkafka settings to its consumer's.
+A processor's ``consumer_config(settings)`` (optional) adds librdkafka settings to its
+consumer's.
 A worker may join its group before it imports its processor (:func:`join_group`, passed as
 ``joined``): a broker answers a group's first join only after a delay (the embedded one: half
 the session timeout), and the join then overlaps the imports and the model's loading.
@@ -167,8 +167,8 @@ class Runner:
         if consumer is None:
             # join the group first: the broker answers a first join only after a delay (the
             # embedded one: half the session timeout), which then overlaps the model's loading
-            tuned = getattr(self.processor, "consumer_config", None)
-            tuned = dict(tuned(settings) if callable(tuned) else tuned or {})
+            tune = getattr(self.processor, "consumer_config", None)
+            tuned = tune(settings) if tune is not None else {}
             consumer = join_group(settings, self.bootstrap, name, self.processor.inputs, **tuned)
         self.ctx.extra["follower"] = follower
         self.ctx.extra["producer"] = producer

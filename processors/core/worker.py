@@ -108,7 +108,8 @@ def run_batch_loop(processor: Any, settings: Any, **limits: Any) -> int:
     """Run ``processor`` in a :class:`~processors.core.runner.Runner` until SIGTERM/SIGINT.
 
     ``limits`` are the runner's batch limits (``batch_size``, ``max_batch_bytes``,
-    ``max_wait_s``); its guarantees are the runner's (commit after produce, at least once).
+    ``max_wait_s``) and, from :func:`join_then_run`, ``joined``; its guarantees are the
+    runner's (commit after produce, at least once).
     """
     from processors.core.runner import Runner, StopSignal
 
@@ -134,10 +135,9 @@ def join_then_run(
     The processor must be the one ``spec`` declares (its name is ``spec.group`` and its inputs
     ``spec.consumes``); a mismatch raises ``ValueError`` before anything is consumed.
     """
-    from processors.core.runner import Runner, StopSignal, join_group
+    from processors.core.runner import join_group
 
-    bootstrap = settings.kafka.bootstrap_servers
-    joined = join_group(settings, bootstrap, spec.group, spec.consumes)
+    joined = join_group(settings, settings.kafka.bootstrap_servers, spec.group, spec.consumes)
     try:
         processor = make_processor()
         declared = (processor.name, tuple(processor.inputs))
@@ -146,21 +146,12 @@ def join_then_run(
                 f"worker {spec.name!r} joined {spec.group!r} for {list(spec.consumes)}, but its "
                 f"processor is {declared[0]!r} reading {list(declared[1])}"
             )
-        if getattr(processor, "consumer_config", None):
+        if getattr(processor, "consumer_config", None) is not None:
             raise ValueError(f"{spec.name!r}: a tuned consumer cannot join before its processor")
     except BaseException:
         joined.close()
         raise
-    Runner(
-        processor,
-        settings,
-        bootstrap,
-        stop=StopSignal().install(),
-        progress_dir=settings.progress_dir,
-        joined=joined,
-        **limits,
-    ).run()
-    return 0
+    return run_batch_loop(processor, settings, joined=joined, **limits)
 
 
 def _load(target: str) -> Any:
