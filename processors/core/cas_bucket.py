@@ -20,11 +20,17 @@ And ``localbucket`` lists a prefix by walking the whole bucket, while Tansu list
 every topic. A durable run's bucket server was busy a whole core, and scoring fell from 13 to
 1-2 images/s within two minutes as the folder grew.
 
+And ``localbucket`` lists every object's ``LastModified`` to the second, while Tansu answers
+"latest offset" (the high watermark a consumer or ``get_watermark_offsets`` asks for) with the
+batch object listed as modified last, the first of a tie: three control events produced within
+a second gave a log end of 1, not 3, and a scorer that waited for "every event in the log"
+scored past the last two.
+
 And ``localbucket`` has no DeleteObjects (``POST /bucket?delete``), the only way Tansu deletes a
 topic's objects: it answered 501, the broker retried ten times and then dropped the admin
 client's connection, so a durable broker could not delete a topic at all.
 
-This module serves the same folder with ``localbucket``'s handler, with four changes:
+This module serves the same folder with ``localbucket``'s handler, with five changes:
 
 - a PUT that carries ``If-Match`` writes only while the object's current ETag is one it lists,
   and otherwise answers 412;
@@ -33,7 +39,10 @@ This module serves the same folder with ``localbucket``'s handler, with four cha
 - a listing walks only the folder its prefix names (the prefix up to its last ``/``), with the
   same answer: every key with the prefix lies in that folder;
 - DeleteObjects deletes every key it lists as DeleteObject does (a missing key counts as
-  deleted, as on S3), each under its path's lock, and answers per key.
+  deleted, as on S3), each under its path's lock, and answers per key;
+- a listing's ``LastModified`` is the file's modification time to the nanosecond, and of two
+  keys listed with the same time (a file system whose clock ticks coarser), the later key is
+  a nanosecond later: a partition's batches, named by offset, then list in the order written.
 
 Invariants: one process serves a folder (the broker's); the ETag compared is the MD5 of the
 current file, as ``localbucket`` reports it; an ``If-Match`` on a missing object fails (412).
@@ -46,6 +55,7 @@ import threading
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
@@ -113,6 +123,29 @@ class CompareAndSetHandler(localbucket.S3Handler):
             if not quiet:
                 localbucket.sub_element(ET.SubElement(result, "Deleted"), "Key", key)
         self._send_xml(result)
+
+    def _add_list_entries(
+        self,
+        root: ET.Element,
+        contents: list[tuple[str, Path]],
+        common_prefixes: list[str],
+        encode: Callable[[str], str],
+    ) -> None:
+        """``localbucket``'s listing entries, with ``LastModified`` to the nanosecond."""
+        super()._add_list_entries(root, contents, common_prefixes, encode)
+        items = root.findall("Contents")[len(root.findall("Contents")) - len(contents) :]
+        previous_mtime = previous_stamp = -1
+        for item, (_key, path) in zip(items, contents, strict=True):
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:  # deleted since it was listed: keep the answer localbucket gave
+                continue
+            stamp = previous_stamp + 1 if mtime == previous_mtime else mtime
+            previous_mtime, previous_stamp = mtime, stamp
+            when = datetime.fromtimestamp(stamp // 10**9, UTC)
+            modified = item.find("LastModified")
+            if modified is not None:
+                modified.text = f"{when:%Y-%m-%dT%H:%M:%S}.{stamp % 10**9:09d}Z"
 
     def _list_entries(
         self,
@@ -206,6 +239,7 @@ _EXTENDED = (
     "_delete_object",
     "_object_path",
     "_list_entries",
+    "_add_list_entries",
     "_post_request",
     "_read_body",
     "_bucket_dir",

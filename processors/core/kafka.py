@@ -370,11 +370,25 @@ class ControlFollower:
         with self._cond:
             return self._refused.get(offset)
 
-    def log_end(self) -> int:
-        _low, high = self._probe.get_watermark_offsets(
-            TopicPartition(self.topic, 0), timeout=10, cached=False
-        )
-        return int(high)
+    def log_end(self, timeout_s: float = 10.0) -> int:
+        """The control log's end offset, asked of the broker.
+
+        A broker that has just restarted answers "unknown partition" (or not at all) until the
+        client's metadata is refreshed; that is retried until ``timeout_s`` has passed, after
+        which the last error is raised.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                _low, high = self._probe.get_watermark_offsets(
+                    TopicPartition(self.topic, 0), timeout=max(left, 0.1), cached=False
+                )
+                return int(high)
+            except KafkaException:
+                if deadline - time.monotonic() <= 0:
+                    raise
+                time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
 
     def wait_for_offset(self, offset: int, timeout_s: float) -> bool:
         """Block until every event with an offset below ``offset`` is applied."""
@@ -382,7 +396,11 @@ class ControlFollower:
             return self._cond.wait_for(lambda: self._next_offset >= offset, timeout_s)
 
     def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
-        return self.wait_for_offset(self.log_end(), timeout_s)
+        """Block until every event in the log when called is applied; ``timeout_s`` covers
+        both asking the broker for the log's end and applying up to it."""
+        deadline = time.monotonic() + timeout_s
+        end = self.log_end(timeout_s)
+        return self.wait_for_offset(end, max(deadline - time.monotonic(), 0.0))
 
     def wait_until(self, predicate: Callable[[ControlState], bool], timeout_s: float) -> bool:
         with self._cond:
