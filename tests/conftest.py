@@ -53,12 +53,17 @@ def unique() -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, unique: str) -> Settings:
-    """Settings isolated to this test: own data dir, topic prefix and group prefix."""
+    """Settings isolated to this test: own data dir, topic prefix and group prefix.
+
+    A 2 s session: the embedded broker holds a group's first join for half the session (1 s
+    here, 3 s at the default 6 s), and most tests here join a group or two. A worker a test
+    starts as a whole ``skyloop run`` keeps the default.
+    """
     return load_settings(
         data_dir=tmp_path / "data",
         topic_prefix=f"t{unique}.",
         group_prefix=f"g{unique}",
-        session_timeout_ms=6000,
+        session_timeout_ms=2000,
     )
 
 
