@@ -7,6 +7,7 @@ worker that was never stopped (same control events, same tables at the end).
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from processors.controller.tables import changelog_topics
 from processors.core.compaction import compact_in_child, latest_per_key
 from processors.core.records import ScoreRecord
-from tests.controller.test_restart import Run, records  # noqa: F401  (the fixture)
+from tests.controller.stats_run import CleanRun, Run
 
 pytestmark = pytest.mark.e2e
 
@@ -26,25 +27,25 @@ def test_latest_per_key_keeps_the_last_value_and_drops_deleted_keys() -> None:
     assert latest_per_key(log) != [(b"a", b"1", None), (b"b", b"2", None), (b"c", b"4", None)]
 
 
+def _applied_at_least(run: Run, n: int) -> bool:
+    return run.applied() >= n
+
+
 def test_compaction_between_stops_keeps_the_tables_and_the_decisions(
     kafka_bootstrap: str,
     tmp_path: Path,
-    records: list[ScoreRecord],  # noqa: F811
+    records: list[ScoreRecord],
+    clean_run: CleanRun,
 ) -> None:
-    clean = Run(kafka_bootstrap, tmp_path, records)
     compacted = Run(kafka_bootstrap, tmp_path, records)
     topics = changelog_topics(compacted.settings)
     results = []
     try:
-        clean.start()
-        clean.wait(clean.finished, "the clean run to apply every score")
-        clean.stop()
-
         # stopped twice (inside the first reference window, then after the drift), compacted
         # each time while down, as a rotation does
         for applied in (300, 400):  # each process counts its own: 700 in all, past the drift
             compacted.start()
-            compacted.wait(lambda n=applied: compacted.applied() >= n, f"{applied} scores")
+            compacted.wait(partial(_applied_at_least, compacted, applied), f"{applied} scores")
             compacted.stop()
             (compacted.data / "progress" / "stats.json").unlink(missing_ok=True)
             before = {name: compacted.table(name) for name in ("controller", "lane_windows")}
@@ -59,14 +60,13 @@ def test_compaction_between_stops_keeps_the_tables_and_the_decisions(
         compacted.wait(compacted.finished, "the compacted run to apply every score")
         compacted.stop()
     finally:
-        clean.stop()
         compacted.stop()
 
-    assert not clean.gaps() and not compacted.gaps(), "records skipped"
+    assert not clean_run.gaps and not compacted.gaps(), "records skipped"
     controller = [r for r in results if r.topic == topics[0]]
     assert controller and all(r.records_after < r.records_before for r in controller)
     ids = [e["event_id"] for e in compacted.events()]
     assert len(ids) == len(set(ids)), "an event was emitted twice"
-    assert ids == [e["event_id"] for e in clean.events()]
-    assert compacted.controller_state() == clean.controller_state()
-    assert compacted.table("lane_windows") == clean.table("lane_windows")
+    assert ids == [e["event_id"] for e in clean_run.events]
+    assert compacted.controller_state() == clean_run.controller_state
+    assert compacted.table("lane_windows") == clean_run.lane_windows
