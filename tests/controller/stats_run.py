@@ -136,41 +136,59 @@ class Run:
         return int(progress.get("applied", 0)) >= n or int(progress.get("consumed", 0)) >= N
 
     def read(self, topic: str) -> list[tuple[Any, Any]]:
-        """Every (key, value) of a topic, all partitions, each in offset order.
+        """Every (key, value) of a topic, all partitions, each in offset order."""
+        return self.read_all([topic])[topic]
 
-        Reads until the topic has been quiet for 2 s, not up to the high watermark: the
+    def read_all(self, topics: list[str]) -> dict[str, list[tuple[Any, Any]]]:
+        """Every (key, value) of each topic, as :meth:`read`, in one pass.
+
+        Reads until the topics have been quiet for 2 s, not up to the high watermark: the
         embedded broker reports it too low after batched writes (ARCHITECTURE.md, "The local
         stack").
         """
         consumer = Consumer(
             {"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}"}
         )
-        by_partition: dict[int, list[tuple[Any, Any]]] = {}
+        by_partition: dict[tuple[str, int], list[tuple[Any, Any]]] = {}
         try:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            consumer.assign([TopicPartition(topic, p, 0) for p in sorted(meta.partitions)])
+            assigned = []
+            for topic in topics:
+                meta = consumer.list_topics(topic, timeout=10).topics[topic]
+                assigned += [TopicPartition(topic, p, 0) for p in sorted(meta.partitions)]
+            consumer.assign(assigned)
             quiet_since = time.monotonic()
             while time.monotonic() - quiet_since < 2.0:
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error() is not None:
                     continue
-                by_partition.setdefault(int(msg.partition() or 0), []).append(
-                    (msg.key(), msg.value())
-                )
+                where = (str(msg.topic()), int(msg.partition() or 0))
+                by_partition.setdefault(where, []).append((msg.key(), msg.value()))
                 quiet_since = time.monotonic()
         finally:
             consumer.close()
-        return [kv for p in sorted(by_partition) for kv in by_partition[p]]
+        return {
+            topic: [kv for (t, _p), kvs in sorted(by_partition.items()) if t == topic for kv in kvs]
+            for topic in topics
+        }
 
-    def table(self, name: str) -> dict[Any, Any]:
-        """The table as its changelog rebuilds it: the last value per key, tombstones delete."""
+    def changelog(self, name: str) -> str:
+        """The changelog topic of the worker's table ``name``."""
+        return f"{self.settings.group('stats')}-{name}-changelog"
+
+    @staticmethod
+    def fold(changelog: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        """A table as its changelog rebuilds it: the last value per key, tombstones delete."""
         state: dict[Any, Any] = {}
-        for key, value in self.read(f"{self.settings.group('stats')}-{name}-changelog"):
+        for key, value in changelog:
             if value is None:
                 state.pop(key, None)
             else:
                 state[key] = value
         return state
+
+    def table(self, name: str) -> dict[Any, Any]:
+        """The table ``name`` as its changelog rebuilds it."""
+        return self.fold(self.read(self.changelog(name)))
 
     def controller_state(self) -> dict[str, bytes]:
         """The ``controller`` table with loose ring slots folded into their blocks
