@@ -193,8 +193,16 @@ class Lanes:
             caused_by=caused_by or ([lane.calibration_id] if lane.calibration_id else []),
         )
         self._profiles[profile_id] = plan.profile
-        if reason == "drift" and cfg.revise:  # the images since the change point, decided again
-            begin(lane, entries, lane.calibration_id, event, plan, cfg.target_fpr)
+        # the images since the change point, decided again: under the drift's recalibration,
+        # then under its epoch's first refinement (more images, a smaller error)
+        if cfg.revise and (
+            reason == "drift" or (reason == "refine" and lane.revise_from is not None)
+        ):
+            since = lane.revise_from if reason == "refine" else None
+            begin(lane, entries, lane.calibration_id, event, plan, cfg.target_fpr, since)
+            lane.revise_from = start if reason == "drift" else None
+        elif reason != "refine":
+            lane.revise_from = None
         lane.calibration_id, lane.profile_id = event["event_id"], profile_id
         lane.reference_rows = len(entries)
         lane.base_thresholds, lane.thresholds = dict(plan.thresholds), dict(plan.thresholds)

@@ -50,10 +50,12 @@ def begin(
     event: ControlEventRecord,
     plan: CalibrationPlan,
     target_fpr: float,
+    from_seq: int | None = None,
 ) -> None:
     """Set the lane's revision waiting for a drift's recalibration ``event``, planned as
     ``plan`` from ``entries`` (the change point on); ``superseded``: the calibration it
-    replaces."""
+    replaces. ``from_seq``: where the revised images begin when not at ``entries[0]`` (the
+    epoch's first refinement: at the drift's change point, before its own window)."""
     calibration_id = event["event_id"]
     old = {e.calibration_id for e in entries if e.calibration_id is not None}
     if superseded is not None:
@@ -67,8 +69,9 @@ def begin(
         thresholds=dict(plan.thresholds),
         vote_k=int(params.get("vote_k") or 1),
         target_fpr=target_fpr,
-        from_seq=entries[0].seq,
+        from_seq=entries[0].seq if from_seq is None else min(from_seq, entries[0].seq),
         reference_to=entries[-1].seq,
+        reference_from=entries[0].seq,
         trimmed=sorted(entries[i].seq for i in plan.trimmed),
         superseded=sorted(old),
         causes=[calibration_id, *event["caused_by"][:1]],

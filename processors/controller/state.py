@@ -138,6 +138,9 @@ class LaneState:
     (:class:`~processors.policies.revision.PendingRevision` as a dict; empty: none)."""
     revisions: int = 0
     """Revisions made on this lane; the next one is numbered ``revisions + 1``."""
+    revise_from: int | None = None
+    """The change point of the last drift, until its epoch's first refinement, which decides
+    the images since it again (a reference of 96 images or more, against the drift's 64)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LaneState:

@@ -91,9 +91,11 @@ class PendingRevision:
 
     ``superseded``: the calibrations whose decisions it revises (the one in force at the drift
     and any the images since the change point were served under); ``from_seq``: the change
-    point; ``reference_to``: the last seq of the recalibration's window (its first is
-    ``from_seq``) and ``trimmed`` the seqs it left out, so reference row ``r`` is the ``r``-th
-    seq of the window not trimmed; ``causes``: the recalibration's and the drift's event ids.
+    point; ``reference_to``: the last seq of the recalibration's window, ``reference_from`` its
+    first (None: ``from_seq``; later for the epoch's first refinement, whose window may begin
+    after the change point) and ``trimmed`` the seqs it left out, so reference row ``r`` is the
+    ``r``-th seq of the window not trimmed; ``causes``: the recalibration's and the drift's (or,
+    for a refinement, the calibration it refines) event ids.
     """
 
     number: int
@@ -107,11 +109,13 @@ class PendingRevision:
     trimmed: list[int] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
     causes: list[str] = field(default_factory=list)
+    reference_from: int | None = None
 
     def reference_rows(self) -> dict[int, int]:
         """Seq → reference row, for the seqs of the recalibration's window it kept."""
         cut = set(self.trimmed)
-        kept = [seq for seq in range(self.from_seq, self.reference_to + 1) if seq not in cut]
+        first = self.from_seq if self.reference_from is None else self.reference_from
+        kept = [seq for seq in range(first, self.reference_to + 1) if seq not in cut]
         return {seq: row for row, seq in enumerate(kept)}
 
     def due(self, calibration_id: str | None) -> bool:
@@ -132,6 +136,7 @@ class PendingRevision:
             "trimmed": list(self.trimmed),
             "superseded": list(self.superseded),
             "causes": list(self.causes),
+            "reference_from": self.reference_from,
         }
 
     @classmethod

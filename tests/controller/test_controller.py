@@ -223,7 +223,7 @@ def test_a_drift_revises_the_decisions_served_since_its_change_point() -> None:
     s = stream(1800, seed=3, shift_at=onset, shift=4.0)
     result = simulate(s, ControllerConfig())
     revised_events = [e for e in result.events if e["type"] == "decisions.revised"]
-    assert len(revised_events) == 1
+    assert len(revised_events) == 2  # the second: the epoch's first refinement (test below)
     event = revised_events[0]
     drift = next(e for e in result.events if e["type"] == "drift.detected")
     recalibration = next(
@@ -233,9 +233,8 @@ def test_a_drift_revises_the_decisions_served_since_its_change_point() -> None:
     )
     assert event["caused_by"] == [recalibration["event_id"], drift["event_id"]]
     assert event["params"]["extra"]["calibration"] == recalibration["event_id"]
-    records = result.revisions
+    records = [r for r in result.revisions if r["revision"] == 1]
     assert len(records) == event["evidence"]["images"] > 0
-    assert {r["revision"] for r in records} == {1}
     assert {r["calibration_id"] for r in records} == {recalibration["event_id"]}
     assert all(r["revision_event_id"] == event["event_id"] for r in records)
     seqs = sorted(int(r["image_id"].removeprefix("img")) for r in records)
@@ -245,15 +244,58 @@ def test_a_drift_revises_the_decisions_served_since_its_change_point() -> None:
     assert seqs[-1] < first_new
     window = slice(seqs[0], seqs[-1] + 1)
     live = float(result.flagged[window].mean())
-    stored = float(result.revised[window].mean())  # type: ignore[index]
+    stored = float(result.revised[window].mean())  # type: ignore[index]  # the last revision
     assert live > 2.5 * target  # the flood, as served
     assert stored <= 2.5 * target  # the catalogue, corrected
     assert event["evidence"]["withdrawn"] >= 0.8 * event["evidence"]["flags_before"]
     assert event["evidence"]["flag_rate_before"] == pytest.approx(live)
     # the revision is a decision like any other: the same scores give the same one
     again = simulate(s, ControllerConfig())
-    assert [r["image_id"] for r in again.revisions] == [r["image_id"] for r in records]
-    assert [r["is_candidate"] for r in again.revisions] == [r["is_candidate"] for r in records]
+    assert [r["image_id"] for r in again.revisions] == [r["image_id"] for r in result.revisions]
+    assert [r["is_candidate"] for r in again.revisions] == [
+        r["is_candidate"] for r in result.revisions
+    ]
+
+
+def test_the_drift_epoch_s_first_refinement_decides_the_same_images_again() -> None:
+    """The drift's recalibration has 64 images; its epoch's first refinement, 96 or more from
+    the change point on: every image since the change point served under an earlier
+    calibration is decided again under it (revision 2, replacing revision 1 in the warehouse).
+    Later refinements, and refinements of an epoch that began without a drift, revise nothing."""
+    onset = 1000
+    result = simulate(stream(2600, seed=3, shift_at=onset, shift=4.0), ControllerConfig())
+    events = result.events
+    first, second = [e for e in events if e["type"] == "decisions.revised"]
+    drift_at = next(i for i, e in enumerate(events) if e["type"] == "drift.detected")
+    refines = [
+        e
+        for e in events[drift_at:]
+        if e["type"] == "calibration.updated" and e["params"]["reason"] == "refine"
+    ]
+    assert len(refines) >= 2  # more refinements followed; only the first revised
+    before_drift = [
+        e
+        for e in events[:drift_at]
+        if e["type"] == "calibration.updated" and e["params"]["reason"] == "refine"
+    ]
+    assert before_drift  # the first epoch refined too, and no revision came of it
+    assert second["params"]["extra"]["calibration"] == refines[0]["event_id"]
+    assert second["caused_by"][0] == refines[0]["event_id"]
+    by_revision: dict[int, set[str]] = {1: set(), 2: set()}
+    for record in result.revisions:
+        by_revision[record["revision"]].add(record["image_id"])
+        if record["revision"] == 2:
+            assert record["calibration_id"] == refines[0]["event_id"]
+            assert record["revision_event_id"] == second["event_id"]
+    assert by_revision[1] <= by_revision[2]  # every image of the first, decided again
+    assert len(by_revision[2]) == second["evidence"]["images"]
+    assert min(by_revision[2]) == min(by_revision[1])  # from the change point, as the first
+    stored = {r["image_id"]: r["is_candidate"] for r in result.revisions}  # the last revision
+    assert all(
+        bool(result.revised[int(image.removeprefix("img"))]) == candidate  # type: ignore[index]
+        for image, candidate in stored.items()
+    )
+    assert first["event_id"] != second["event_id"]
 
 
 def test_revision_can_be_turned_off() -> None:
