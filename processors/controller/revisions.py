@@ -55,7 +55,8 @@ def begin(
     """Set the lane's revision waiting for a drift's recalibration ``event``, planned as
     ``plan`` from ``entries`` (the change point on); ``superseded``: the calibration it
     replaces. ``from_seq``: where the revised images begin when not at ``entries[0]`` (the
-    epoch's first refinement: at the drift's change point, before its own window)."""
+    epoch's first refinement: at the drift's change point, before its own window); such a
+    revision also ends at its window's last image, the newest the drift tests cleared."""
     calibration_id = event["event_id"]
     old = {e.calibration_id for e in entries if e.calibration_id is not None}
     if superseded is not None:
@@ -72,6 +73,8 @@ def begin(
         from_seq=entries[0].seq if from_seq is None else min(from_seq, entries[0].seq),
         reference_to=entries[-1].seq,
         reference_from=entries[0].seq,
+        # a refinement's images end where its window does: those after it are not cleared
+        to_seq=None if from_seq is None else entries[-1].seq,
         trimmed=sorted(entries[i].seq for i in plan.trimmed),
         superseded=sorted(old),
         causes=[calibration_id, *event["caused_by"][:1]],
@@ -106,7 +109,7 @@ class Revisions:
         superseded = set(pending.superseded)
         served = [
             Served(e.seq, e.image_id, e.feature_array(), e.energy, e.flagged, e.calibration_id)
-            for e in self.entries(lane, pending.from_seq, lane.seq - 1)
+            for e in self.entries(lane, pending.from_seq, pending.until(lane.seq - 1))
             if e.served and e.calibration_id in superseded
         ]
         if not served:

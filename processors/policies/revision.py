@@ -95,7 +95,8 @@ class PendingRevision:
     first (None: ``from_seq``; later for the epoch's first refinement, whose window may begin
     after the change point) and ``trimmed`` the seqs it left out, so reference row ``r`` is the
     ``r``-th seq of the window not trimmed; ``causes``: the recalibration's and the drift's (or,
-    for a refinement, the calibration it refines) event ids.
+    for a refinement, the calibration it refines) event ids; ``to_seq``: the last image it
+    revises (None: the newest served when it is due).
     """
 
     number: int
@@ -110,6 +111,7 @@ class PendingRevision:
     superseded: list[str] = field(default_factory=list)
     causes: list[str] = field(default_factory=list)
     reference_from: int | None = None
+    to_seq: int | None = None
 
     def reference_rows(self) -> dict[int, int]:
         """Seq → reference row, for the seqs of the recalibration's window it kept."""
@@ -117,6 +119,11 @@ class PendingRevision:
         first = self.from_seq if self.reference_from is None else self.reference_from
         kept = [seq for seq in range(first, self.reference_to + 1) if seq not in cut]
         return {seq: row for row, seq in enumerate(kept)}
+
+    def until(self, end: int) -> int:
+        """Where the revised seqs end (exclusive) when the ring is read up to ``end``
+        (exclusive)."""
+        return end if self.to_seq is None else min(end, self.to_seq + 1)
 
     def due(self, calibration_id: str | None) -> bool:
         """Whether a served score made under ``calibration_id`` ends the wait: made under a
@@ -137,6 +144,7 @@ class PendingRevision:
             "superseded": list(self.superseded),
             "causes": list(self.causes),
             "reference_from": self.reference_from,
+            "to_seq": self.to_seq,
         }
 
     @classmethod
