@@ -75,6 +75,7 @@ def begin(
         reference_from=entries[0].seq,
         # a refinement's images end where its window does: those after it are not cleared
         to_seq=None if from_seq is None else entries[-1].seq,
+        reason=str(params.get("reason") or "drift"),
         trimmed=sorted(entries[i].seq for i in plan.trimmed),
         superseded=sorted(old),
         causes=[calibration_id, *event["caused_by"][:1]],
@@ -146,7 +147,7 @@ class Revisions:
             {
                 "model_version": lane.model,
                 "artifact_id": artifact_id_of(artifact),
-                "reason": "drift",
+                "reason": pending.reason,
                 "extra": {
                     "revision": str(pending.number),
                     "calibration": pending.calibration,

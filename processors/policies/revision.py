@@ -96,7 +96,8 @@ class PendingRevision:
     after the change point) and ``trimmed`` the seqs it left out, so reference row ``r`` is the
     ``r``-th seq of the window not trimmed; ``causes``: the recalibration's and the drift's (or,
     for a refinement, the calibration it refines) event ids; ``to_seq``: the last image it
-    revises (None: the newest served when it is due).
+    revises (None: the newest served when it is due); ``reason``: the calibration's
+    (``drift``, or ``refine`` for the epoch's first refinement).
     """
 
     number: int
@@ -112,6 +113,7 @@ class PendingRevision:
     causes: list[str] = field(default_factory=list)
     reference_from: int | None = None
     to_seq: int | None = None
+    reason: str = "drift"
 
     def reference_rows(self) -> dict[int, int]:
         """Seq → reference row, for the seqs of the recalibration's window it kept."""
@@ -145,6 +147,7 @@ class PendingRevision:
             "causes": list(self.causes),
             "reference_from": self.reference_from,
             "to_seq": self.to_seq,
+            "reason": self.reason,
         }
 
     @classmethod

@@ -281,6 +281,7 @@ def test_the_drift_epoch_s_first_refinement_decides_the_same_images_again() -> N
     ]
     assert before_drift  # the first epoch refined too, and no revision came of it
     assert second["params"]["extra"]["calibration"] == refines[0]["event_id"]
+    assert (first["params"]["reason"], second["params"]["reason"]) == ("drift", "refine")
     assert second["caused_by"][0] == refines[0]["event_id"]
     by_revision: dict[int, set[str]] = {1: set(), 2: set()}
     for record in result.revisions:
