@@ -146,8 +146,9 @@ class DriftSettings(Section):
     revise: bool = Field(
         default=True,
         description=(
-            "after a drift's recalibration, decide the images served since the change point "
-            "again under it (scores.revised, a decisions.revised event)"
+            "after a drift's recalibration, and again at its first refinement, decide the "
+            "images served since the change point again under it (scores.revised, a "
+            "decisions.revised event)"
         ),
     )
 
