@@ -368,8 +368,8 @@ class ControlService:
         and logged, as loud as a loss deserves (retention deleting unread records is the only
         expected cause)."""
         self.progress.add("gaps", missing)
-        log.error("controller: %s[%d]: offsets %d to %d never arrived (%d records never seen)",
-                  topic, partition, expected, expected + missing - 1, missing)  # fmt: skip
+        span = f"{topic}[{partition}]: offsets {expected} to {expected + missing - 1}"
+        log.error("controller: %s never arrived (%d records never seen)", span, missing)
 
     def _lifecycle(self) -> Lifecycle:
         """The lifecycle, its tracks restored from the table on first use after a start."""

@@ -133,7 +133,8 @@ class CompareAndSetHandler(localbucket.S3Handler):
     ) -> None:
         """``localbucket``'s listing entries, with ``LastModified`` to the nanosecond."""
         super()._add_list_entries(root, contents, common_prefixes, encode)
-        items = root.findall("Contents")[len(root.findall("Contents")) - len(contents) :]
+        listed = root.findall("Contents")
+        items = listed[len(listed) - len(contents) :]  # the entries just added, in order
         previous_mtime = previous_stamp = -1
         for item, (_key, path) in zip(items, contents, strict=True):
             try:
