@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from processors.core.records import ScoreRecord
-from tests.controller.stats_run import CleanRun, Run, make_records
+from tests.controller.stats_run import Outcome, Run, make_records
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +16,12 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> list[ScoreRecord]:
 @pytest.fixture(scope="session")
 def clean_run(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, records: list[ScoreRecord]
-) -> CleanRun:
+) -> Outcome:
     """The stats worker over ``records``, never stopped: what a stopped one must end equal to."""
-    return CleanRun.of(Run(kafka_bootstrap, tmp_path_factory.mktemp("clean"), records))
+    run = Run(kafka_bootstrap, tmp_path_factory.mktemp("clean"), records)
+    run.start()
+    try:
+        run.wait(run.finished, "the clean run to apply every score")
+    finally:
+        run.stop()
+    return run.outcome()

@@ -3,7 +3,7 @@
 Shared by the controller's kill and compaction tests (tests/controller/test_restart.py,
 test_compaction.py): each builds runs of the real worker (Faust, changelog-backed tables) as a
 child process on the embedded broker, each run with its own topics, group and data dir, and
-compares them with one clean run (:class:`CleanRun`, made once per session in conftest.py).
+compares their :class:`Outcome` with one clean run's (made once per session in conftest.py).
 """
 
 from __future__ import annotations
@@ -190,12 +190,6 @@ class Run:
         """The table ``name`` as its changelog rebuilds it."""
         return self.fold(self.read(self.changelog(name)))
 
-    def controller_state(self) -> dict[str, bytes]:
-        """The ``controller`` table with loose ring slots folded into their blocks
-        (:func:`~processors.controller.tables.folded`): runs whose batches fell differently hold
-        the same ring under different keys."""
-        return folded({json.loads(k): v for k, v in self.table("controller").items()})
-
     def finished(self) -> bool:
         head = self.table("controller").get(f'"source|{SOURCE}"'.encode())
         if head is None:
@@ -203,26 +197,34 @@ class Run:
         offsets = SourceState.from_bytes(head).offsets
         return all(offsets.get(f"scores:{p}", -1) >= last for p, last in self.last.items())
 
-    def revisions(self) -> set[tuple[str, int, bool]]:
-        """(image, revision, revised verdict) of every ``scores.revised`` record."""
-        return {
-            (r["image_id"], r["revision"], r["is_candidate"])
-            for r in (
-                CODEC.decode(value, "skyloop.ScoreRevision")
-                for _key, value in self.read(self.settings.topic("scores.revised"))
-            )
-        }
-
-    def events(self) -> list[dict[str, Any]]:
-        return [
-            CODEC.decode(value, "skyloop.ControlEvent")
-            for _key, value in self.read(self.settings.topic("control.events"))
+    def outcome(self) -> Outcome:
+        """What the run left on its topics, read in one pass (once it is stopped)."""
+        events, controller, lane_windows, revised = topics = [
+            self.settings.topic("control.events"),
+            self.changelog("controller"),
+            self.changelog("lane_windows"),
+            self.settings.topic("scores.revised"),
         ]
+        read = self.read_all(topics)
+        # loose ring slots folded into their blocks (processors.controller.tables.folded): runs
+        # whose batches fell differently hold the same ring under different keys
+        table = self.fold(read[controller])
+        return Outcome(
+            data=self.data,
+            gaps=self.gaps(),
+            events=[CODEC.decode(v, "skyloop.ControlEvent") for _k, v in read[events]],
+            controller_state=folded({json.loads(k): v for k, v in table.items()}),
+            lane_windows=self.fold(read[lane_windows]),
+            revisions={  # (image, revision, revised verdict)
+                (r["image_id"], r["revision"], r["is_candidate"])
+                for r in (CODEC.decode(v, "skyloop.ScoreRevision") for _k, v in read[revised])
+            },
+        )
 
 
 @dataclass(frozen=True)
-class CleanRun:
-    """What a run that was never stopped left: read once, compared by every test."""
+class Outcome:
+    """What a stopped run left on its topics (:meth:`Run.outcome`): what the tests compare."""
 
     data: Path
     gaps: list[str]
@@ -230,19 +232,3 @@ class CleanRun:
     controller_state: dict[str, bytes]
     lane_windows: dict[Any, Any]
     revisions: set[tuple[str, int, bool]]
-
-    @classmethod
-    def of(cls, run: Run) -> CleanRun:
-        run.start()
-        try:
-            run.wait(run.finished, "the clean run to apply every score")
-        finally:
-            run.stop()
-        return cls(
-            data=run.data,
-            gaps=run.gaps(),
-            events=run.events(),
-            controller_state=run.controller_state(),
-            lane_windows=run.table("lane_windows"),
-            revisions=run.revisions(),
-        )

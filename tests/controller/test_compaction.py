@@ -15,7 +15,7 @@ import pytest
 from processors.controller.tables import changelog_topics
 from processors.core.compaction import compact_in_child, latest_per_key
 from processors.core.records import ScoreRecord
-from tests.controller.stats_run import CleanRun, Run
+from tests.controller.stats_run import Outcome, Run
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def test_compaction_between_stops_keeps_the_tables_and_the_decisions(
     kafka_bootstrap: str,
     tmp_path: Path,
     records: list[ScoreRecord],
-    clean_run: CleanRun,
+    clean_run: Outcome,
 ) -> None:
     compacted = Run(kafka_bootstrap, tmp_path, records)
     topics = changelog_topics(compacted.settings)
@@ -63,11 +63,12 @@ def test_compaction_between_stops_keeps_the_tables_and_the_decisions(
     finally:
         compacted.stop()
 
-    assert not clean_run.gaps and not compacted.gaps(), "records skipped"
+    outcome = compacted.outcome()
+    assert not clean_run.gaps and not outcome.gaps, "records skipped"
     controller = [r for r in results if r.topic == topics[0]]
     assert controller and all(r.records_after < r.records_before for r in controller)
-    ids = [e["event_id"] for e in compacted.events()]
+    ids = [e["event_id"] for e in outcome.events]
     assert len(ids) == len(set(ids)), "an event was emitted twice"
     assert ids == [e["event_id"] for e in clean_run.events]
-    assert compacted.controller_state() == clean_run.controller_state
-    assert compacted.table("lane_windows") == clean_run.lane_windows
+    assert outcome.controller_state == clean_run.controller_state
+    assert outcome.lane_windows == clean_run.lane_windows

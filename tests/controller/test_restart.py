@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from processors.core.records import ScoreRecord
-from tests.controller.stats_run import CleanRun, Run
+from tests.controller.stats_run import Outcome, Run
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_killed_worker_restores_its_tables_and_emits_nothing_twice(
-    kafka_bootstrap: str, tmp_path: Path, records: list[ScoreRecord], clean_run: CleanRun
+    kafka_bootstrap: str, tmp_path: Path, records: list[ScoreRecord], clean_run: Outcome
 ) -> None:
     killed = Run(kafka_bootstrap, tmp_path, records)
     try:
@@ -41,8 +41,9 @@ def test_a_killed_worker_restores_its_tables_and_emits_nothing_twice(
 
     # Faust's own folder is the run's, not "<app id>-data" in whatever directory it started in
     assert (clean_run.data / "controller").is_dir()
-    assert not clean_run.gaps and not killed.gaps(), "records skipped"
-    clean_events, killed_events = clean_run.events, killed.events()
+    after = killed.outcome()
+    assert not clean_run.gaps and not after.gaps, "records skipped"
+    clean_events, killed_events = clean_run.events, after.events
     ids = [e["event_id"] for e in killed_events]
     assert len(ids) == len(set(ids)), "an event was emitted twice"
 
@@ -58,8 +59,8 @@ def test_a_killed_worker_restores_its_tables_and_emits_nothing_twice(
     first = killed_events[0]  # built from the reference window the kill interrupted
     assert first["params"]["reason"] == "initial"
     assert first["params"]["artifact_id"] == clean_events[0]["params"]["artifact_id"]
-    assert killed.controller_state() == clean_run.controller_state
-    assert killed.table("lane_windows") == clean_run.lane_windows
+    assert after.controller_state == clean_run.controller_state
+    assert after.lane_windows == clean_run.lane_windows
     # the drift's revision: the same decisions revised, however often a restart produced them
     assert "decisions.revised" in kinds
-    assert clean_run.revisions and killed.revisions() == clean_run.revisions
+    assert clean_run.revisions and after.revisions == clean_run.revisions
