@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from processors.core.exceptions import BadImageError, ImageTooLargeError
+from processors.core.fits_primary import read_primary
 from processors.core.records import ImageFormat, ImageRecord
 
 __all__ = [
@@ -132,10 +133,23 @@ def encode_png(array: NDArray[np.uint8]) -> bytes:
 
 
 def _decode_fits(data: bytes) -> NDArray[np.float32]:
-    from astropy.io import fits
-
     if data[:2] == GZIP_MAGIC:
         data = gunzip_bounded(data)
+    pixels = read_primary(data, max_pixels())  # the common case, without astropy
+    if pixels is None:
+        pixels = _decode_fits_astropy(data)
+    if pixels.ndim == 2:
+        return pixels[:, :, None]
+    if pixels.ndim == 3:
+        return np.moveaxis(pixels, 0, -1)
+    raise BadImageError(f"FITS image has {pixels.ndim} dimensions; expected 2 or 3")
+
+
+def _decode_fits_astropy(data: bytes) -> NDArray[np.float32]:
+    """Any FITS file astropy reads: the first HDU with data, every image HDU's declared size
+    checked against the pixel limit before its data is read."""
+    from astropy.io import fits
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -153,11 +167,7 @@ def _decode_fits(data: bytes) -> NDArray[np.float32]:
         raise
     except Exception as exc:  # astropy raises OSError, ValueError, TypeError for bad files
         raise BadImageError(f"undecodable FITS: {type(exc).__name__}: {exc}") from exc
-    if pixels.ndim == 2:
-        return pixels[:, :, None]
-    if pixels.ndim == 3:
-        return np.moveaxis(pixels, 0, -1)
-    raise BadImageError(f"FITS image has {pixels.ndim} dimensions; expected 2 or 3")
+    return pixels
 
 
 def open_raster(data: bytes, load: Any) -> Any:
