@@ -14,6 +14,7 @@ DSN's (HTTP) or ``default`` unless :func:`connect` is given one.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -81,6 +82,27 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _open_chdb(dsn: str, wait_s: float) -> Client:
+    path = _chdb_path(dsn)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"clickhouse dsn {dsn!r}: cannot create {path}: {exc}") from exc
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        except ProgrammingError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.25)
+                continue
+            waited = f" (asked for {wait_s:.0f} s)" if wait_s > 0 else ""
+            raise StackError(
+                f"cannot open chdb at {path}{waited}: one OS process may open a chdb directory, "
+                f"and a process may have clients on one directory at a time ({exc})"
+            ) from exc
+
+
 def is_embedded(client: Client) -> bool:
     """Whether ``client`` runs the engine in this process (chdb) rather than talking to a server."""
     from clickhouse_connect.driver._chdbclient import ChdbClient
@@ -88,28 +110,21 @@ def is_embedded(client: Client) -> bool:
     return isinstance(client, ChdbClient)
 
 
-def connect(dsn: str, *, database: str | None = None, **options: Any) -> Client:
+def connect(
+    dsn: str, *, database: str | None = None, wait_s: float = 0.0, **options: Any
+) -> Client:
     """Open a ClickHouse client for ``dsn``; with ``database``, create it if missing and use it.
 
     ``options`` (from :func:`client_options`) apply to a server; chdb has no transport to
     secure and ignores them. Raises :class:`ConfigError` for a DSN of any other form (naming
     the accepted ones) and :class:`StackError` when the chdb engine cannot open its directory
-    (typically: another process holds it, or this process has clients open on another path).
+    (typically: another process holds it, or this process has clients open on another path),
+    after asking again every 0.25 s for ``wait_s`` seconds (a ``skyloop sql`` reading the
+    files, or a sink stopping, holds them for a moment).
     """
     scheme = urlsplit(dsn).scheme.lower()
     if scheme == "chdb":
-        path = _chdb_path(dsn)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"clickhouse dsn {dsn!r}: cannot create {path}: {exc}") from exc
-        try:
-            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-        except ProgrammingError as exc:
-            raise StackError(
-                f"cannot open chdb at {path}: one OS process may open a chdb directory, and a "
-                f"process may have clients on one directory at a time ({exc})"
-            ) from exc
+        client = _open_chdb(dsn, wait_s)
     elif scheme in ("http", "https"):
         client = clickhouse_connect.get_client(dsn=dsn, **options)
     else:

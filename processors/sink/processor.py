@@ -120,7 +120,10 @@ class SinkProcessor:
 
     def setup(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.client = connect(ctx.settings.resolved_clickhouse_dsn, **client_options(ctx.settings))
+        # wait_s: a restarted sink may find a `skyloop sql` reading the chdb files directly
+        self.client = connect(
+            ctx.settings.resolved_clickhouse_dsn, wait_s=30.0, **client_options(ctx.settings)
+        )
         apply_migrations(self.client)
         self.writer = ClickHouseWriter(self.client)
         self.landing = ScoreLanding(ctx.codec) if ctx.settings.sink.avro_landing else None

@@ -12,6 +12,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from processors.core.clickhouse import connect, redact_dsn
 from processors.core.exceptions import ConfigError, StackError
+from tests.chdb_holder import hold_chdb
 
 
 def test_chdb_dsn_creates_the_directory_and_persists(tmp_path: Path) -> None:
@@ -108,3 +109,29 @@ def test_http_dsn_goes_to_the_server_client() -> None:
     # nothing listens on port 1: the HTTP client is built and fails to reach it
     with pytest.raises(OperationalError):
         connect("http://default:secret@127.0.0.1:1/default")
+
+
+def test_a_wait_outlasts_another_process_holding_the_directory(tmp_path: Path) -> None:
+    path = tmp_path / "ch"
+    child = hold_chdb(path, 2.0)
+    try:
+        with pytest.raises(StackError, match="cannot open chdb"):
+            connect(f"chdb://{path}")  # no wait: refused at once, as before
+        client = connect(f"chdb://{path}", wait_s=60.0)
+        try:
+            assert client.command("SELECT 1") == 1
+        finally:
+            client.close()
+    finally:
+        child.wait(timeout=60)
+
+
+def test_a_wait_that_runs_out_says_how_long_it_asked(tmp_path: Path) -> None:
+    path = tmp_path / "ch"
+    child = hold_chdb(path, 10.0)
+    try:
+        with pytest.raises(StackError, match=r"asked for 1 s"):
+            connect(f"chdb://{path}", wait_s=1.0)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
