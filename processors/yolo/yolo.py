@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from processors.core.allocator import keep_large_allocations
 from processors.core.exceptions import DetectorError
 from processors.core.records import Box
 from processors.yolo.raster import Layout, stretch_to_uint8
@@ -71,6 +72,7 @@ class YoloLocalizer:
         if not weights.is_file():
             raise DetectorError(f"detector weights {weights} do not exist")
         offline_ultralytics(config_dir)
+        keep_large_allocations()  # activations reused from the heap, not mapped per batch
         from ultralytics import YOLO
 
         try:

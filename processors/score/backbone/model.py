@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from processors.core.allocator import keep_large_allocations
 from processors.core.exceptions import BadImageError, ConfigError
 from processors.core.torchvision_compat import ensure_torchvision_ops
 from processors.score.backbone.execution import (
@@ -199,6 +200,7 @@ class Backbone:
     """
 
     def __init__(self, spec: BackboneSpec | None = None) -> None:
+        keep_large_allocations()  # activations reused from the heap, not mapped per batch
         self.spec = spec if spec is not None else BackboneSpec()
         if self.spec.threads is not None:
             torch.set_num_threads(self.spec.threads)
