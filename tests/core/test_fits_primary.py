@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import fastavro
@@ -20,9 +21,11 @@ LIMIT = 16_777_216
 
 
 def _astropy(data: bytes) -> np.ndarray:
-    with fits.open(io.BytesIO(data), memmap=False) as hdul:
-        hdu = next(h for h in hdul if h.data is not None)
-        return np.asarray(hdu.data, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the folder's corrupt cutouts (as the decoder does)
+        with fits.open(io.BytesIO(data), memmap=False) as hdul:
+            hdu = next(h for h in hdul if h.data is not None)
+            return np.asarray(hdu.data, dtype=np.float32)
 
 
 def _fits(*hdus: fits.hdu.base.ExtensionHDU | fits.PrimaryHDU) -> bytes:
