@@ -136,6 +136,13 @@ def test_a_cut_short_or_endless_file_is_left_to_astropy_which_refuses_it() -> No
         decode_pixels(no_end, "fits")
 
 
+def test_a_file_whose_first_card_is_not_simple_is_left_to_astropy() -> None:
+    whole = _fits(fits.PrimaryHDU(np.ones((8, 8), dtype=np.float32)))
+    swapped = whole[80:160] + whole[:80] + whole[160:]  # BITPIX first, SIMPLE second
+    assert read_primary(whole, LIMIT) is not None
+    assert read_primary(swapped, LIMIT) is None
+
+
 def test_too_many_values_are_refused_from_the_header_as_before() -> None:
     data = _fits(fits.PrimaryHDU(np.zeros((40, 50), dtype=np.float32)))
     assert read_primary(data, 1_999) is None
