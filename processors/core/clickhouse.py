@@ -29,6 +29,7 @@ from processors.core.exceptions import ConfigError, StackError
 
 __all__ = [
     "ACCEPTED_DSN_FORMS",
+    "HELD_WAIT_S",
     "Client",
     "client_options",
     "connect",
@@ -36,6 +37,9 @@ __all__ = [
     "redact_dsn",
 ]
 
+HELD_WAIT_S = 30.0
+"""How long a run's own processes (its report, a restarted sink) wait for another process to
+let go of the run's chdb directory: a ``skyloop sql`` reading the files, a sink stopping."""
 ACCEPTED_DSN_FORMS = "chdb:///absolute/path, http://user:password@host:8123/database or https://..."
 
 

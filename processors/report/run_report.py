@@ -8,17 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processors.core.clickhouse import connect
+from processors.core.clickhouse import HELD_WAIT_S, connect
 from processors.core.config import Settings
 from processors.core.progress import read_progress
 from processors.report.learning_readiness import LearningNeeds
 from processors.report.ledger import Ledger, compute_ledger
 
 __all__ = ["RunReport", "preload", "read_processes", "report_run", "write_run_report"]
-
-CHDB_WAIT_S = 30.0
-"""How long the report waits for another process (a ``skyloop sql`` reading the files as the
-run ends) to let go of the run's chdb files."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ def report_run(run_dir: Path, settings: Settings, *, finished: bool) -> RunRepor
     the run reached its stop condition (see :func:`~processors.report.ledger.compute_ledger`).
     """
     ingest = read_progress(run_dir / "progress", "ingest")
-    client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}", wait_s=CHDB_WAIT_S)
+    client = connect(f"chdb://{(run_dir / 'clickhouse').resolve()}", wait_s=HELD_WAIT_S)
     try:
         from processors.report.daily import generate_report  # matplotlib, when a report is due
 

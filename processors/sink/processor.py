@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from processors.core.clickhouse import client_options, connect
+from processors.core.clickhouse import HELD_WAIT_S, client_options, connect
 from processors.core.config import Settings
 from processors.core.control import ControlState
 from processors.core.dedupe import RecentIds
@@ -122,7 +122,9 @@ class SinkProcessor:
         self.ctx = ctx
         # wait_s: a restarted sink may find a `skyloop sql` reading the chdb files directly
         self.client = connect(
-            ctx.settings.resolved_clickhouse_dsn, wait_s=30.0, **client_options(ctx.settings)
+            ctx.settings.resolved_clickhouse_dsn,
+            wait_s=HELD_WAIT_S,
+            **client_options(ctx.settings),
         )
         apply_migrations(self.client)
         self.writer = ClickHouseWriter(self.client)
