@@ -18,7 +18,6 @@ them); the bench prints the CPU line with them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from processors.core.progress import read_progress
+from processors.local import latest_run_dir
 from tools.bench.machine import cpu_line
 
 MILESTONES = (
@@ -61,16 +62,6 @@ class Variant:
         return cls(label or "as-is", env)
 
 
-def _progress(data_dir: Path) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {}
-    for path in data_dir.glob("runs/*/progress/*.json"):
-        try:
-            out[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # replaced between the listing and the read
-    return out
-
-
 def time_one(variant: Variant, images: int, interval_s: float) -> dict[str, float]:
     """One ``skyloop run --images N``: each milestone's and the wall's seconds from the start."""
     with tempfile.TemporaryDirectory(prefix="skyloop-startup-") as tmp:
@@ -79,20 +70,24 @@ def time_one(variant: Variant, images: int, interval_s: float) -> dict[str, floa
         command = [sys.executable, "-m", "processors.cli", "run", "--images", str(images)]
         seen: dict[str, float] = {}
         started = time.monotonic()
-        with subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        ) as proc:
+        # its output to a file: a pipe read only at the end would block a long run when full
+        with (
+            (data_dir / "run.log").open("w+") as log,
+            subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) as proc,
+        ):
             while proc.poll() is None:
-                progress = _progress(data_dir)
+                run_dir = latest_run_dir(data_dir)
                 now = time.monotonic() - started
                 for column, name, key in MILESTONES:
-                    if column not in seen and progress.get(name, {}).get(key):
+                    if column in seen or run_dir is None:
+                        continue
+                    if read_progress(run_dir / "progress", name).get(key):
                         seen[column] = now
                 time.sleep(interval_s)
-            stderr = proc.stderr.read() if proc.stderr else ""
+            log.seek(0)
+            tail = log.read()[-2000:]
         seen["wall"] = time.monotonic() - started
         if proc.returncode != 0:
-            tail = stderr[-2000:]
             raise SystemExit(f"{variant.label}: skyloop run exited {proc.returncode}\n{tail}")
         return seen
 
