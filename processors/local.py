@@ -31,7 +31,8 @@ broker that dies during a run is started again empty, the run's log rebuilt from
 Ctrl-C (SIGINT or SIGTERM) stops ingestion, lets every stage finish what was ingested, writes
 the report and returns with ``interrupted`` set; a second one aborts at once. The children run
 in their own process groups, so a terminal's Ctrl-C reaches only this supervisor, which stops
-them in order; none outlives it.
+them in order; none outlives it. A run whose folder is deleted under it raises
+:class:`SkyloopError` saying so (its logs and warehouse are gone) and stops every process.
 """
 
 from __future__ import annotations
@@ -39,9 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,11 +59,11 @@ from processors.core.progress import read_progress
 from processors.core.query_token import TOKEN_ENV, new_token, write_private
 from processors.core.retention import HotLog
 from processors.core.stack import EmbeddedBroker
-from processors.core.supervisor import Supervisor
+from processors.core.supervisor import Supervisor, interrupt_on_sigterm
 from processors.core.unblocked_out import UnblockedOut
 from processors.local_hotlog import hot_log
 from processors.local_restarts import RestartedTruth
-from processors.resume import WORKERS, RunArgs, Stack, mark_finished
+from processors.resume import RUN_FILE, WORKERS, RunArgs, Stack, mark_finished
 from processors.run_progress import Counts, RunProgress, Totals
 from processors.topology import resolve
 
@@ -233,7 +232,7 @@ def _run(
     overlap_start: bool,
 ) -> RunResult:
     started = time.monotonic()
-    _sigterm_as_interrupt()
+    interrupt_on_sigterm()
     if resume is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         run_dir = (settings.data_dir / "runs" / stamp).resolve()
@@ -383,12 +382,22 @@ def _follow(
     hotlog: HotLog | None = None,
 ) -> None:
     """Show progress on ``view`` until every stage has handled every ingested item (and, with
-    ``hotlog``, rotate the memory broker's data topics when they are due)."""
+    ``hotlog``, rotate the memory broker's data topics when they are due).
+
+    Raises :class:`SkyloopError` when the run folder is gone (deleted under the run; its
+    ``run.json`` tells, since a worker's progress write makes the path itself again, empty):
+    its logs and warehouse are lost, so the caller's supervisor and broker stop every process
+    instead of waiting out ``timeout_s``."""
     sup, truth = stack_.sup, stack_.truth
     ingest_started = time.monotonic()
     totals = Totals()
     preloading = False
     while True:
+        if not (progress.parent / RUN_FILE).is_file():
+            raise SkyloopError(
+                f"the run folder {progress.parent} was removed while the run was going; "
+                "stopping every processor"
+            )
         ingest, sink, controller = (
             _progress(progress, n) for n in ("ingest", "sink", "controller")
         )
@@ -420,23 +429,6 @@ def _follow(
 def _metrics_env(ports: dict[str, int], worker: str) -> dict[str, str]:
     """A child's own metrics port (its restarts keep it, so stack.json stays right)."""
     return {"SKYLOOP_METRICS_PORT": str(ports[worker])}
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGINT and SIGTERM unwind as KeyboardInterrupt, so the run drains and cleans up.
-
-    Both are (re)installed and unblocked explicitly: a process may inherit SIGINT ignored or
-    blocked from whatever started it (a shell's background job, a parent's thread mask), and
-    then the first Ctrl-C would do nothing.
-    """
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _check(sup: Supervisor, out: TextIO) -> None:

@@ -23,11 +23,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from processors.core.exceptions import SkyloopError
 
@@ -38,6 +39,7 @@ __all__ = [
     "RestartPolicy",
     "Supervisor",
     "guarded",
+    "interrupt_on_sigterm",
     "terminate",
 ]
 
@@ -261,3 +263,20 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> None:
         self.stop_all()
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGINT and SIGTERM unwind as KeyboardInterrupt, so the run drains and cleans up.
+
+    Both are (re)installed and unblocked explicitly: a process may inherit SIGINT ignored or
+    blocked from whatever started it (a shell's background job, a parent's thread mask), and
+    then the first Ctrl-C would do nothing.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
