@@ -11,7 +11,9 @@ writes the state back. The controller orders the decisions; :mod:`processors.con
 - every score with an embedding → its lane's ring (dedupe by image id);
 - a lane without a calibration, once its ring holds ``reference_size`` images → the first
   ``calibration.updated`` (reference from those images, trimmed, with a drift profile);
-- a served score of the lane's current calibration → the sequential test (two CUSUMs on its
+- a served score of the lane's current calibration (or, after a refinement, of the one it
+  replaced until the first score made under it arrives: the tests are not blind while a
+  refinement reaches the scorer; ``LaneState.judging``) → the sequential test (two CUSUMs on its
   vote statistic's and feature projections' conformal p-values,
   :mod:`~processors.policies.sequential`: an alarm → ``drift.detected`` from the CUSUM's
   onset) and the drift window; every ``drift_step``
@@ -146,9 +148,12 @@ class Controller:
         calibration_id = score.get("calibration_id")
         if served and score["calibrated"] and self.revisions is not None:
             emits += self.revisions.on_served(lane, calibration_id, at)
+        reached = calibration_id not in (None, lane.judged_calibration)
+        if served and score["calibrated"] and lane.judging and reached:
+            lanes.restart_tests(lane)  # a refinement reached the scorer (the newest: judged)
         if not (served and score["calibrated"]) or calibration_id not in (
             None,
-            lane.calibration_id,
+            lane.judged_calibration,
         ):
             return emits  # scored under an older calibration, still in flight
         lane.served += 1
@@ -159,7 +164,7 @@ class Controller:
         }
         lane.stats.add(score["ensemble_score"], score["is_candidate"], score["latency_ms"])
         if correcting:
-            if production and not control.has_operator_threshold(src.source):
+            if production and not lane.judging and not control.has_operator_threshold(src.source):
                 emits += lanes.decay(lane, at)
             emits += lanes.drift(lane, [d["score"] for d in score["detectors"]], at)
         elif production:

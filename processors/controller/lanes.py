@@ -203,6 +203,10 @@ class Lanes:
             lane.revise_from = start if reason == "drift" else None
         elif reason != "refine":
             lane.revise_from = None
+        if reason != "refine":
+            lane.judging = {}
+        elif not lane.judging and lane.calibration_id and lane.profile_id:
+            lane.judging = {"calibration": lane.calibration_id, "profile": lane.profile_id}
         lane.calibration_id, lane.profile_id = event["event_id"], profile_id
         lane.reference_rows = len(entries)
         lane.base_thresholds, lane.thresholds = dict(plan.thresholds), dict(plan.thresholds)
@@ -210,10 +214,17 @@ class Lanes:
         if reason != "refine":  # the reference itself is the new epoch's cleared baseline
             lane.clearance = Clearance(entries[-1].seq + 1, entries[-1].seq + 1).to_dict()
         lane.pending_from = lane.pending_cause = None
-        lane.served = lane.window = 0
-        lane.hysteresis, lane.sequential = {}, {}
+        if not lane.judging:  # else when the first score under the refinement arrives
+            self.restart_tests(lane)
         lane.policy = self.policy.start(max(plan.thresholds.values()))
         return Emit(event, (reference, profile))
+
+    @staticmethod
+    def restart_tests(lane: LaneState) -> None:
+        """The drift tests start over on the calibration in force (see ``LaneState.judging``)."""
+        lane.judging = {}
+        lane.served = lane.window = 0
+        lane.hysteresis, lane.sequential = {}, {}
 
     # -- skyloop's own corrections -----------------------------------------------------------
     def drift(self, lane: LaneState, calibrated: list[float], at: datetime) -> list[Emit]:
@@ -231,9 +242,10 @@ class Lanes:
         )
         leaning, test = False, self.config.sequential
         entry = self.ring.get(lane.source, lane.model, lane.seq - 1, cfg.ring_capacity)
-        if test is not None and lane.profile_id is not None and entry is not None:
-            profile = self.profile(lane.profile_id)
-            votes, projections = self.sorted_reference(lane.profile_id)
+        judged = lane.judged_profile
+        if test is not None and judged is not None and entry is not None:
+            profile = self.profile(judged)
+            votes, projections = self.sorted_reference(judged)
             alarm, leaning = observe_lane(
                 test,
                 lane.sequential,
@@ -263,11 +275,11 @@ class Lanes:
         window = [
             e
             for e in self.entries(lane, lane.seq - cfg.drift_window)
-            if e.calibration_id == lane.calibration_id
+            if e.calibration_id == lane.judged_calibration
         ]
-        if len(window) < cfg.drift_window // 2 or lane.profile_id is None:
+        if len(window) < cfg.drift_window // 2 or lane.judged_profile is None:
             return []
-        profile = self.profile(lane.profile_id)
+        profile = self.profile(lane.judged_profile)
         features = np.stack([e.feature_array() for e in window])
         drifts = self.drift_policy.update(
             DriftWindow(
@@ -335,10 +347,11 @@ class Lanes:
         """
         cfg = self.config
         recent = self.entries(lane, max(lane.seq - cfg.ring_capacity, lane.epoch_start, 0))
-        # Scores count only under the current calibration (the reference images were scored
+        # Scores count only under the judged calibration (the reference images were scored
         # uncalibrated, at 0): elsewhere they take the profile's mean, adding no step.
         typical = float(profile.scores.mean())
-        scores = [e.score if e.calibration_id == lane.calibration_id else typical for e in recent]
+        judged = lane.judged_calibration
+        scores = [e.score if e.calibration_id == judged else typical for e in recent]
         values = np.column_stack(
             [profile.project(np.stack([e.feature_array() for e in recent])), np.array(scores)]
         )

@@ -141,6 +141,23 @@ class LaneState:
     revise_from: int | None = None
     """The change point of the last drift, until its epoch's first refinement, which decides
     the images since it again (a reference of 96 images or more, against the drift's 64)."""
+    judging: dict[str, str] = field(default_factory=dict)
+    """After a refinement, until the first score made under it: the calibration it replaced
+    and that calibration's profile (``{"calibration": ..., "profile": ...}``). Its scores,
+    still in flight to the controller, go on feeding the drift tests against its own profile
+    (a refinement does not blind them for the time it takes to reach the scorer); the first
+    score under another calibration restarts the tests on the one in force (a second
+    refinement that came meanwhile: its predecessor's scores are skipped). Empty: none."""
+
+    @property
+    def judged_calibration(self) -> str | None:
+        """The calibration whose scores the drift tests judge now."""
+        return self.judging.get("calibration", self.calibration_id)
+
+    @property
+    def judged_profile(self) -> str | None:
+        """The profile the drift tests judge against now."""
+        return self.judging.get("profile", self.profile_id)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LaneState:

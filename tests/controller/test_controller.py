@@ -124,6 +124,42 @@ def test_drift_recalibrates_from_post_drift_images_and_says_why() -> None:
     assert 0.01 <= result.flagged[late].mean() <= 0.12
 
 
+def test_a_refinement_keeps_the_drift_tests_going_until_it_reaches_the_scorer(
+    tmp_path: Path,
+) -> None:
+    """Scores served under the calibration a refinement replaced, still in flight (three
+    batches of control lag), are judged against that calibration's profile; the first score
+    made under the refinement starts the tests over on its own profile."""
+    store = ArtifactStore(tmp_path / "artifacts")
+    config = ControllerConfig()
+    records = simulate(stream(700, seed=5), config, lag=3, keep_records=True, store=store).records
+    controller = Controller(
+        config, MemoryRing(), lambda i: load_profile(store, i), lambda i: load_reference(store, i)
+    )
+    head, state = SourceState(records[0]["source"]), ControlState.initial()
+    refinement = replaced = None
+    judged_in_flight = served = 0
+    for record in records:
+        emits = controller.on_score(head, record, state)
+        lane = head.lane(record["model_version"])
+        if refinement is None:
+            for e in (emit.event for emit in emits):
+                if e["type"] == "calibration.updated" and e["params"]["reason"] == "refine":
+                    refinement, replaced = e["event_id"], e["caused_by"][0]
+                    assert lane.judging["calibration"] == replaced
+                    served = lane.served
+            continue
+        if record["calibration_id"] == replaced:
+            judged_in_flight += 1
+            assert lane.served == served + judged_in_flight  # judged, not skipped
+        else:  # the refinement (or a later one) reached the scorer
+            assert lane.judging == {}  # started over on the calibration in force
+            assert lane.served == int(record["calibration_id"] == lane.calibration_id)
+            break
+    assert refinement is not None
+    assert judged_in_flight >= 64  # the refinement took three or four batches to arrive
+
+
 def test_a_stationary_stream_raises_no_drift() -> None:
     result = simulate(stream(5000, seed=4), ControllerConfig())
     kinds = [e["type"] for e in result.events]
