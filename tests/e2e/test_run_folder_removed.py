@@ -6,10 +6,8 @@ timeout (an hour past the run's duration), with the broker and every worker aliv
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from processors.core.progress import read_progress
-from tools.chaos.live import MARKER_VAR, processes_with
+from tests.e2e.skyloop_run import run_env, start_run
+from tools.chaos.live import processes_with
 
 pytestmark = pytest.mark.e2e
 
@@ -37,26 +36,11 @@ def _wait_for_a_score(run: subprocess.Popen[bytes], data: Path) -> Path:
 
 def test_a_deleted_run_folder_stops_the_run_with_a_reason(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
-    env.update({"HF_HUB_OFFLINE": "1", MARKER_VAR: marker})
+    env = run_env(marker)
     data = tmp_path / "data"
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err:
-        run = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "processors.cli",
-                "run",
-                "--duration",
-                "600",
-                "--data-dir",
-                str(data),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+        run = start_run(["--duration", "600"], data, env, err)
         try:
             run_dir = _wait_for_a_score(run, data)
             # processes keep writing into it: move it away at once, then delete what is there

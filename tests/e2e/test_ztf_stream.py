@@ -26,7 +26,8 @@ import pytest
 
 from processors.core.clickhouse import connect
 from processors.core.progress import read_progress
-from tools.chaos.live import MARKER_VAR, worker_pid
+from tests.e2e.skyloop_run import run_env, start_run
+from tools.chaos.live import worker_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -70,27 +71,12 @@ def _freeze_the_controller(
 def test_the_night_stays_in_band_and_every_correction_says_why(
     stream_dir: Path, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
     marker = uuid.uuid4().hex
-    env.update({"HF_HUB_OFFLINE": "1", MARKER_VAR: marker})
+    env = run_env(marker)
     data = tmp_path / "data"
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err:
-        run = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "processors.cli",
-                "run",
-                "--source",
-                f"ztf:{stream_dir}",
-                "--data-dir",
-                str(data),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+        run = start_run(["--source", f"ztf:{stream_dir}"], data, env, err)
         try:
             _freeze_the_controller(run, data, marker, after_scored=200, seconds=4.0)
             returncode = run.wait(timeout=900)
