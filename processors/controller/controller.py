@@ -145,16 +145,14 @@ class Controller:
                 cause = [lane.pending_cause] if lane.pending_cause else []
                 emits.append(lanes.calibrate(lane, lane.pending_from, "drift", cause, at))
             return emits
+        if not (served and score["calibrated"]):
+            return emits
         calibration_id = score.get("calibration_id")
-        if served and score["calibrated"] and self.revisions is not None:
+        if self.revisions is not None:
             emits += self.revisions.on_served(lane, calibration_id, at)
-        reached = calibration_id not in (None, lane.judged_calibration)
-        if served and score["calibrated"] and lane.judging and reached:
+        if lane.judging and calibration_id not in (None, lane.judged_calibration):
             lanes.restart_tests(lane)  # a refinement reached the scorer (the newest: judged)
-        if not (served and score["calibrated"]) or calibration_id not in (
-            None,
-            lane.judged_calibration,
-        ):
+        if calibration_id not in (None, lane.judged_calibration):
             return emits  # scored under an older calibration, still in flight
         lane.served += 1
         lane.thresholds = {
