@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from processors.core.progress import read_progress
-from tests.e2e.skyloop_run import run_env, start_run
-from tools.chaos.live import processes_with
+from processors.local import latest_run_dir
+from tests.e2e.skyloop_run import start_run
+from tools.chaos.live import marked_env, processes_with
 
 pytestmark = pytest.mark.e2e
 
@@ -25,18 +26,16 @@ def _wait_for_a_score(run: subprocess.Popen[bytes], data: Path) -> Path:
     """The run folder, once its scorer has scored an image."""
     deadline = time.monotonic() + 300
     while run.poll() is None and time.monotonic() < deadline:
-        latest = data / "latest"
-        if latest.is_file():
-            run_dir = Path(latest.read_text().strip())
-            if read_progress(run_dir / "progress", "score").get("scored", 0) > 0:
-                return run_dir
+        run_dir = latest_run_dir(data)
+        if run_dir is not None and read_progress(run_dir / "progress", "score").get("scored", 0):
+            return run_dir
         time.sleep(0.1)
     raise AssertionError(f"no image scored (run exit code {run.poll()})")
 
 
 def test_a_deleted_run_folder_stops_the_run_with_a_reason(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
-    env = run_env(marker)
+    env = marked_env(marker)
     data = tmp_path / "data"
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err:

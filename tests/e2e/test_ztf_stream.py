@@ -26,8 +26,8 @@ import pytest
 
 from processors.core.clickhouse import connect
 from processors.core.progress import read_progress
-from tests.e2e.skyloop_run import run_env, start_run
-from tools.chaos.live import worker_pid
+from tests.e2e.skyloop_run import start_run
+from tools.chaos.live import marked_env, worker_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,7 @@ def test_the_night_stays_in_band_and_every_correction_says_why(
     stream_dir: Path, tmp_path: Path
 ) -> None:
     marker = uuid.uuid4().hex
-    env = run_env(marker)
+    env = marked_env(marker)
     data = tmp_path / "data"
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err:

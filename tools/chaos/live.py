@@ -30,6 +30,7 @@ __all__ = [
     "LiveRun",
     "broker_pid",
     "chaos_env",
+    "marked_env",
     "processes_with",
     "worker_pid",
 ]
@@ -86,16 +87,20 @@ def broker_pid(marker: str) -> int | None:
     return None
 
 
-def chaos_env(marker: str, durable: bool = False) -> dict[str, str]:
+def marked_env(marker: str) -> dict[str, str]:
+    """This environment without its ``SKYLOOP_`` settings, offline, marked with ``marker``:
+    every process of a run started in it inherits the mark (:func:`processes_with`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYLOOP_")}
+    env.update({"HF_HUB_OFFLINE": "1", MARKER_VAR: marker})
+    return env
+
+
+def chaos_env(marker: str, durable: bool = False) -> dict[str, str]:
+    """:func:`marked_env` with the fault scenarios' small reference and batches."""
+    env = marked_env(marker)
     if durable:
         env["SKYLOOP_BROKER_DURABLE"] = "true"
-    env[MARKER_VAR] = marker
-    env.update(
-        SKYLOOP_REFERENCE_SIZE="30",
-        SKYLOOP_BATCH_SIZE="16",
-        HF_HUB_OFFLINE="1",
-    )
+    env.update(SKYLOOP_REFERENCE_SIZE="30", SKYLOOP_BATCH_SIZE="16")
     return env
 
 
