@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="ZTF only, 320 images after")
     parser.add_argument("--events", action="store_true", help="print every stream's events")
     parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="embed in float32 even where the CPU has bf16 (figures comparable across machines)",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path(os.environ.get("SKYLOOP_BENCH_CACHE") or REPO / ".skyloop" / "bench-cache"),
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     config = replace(ControllerConfig.from_settings(settings), target_fpr=args.target_fpr)
     target = config.target_fpr
-    cache = FeatureCache(args.cache)
+    cache = FeatureCache(args.cache, bf16=not args.float32)
     print(f"drift on real images, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     for line in machine_lines(cache.backbone, config):
         print(line)

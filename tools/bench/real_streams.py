@@ -60,12 +60,12 @@ class FeatureCache:
     subset, superset or reordering of cached images is served from the shards.
     """
 
-    def __init__(self, folder: Path, batch_size: int = 32) -> None:
+    def __init__(self, folder: Path, batch_size: int = 32, bf16: bool = True) -> None:
         from processors.score.backbone import Backbone, BackboneSpec
 
         self.folder = folder
         self.batch_size = batch_size
-        self.backbone = Backbone(BackboneSpec())
+        self.backbone = Backbone(BackboneSpec(bf16=bf16))  # bf16 only where the CPU has it
         b = self.backbone
         self.identity = f"{b.version}|bf16={b.bf16}|cl={b.channels_last}|{b.device}"
         self.embedded = 0  # images run through the backbone in this process (cache misses)
