@@ -65,11 +65,19 @@ def refine_span(
     """The next refinement's reference ``[start, cleared_to)``, or None when not yet due.
 
     Due when the epoch's cleared images fill ``reference_rows x growth`` (at most ``max_rows``).
+    The reference is then the largest size on that ladder (``x growth`` each step) that the
+    cleared images fill: when clearance comes in one jump (after a window that leaned), one
+    refinement takes the whole step, not one per rung on consecutive images.
 
-    >>> refine_span(320, 0, 128, 1.5, 1024), refine_span(280, 100, 128, 1.5, 1024)
-    ((128, 320), None)
+    >>> refine_span(200, 0, 128, 1.5, 1024), refine_span(280, 100, 128, 1.5, 1024)
+    ((8, 200), None)
+    >>> refine_span(480, 0, 128, 1.5, 1024)  # 192 and 288 are due too: straight to 432
+    (48, 480)
     """
     rows = int(reference_rows * growth)
-    if rows > max_rows or cleared_to - epoch_start < rows:
+    available = cleared_to - epoch_start
+    if rows > max_rows or available < rows:
         return None
+    while int(rows * growth) <= min(max_rows, available):
+        rows = int(rows * growth)
     return cleared_to - rows, cleared_to
