@@ -160,13 +160,19 @@ def test_a_refinement_keeps_the_drift_tests_going_until_it_reaches_the_scorer(
     assert judged_in_flight >= 64  # the refinement took three or four batches to arrive
 
 
-def test_a_stationary_stream_raises_no_drift() -> None:
-    result = simulate(stream(5000, seed=4), ControllerConfig())
+def test_a_stationary_stream_raises_no_drift(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    result = simulate(stream(5000, seed=4), ControllerConfig(), store=store)
     kinds = [e["type"] for e in result.events]
     assert "drift.detected" not in kinds
-    reasons = [e["params"]["reason"] for e in result.events if e["type"] == "calibration.updated"]
+    calibrations = [e for e in result.events if e["type"] == "calibration.updated"]
     # 128 → 192 → 288 → 432 → 648 → 972 images, then no more (reference_max_size 1024)
-    assert reasons == ["initial"] + ["refine"] * 5
+    assert [e["params"]["reason"] for e in calibrations] == ["initial"] + ["refine"] * 5
+    # the ring keeps features in float16, so each reference is stored in half the bytes
+    artifact = calibrations[-1]["params"]["artifact_id"]
+    data, reference = store.get_bytes(artifact), load_reference(store, artifact)
+    n, head = len(reference), 8 + 20 + len(reference.backbone)
+    assert data.startswith(b"SKYREF\x00\x02") and len(data) == head + n * reference.dim * 2 + n * 8
 
 
 def test_static_and_astrolens_policies_never_recalibrate() -> None:

@@ -56,6 +56,35 @@ def test_content_address_is_pinned() -> None:
     )
 
 
+def test_features_that_are_float16_values_are_stored_in_half_the_bytes() -> None:
+    # What the controller calibrates from: its ring keeps features in float16.
+    ref = ReferenceSet(
+        features=np.arange(12, dtype=np.float32).reshape(4, 3) / 8,
+        energy=np.array([-1.5, -2.0, 0.25, 3.0]),
+        backbone="bb@0",
+    )
+    data = ref.to_bytes()
+    assert data[:8] == b"SKYREF\x00\x02" and len(data) == 8 + 20 + 4 + 4 * 3 * 2 + 4 * 8
+    assert hashlib.sha256(data).hexdigest() == (  # pins the second format
+        "ef73e099910f997bca4a89dd5dabde316ab366fb97ee30bb0eca2cc8fea9fb9c"
+    )
+    ring = make_reference(n=64, d=1280)
+    ring = ReferenceSet(ring.features.astype(np.float16), ring.energy, ring.backbone)
+    back = ReferenceSet.from_bytes(ring.to_bytes())
+    assert back.features.dtype == np.float32 and np.array_equal(back.features, ring.features)
+    assert back.to_bytes() == ring.to_bytes()
+    assert len(ring.to_bytes()) < 0.51 * len(make_reference(n=64, d=1280).to_bytes())
+
+
+def test_one_value_that_float16_cannot_hold_keeps_float32() -> None:
+    features = np.full((3, 2), 0.5, np.float32)
+    for value in (0.1, 70000.0, 1e-9):  # rounded, past float16's range, below its subnormals
+        features[1, 1] = value
+        data = ReferenceSet(features, np.zeros(3)).to_bytes()
+        assert data[:8] == b"SKYREF\x00\x01"
+        assert ReferenceSet.from_bytes(data).features[1, 1] == np.float32(value)
+
+
 def test_equal_contents_give_equal_bytes_whatever_the_input_layout() -> None:
     ref = make_reference()
     fortran = np.asfortranarray(ref.features.astype(">f4"))
