@@ -63,6 +63,7 @@ from processors.core.supervisor import Supervisor, interrupt_on_sigterm
 from processors.core.unblocked_out import UnblockedOut
 from processors.local_hotlog import hot_log
 from processors.local_restarts import RestartedTruth
+from processors.local_revisions import close_revisions
 from processors.resume import RUN_FILE, WORKERS, RunArgs, Stack, mark_finished
 from processors.run_progress import Counts, RunProgress, Totals
 from processors.topology import resolve
@@ -135,6 +136,11 @@ def _done(
         and not controller.get("held")  # consumed past a hole, not yet applied (InOrder)
         and sink.get("revisions", 0) >= controller.get("revisions", 0)
     )
+
+
+def _revisions_waiting(progress: Path) -> list[str]:
+    """The sources whose drift revision waits for a score under its recalibration."""
+    return list(_progress(progress, "controller").get("revisions_waiting") or [])
 
 
 def _drained(truth: RestartedTruth, progress: Path) -> bool:
@@ -319,6 +325,7 @@ def _run(
                 ingest_started = time.monotonic()
                 stack_.start_ingest()
                 drained = partial(_drained, truth, progress)  # the memory log: rotated
+                waiting = partial(_revisions_waiting, progress)
                 hotlog = None if durable else hot_log(settings, broker, sup, progress, out, drained)
                 view = RunProgress(out, images)
                 try:
@@ -337,6 +344,8 @@ def _run(
                     _follow(stack_, progress, view, None, started, timeout_s, logs, hotlog)
                 finally:
                     view.close()
+                # a drift near the input's end: its revision would wait for ever
+                close_revisions(settings, broker.bootstrap_servers, waiting, drained, out)
                 ingest_seconds = time.monotonic() - ingest_started
                 stack_.count_stored_as_ingested()
                 out.write("\nskyloop: all stages done; stopping processors\n")

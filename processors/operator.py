@@ -12,6 +12,9 @@ stays the complete audit trail. What each command emits:
                                          one; ``--model`` for one model, else whatever serves)
 ``recalibrate SOURCE``                   ``calibration.requested``: the controller recalibrates
                                          the source from its most recent images
+``revise SOURCE``                        ``revision.requested``: the source's stream has ended
+                                         (or the operator closes it), so a revision that waits
+                                         for a score under its recalibration is made now
 ``weights SOURCE=W ...``                 ``source.weights_set`` (subject ``pipeline``: these
                                          weights replace all published ones)
 ``register VERSION --weights F``         ``model.registered`` (the CLI stores the weights and a
@@ -55,6 +58,7 @@ ACTIONS = (
     "resume",
     "threshold",
     "recalibrate",
+    "revise",
     "weights",
     "register",
     "promote",
@@ -190,6 +194,9 @@ def _operator_event(
     if action == "recalibrate":
         source = _check_source(source, state, request.force, "recalibrate SOURCE")
         return new_event(EventType.CALIBRATION_REQUESTED, source, issuer, params, at=now)
+    if action == "revise":
+        source = _check_source(source, state, request.force, "revise SOURCE")
+        return new_event(EventType.REVISION_REQUESTED, source, issuer, params, at=now)
     if action == "weights":
         params["weights"] = _weights(request.weights, state, request.force)
         return new_event(EventType.SOURCE_WEIGHTS_SET, "pipeline", issuer, params, at=now)

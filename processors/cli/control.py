@@ -91,8 +91,8 @@ def add_parsers(sub: Any) -> None:
     control = sub.add_parser(
         "control",
         help=(
-            "emit an operator's control event (pause, resume, threshold, recalibrate, weights, "
-            "register, promote, rollback)"
+            "emit an operator's control event (pause, resume, threshold, recalibrate, revise, "
+            "weights, register, promote, rollback)"
         ),
         description=(
             "Emit a control event to the running pipeline (the latest local run, or "
@@ -124,6 +124,12 @@ def add_parsers(sub: Any) -> None:
     threshold.add_argument("--model", help="one model version only (default: whatever serves)")
     recalibrate = action("recalibrate", "recalibrate a source from its most recent images")
     recalibrate.add_argument("source")
+    revise = action(
+        "revise",
+        "the source's stream has ended: revise now the decisions since its last drift, "
+        "without waiting for a score under the recalibration",
+    )
+    revise.add_argument("source")
     weights = action("weights", "set the sources' shares of ingestion (SOURCE=WEIGHT ...)")
     weights.add_argument("pairs", nargs="+", metavar="SOURCE=WEIGHT")
     register = action("register", "register a model version (gate, shadow, canary follow)")

@@ -26,7 +26,9 @@ writes the state back. The controller orders the decisions; :mod:`processors.con
   ``drift_min_reference`` of them exist (recovery does not wait for a full window);
 - a drift's recalibration → the lane's revision waits; the first served score made under a
   calibration the drift did not supersede makes it (:mod:`processors.controller.revisions`):
-  the decisions served since the change point, decided again, and ``decisions.revised``;
+  the decisions served since the change point, decided again, and ``decisions.revised``; a
+  ``revision.requested`` for its source that came after the recalibration makes it at once
+  (the stream has ended: no such score will come), :meth:`Controller.on_revision_requests`;
 - a lane whose calibration window can grow by half (up to ``reference_max_size``) while
   nothing leans → a refining ``calibration.updated`` on the larger window: 128, 192, 288, ...
   images (a young or post-drift calibration is noisy; each refinement narrows it), ending at
@@ -54,7 +56,7 @@ timers read event times too, but windows that mix partitions depend on their int
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -179,6 +181,32 @@ class Controller:
                 src, letter["at"], flagged=False, error=True, control=control
             )
         return emits + self.guards.pipeline(letter["at"], None, error=True, control=control)
+
+    def on_revision_requests(
+        self, heads: Mapping[str, SourceState], control: ControlState
+    ) -> list[tuple[SourceState, list[Emit]]]:
+        """Each ``revision.requested`` of a source in ``heads`` (those this controller holds):
+        its lanes' waiting revisions, made now (see :meth:`Revisions.on_request`); the
+        sources whose state changed, with what they emit."""
+        changed = []
+        for source, request in control.revision_requests.items():
+            src = heads.get(source)
+            if src is None or self.revisions is None:
+                continue
+            emits: list[Emit] = []
+            touched = False
+            for lane in src.lanes.values():
+                waiting = bool(lane.revision)
+                emits += self.revisions.on_request(lane, request)
+                touched = touched or (waiting and not lane.revision)
+            if touched:
+                changed.append((src, emits))
+        return changed
+
+    @staticmethod
+    def revisions_waiting(heads: Mapping[str, SourceState]) -> list[str]:
+        """The sources in ``heads`` with a revision waiting, sorted."""
+        return sorted(s for s, h in heads.items() if any(n.revision for n in h.lanes.values()))
 
     def on_tick(self, now: datetime, control: ControlState) -> list[Emit]:
         """Lift the controller's own pauses whose back-off has ended (never an operator's)."""

@@ -3,7 +3,9 @@
 :func:`begin` is called by a drift's recalibration (:meth:`~processors.controller.lanes.Lanes.
 calibrate`): the lane's revision waits (:class:`~processors.policies.revision.PendingRevision`).
 :meth:`Revisions.on_served`, for every served score of the lane, makes it when it is due (the
-first score made under a calibration the drift did not supersede): every ring entry since the
+first score made under a calibration the drift did not supersede), and :meth:`Revisions.on_request`
+when an operator (or a finished local run) says the source's stream has ended, so no such
+score will come (``revision.requested``): every ring entry since the
 change point served under a superseded calibration is decided again under the recalibration
 (:func:`~processors.policies.revision.revise`), and one :class:`Emit` carries the
 ``decisions.revised`` event (its evidence: images, flags before and after, withdrawn, added),
@@ -24,6 +26,7 @@ from datetime import datetime
 from processors.controller.emit import Emit, decision_event
 from processors.controller.state import LaneState, RingEntry
 from processors.core.artifacts import artifact_id_of
+from processors.core.control import RevisionRequest
 from processors.core.events import EventType
 from processors.core.records import ControlEventRecord, ScoreRevision
 from processors.ood.ensemble import OODEnsemble
@@ -105,6 +108,21 @@ class Revisions:
         pending = PendingRevision.from_dict(lane.revision)
         if not pending.due(calibration_id):
             return []
+        return self._make(lane, pending, at)
+
+    def on_request(self, lane: LaneState, request: RevisionRequest) -> list[Emit]:
+        """``revision.requested`` for the lane's source: its waiting revision, made now over the
+        images served so far, when the request came after the calibration it waits for (so a
+        request never makes a later drift's revision early); else nothing."""
+        if not lane.revision:
+            return []
+        pending = PendingRevision.from_dict(lane.revision)
+        if pending.calibration not in request.calibrations:
+            return []
+        pending.causes = [*pending.causes, request.event_id]
+        return self._make(lane, pending, request.at)
+
+    def _make(self, lane: LaneState, pending: PendingRevision, at: datetime) -> list[Emit]:
         lane.revision = {}
         lane.revisions = pending.number
         superseded = set(pending.superseded)

@@ -381,14 +381,19 @@ class ControlService:
         return self.lifecycle
 
     def tick(self, now: datetime | None = None) -> None:
-        """Timer: accept holes open too long; lift the controller's expired pauses; refresh the
-        gauges."""
+        """Timer: accept holes open too long; lift the controller's expired pauses; make the
+        revisions requested (``revision.requested``); refresh the gauges."""
         self._release_overdue()
         self.progress.set("held", self.order.held())
         self.progress.set("holes", self.order.holes)
         state = self.control
         now = now or datetime.now(UTC)
         self._emit(self.controller.on_tick(now, state))
+        for src, emits in self.controller.on_revision_requests(self._heads, state):
+            self._emit(emits)
+            partition = partition_for(src.source, self._partitions)
+            self.table.put(head_key(src.source), src.to_bytes(), partition)
+        self.progress.set("revisions_waiting", Controller.revisions_waiting(self._heads))
         self._emit([Emit(e) for e in self._lifecycle().on_control(state, now)])
         PIPELINE_PAUSED.set(1 if state.pipeline_paused else 0)
         for source in {*state.paused_sources, *state.source_weights}:

@@ -57,6 +57,7 @@ __all__ = [
     "ModelSlot",
     "Pause",
     "Refusal",
+    "RevisionRequest",
     "Rollout",
     "decision_id",
     "new_event",
@@ -109,6 +110,17 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class RevisionRequest:
+    """A source's newest ``revision.requested``: ``calibrations`` are the event ids of the
+    source's calibrations folded before it. It applies to a revision waiting for one of them
+    only, so a request never makes a later drift's revision early."""
+
+    event_id: str
+    at: datetime
+    calibrations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ControlState:
     """Immutable; ``apply`` returns a new state. ``offset`` is the last folded log offset.
 
@@ -125,6 +137,7 @@ class ControlState:
     source_weights: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     paused_sources: Mapping[str, Pause] = field(default_factory=lambda: _EMPTY)
     calibration_requests: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    revision_requests: Mapping[str, RevisionRequest] = field(default_factory=lambda: _EMPTY)
     # the scoring model's rollout (the detector's is ``detector``); see processors.core.rollouts
     production: ModelSlot | None = None
     shadow: ModelSlot | None = None
@@ -277,6 +290,13 @@ def _fold_calibration_request(base: ControlState, event: ControlEventRecord) -> 
     return replace(base, calibration_requests=_frozen(requests))
 
 
+def _fold_revision_request(base: ControlState, event: ControlEventRecord) -> ControlState:
+    source = event["subject"]
+    ids = tuple(sorted(c.event_id for c in base.calibrations.values() if c.source == source))
+    request = RevisionRequest(event["event_id"], event["at"], ids)
+    return replace(base, revision_requests=_put(base.revision_requests, source, request))
+
+
 def _fold_drift(base: ControlState, event: ControlEventRecord) -> ControlState:
     return replace(base, drift_events=base.drift_events + 1)
 
@@ -401,6 +421,7 @@ FOLD: Mapping[EventType, Handler] = MappingProxyType(
         EventType.THRESHOLD_DECAYED: _fold_threshold,
         EventType.CALIBRATION_UPDATED: _fold_calibration,
         EventType.CALIBRATION_REQUESTED: _fold_calibration_request,
+        EventType.REVISION_REQUESTED: _fold_revision_request,
         EventType.DRIFT_DETECTED: _fold_drift,
         EventType.SOURCE_WEIGHTS_SET: _fold_weights,
         EventType.SOURCE_PAUSED: _fold_source_paused,

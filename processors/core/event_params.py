@@ -129,6 +129,7 @@ class ReasonParams(EventParams):
 
     TYPES: ClassVar[tuple[EventType, ...]] = (
         EventType.CALIBRATION_REQUESTED,
+        EventType.REVISION_REQUESTED,
         EventType.SOURCE_RESUMED,
         EventType.PIPELINE_RESUMED,
         EventType.BUDGET_DEFERRED,

@@ -45,6 +45,7 @@ class EventType(StrEnum):
     THRESHOLD_DECAYED = "threshold.decayed"
     CALIBRATION_UPDATED = "calibration.updated"
     CALIBRATION_REQUESTED = "calibration.requested"
+    REVISION_REQUESTED = "revision.requested"
     DRIFT_DETECTED = "drift.detected"
     DECISIONS_REVISED = "decisions.revised"
     SOURCE_WEIGHTS_SET = "source.weights_set"

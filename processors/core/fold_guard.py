@@ -51,11 +51,12 @@ Accepted because harmless: ``source.resumed`` of a source not paused and ``pipel
 of a running pipeline (no-ops; an operator and the controller may both resume);
 ``model.gate_failed`` of a version never registered (the trainer answers a failed training
 with a verdict whose subject is the request: no model exists); ``calibration.requested``,
-``drift.detected``, ``budget.deferred`` with any reason; and the lifecycle steps the fold
-already ignores by rule (a canary or promotion whose gate has not passed, see
-``_fold_model``). A type this version does not know is not refused either: it is counted and
-changes nothing, so an old processor survives a newer log. Behind the guard, the fold turns a
-handler that raises into a refusal too (reason ``the fold raised ...``): no event stops a fold.
+``revision.requested``, ``drift.detected``, ``budget.deferred`` with any reason; and the
+lifecycle steps the fold already ignores by rule (a canary or promotion whose gate has not
+passed, see ``_fold_model``). A type this version does not know is not refused either: it is
+counted and changes nothing, so an old processor survives a newer log. Behind the guard, the
+fold turns a handler that raises into a refusal too (reason ``the fold raised ...``): no event
+stops a fold.
 
 Example:
     >>> from processors.core.events import new_event

@@ -349,3 +349,48 @@ def test_revision_can_be_turned_off() -> None:
     result = simulate(s, ControllerConfig(revise=False))
     assert not result.revisions
     assert not [e for e in result.events if e["type"] == "decisions.revised"]
+
+
+def test_a_revision_requested_after_the_stream_ended_is_made_without_a_later_score(
+    tmp_path: Path,
+) -> None:
+    """A finite stream that ends right after a drift's recalibration: no score under it will
+    come, so its revision would wait for ever. ``revision.requested`` (an operator, or a local
+    run whose stages are done) makes it now, over the images served so far, with the same
+    decisions the due revision gives them; a request older than the recalibration does not."""
+    s = stream(1800, seed=3, shift_at=1000, shift=4.0)
+    store = ArtifactStore(tmp_path / "artifacts")
+    whole = simulate(s, ControllerConfig(), keep_records=True, store=store)
+    due = {r["image_id"]: r for r in whole.revisions if r["revision"] == 1}
+    controller = Controller(
+        ControllerConfig(),
+        MemoryRing(),
+        lambda i: load_profile(store, i),
+        lambda i: load_reference(store, i),
+    )
+    head, state = SourceState("sim"), ControlState.initial()
+    stale = new_event("revision.requested", "sim", "operator:ann", {"reason": "too early"})
+    state = state.apply(stale, 0)
+    for record in whole.records:  # until the drift's recalibration: the stream ends there
+        emits = controller.on_score(head, record, state)
+        for emit in emits:
+            state = state.apply(emit.event, state.offset + 1)
+        if any(e.event["params"].get("reason") == "drift" for e in emits):
+            break
+    lane = head.lane(whole.records[0]["model_version"])
+    assert lane.revision  # waiting for a score under the recalibration
+    assert controller.on_revision_requests({"sim": head}, state) == []  # the stale request
+    assert lane.revision
+    ended = new_event("revision.requested", "sim", "local", {"reason": "the stream ended"})
+    state = state.apply(ended, state.offset + 1)
+    [(src, emits)] = controller.on_revision_requests({"sim": head}, state)
+    assert src is head and not lane.revision and Controller.revisions_waiting({"sim": head}) == []
+    [emit] = emits
+    assert emit.event["type"] == "decisions.revised"
+    assert emit.event["caused_by"][-1] == ended["event_id"]
+    assert len(emit.records) == emit.event["evidence"]["images"] > 0
+    # the images served so far: a prefix of the due revision's, decided alike
+    for record in emit.records:
+        assert record["is_candidate"] == due[record["image_id"]]["is_candidate"]
+    assert len(emit.records) < len(due)  # the due one also had the scores still in flight
+    assert controller.on_revision_requests({"sim": head}, state) == []  # made once

@@ -8,6 +8,7 @@ import pytest
 from processors.core.codec import default_codec
 from processors.core.config import Settings
 from processors.core.control import ControlState, new_event, replay
+from processors.core.exceptions import ConfigError
 from processors.core.kafka import (
     ControlFollower,
     ensure_topics,
@@ -99,6 +100,22 @@ def test_the_fold_applies_each_event_type() -> None:
     assert state.threshold_for("effnet@1", "sky", "knn", default=0.5) == 0.9  # operator's
     assert state.threshold_for("other@2", "sky", "knn", default=0.5) == 0.6
     assert state.threshold_for("effnet@1", "hubble", "knn", default=0.5) == 0.8
+
+
+def test_a_revision_request_names_the_calibrations_it_comes_after() -> None:
+    from processors.operator import OperatorRequest, operator_event
+
+    state = replay(enumerate(history(4)[:4]))
+    sky = {c.event_id for c in state.calibrations.values() if c.source == "sky"}
+    request = operator_event(OperatorRequest("revise", source="sky"), state)
+    assert request["type"] == "revision.requested" and request["subject"] == "sky"
+    state = state.apply(request, 4)
+    folded = state.revision_requests["sky"]
+    assert folded.event_id == request["event_id"] and set(folded.calibrations) == sky
+    later = state.apply(history(4)[0], 5)  # a calibration after the request: not named by it
+    assert later.revision_requests["sky"] == folded and set(folded.calibrations) == sky
+    with pytest.raises(ConfigError, match="revise SOURCE"):
+        operator_event(OperatorRequest("revise", source="nowhere"), state)
 
 
 def test_unknown_event_types_are_counted_but_change_nothing() -> None:
