@@ -220,6 +220,8 @@ class ControlService:
             touched[src.source] = partition
             self.progress.add("applied")
         self._save(touched, "scores", batch)
+        # in the write that has ``consumed``: a run that sees every score consumed reads it too
+        self.progress.set("revisions_waiting", Controller.revisions_waiting(self._heads))
         self.progress.write()
 
     def on_score(self, partition: int, offset: int, value: bytes) -> None:
@@ -364,9 +366,8 @@ class ControlService:
                 handlers[streams[hole.stream]](hole.records)
 
     def _gap(self, topic: str, partition: int, expected: int, missing: int) -> None:
-        """``missing`` records from ``expected`` on were never handed to the service: counted
-        and logged, as loud as a loss deserves (retention deleting unread records is the only
-        expected cause)."""
+        """``missing`` records from ``expected`` on never reached the service: counted and logged
+        as loud as a loss deserves (retention deleting unread records: the only expected cause)."""
         self.progress.add("gaps", missing)
         span = f"{topic}[{partition}]: offsets {expected} to {expected + missing - 1}"
         log.error("controller: %s never arrived (%d records never seen)", span, missing)
@@ -381,8 +382,7 @@ class ControlService:
         return self.lifecycle
 
     def tick(self, now: datetime | None = None) -> None:
-        """Timer: accept holes open too long; lift the controller's expired pauses; make the
-        revisions requested (``revision.requested``); refresh the gauges."""
+        """Timer: overdue holes, expired pauses, requested revisions, then the gauges."""
         self._release_overdue()
         self.progress.set("held", self.order.held())
         self.progress.set("holes", self.order.holes)

@@ -8,6 +8,23 @@ from pathlib import Path
 from typing import IO
 
 
+def run_to_end(args: list[str], data: Path, env: dict[str, str], marker: str) -> str:
+    """``skyloop run ARGS --data-dir DATA`` in ``env`` (marked ``marker``), to its end: checks
+    that it exits 0 and leaves no process behind; returns its standard output."""
+    from tools.chaos.live import processes_with
+
+    done = subprocess.run(
+        [sys.executable, "-m", "processors.cli", "run", *args, "--data-dir", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not processes_with(marker), "processes outlived skyloop run"
+    return done.stdout
+
+
 def start_run(
     args: list[str], data: Path, env: dict[str, str], stderr: IO[bytes]
 ) -> subprocess.Popen[bytes]:

@@ -15,6 +15,7 @@ import pytest
 
 from processors.core.clickhouse import connect
 from processors.core.progress import read_progress
+from tests.e2e.skyloop_run import run_to_end
 from tools.chaos.live import MARKER_VAR, processes_with
 
 pytestmark = pytest.mark.e2e
@@ -44,25 +45,8 @@ def test_run_passes_every_image_through_every_stage(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     env = _env(marker, SKYLOOP_REFERENCE_SIZE="30", SKYLOOP_BATCH_SIZE="16")
     data = tmp_path / "data"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "processors.cli",
-            "run",
-            "--images",
-            str(IMAGES),
-            "--data-dir",
-            str(data),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert not processes_with(marker), "processes outlived skyloop run"
-    report_path = Path(re.search(r"^report: (.+)$", done.stdout, re.M).group(1))  # type: ignore[union-attr]
+    stdout = run_to_end(["--images", str(IMAGES)], data, env, marker)
+    report_path = Path(re.search(r"^report: (.+)$", stdout, re.M).group(1))  # type: ignore[union-attr]
     run_dir = Path((data / "latest").read_text().strip())
 
     client = connect(f"chdb://{run_dir / 'clickhouse'}")

@@ -9,8 +9,6 @@ the stored catalogue is corrected anyway. Before, such a drift's decisions staye
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,27 +16,20 @@ import pytest
 
 from processors.core.clickhouse import connect
 from processors.core.progress import read_progress
-from tools.chaos.live import marked_env, processes_with
+from tests.e2e.skyloop_run import run_to_end
+from tools.chaos.live import marked_env
 
 pytestmark = pytest.mark.e2e
 
-IMAGES, ONSET = 520, 440  # a flood 80 images before the end: recalibrated on 64 of them
+IMAGES, ONSET = 520, 424  # a flood 96 images before the end: recalibrated on 64 of them
 
 
 def test_a_drift_at_the_end_of_the_input_is_revised_before_the_run_ends(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     data = tmp_path / "data"
     args = ["--source", f"synthetic?drifts={ONSET}:crowded", "--images", str(IMAGES)]
-    done = subprocess.run(
-        [sys.executable, "-m", "processors.cli", "run", *args, "--data-dir", str(data)],
-        env=marked_env(marker),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert not processes_with(marker), "processes outlived skyloop run"
-    run_dir = Path(re.search(r"^\s*data: (.+)$", done.stdout, re.M).group(1))  # type: ignore[union-attr]
+    stdout = run_to_end(args, data, marked_env(marker), marker)
+    run_dir = Path(re.search(r"^\s*data: (.+)$", stdout, re.M).group(1))  # type: ignore[union-attr]
     assert read_progress(run_dir / "progress", "stats").get("revisions_waiting") == []
     client = connect(f"chdb://{run_dir / 'clickhouse'}")
     try:
