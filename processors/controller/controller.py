@@ -188,10 +188,12 @@ class Controller:
         """Each ``revision.requested`` of a source in ``heads`` (those this controller holds):
         its lanes' waiting revisions, made now (see :meth:`Revisions.on_request`); the
         sources whose state changed, with what they emit."""
-        changed = []
+        changed: list[tuple[SourceState, list[Emit]]] = []
+        if self.revisions is None:  # revision turned off
+            return changed
         for source, request in control.revision_requests.items():
             src = heads.get(source)
-            if src is None or self.revisions is None:
+            if src is None:
                 continue
             emits: list[Emit] = []
             touched = False
